@@ -1,0 +1,72 @@
+//! The command line, as clap types. Each subcommand's arguments live beside its `run`.
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::commands::{
+    completions::CompletionsArgs, create::CreateArgs, doctor::DoctorArgs, inspect::InspectArgs,
+    list::ListArgs, rm::RmArgs,
+};
+use crate::error::EXIT_CODES_HELP;
+
+const ENVIRONMENT_HELP: &str = "\
+Environment:
+  MVM_STATE_DIR  per-VM state [default: /var/lib/microvms]
+  MVM_RUN_DIR    per-VM runtime files [default: /run/mvm]
+  MVM_CONFIG     host config [default: /etc/mvm/config.toml]";
+
+/// mvm: one isolated, fast microVM per project.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mvm",
+    version,
+    about = "One isolated, fast microVM per project",
+    long_about = "mvm gives each project its own microVM: the project shared at the same path, \
+                  its own network with NAT, isolated from every other VM, entered with `mvm shell`.",
+    after_help = format!("{EXIT_CODES_HELP}\n\n{ENVIRONMENT_HELP}"),
+    propagate_version = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Declare a new VM (starts nothing)
+    Create(CreateArgs),
+    /// List all VMs
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Show everything about one VM
+    Inspect(InspectArgs),
+    /// Remove a stopped VM with its state, volumes and logs
+    Rm(RmArgs),
+    /// Check that this host can run VMs
+    Doctor(DoctorArgs),
+    /// Print a shell completion script
+    Completions(CompletionsArgs),
+}
+
+/// The clap command, for completions and man pages.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_exit_codes_and_environment() {
+        let help = command().render_long_help().to_string();
+        assert!(help.contains(EXIT_CODES_HELP), "{help}");
+        assert!(help.contains(ENVIRONMENT_HELP), "{help}");
+    }
+}

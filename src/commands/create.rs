@@ -1,0 +1,477 @@
+//! `mvm create`: validate everything, allocate an index, write the VM's state directory.
+//!
+//! Nothing is started. The directory is built under a hidden staging name and renamed
+//! into place at the end, so a crash at any point leaves either a complete VM or none.
+//! Index allocation (lowest free) and the name and host-port checks happen under the
+//! global create lock, so concurrent creates never share an index, a name or a port.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::host::HostConfig;
+use crate::config::vm::{Hypervisor, MountMode, Project, RootModel, VmConfig};
+use crate::error::UserError;
+use crate::failpoint;
+use crate::name::VmName;
+use crate::spec::{self, EnvVar, MemorySize, PortForward, Volume};
+use crate::state::atomic::sync_dir;
+use crate::state::lock::FileLock;
+use crate::state::store::{self, STAGING_PREFIX};
+use crate::state::Paths;
+
+/// Arguments of `mvm create`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CreateArgs {
+    /// Name of the new VM: 1-32 lowercase letters, digits and '-', starting with a letter
+    pub name: String,
+    /// Project directory, seen in the guest at the same absolute path
+    #[arg(long, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Virtual CPUs [default: 2, or the host config's defaults.cpus]
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// Memory, e.g. 512M or 2G; at least 128M [default: 1G]
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Forward a host port to a guest port (repeatable)
+    #[arg(long = "port", value_name = "HOST:GUEST[/udp]")]
+    pub ports: Vec<String>,
+    /// How the guest sees the project
+    #[arg(long, value_enum, value_name = "MODE", requires = "project")]
+    pub mount: Option<MountMode>,
+    /// Keep the overlay's writable layer across stops
+    #[arg(long, requires = "project")]
+    pub persist: bool,
+    /// A persistent volume mounted in the guest (repeatable)
+    #[arg(long = "volume", value_name = "NAME:GUEST_PATH")]
+    pub volumes: Vec<String>,
+    /// An environment variable for the guest (repeatable)
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The VMM that runs the VM [default: cloud-hypervisor, or the host config's]
+    #[arg(long, value_enum)]
+    pub hypervisor: Option<Hypervisor>,
+    /// Kernel image to boot [default: the host's]
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Root file system: the host's /usr read-only, or a directory tree
+    #[arg(long, value_name = "host|DIR", default_value = "host")]
+    pub root: String,
+    /// No network egress at all
+    #[arg(long)]
+    pub offline: bool,
+    /// Let the guest reach services listening on the host
+    #[arg(long)]
+    pub host_access: bool,
+}
+
+/// What the host allows a VM to have.
+#[derive(Debug, Clone, Copy)]
+pub struct HostLimits {
+    pub cpus: u32,
+    pub memory_mib: Option<u64>,
+}
+
+impl HostLimits {
+    /// The limits of this machine.
+    pub fn of_this_host() -> HostLimits {
+        HostLimits { cpus: crate::host::cpu_count(), memory_mib: crate::host::memory_total_mib() }
+    }
+}
+
+/// Runs `mvm create`.
+pub fn run(args: CreateArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let host = HostConfig::load(&paths.config_file)?;
+    let name = args.name.clone();
+    let config = create(&args, paths, &host, HostLimits::of_this_host())
+        .with_context(|| format!("cannot create VM '{name}'"))?;
+    let network = &config.network;
+    println!(
+        "created VM '{}': {} CPUs, {} memory, {}, address {}",
+        config.name,
+        config.cpus,
+        config.memory(),
+        config.hypervisor,
+        network.address
+    );
+    Ok(0)
+}
+
+/// Validates `args`, then writes the new VM's state directory; returns its config.
+pub fn create(
+    args: &CreateArgs,
+    paths: &Paths,
+    host: &HostConfig,
+    limits: HostLimits,
+) -> anyhow::Result<VmConfig> {
+    let request = validate(args, host, limits)?;
+    check_socket_paths_fit(paths, &request.name)?;
+    create_state_dir(&paths.state_dir)?;
+
+    let _lock = FileLock::exclusive(&paths.create_lock())?;
+    if store::exists(paths, &request.name) {
+        return Err(UserError::conflict(format!("a VM named '{}' already exists", request.name))
+            .hint(format!("pick another name, or remove the old VM with `mvm rm {}`", request.name))
+            .into());
+    }
+    remove_stale_staging_dirs(paths)?;
+    let existing = store::list(paths)?;
+    check_host_ports_free(&request.ports, &existing)?;
+    let used: BTreeSet<u32> =
+        existing.iter().filter_map(|vm| vm.config.as_ref().ok()).map(|config| config.network.index).collect();
+    let pool = host.address_pool()?;
+    let network = (0..pool.capacity())
+        .find(|index| !used.contains(index))
+        .and_then(|index| pool.vm(index))
+        .ok_or_else(|| {
+        UserError::conflict(format!("the address pool {} is full ({} VMs)", pool.network(), pool.capacity()))
+            .hint("remove unused VMs, or set a larger network.pool in /etc/mvm/config.toml")
+    })?;
+
+    let config = request.into_config(network);
+    write_vm_dir(paths, &config)?;
+    Ok(config)
+}
+
+/// A create request that passed every check that needs no lock.
+struct Request {
+    name: VmName,
+    cpus: u32,
+    memory: MemorySize,
+    ports: Vec<PortForward>,
+    volumes: Vec<Volume>,
+    env: BTreeMap<String, String>,
+    project: Option<Project>,
+    hypervisor: Hypervisor,
+    kernel: Option<PathBuf>,
+    root: RootModel,
+    offline: bool,
+    host_access: bool,
+}
+
+impl Request {
+    fn into_config(self, network: crate::net::addr::VmNetwork) -> VmConfig {
+        VmConfig {
+            name: self.name,
+            created_at: crate::output::unix_now(),
+            hypervisor: self.hypervisor,
+            cpus: self.cpus,
+            memory_mib: self.memory.mib(),
+            root: self.root,
+            kernel: self.kernel,
+            offline: self.offline,
+            host_access: self.host_access,
+            env: self.env,
+            project: self.project,
+            network,
+            ports: self.ports,
+            volumes: self.volumes,
+        }
+    }
+}
+
+fn validate(args: &CreateArgs, host: &HostConfig, limits: HostLimits) -> anyhow::Result<Request> {
+    let name: VmName = args.name.parse()?;
+    let cpus = args.cpus.unwrap_or(host.defaults.cpus.min(limits.cpus));
+    if cpus == 0 || cpus > limits.cpus {
+        return Err(UserError::usage(format!("--cpus {cpus} is outside 1-{}", limits.cpus))
+            .hint(format!("this host has {} CPUs; give a number from 1 to {}", limits.cpus, limits.cpus))
+            .into());
+    }
+    let memory = match &args.memory {
+        Some(text) => text.parse::<MemorySize>()?,
+        None => host.defaults.memory,
+    };
+    if let Some(total) = limits.memory_mib.filter(|total| memory.mib() > *total) {
+        return Err(UserError::usage(format!(
+            "--memory {memory} is more than this host's {}",
+            MemorySize::from_mib(total)
+        ))
+        .hint("give a smaller size, e.g. 1G")
+        .into());
+    }
+    let ports = parse_all::<PortForward>(&args.ports)?;
+    spec::check_unique_host_ports(&ports)?;
+    let volumes = parse_all::<Volume>(&args.volumes)?;
+    spec::check_unique_volumes(&volumes)?;
+    let env = parse_all::<EnvVar>(&args.env)?.into_iter().map(|var| (var.key, var.value)).collect();
+    let mount = args.mount.unwrap_or_default();
+    if args.persist && mount != MountMode::Overlay {
+        return Err(UserError::usage(format!("--persist keeps the overlay's layer, but --mount is {mount}"))
+            .hint("drop --persist, or use --mount overlay")
+            .into());
+    }
+    let project = match &args.project {
+        Some(dir) => Some(Project { path: check_directory(dir, "--project")?, mount, persist: args.persist }),
+        None => None,
+    };
+    let root = match args.root.parse::<RootModel>() {
+        Ok(RootModel::Dir(dir)) => RootModel::Dir(check_directory(&dir, "--root")?),
+        Ok(RootModel::Host) => RootModel::Host,
+        Err(why) => {
+            return Err(UserError::usage(why).hint("use --root host or an absolute directory").into())
+        }
+    };
+    let kernel = match &args.kernel {
+        Some(path) if path.is_file() => Some(absolute(path)?),
+        Some(path) => {
+            return Err(UserError::not_found(format!("--kernel {} is not a file", path.display()))
+                .hint("give the path of a bzImage or vmlinux, or drop --kernel to use the host's")
+                .into())
+        }
+        None => None,
+    };
+    Ok(Request {
+        name,
+        cpus,
+        memory,
+        ports,
+        volumes,
+        env,
+        project,
+        hypervisor: args.hypervisor.unwrap_or(host.defaults.hypervisor),
+        kernel,
+        root,
+        offline: args.offline,
+        host_access: args.host_access,
+    })
+}
+
+fn parse_all<T: std::str::FromStr<Err = UserError>>(texts: &[String]) -> Result<Vec<T>, UserError> {
+    texts.iter().map(|text| text.parse()).collect()
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::canonicalize(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+/// Checks that `dir` is an existing, readable directory; returns its canonical path.
+fn check_directory(dir: &Path, flag: &str) -> anyhow::Result<PathBuf> {
+    let shown = dir.display();
+    let metadata = match std::fs::metadata(dir) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == ErrorKind::NotFound => {
+            return Err(UserError::not_found(format!("{flag} {shown} does not exist"))
+                .hint("check the path, or create the directory first")
+                .into())
+        }
+        Err(error) => {
+            return Err(UserError::usage(format!("{flag} {shown} cannot be read: {error}"))
+                .hint("check the path's permissions")
+                .into())
+        }
+    };
+    if !metadata.is_dir() {
+        return Err(UserError::usage(format!("{flag} {shown} is not a directory"))
+            .hint("give the directory itself, not a file in it")
+            .into());
+    }
+    let readable = nix::unistd::access(dir, nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK);
+    if readable.is_err() || std::fs::read_dir(dir).is_err() {
+        return Err(UserError::usage(format!("{flag} {shown} is not readable"))
+            .hint("check the directory's permissions (it needs read and search access)")
+            .into());
+    }
+    absolute(dir)
+}
+
+/// The longest socket file name under a VM's runtime dir (`vsock.sock_<port>` for
+/// guest-initiated connections); unix socket paths are limited to 107 bytes.
+const LONGEST_SOCKET_NAME: &str = "vsock.sock_1073741824";
+const SUN_PATH_MAX: usize = 107;
+
+fn check_socket_paths_fit(paths: &Paths, name: &VmName) -> Result<(), UserError> {
+    let longest = paths.vm_run_dir(name).join(LONGEST_SOCKET_NAME);
+    let length = longest.as_os_str().len();
+    if length > SUN_PATH_MAX {
+        return Err(UserError::usage(format!(
+            "VM name '{name}' makes socket paths like {} ({length} bytes) longer than the kernel's limit of {SUN_PATH_MAX}",
+            longest.display()
+        ))
+        .hint("use a shorter name, or a shorter MVM_RUN_DIR"));
+    }
+    Ok(())
+}
+
+fn create_state_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == ErrorKind::PermissionDenied => {
+            Err(UserError::needs_root(format!("cannot create {}: permission denied", dir.display()))
+                .hint("run mvm as root (sudo), or set MVM_STATE_DIR to a directory you own")
+                .into())
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot create {}", dir.display())),
+    }
+}
+
+/// Refuses host ports that another VM already forwards.
+fn check_host_ports_free(ports: &[PortForward], existing: &[store::VmEntry]) -> Result<(), UserError> {
+    for port in ports {
+        let owner = existing.iter().find_map(|vm| {
+            let config = vm.config.as_ref().ok()?;
+            config
+                .ports
+                .iter()
+                .any(|p| p.host == port.host && p.protocol == port.protocol)
+                .then_some(&config.name)
+        });
+        if let Some(owner) = owner {
+            return Err(UserError::conflict(format!(
+                "host port {}/{} is already forwarded by VM '{owner}'",
+                port.host, port.protocol
+            ))
+            .hint(format!("pick another host port, or free it with `mvm port {owner} --rm {}`", port.host)));
+        }
+    }
+    Ok(())
+}
+
+/// Staging dirs left by a create that crashed. Only called under the create lock, so no
+/// live create can own one.
+fn remove_stale_staging_dirs(paths: &Paths) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(&paths.state_dir)
+        .with_context(|| format!("cannot read {}", paths.state_dir.display()))?
+    {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+            std::fs::remove_dir_all(entry.path())
+                .with_context(|| format!("cannot remove stale {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the VM directory under a staging name, then renames it into place.
+fn write_vm_dir(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
+    let staging = paths.state_dir.join(format!("{STAGING_PREFIX}{}-{}", config.name, std::process::id()));
+    std::fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    for dir in ["log", "volumes"] {
+        std::fs::create_dir(staging.join(dir))
+            .with_context(|| format!("cannot create {}", staging.join(dir).display()))?;
+    }
+    for volume in &config.volumes {
+        let dir = staging.join("volumes").join(&volume.name);
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    config.save(&staging.join(crate::config::vm::VM_CONFIG_FILE))?;
+    failpoint::hit("create-staged");
+    let target = paths.vm_dir(&config.name);
+    std::fs::rename(&staging, &target)
+        .with_context(|| format!("cannot move {} to {}", staging.display(), target.display()))?;
+    sync_dir(&paths.state_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HostLimits {
+        HostLimits { cpus: 4, memory_mib: Some(8192) }
+    }
+
+    fn args(name: &str) -> CreateArgs {
+        CreateArgs { name: name.to_string(), root: "host".to_string(), ..CreateArgs::default() }
+    }
+
+    fn setup() -> (tempfile::TempDir, Paths) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        (dir, paths)
+    }
+
+    #[test]
+    fn builds_the_expected_config() {
+        let (dir, paths) = setup();
+        let project = dir.path().join("project");
+        std::fs::create_dir(&project).unwrap();
+        let args = CreateArgs {
+            project: Some(project.clone()),
+            cpus: Some(3),
+            memory: Some("2G".into()),
+            ports: vec!["8080:3000".into(), "5353:53/udp".into()],
+            persist: true,
+            volumes: vec!["data:/data".into()],
+            env: vec!["A=1".into()],
+            hypervisor: Some(Hypervisor::Qemu),
+            offline: true,
+            ..args("web")
+        };
+        let config = create(&args, &paths, &HostConfig::default(), limits()).unwrap();
+        let expected = VmConfig {
+            name: "web".parse().unwrap(),
+            created_at: config.created_at,
+            hypervisor: Hypervisor::Qemu,
+            cpus: 3,
+            memory_mib: 2048,
+            root: RootModel::Host,
+            kernel: None,
+            offline: true,
+            host_access: false,
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            project: Some(Project {
+                path: project.canonicalize().unwrap(),
+                mount: MountMode::Overlay,
+                persist: true,
+            }),
+            network: HostConfig::default().address_pool().unwrap().vm(0).unwrap(),
+            ports: vec!["8080:3000".parse().unwrap(), "5353:53/udp".parse().unwrap()],
+            volumes: vec!["data:/data".parse().unwrap()],
+        };
+        assert_eq!(config, expected);
+        assert_eq!(store::load(&paths, &config.name).unwrap(), expected);
+        assert!(paths.vm_dir(&config.name).join("volumes/data").is_dir());
+    }
+
+    #[test]
+    fn uses_host_defaults() {
+        let (_dir, paths) = setup();
+        let host =
+            HostConfig::parse("[defaults]\ncpus = 8\nmemory = \"512M\"\nhypervisor = \"qemu\"").unwrap();
+        let config = create(&args("web"), &paths, &host, limits()).unwrap();
+        assert_eq!((config.cpus, config.memory_mib, config.hypervisor), (4, 512, Hypervisor::Qemu));
+    }
+
+    #[test]
+    fn allocates_the_lowest_free_index() {
+        let (_dir, paths) = setup();
+        let host = HostConfig::default();
+        for name in ["a", "b", "c"] {
+            create(&args(name), &paths, &host, limits()).unwrap();
+        }
+        std::fs::remove_dir_all(paths.state_dir.join("b")).unwrap();
+        assert_eq!(create(&args("d"), &paths, &host, limits()).unwrap().network.index, 1);
+        assert_eq!(create(&args("e"), &paths, &host, limits()).unwrap().network.index, 3);
+    }
+
+    #[test]
+    fn refuses_a_full_pool() {
+        let (_dir, paths) = setup();
+        let host = HostConfig::parse("[network]\npool = \"10.9.0.0/29\"\nsubnet_prefix = 30").unwrap();
+        create(&args("a"), &paths, &host, limits()).unwrap();
+        create(&args("b"), &paths, &host, limits()).unwrap();
+        let error = create(&args("c"), &paths, &host, limits()).unwrap_err();
+        assert!(format!("{error:#}").contains("is full (2 VMs)"), "{error:#}");
+    }
+
+    #[test]
+    fn removes_stale_staging_dirs() {
+        let (_dir, paths) = setup();
+        std::fs::create_dir_all(paths.state_dir.join(".staging-web-1/log")).unwrap();
+        create(&args("web"), &paths, &HostConfig::default(), limits()).unwrap();
+        assert!(!paths.state_dir.join(".staging-web-1").exists());
+    }
+
+    #[test]
+    fn refuses_socket_paths_past_the_kernel_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(&dir.path().join("x".repeat(60)));
+        let error = create(&args(&"a".repeat(32)), &paths, &HostConfig::default(), limits()).unwrap_err();
+        assert!(error.to_string().contains("longer than the kernel's limit"), "{error}");
+        assert!(!paths.state_dir.exists());
+    }
+}

@@ -1,0 +1,251 @@
+//! `mvm doctor`: is this host ready to run VMs? Each finding comes with a fix.
+
+use std::path::Path;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::boot::kernel;
+use crate::config::host::HostConfig;
+use crate::config::vm::Hypervisor;
+use crate::error::ExitCode;
+use crate::host::binaries::Tool;
+use crate::host::kvm::{self, KvmSupport};
+use crate::output::print_json;
+use crate::state::Paths;
+
+/// Arguments of `mvm doctor`.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Error,
+}
+
+/// One finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &str, detail: impl Into<String>) -> Check {
+        Check { name: name.to_string(), status: Status::Ok, detail: detail.into(), hint: None }
+    }
+
+    fn problem(name: &str, status: Status, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+        Check { name: name.to_string(), status, detail: detail.into(), hint: Some(hint.into()) }
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    ok: bool,
+    checks: &'a [Check],
+}
+
+/// Runs `mvm doctor`; exits 5 when any check is an error.
+pub fn run(args: DoctorArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let checks = checks(paths, Path::new("/"));
+    let ok = checks.iter().all(|check| check.status != Status::Error);
+    if args.json {
+        print_json(&Report { ok, checks: &checks })?;
+    } else {
+        for check in &checks {
+            let mark = match check.status {
+                Status::Ok => "ok",
+                Status::Warn => "warn",
+                Status::Error => "error",
+            };
+            println!("{mark:>5}  {:<20} {}", check.name, check.detail);
+            if let Some(hint) = &check.hint {
+                println!("{:>5}  {:<20} hint: {hint}", "", "");
+            }
+        }
+    }
+    Ok(if ok { 0 } else { ExitCode::MissingDependency.code() })
+}
+
+/// Every check, for the host whose file system is at `root`.
+pub fn checks(paths: &Paths, root: &Path) -> Vec<Check> {
+    let mut checks = vec![root_check()];
+    let host = match HostConfig::load(&paths.config_file) {
+        Ok(host) => {
+            checks.push(Check::ok("host config", config_detail(paths)));
+            host
+        }
+        Err(error) => {
+            checks.push(Check::problem(
+                "host config",
+                Status::Error,
+                format!("{error:#}"),
+                "fix the file; until then mvm refuses to create VMs",
+            ));
+            HostConfig::default()
+        }
+    };
+    let kvm = kvm::detect(root);
+    checks.push(kvm_check(&kvm));
+    checks.extend(tool_checks(&host, &kvm));
+    checks.push(kernel_check(&host, root));
+    checks.push(state_dir_check(&paths.state_dir));
+    checks
+}
+
+fn config_detail(paths: &Paths) -> String {
+    if paths.config_file.exists() {
+        format!("{} is valid", paths.config_file.display())
+    } else {
+        format!("{} absent; using defaults", paths.config_file.display())
+    }
+}
+
+fn root_check() -> Check {
+    if crate::host::is_root() {
+        Check::ok("root", "running as root")
+    } else {
+        Check::problem(
+            "root",
+            Status::Warn,
+            "not running as root",
+            "starting VMs needs root (bridges, taps, iptables); run mvm with sudo",
+        )
+    }
+}
+
+fn kvm_check(kvm: &KvmSupport) -> Check {
+    match kvm {
+        KvmSupport::Hardware { module } => Check::ok("kvm", format!("/dev/kvm backed by {module}")),
+        KvmSupport::Unknown => Check::ok("kvm", "/dev/kvm present (backing module not visible)"),
+        KvmSupport::PvmOnly => Check::problem(
+            "kvm",
+            Status::Warn,
+            "/dev/kvm is backed only by kvm_pvm (no VMX/SVM): ordinary guest kernels cannot run on it",
+            "VMs will run under QEMU with TCG emulation, much slower; on a nested cloud machine, \
+             enable nested virtualization for real KVM",
+        ),
+        KvmSupport::Missing => Check::problem(
+            "kvm",
+            Status::Warn,
+            "no /dev/kvm: VMs can only run under QEMU with TCG emulation, much slower",
+            "enable virtualization in the firmware and load kvm_intel or kvm_amd (modprobe kvm_intel)",
+        ),
+    }
+}
+
+fn tool_checks(host: &HostConfig, kvm: &KvmSupport) -> Vec<Check> {
+    let found = |tool: Tool| tool.find(&host.paths);
+    let have_qemu = found(Tool::Qemu).is_ok();
+    Tool::ALL
+        .into_iter()
+        .map(|tool| match found(tool) {
+            Ok(path) => Check::ok(tool.program(), path.display().to_string()),
+            Err(error) => {
+                let status = match tool {
+                    Tool::Virtiofsd | Tool::Iptables => Status::Error,
+                    Tool::Qemu if host.defaults.hypervisor == Hypervisor::Qemu => Status::Error,
+                    Tool::CloudHypervisor if !have_qemu => Status::Error,
+                    _ => Status::Warn,
+                };
+                let mut hint = error.hint_text().unwrap_or_default().to_string();
+                if tool == Tool::CloudHypervisor && !kvm.can_accelerate() {
+                    hint = "cloud-hypervisor needs hardware KVM, which this host lacks; \
+                            set defaults.hypervisor = \"qemu\" in /etc/mvm/config.toml"
+                        .to_string();
+                }
+                Check::problem(tool.program(), status, error.to_string(), hint)
+            }
+        })
+        .collect()
+}
+
+fn kernel_check(host: &HostConfig, root: &Path) -> Check {
+    match kernel::discover(root, host.paths.kernel.as_deref(), &crate::host::kernel_release()) {
+        Ok(found) => match (&found.release, &found.modules_dir) {
+            (Some(release), Some(modules)) => Check::ok(
+                "kernel",
+                format!("{} ({release}), modules in {}", found.image.display(), modules.display()),
+            ),
+            (release, _) => Check::problem(
+                "kernel",
+                Status::Error,
+                format!(
+                    "{} found, but no modules for release {}",
+                    found.image.display(),
+                    release.as_deref().unwrap_or("(unknown)")
+                ),
+                "install the kernel's modules package (Debian: linux-image-amd64 ships both)",
+            ),
+        },
+        Err(error) => {
+            Check::problem("kernel", Status::Error, error.to_string(), error.hint_text().unwrap_or_default())
+        }
+    }
+}
+
+fn state_dir_check(dir: &Path) -> Check {
+    let existing = dir.ancestors().find(|dir| dir.exists()).unwrap_or(Path::new("/"));
+    let writable = nix::unistd::access(existing, nix::unistd::AccessFlags::W_OK).is_ok();
+    match (dir.exists(), writable) {
+        (true, true) => Check::ok("state dir", format!("{} is writable", dir.display())),
+        (false, true) => Check::ok("state dir", format!("{} will be created", dir.display())),
+        (_, false) => Check::problem(
+            "state dir",
+            Status::Warn,
+            format!("{} is not writable by this user", dir.display()),
+            "run mvm with sudo, or set MVM_STATE_DIR",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find<'a>(checks: &'a [Check], name: &str) -> &'a Check {
+        checks.iter().find(|check| check.name == name).unwrap()
+    }
+
+    #[test]
+    fn reports_pvm_and_kernel_modules_of_a_fake_host() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        std::fs::create_dir_all(root.join("dev")).unwrap();
+        std::fs::write(root.join("dev/kvm"), "").unwrap();
+        std::fs::create_dir_all(root.join("sys/module/kvm_pvm")).unwrap();
+        crate::boot::kernel::tests::fake_bzimage(&root.join("boot/vmlinuz-6.1.0-9-amd64"), "6.1.0-9-amd64");
+        let paths = Paths::under(root);
+        let found = checks(&paths, root);
+        let kvm = find(&found, "kvm");
+        assert_eq!(kvm.status, Status::Warn);
+        assert!(kvm.detail.contains("kvm_pvm"), "{}", kvm.detail);
+        let kernel = find(&found, "kernel");
+        assert_eq!(kernel.status, Status::Error);
+        assert!(kernel.detail.contains("no modules for release 6.1.0-9-amd64"), "{}", kernel.detail);
+        std::fs::create_dir_all(root.join("lib/modules/6.1.0-9-amd64")).unwrap();
+        std::fs::write(root.join("lib/modules/6.1.0-9-amd64/modules.dep"), "").unwrap();
+        assert_eq!(find(&checks(&paths, root), "kernel").status, Status::Ok);
+    }
+
+    #[test]
+    fn a_broken_host_config_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let paths = Paths::under(root.path());
+        std::fs::write(&paths.config_file, "[network]\npool = 12").unwrap();
+        let found = checks(&paths, root.path());
+        assert_eq!(find(&found, "host config").status, Status::Error);
+    }
+}

@@ -1,0 +1,101 @@
+//! `mvm inspect`: everything mvm knows about one VM.
+
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::config::vm::VmConfig;
+use crate::name::VmName;
+use crate::output::print_json;
+use crate::state::{store, Paths};
+use crate::view::{summary_of, VmSummary};
+
+/// Arguments of `mvm inspect`.
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// The VM to inspect
+    pub name: String,
+    /// Print JSON (stable field names) instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The JSON form: the list summary, the whole config, and where its files are.
+#[derive(Debug, Serialize)]
+struct Inspection {
+    #[serde(flatten)]
+    summary: VmSummary,
+    config: VmConfig,
+    state_dir: PathBuf,
+    run_dir: PathBuf,
+}
+
+/// Runs `mvm inspect`.
+pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let name: VmName = args.name.parse()?;
+    let config = store::load(paths, &name)?;
+    let inspection = Inspection {
+        summary: summary_of(paths, &name)?,
+        config,
+        state_dir: paths.vm_dir(&name),
+        run_dir: paths.vm_run_dir(&name),
+    };
+    if args.json {
+        print_json(&inspection)?;
+    } else {
+        for (key, value) in text_fields(&inspection) {
+            println!("{key:<12} {value}");
+        }
+    }
+    Ok(0)
+}
+
+fn text_fields(inspection: &Inspection) -> Vec<(&'static str, String)> {
+    let config = &inspection.config;
+    let network = &config.network;
+    let yes_no = |flag: bool| if flag { "yes" } else { "no" };
+    let list_or_none = |items: Vec<String>| {
+        if items.is_empty() {
+            "none".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let created = UNIX_EPOCH + Duration::from_secs(config.created_at);
+    vec![
+        ("name", config.name.to_string()),
+        ("state", inspection.summary.state.as_str().to_string()),
+        ("hypervisor", config.hypervisor.to_string()),
+        ("cpus", config.cpus.to_string()),
+        ("memory", config.memory().to_string()),
+        ("root", config.root.to_string()),
+        (
+            "kernel",
+            config.kernel.as_ref().map_or("the host's".to_string(), |path| path.display().to_string()),
+        ),
+        (
+            "project",
+            config.project.as_ref().map_or("none".to_string(), |project| {
+                let kept = if project.persist { ", persistent" } else { "" };
+                format!("{} ({}{kept})", project.path.display(), project.mount)
+            }),
+        ),
+        ("address", format!("{}/{} via {}", network.address, network.subnet.prefix(), network.gateway)),
+        ("interfaces", format!("bridge {}, tap {}, mac {}", network.bridge, network.tap, network.mac)),
+        ("offline", yes_no(config.offline).to_string()),
+        ("host access", yes_no(config.host_access).to_string()),
+        ("ports", list_or_none(config.ports.iter().map(ToString::to_string).collect())),
+        (
+            "volumes",
+            list_or_none(
+                config.volumes.iter().map(|v| format!("{}:{}", v.name, v.guest_path.display())).collect(),
+            ),
+        ),
+        ("env", list_or_none(config.env.iter().map(|(k, v)| format!("{k}={v}")).collect())),
+        ("created", humantime::format_rfc3339_seconds(created).to_string()),
+        ("state dir", inspection.state_dir.display().to_string()),
+        ("run dir", inspection.run_dir.display().to_string()),
+    ]
+}

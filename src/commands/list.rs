@@ -1,0 +1,54 @@
+//! `mvm list`: every VM with its state, address, size, ports, project and uptime.
+
+use clap::Args;
+
+use crate::output::{self, print_json, print_table, short_duration};
+use crate::spec::MemorySize;
+use crate::state::store;
+use crate::state::Paths;
+use crate::view::{VmState, VmSummary};
+
+/// Arguments of `mvm list`.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Print a JSON array (stable field names) instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `mvm list`.
+pub fn run(args: ListArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let summaries: Vec<VmSummary> =
+        store::list(paths)?.iter().map(|entry| VmSummary::of(paths, entry)).collect();
+    if args.json {
+        print_json(&summaries)?;
+        return Ok(0);
+    }
+    let mut table = output::table(["NAME", "STATE", "IP", "CPUS", "MEMORY", "PORTS", "PROJECT", "UPTIME"]);
+    for vm in &summaries {
+        table.add_row(row(vm));
+    }
+    print_table(&table);
+    if summaries.is_empty() {
+        eprintln!("no VMs yet; make one with `mvm create NAME --project DIR`");
+    }
+    for vm in summaries.iter().filter(|vm| vm.state == VmState::Broken) {
+        eprintln!("warning: VM '{}' is broken: {}", vm.name, vm.error.as_deref().unwrap_or("unknown error"));
+    }
+    Ok(0)
+}
+
+fn row(vm: &VmSummary) -> [String; 8] {
+    let dash = || "-".to_string();
+    let ports: Vec<String> = vm.ports.iter().map(ToString::to_string).collect();
+    [
+        vm.name.clone(),
+        vm.state.as_str().to_string(),
+        vm.ip.clone().unwrap_or_else(dash),
+        vm.cpus.map_or_else(dash, |cpus| cpus.to_string()),
+        vm.memory_mib.map_or_else(dash, |mib| MemorySize::from_mib(mib).to_string()),
+        if ports.is_empty() { dash() } else { ports.join(",") },
+        vm.project.as_ref().map_or_else(dash, |path| path.display().to_string()),
+        vm.uptime_seconds.map_or_else(dash, short_duration),
+    ]
+}

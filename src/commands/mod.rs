@@ -1,0 +1,8 @@
+//! One module per subcommand: an Args struct and a `run`.
+
+pub mod completions;
+pub mod create;
+pub mod doctor;
+pub mod inspect;
+pub mod list;
+pub mod rm;

@@ -1,0 +1,50 @@
+//! `mvm rm`: delete a stopped VM and everything it keeps on the host.
+//!
+//! The VM directory is first renamed to a hidden trash name (atomic), then deleted, so
+//! an interrupted `rm` never leaves a half-deleted VM that `list` would show.
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::error::UserError;
+use crate::name::VmName;
+use crate::state::atomic::sync_dir;
+use crate::state::lock::FileLock;
+use crate::state::store::{self, RunState, TRASH_PREFIX};
+use crate::state::Paths;
+
+/// Arguments of `mvm rm`.
+#[derive(Debug, Clone, Args)]
+pub struct RmArgs {
+    /// The VM to remove (with its volumes and logs)
+    pub name: String,
+}
+
+/// Runs `mvm rm`.
+pub fn run(args: RmArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let name: VmName = args.name.parse()?;
+    remove(paths, &name).with_context(|| format!("cannot remove VM '{name}'"))?;
+    println!("removed VM '{name}'");
+    Ok(0)
+}
+
+/// Removes VM `name`, which must exist and not run.
+pub fn remove(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
+    let _lock = FileLock::exclusive(&paths.create_lock())?;
+    if !store::exists(paths, name) {
+        return Err(store::no_such_vm(name).into());
+    }
+    if store::run_state(paths, name)? == RunState::Running {
+        return Err(UserError::conflict(format!("VM '{name}' is running")).hint("stop it first").into());
+    }
+    let trash = paths.state_dir.join(format!("{TRASH_PREFIX}{name}-{}", std::process::id()));
+    std::fs::rename(paths.vm_dir(name), &trash)
+        .with_context(|| format!("cannot move {} aside", paths.vm_dir(name).display()))?;
+    sync_dir(&paths.state_dir)?;
+    std::fs::remove_dir_all(&trash).with_context(|| format!("cannot delete {}", trash.display()))?;
+    let run_dir = paths.vm_run_dir(name);
+    if run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot delete {}", run_dir.display()))?;
+    }
+    Ok(())
+}

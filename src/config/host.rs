@@ -1,0 +1,179 @@
+//! The host config, `/etc/mvm/config.toml` (optional; `MVM_CONFIG` overrides the path).
+//!
+//! ```toml
+//! [network]
+//! pool = "10.200.0.0/16"   # where VM subnets come from
+//! subnet_prefix = 24       # one /24 per VM
+//! uplink = "eth0"          # default: the interface of the default route
+//!
+//! [defaults]
+//! hypervisor = "cloud-hypervisor"
+//! cpus = 2
+//! memory = "1G"
+//!
+//! [paths]                  # default: found on PATH
+//! cloud_hypervisor = "/usr/local/bin/cloud-hypervisor"
+//! qemu = "/usr/bin/qemu-system-x86_64"
+//! virtiofsd = "/usr/libexec/virtiofsd"
+//! vhost_device_vsock = "/usr/local/bin/vhost-device-vsock"
+//! kernel = "/boot/vmlinuz-6.1.0-28-amd64"
+//! ```
+//!
+//! Unknown keys are errors, so a typo does not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::config::vm::Hypervisor;
+use crate::error::UserError;
+use crate::net::addr::{AddressPool, Ipv4Net};
+use crate::spec::MemorySize;
+
+/// The parsed host config; every field has a default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    pub network: NetworkConfig,
+    pub defaults: Defaults,
+    pub paths: BinaryPaths,
+}
+
+/// `[network]`: the address pool and the uplink.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    pub pool: Ipv4Net,
+    pub subnet_prefix: u8,
+    pub uplink: Option<String>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            pool: Ipv4Net::new(std::net::Ipv4Addr::new(10, 200, 0, 0), 16).expect("valid default pool"),
+            subnet_prefix: 24,
+            uplink: None,
+        }
+    }
+}
+
+/// `[defaults]`: what `create` uses when a flag is not given.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    pub hypervisor: Hypervisor,
+    pub cpus: u32,
+    #[serde(deserialize_with = "deserialize_memory")]
+    pub memory: MemorySize,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults { hypervisor: Hypervisor::CloudHypervisor, cpus: 2, memory: MemorySize::from_mib(1024) }
+    }
+}
+
+fn deserialize_memory<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<MemorySize, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+/// `[paths]`: explicit locations of the binaries and kernel mvm uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BinaryPaths {
+    pub cloud_hypervisor: Option<PathBuf>,
+    pub qemu: Option<PathBuf>,
+    pub virtiofsd: Option<PathBuf>,
+    pub vhost_device_vsock: Option<PathBuf>,
+    pub kernel: Option<PathBuf>,
+}
+
+impl HostConfig {
+    /// Reads the config at `path`; a missing file means all defaults.
+    pub fn load(path: &Path) -> anyhow::Result<HostConfig> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(HostConfig::default()),
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot read host config {}", path.display()))
+            }
+        };
+        Self::parse(&text).with_context(|| format!("invalid host config {}", path.display()))
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> anyhow::Result<HostConfig> {
+        let config: HostConfig = toml::from_str(text).map_err(|error| {
+            UserError::usage(error.to_string().trim_end().to_string())
+                .hint("fix the file, or see the [network], [defaults] and [paths] keys in `man mvm`")
+        })?;
+        config.address_pool()?;
+        Ok(config)
+    }
+
+    /// The address pool VM subnets are cut from.
+    pub fn address_pool(&self) -> Result<AddressPool, UserError> {
+        AddressPool::new(self.network.pool, self.network.subnet_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let config = HostConfig::parse("").unwrap();
+        assert_eq!(config, HostConfig::default());
+        assert_eq!(config.address_pool().unwrap().capacity(), 256);
+        assert_eq!(config.defaults.memory.mib(), 1024);
+    }
+
+    #[test]
+    fn reads_every_section() {
+        let config = HostConfig::parse(
+            r#"
+            [network]
+            pool = "172.30.0.0/16"
+            subnet_prefix = 28
+            uplink = "enp1s0"
+            [defaults]
+            hypervisor = "qemu"
+            cpus = 4
+            memory = "2G"
+            [paths]
+            virtiofsd = "/usr/libexec/virtiofsd"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.network.pool.to_string(), "172.30.0.0/16");
+        assert_eq!(config.address_pool().unwrap().capacity(), 4096);
+        assert_eq!(config.network.uplink.as_deref(), Some("enp1s0"));
+        assert_eq!(config.defaults.hypervisor, Hypervisor::Qemu);
+        assert_eq!((config.defaults.cpus, config.defaults.memory.mib()), (4, 2048));
+        assert_eq!(config.paths.virtiofsd.as_deref(), Some(Path::new("/usr/libexec/virtiofsd")));
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        for (text, why) in [
+            ("[network]\npoll = \"10.0.0.0/8\"", "unknown field"),
+            ("[network]\npool = \"10.0.0.1/8\"", "host bits"),
+            ("[network]\nsubnet_prefix = 31", "/30"),
+            ("[defaults]\nmemory = \"1X\"", "invalid memory size"),
+            ("[defaults]\nhypervisor = \"firecracker\"", "unknown variant"),
+        ] {
+            let error = format!("{:#}", HostConfig::parse(text).unwrap_err());
+            assert!(error.contains(why), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn missing_file_means_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(HostConfig::load(&dir.path().join("none.toml")).unwrap(), HostConfig::default());
+    }
+}

@@ -1,0 +1,4 @@
+//! Configuration: the host's (`/etc/mvm/config.toml`) and each VM's (`vm.toml`).
+
+pub mod host;
+pub mod vm;

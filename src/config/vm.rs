@@ -1,0 +1,244 @@
+//! `vm.toml`: a VM's declared config, as `create` wrote it plus later `port` changes.
+//!
+//! The file is the whole truth about a VM at rest; everything at run time (addresses,
+//! interface names, argv) is derived from it. It is always written atomically.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::Context;
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::error::UserError;
+use crate::name::VmName;
+use crate::net::addr::VmNetwork;
+use crate::spec::{MemorySize, PortForward, Volume};
+use crate::state::atomic::write_atomic;
+
+/// The file name of a VM's config inside its state directory.
+pub const VM_CONFIG_FILE: &str = "vm.toml";
+
+/// Which virtual machine monitor runs the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hypervisor {
+    #[default]
+    CloudHypervisor,
+    Qemu,
+}
+
+impl fmt::Display for Hypervisor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hypervisor::CloudHypervisor => "cloud-hypervisor",
+            Hypervisor::Qemu => "qemu",
+        })
+    }
+}
+
+/// How the project directory is shared with the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MountMode {
+    /// Read-only project under a per-VM writable layer (the default).
+    #[default]
+    Overlay,
+    /// The guest writes straight into the project.
+    Rw,
+    /// The guest can only read the project.
+    Ro,
+}
+
+impl fmt::Display for MountMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MountMode::Overlay => "overlay",
+            MountMode::Rw => "rw",
+            MountMode::Ro => "ro",
+        })
+    }
+}
+
+/// What the guest's root file system is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum RootModel {
+    /// The host's `/usr` (and `/nix/store`) read-only, with the VM's own `/etc` and `/var`.
+    #[default]
+    Host,
+    /// A directory tree as the read-only lower layer, with a per-VM upper layer.
+    Dir(PathBuf),
+}
+
+impl FromStr for RootModel {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "host" => Ok(RootModel::Host),
+            path if Path::new(path).is_absolute() => Ok(RootModel::Dir(PathBuf::from(path))),
+            other => Err(format!("root {other:?} is neither 'host' nor an absolute directory")),
+        }
+    }
+}
+
+impl TryFrom<String> for RootModel {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<RootModel> for String {
+    fn from(root: RootModel) -> String {
+        root.to_string()
+    }
+}
+
+impl fmt::Display for RootModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RootModel::Host => f.write_str("host"),
+            RootModel::Dir(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The project directory and how the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Project {
+    /// Absolute host path; the guest sees the project at the same path.
+    pub path: PathBuf,
+    pub mount: MountMode,
+    /// Keep the overlay's upper layer across stops.
+    pub persist: bool,
+}
+
+/// A VM's declared config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub name: VmName,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: u64,
+    pub hypervisor: Hypervisor,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub root: RootModel,
+    /// An explicit kernel; `None` means the host's (DESIGN §4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    /// No egress at all.
+    #[serde(default)]
+    pub offline: bool,
+    /// The guest may reach services on the host.
+    #[serde(default)]
+    pub host_access: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<Project>,
+    pub network: VmNetwork,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortForward>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+}
+
+impl VmConfig {
+    /// The VM's memory size.
+    pub fn memory(&self) -> MemorySize {
+        MemorySize::from_mib(self.memory_mib)
+    }
+
+    /// Parses `vm.toml` text.
+    pub fn parse(text: &str) -> Result<VmConfig, UserError> {
+        toml::from_str(text).map_err(|error| UserError::usage(error.to_string().trim_end().to_string()))
+    }
+
+    /// Reads and parses the `vm.toml` at `path`, checking that it names the VM `expected`.
+    pub fn load(path: &Path, expected: &VmName) -> anyhow::Result<VmConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let config = Self::parse(&text).with_context(|| format!("{} is corrupt", path.display()))?;
+        if &config.name != expected {
+            return Err(UserError::usage(format!(
+                "{} names VM {:?}, but its directory is {:?}",
+                path.display(),
+                config.name.as_str(),
+                expected.as_str()
+            ))
+            .into());
+        }
+        Ok(config)
+    }
+
+    /// The file's text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a VmConfig always serializes")
+    }
+
+    /// Writes the config to `path` atomically.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        write_atomic(path, self.to_toml().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::addr::AddressPool;
+
+    pub(crate) fn sample() -> VmConfig {
+        let pool = AddressPool::new("10.200.0.0/16".parse().unwrap(), 24).unwrap();
+        VmConfig {
+            name: "web".parse().unwrap(),
+            created_at: 1_700_000_000,
+            hypervisor: Hypervisor::Qemu,
+            cpus: 2,
+            memory_mib: 1024,
+            root: RootModel::Host,
+            kernel: None,
+            offline: false,
+            host_access: true,
+            env: BTreeMap::from([("A".to_string(), "1".to_string())]),
+            project: Some(Project { path: "/src/web".into(), mount: MountMode::Overlay, persist: true }),
+            network: pool.vm(4).unwrap(),
+            ports: vec!["8080:3000".parse().unwrap(), "53:53/udp".parse().unwrap()],
+            volumes: vec!["data:/data".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let config = sample();
+        let text = config.to_toml();
+        assert_eq!(VmConfig::parse(&text).unwrap(), config);
+        assert!(text.contains("[[ports]]") && text.contains("protocol = \"udp\""), "{text}");
+        assert!(text.contains("address = \"10.200.4.2\""), "{text}");
+    }
+
+    #[test]
+    fn reports_corruption_and_name_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(VM_CONFIG_FILE);
+        std::fs::write(&path, "name = \"web\"\ncpus = \"many\"").unwrap();
+        let error = format!("{:#}", VmConfig::load(&path, &"web".parse().unwrap()).unwrap_err());
+        assert!(error.contains("is corrupt"), "{error}");
+        sample().save(&path).unwrap();
+        let error = VmConfig::load(&path, &"api".parse().unwrap()).unwrap_err().to_string();
+        assert!(error.contains("names VM \"web\""), "{error}");
+    }
+
+    #[test]
+    fn root_model_forms() {
+        assert_eq!("host".parse::<RootModel>().unwrap(), RootModel::Host);
+        assert_eq!("/srv/root".parse::<RootModel>().unwrap().to_string(), "/srv/root");
+        assert!("relative".parse::<RootModel>().is_err());
+    }
+}

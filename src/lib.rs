@@ -1,0 +1,36 @@
+//! mvm: one isolated, fast microVM per project.
+//!
+//! The binary is a thin shell over this library: `main` parses the command line and
+//! maps [`run`]'s result to an exit code. Privileged work sits behind small modules
+//! whose plans are pure data, so most of mvm is testable without root.
+
+pub mod boot;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod failpoint;
+pub mod generate;
+pub mod host;
+pub mod name;
+pub mod net;
+pub mod output;
+pub mod spec;
+pub mod state;
+pub mod view;
+
+use cli::{Cli, Command};
+use state::Paths;
+
+/// Runs one parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let paths = Paths::from_env();
+    match cli.command {
+        Command::Create(args) => commands::create::run(args, &paths),
+        Command::List(args) => commands::list::run(args, &paths),
+        Command::Inspect(args) => commands::inspect::run(args, &paths),
+        Command::Rm(args) => commands::rm::run(args, &paths),
+        Command::Doctor(args) => commands::doctor::run(args, &paths),
+        Command::Completions(args) => commands::completions::run(args),
+    }
+}

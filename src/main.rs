@@ -1,0 +1,15 @@
+//! The `mvm` binary: parse, run, map the result to an exit code.
+
+use clap::Parser;
+
+fn main() {
+    let cli = mvm::cli::Cli::parse();
+    let code = match mvm::run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            mvm::error::report(&error, &mut std::io::stderr().lock());
+            mvm::error::exit_code_of(&error).code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,119 @@
+//! VM names: what is allowed and why.
+//!
+//! A name becomes a directory under the state and runtime roots, the guest's hostname,
+//! part of every iptables comment (`mvm:NAME`) and part of unix socket paths, which the
+//! kernel limits to 107 bytes. Interface names derive from the VM's index, not its name,
+//! so they always fit the kernel's 15-character limit. The rules: 1 to 32 characters,
+//! lowercase ASCII letters, digits and `-`, starting with a letter, not ending with `-`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::UserError;
+
+/// The longest name accepted (a hostname label allows 63; sockets want shorter).
+pub const MAX_NAME_LEN: usize = 32;
+
+/// A validated VM name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VmName(String);
+
+impl VmName {
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+const NAME_HINT: &str =
+    "use 1-32 lowercase letters, digits and '-', starting with a letter, e.g. 'web' or 'api-2'";
+
+impl FromStr for VmName {
+    type Err = UserError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let problem = if name.is_empty() {
+            Some("is empty".to_string())
+        } else if name.len() > MAX_NAME_LEN {
+            Some(format!("is {} characters long; the limit is {MAX_NAME_LEN}", name.len()))
+        } else if let Some(bad) =
+            name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            Some(format!("contains {bad:?}"))
+        } else if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            Some("does not start with a letter".to_string())
+        } else if name.ends_with('-') {
+            Some("ends with '-'".to_string())
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                Err(UserError::usage(format!("invalid VM name {name:?}: it {problem}")).hint(NAME_HINT))
+            }
+            None => Ok(VmName(name.to_string())),
+        }
+    }
+}
+
+impl TryFrom<String> for VmName {
+    type Error = UserError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
+}
+
+impl From<VmName> for String {
+    fn from(name: VmName) -> String {
+        name.0
+    }
+}
+
+impl fmt::Display for VmName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for VmName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for name in ["web", "api-2", "a", "x1", &"a".repeat(MAX_NAME_LEN)] {
+            assert_eq!(name.parse::<VmName>().unwrap().as_str(), name);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_names_saying_why() {
+        let cases = [
+            ("", "is empty"),
+            (&"a".repeat(MAX_NAME_LEN + 1) as &str, "the limit is 32"),
+            ("a/b", "contains '/'"),
+            ("a b", "contains ' '"),
+            ("a.b", "contains '.'"),
+            ("Web", "contains 'W'"),
+            ("1web", "does not start with a letter"),
+            ("-web", "does not start with a letter"),
+            ("web-", "ends with '-'"),
+            ("wéb", "contains 'é'"),
+        ];
+        for (name, why) in cases {
+            let error = name.parse::<VmName>().unwrap_err();
+            assert!(error.to_string().contains(why), "{name:?}: {error}");
+            assert!(error.hint_text().is_some());
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The small value syntaxes of the command line: ports (`8080:3000/udp`), memory sizes
+//! (`512M`, `2G`), volumes (`data:/var/lib/data`) and environment variables (`K=V`).
+//!
+//! Each parses with [`FromStr`] into the same type `vm.toml` stores, so the command line
+//! and the file cannot disagree about what a value means.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::UserError;
+
+/// A transport protocol for a port forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// A forward from a host port to a guest port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortForward {
+    pub host: u16,
+    pub guest: u16,
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+const PORT_HINT: &str = "write HOST:GUEST or HOST:GUEST/udp, with ports 1-65535, e.g. 8080:3000";
+
+fn parse_port(text: &str, which: &str, spec: &str) -> Result<u16, UserError> {
+    match text.parse::<u32>() {
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        Ok(port) => Err(UserError::usage(format!(
+            "invalid port forward {spec:?}: {which} port {port} is outside 1-65535"
+        ))
+        .hint(PORT_HINT)),
+        Err(_) => Err(UserError::usage(format!(
+            "invalid port forward {spec:?}: {which} port {text:?} is not a number"
+        ))
+        .hint(PORT_HINT)),
+    }
+}
+
+impl FromStr for PortForward {
+    type Err = UserError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let (ports, protocol) = match spec.rsplit_once('/') {
+            Some((ports, "tcp")) => (ports, Protocol::Tcp),
+            Some((ports, "udp")) => (ports, Protocol::Udp),
+            Some((_, other)) => {
+                return Err(UserError::usage(format!(
+                    "invalid port forward {spec:?}: unknown protocol {other:?}"
+                ))
+                .hint(PORT_HINT))
+            }
+            None => (spec, Protocol::Tcp),
+        };
+        let Some((host, guest)) = ports.split_once(':') else {
+            return Err(UserError::usage(format!("invalid port forward {spec:?}: expected HOST:GUEST"))
+                .hint(PORT_HINT));
+        };
+        Ok(PortForward {
+            host: parse_port(host, "host", spec)?,
+            guest: parse_port(guest, "guest", spec)?,
+            protocol,
+        })
+    }
+}
+
+impl fmt::Display for PortForward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.guest)?;
+        if self.protocol == Protocol::Udp {
+            f.write_str("/udp")?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a list in which two forwards claim the same host port and protocol.
+pub fn check_unique_host_ports(ports: &[PortForward]) -> Result<(), UserError> {
+    for (i, port) in ports.iter().enumerate() {
+        if let Some(other) = ports[..i].iter().find(|p| p.host == port.host && p.protocol == port.protocol) {
+            return Err(UserError::usage(format!(
+                "host port {}/{} is given twice ({other} and {port})",
+                port.host, port.protocol
+            ))
+            .hint("each host port can forward to one guest port; drop one of them"));
+        }
+    }
+    Ok(())
+}
+
+/// A memory size, kept in MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MemorySize {
+    mib: u64,
+}
+
+/// The smallest memory a VM may have.
+pub const MIN_MEMORY_MIB: u64 = 128;
+
+const MEMORY_HINT: &str = "write a size such as 512M, 2G or 1536 (MiB), at least 128M";
+
+impl MemorySize {
+    /// A size of `mib` MiB.
+    pub fn from_mib(mib: u64) -> Self {
+        MemorySize { mib }
+    }
+
+    /// The size in MiB.
+    pub fn mib(self) -> u64 {
+        self.mib
+    }
+}
+
+impl FromStr for MemorySize {
+    type Err = UserError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let invalid = || UserError::usage(format!("invalid memory size {spec:?}")).hint(MEMORY_HINT);
+        let text = spec.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().map_err(|_| invalid())?;
+        let factor_mib: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "m" | "mb" | "mib" => 1,
+            "g" | "gb" | "gib" => 1024,
+            "t" | "tb" | "tib" => 1024 * 1024,
+            _ => return Err(invalid()),
+        };
+        let mib = number.checked_mul(factor_mib).ok_or_else(invalid)?;
+        if mib < MIN_MEMORY_MIB {
+            return Err(UserError::usage(format!(
+                "memory size {spec:?} is below the minimum of {MIN_MEMORY_MIB} MiB"
+            ))
+            .hint(MEMORY_HINT));
+        }
+        Ok(MemorySize { mib })
+    }
+}
+
+impl fmt::Display for MemorySize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.mib % 1024 == 0 {
+            write!(f, "{}G", self.mib / 1024)
+        } else {
+            write!(f, "{}M", self.mib)
+        }
+    }
+}
+
+/// A named persistent volume and where the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    pub name: String,
+    pub guest_path: PathBuf,
+}
+
+const VOLUME_HINT: &str =
+    "write NAME:GUEST_PATH, e.g. pgdata:/var/lib/postgresql; NAME uses letters, digits, '-' and '_'";
+
+impl FromStr for Volume {
+    type Err = UserError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let invalid =
+            |why: &str| UserError::usage(format!("invalid volume {spec:?}: {why}")).hint(VOLUME_HINT);
+        let (name, guest_path) = spec.split_once(':').ok_or_else(|| invalid("expected NAME:GUEST_PATH"))?;
+        if name.is_empty() || name.len() > 64 {
+            return Err(invalid("the name must have 1 to 64 characters"));
+        }
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.starts_with('-') {
+            return Err(invalid("the name may use only letters, digits, '-' and '_'"));
+        }
+        let guest_path = normalize_guest_path(guest_path).map_err(|why| invalid(&why))?;
+        Ok(Volume { name: name.to_string(), guest_path })
+    }
+}
+
+/// Checks that `path` is an absolute guest path below `/` with no `.`/`..` parts.
+pub fn normalize_guest_path(path: &str) -> Result<PathBuf, String> {
+    let path = Path::new(path);
+    if !path.is_absolute() {
+        return Err(format!("the guest path {path:?} is not absolute"));
+    }
+    let mut clean = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::RootDir => {}
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir | Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("the guest path {path:?} contains '.' or '..'"))
+            }
+        }
+    }
+    if clean == Path::new("/") {
+        return Err("the guest path cannot be '/' itself".to_string());
+    }
+    Ok(clean)
+}
+
+/// Refuses two volumes with the same name or the same guest path.
+pub fn check_unique_volumes(volumes: &[Volume]) -> Result<(), UserError> {
+    for (i, volume) in volumes.iter().enumerate() {
+        for other in &volumes[..i] {
+            if other.name == volume.name || other.guest_path == volume.guest_path {
+                return Err(UserError::usage(format!(
+                    "volumes {}:{} and {}:{} clash: names and guest paths must be unique",
+                    other.name,
+                    other.guest_path.display(),
+                    volume.name,
+                    volume.guest_path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An environment variable given as `K=V`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    pub key: String,
+    pub value: String,
+}
+
+impl FromStr for EnvVar {
+    type Err = UserError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let invalid = |why: &str| {
+            UserError::usage(format!("invalid environment variable {spec:?}: {why}"))
+                .hint("write KEY=VALUE, with KEY made of letters, digits and '_', not starting with a digit")
+        };
+        let (key, value) = spec.split_once('=').ok_or_else(|| invalid("expected KEY=VALUE"))?;
+        let valid_key = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_key {
+            return Err(invalid("the key is not a valid variable name"));
+        }
+        Ok(EnvVar { key: key.to_string(), value: value.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_port_forwards() {
+        let tcp: PortForward = "8080:3000".parse().unwrap();
+        assert_eq!((tcp.host, tcp.guest, tcp.protocol), (8080, 3000, Protocol::Tcp));
+        let udp: PortForward = "53:5353/udp".parse().unwrap();
+        assert_eq!((udp.host, udp.guest, udp.protocol), (53, 5353, Protocol::Udp));
+        assert_eq!("1:65535/tcp".parse::<PortForward>().unwrap().to_string(), "1:65535");
+        assert_eq!(udp.to_string(), "53:5353/udp");
+    }
+
+    #[test]
+    fn rejects_bad_port_forwards() {
+        for (spec, why) in [
+            ("8080", "expected HOST:GUEST"),
+            ("0:80", "host port 0 is outside"),
+            ("80:65536", "guest port 65536 is outside"),
+            ("80:x", "guest port \"x\" is not a number"),
+            ("-1:80", "is not a number"),
+            ("80:80/sctp", "unknown protocol"),
+            ("", "expected HOST:GUEST"),
+            ("80:", "is not a number"),
+        ] {
+            let error = spec.parse::<PortForward>().unwrap_err();
+            assert!(error.to_string().contains(why), "{spec:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_host_port_given_twice_per_protocol() {
+        let ports: Vec<PortForward> = ["80:80", "80:81/udp"].iter().map(|s| s.parse().unwrap()).collect();
+        check_unique_host_ports(&ports).unwrap();
+        let ports: Vec<PortForward> = ["80:80", "80:81"].iter().map(|s| s.parse().unwrap()).collect();
+        assert!(check_unique_host_ports(&ports)
+            .unwrap_err()
+            .to_string()
+            .contains("host port 80/tcp is given twice"));
+    }
+
+    #[test]
+    fn parses_memory_sizes() {
+        for (spec, mib) in [("128", 128), ("512M", 512), ("2G", 2048), ("1GiB", 1024), ("1536mb", 1536)] {
+            assert_eq!(spec.parse::<MemorySize>().unwrap().mib(), mib, "{spec}");
+        }
+        assert_eq!(MemorySize::from_mib(2048).to_string(), "2G");
+        assert_eq!(MemorySize::from_mib(1536).to_string(), "1536M");
+    }
+
+    #[test]
+    fn rejects_bad_memory_sizes() {
+        for spec in ["", "G", "1.5G", "12X", "-1G", "99999999999999999999T", "1 G B"] {
+            assert!(spec.parse::<MemorySize>().is_err(), "{spec:?}");
+        }
+        let error = "127M".parse::<MemorySize>().unwrap_err();
+        assert!(error.to_string().contains("below the minimum"), "{error}");
+    }
+
+    #[test]
+    fn parses_and_checks_volumes() {
+        let volume: Volume = "pgdata:/var/lib/postgresql/".parse().unwrap();
+        assert_eq!(volume.name, "pgdata");
+        assert_eq!(volume.guest_path, Path::new("/var/lib/postgresql"));
+        for spec in ["a/b:/x", "..:/x", ":/x", "data", "data:relative", "data:/", "data:/a/../b"] {
+            assert!(spec.parse::<Volume>().is_err(), "{spec:?}");
+        }
+        let clash: Vec<Volume> = ["a:/x", "b:/x"].iter().map(|s| s.parse().unwrap()).collect();
+        assert!(check_unique_volumes(&clash).is_err());
+    }
+
+    #[test]
+    fn parses_env_vars() {
+        let var: EnvVar = "RUST_LOG=debug=1".parse().unwrap();
+        assert_eq!((var.key.as_str(), var.value.as_str()), ("RUST_LOG", "debug=1"));
+        for spec in ["NOVALUE", "=x", "1A=x", "A-B=x"] {
+            assert!(spec.parse::<EnvVar>().is_err(), "{spec:?}");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Where mvm keeps things on the host, and the primitives that keep them consistent:
+//! injected roots, atomic writes, locks, and the catalogue of VMs on disk.
+
+pub mod atomic;
+pub mod lock;
+pub mod paths;
+pub mod store;
+
+pub use paths::Paths;

@@ -1,0 +1,89 @@
+//! The filesystem roots mvm uses, injected everywhere so tests can point them at temp dirs.
+//!
+//! Defaults follow DESIGN §2; `MVM_STATE_DIR`, `MVM_RUN_DIR` and `MVM_CONFIG` override them.
+
+use std::path::{Path, PathBuf};
+
+use crate::name::VmName;
+
+/// Default root of persistent per-VM state.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/microvms";
+/// Default root of per-VM runtime files.
+pub const DEFAULT_RUN_DIR: &str = "/run/mvm";
+/// Default host config file.
+pub const DEFAULT_CONFIG: &str = "/etc/mvm/config.toml";
+
+/// The roots of mvm's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// Persistent state: one directory per VM.
+    pub state_dir: PathBuf,
+    /// Runtime files: one directory per running VM.
+    pub run_dir: PathBuf,
+    /// The host config file.
+    pub config_file: PathBuf,
+}
+
+impl Paths {
+    /// The roots from the environment, falling back to the defaults.
+    pub fn from_env() -> Paths {
+        let var = |name: &str, default: &str| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map_or_else(|| PathBuf::from(default), PathBuf::from)
+        };
+        Paths {
+            state_dir: var("MVM_STATE_DIR", DEFAULT_STATE_DIR),
+            run_dir: var("MVM_RUN_DIR", DEFAULT_RUN_DIR),
+            config_file: var("MVM_CONFIG", DEFAULT_CONFIG),
+        }
+    }
+
+    /// Roots under one directory (for tests and benchmarks).
+    pub fn under(root: &Path) -> Paths {
+        Paths {
+            state_dir: root.join("state"),
+            run_dir: root.join("run"),
+            config_file: root.join("config.toml"),
+        }
+    }
+
+    /// The lock taken around index allocation in `create`.
+    pub fn create_lock(&self) -> PathBuf {
+        self.state_dir.join(".create.lock")
+    }
+
+    /// A VM's persistent directory.
+    pub fn vm_dir(&self, name: &VmName) -> PathBuf {
+        self.state_dir.join(name.as_str())
+    }
+
+    /// A VM's `vm.toml`.
+    pub fn vm_config(&self, name: &VmName) -> PathBuf {
+        self.vm_dir(name).join(crate::config::vm::VM_CONFIG_FILE)
+    }
+
+    /// A VM's runtime directory.
+    pub fn vm_run_dir(&self, name: &VmName) -> PathBuf {
+        self.run_dir.join(name.as_str())
+    }
+
+    /// The lock a VM's supervisor holds for as long as it lives.
+    pub fn run_lock(&self, name: &VmName) -> PathBuf {
+        self.vm_run_dir(name).join("lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_vm_paths_hang_off_the_roots() {
+        let paths = Paths::under(Path::new("/tmp/x"));
+        let web: VmName = "web".parse().unwrap();
+        assert_eq!(paths.vm_config(&web), Path::new("/tmp/x/state/web/vm.toml"));
+        assert_eq!(paths.run_lock(&web), Path::new("/tmp/x/run/web/lock"));
+        assert_eq!(paths.create_lock(), Path::new("/tmp/x/state/.create.lock"));
+    }
+}

@@ -1,0 +1,104 @@
+//! What `list` and `inspect` show about a VM: one summary type, so the table, the JSON
+//! and `inspect` cannot disagree. The JSON field names are a stable interface.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::name::VmName;
+use crate::spec::PortForward;
+use crate::state::store::{self, RunState, VmEntry};
+use crate::state::Paths;
+
+/// The state column: running, stopped, or broken (unreadable `vm.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    Running,
+    Stopped,
+    Broken,
+}
+
+impl VmState {
+    /// The word shown in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+            VmState::Broken => "broken",
+        }
+    }
+}
+
+impl From<RunState> for VmState {
+    fn from(state: RunState) -> Self {
+        match state {
+            RunState::Running => VmState::Running,
+            RunState::Stopped => VmState::Stopped,
+        }
+    }
+}
+
+/// One row of `mvm list` (and `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct VmSummary {
+    pub name: String,
+    pub state: VmState,
+    pub ip: Option<String>,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub hypervisor: Option<String>,
+    pub ports: Vec<PortForward>,
+    pub project: Option<PathBuf>,
+    pub uptime_seconds: Option<u64>,
+    /// Why the VM is broken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl VmSummary {
+    /// The summary of one catalogue entry, with its run state from the run lock.
+    pub fn of(paths: &Paths, entry: &VmEntry) -> VmSummary {
+        let config = match &entry.config {
+            Ok(config) => config,
+            Err(error) => return Self::broken(&entry.name, error.clone()),
+        };
+        let state = match store::run_state(paths, &config.name) {
+            Ok(state) => VmState::from(state),
+            Err(error) => return Self::broken(&entry.name, format!("{error:#}")),
+        };
+        VmSummary {
+            name: entry.name.clone(),
+            state,
+            ip: Some(config.network.address.to_string()),
+            cpus: Some(config.cpus),
+            memory_mib: Some(config.memory_mib),
+            hypervisor: Some(config.hypervisor.to_string()),
+            ports: config.ports.clone(),
+            project: config.project.as_ref().map(|project| project.path.clone()),
+            uptime_seconds: None,
+            error: None,
+        }
+    }
+
+    fn broken(name: &str, error: String) -> VmSummary {
+        VmSummary {
+            name: name.to_string(),
+            state: VmState::Broken,
+            ip: None,
+            cpus: None,
+            memory_mib: None,
+            hypervisor: None,
+            ports: Vec::new(),
+            project: None,
+            uptime_seconds: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// The summary of VM `name` alone.
+pub fn summary_of(paths: &Paths, name: &VmName) -> anyhow::Result<VmSummary> {
+    let config = store::load(paths, name)?;
+    Ok(VmSummary::of(paths, &VmEntry { name: name.to_string(), config: Ok(config) }))
+}

@@ -1,1 +1,81 @@
-fn main() {}
+//! CLI benchmarks: wall time of whole `mvm` invocations, as a user sees them.
+//!
+//! `cargo bench --bench cli` prints median / p90 / min over repeated runs of
+//! - `mvm list` and `mvm list --json` with 200 VMs on disk (target: median under 20 ms);
+//! - `mvm create` into a state dir already holding 200 VMs.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mvm::commands::create::{create, CreateArgs, HostLimits};
+use mvm::config::host::HostConfig;
+use mvm::state::Paths;
+
+const VMS: usize = 200;
+const RUNS: usize = 50;
+
+fn mvm(paths: &Paths, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mvm"));
+    command
+        .args(args)
+        .env("MVM_STATE_DIR", &paths.state_dir)
+        .env("MVM_RUN_DIR", &paths.run_dir)
+        .env("MVM_CONFIG", &paths.config_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+fn time_runs(label: &str, mut make: impl FnMut(usize) -> Command) {
+    for i in 0..3 {
+        make(RUNS + i).status().unwrap();
+    }
+    let mut times: Vec<Duration> = (0..RUNS)
+        .map(|i| {
+            let start = Instant::now();
+            let status = make(i).status().unwrap();
+            let elapsed = start.elapsed();
+            assert!(status.success(), "{label} failed");
+            elapsed
+        })
+        .collect();
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{label:<40} median {:>7.2} ms   p90 {:>7.2} ms   min {:>7.2} ms   ({RUNS} runs)",
+        ms(times[RUNS / 2]),
+        ms(times[RUNS * 9 / 10]),
+        ms(times[0])
+    );
+}
+
+fn populate(paths: &Paths, host: &HostConfig, project: &Path) {
+    let limits = HostLimits { cpus: 2, memory_mib: None };
+    for i in 0..VMS {
+        let args = CreateArgs {
+            name: format!("vm{i}"),
+            project: Some(project.to_path_buf()),
+            ports: vec![format!("{}:80", 10000 + i)],
+            root: "host".into(),
+            ..CreateArgs::default()
+        };
+        create(&args, paths, host, limits).unwrap();
+    }
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = Paths::under(dir.path());
+    let project = dir.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    let config = "[network]\npool = \"10.200.0.0/16\"\nsubnet_prefix = 26\n";
+    std::fs::write(&paths.config_file, config).unwrap();
+    let host = HostConfig::parse(config).unwrap();
+    assert!(host.address_pool().unwrap().capacity() as usize > VMS + RUNS + 3);
+    populate(&paths, &host, &project);
+    println!("mvm CLI benchmarks, {VMS} VMs on disk");
+    time_runs("mvm list", |_| mvm(&paths, &["list"]));
+    time_runs("mvm list --json", |_| mvm(&paths, &["list", "--json"]));
+    time_runs("mvm create (one more VM)", |i| mvm(&paths, &["create", &format!("new{i}")]));
+}

@@ -90,8 +90,9 @@ pub fn run(args: CreateArgs, paths: &Paths) -> anyhow::Result<i32> {
     let config = create(&args, paths, &host, HostLimits::of_this_host())
         .with_context(|| format!("cannot create VM '{name}'"))?;
     let network = &config.network;
+    let plural = if config.cpus == 1 { "" } else { "s" };
     println!(
-        "created VM '{}': {} CPUs, {} memory, {}, address {}",
+        "created VM '{}': {} CPU{plural}, {} memory, {}, address {}",
         config.name,
         config.cpus,
         config.memory(),

@@ -30,6 +30,9 @@ pub fn run(args: RmArgs, paths: &Paths) -> anyhow::Result<i32> {
 
 /// Removes VM `name`, which must exist and not run.
 pub fn remove(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
+    if !store::exists(paths, name) {
+        return Err(store::no_such_vm(name).into());
+    }
     let _lock = FileLock::exclusive(&paths.create_lock())?;
     if !store::exists(paths, name) {
         return Err(store::no_such_vm(name).into());

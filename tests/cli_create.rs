@@ -1,0 +1,250 @@
+//! Unit tier, through the real binary: `mvm create` with good and bad input. Every bad
+//! input gets a clear error, its documented exit code, and leaves nothing on disk.
+
+mod support;
+
+use support::Sandbox;
+
+const USAGE: i32 = 2;
+const NOT_FOUND: i32 = 3;
+const CONFLICT: i32 = 4;
+
+#[test]
+fn creates_a_vm_and_lists_it() {
+    let sandbox = Sandbox::new();
+    let project = sandbox.mkdir("web");
+    let out = sandbox.mvm(&["create", "web", "--project", project.to_str().unwrap(), "--port", "8080:3000"]);
+    assert!(out.ok().contains("created VM 'web'"), "{}", out.stdout);
+    let list = sandbox.list_json();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["name"], "web");
+    assert_eq!(list[0]["state"], "stopped");
+    assert_eq!(list[0]["ip"], "10.200.0.2");
+    assert_eq!(list[0]["ports"][0]["host"], 8080);
+    assert_eq!(list[0]["project"], project.canonicalize().unwrap().to_str().unwrap());
+    let toml = std::fs::read_to_string(sandbox.state_dir().join("web/vm.toml")).unwrap();
+    assert!(toml.contains("name = \"web\""), "{toml}");
+}
+
+#[track_caller]
+fn assert_refused(sandbox: &Sandbox, args: &[&str], code: i32, needles: &[&str]) {
+    let before = sandbox.state_entries();
+    let out = sandbox.mvm(args);
+    out.fails(code, needles);
+    assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
+    let after: Vec<String> = sandbox.state_entries().into_iter().filter(|e| e != ".create.lock").collect();
+    let before: Vec<String> = before.into_iter().filter(|e| e != ".create.lock").collect();
+    assert_eq!(before, after, "a refused create changed the state dir: {args:?}");
+}
+
+#[test]
+fn refuses_invalid_names() {
+    let sandbox = Sandbox::new();
+    let long = "a".repeat(33);
+    for (name, why) in [
+        ("", "is empty"),
+        (long.as_str(), "the limit is 32"),
+        ("a/b", "contains '/'"),
+        ("my vm", "contains ' '"),
+        ("web.app", "contains '.'"),
+        ("Web", "contains 'W'"),
+    ] {
+        assert_refused(&sandbox, &["create", name], USAGE, &[why, "hint: use 1-32 lowercase"]);
+    }
+    assert!(sandbox.vm_dirs().is_empty());
+}
+
+#[test]
+fn refuses_a_duplicate_name_and_keeps_the_first() {
+    let sandbox = Sandbox::new();
+    sandbox.mvm(&["create", "web", "--cpus", "1"]).ok();
+    let before = std::fs::read(sandbox.state_dir().join("web/vm.toml")).unwrap();
+    assert_refused(&sandbox, &["create", "web", "--cpus", "2"], CONFLICT, &["already exists", "mvm rm web"]);
+    assert_eq!(std::fs::read(sandbox.state_dir().join("web/vm.toml")).unwrap(), before);
+}
+
+#[test]
+fn refuses_bad_projects() {
+    let sandbox = Sandbox::new();
+    let missing = sandbox.root().join("missing");
+    assert_refused(
+        &sandbox,
+        &["create", "web", "--project", missing.to_str().unwrap()],
+        NOT_FOUND,
+        &["does not exist"],
+    );
+    let file = sandbox.root().join("file.txt");
+    std::fs::write(&file, "x").unwrap();
+    assert_refused(
+        &sandbox,
+        &["create", "web", "--project", file.to_str().unwrap()],
+        USAGE,
+        &["not a directory"],
+    );
+    let project = sandbox.mkdir("p");
+    assert_refused(
+        &sandbox,
+        &["create", "web", "--project", project.to_str().unwrap(), "--mount", "rw", "--persist"],
+        USAGE,
+        &["--persist keeps the overlay's layer"],
+    );
+    assert_refused(&sandbox, &["create", "web", "--persist"], USAGE, &["--project"]);
+}
+
+#[test]
+fn refuses_bad_cpus_and_memory() {
+    let sandbox = Sandbox::new();
+    let too_many = (std::thread::available_parallelism().unwrap().get() + 1).to_string();
+    assert_refused(&sandbox, &["create", "web", "--cpus", "0"], USAGE, &["--cpus 0 is outside"]);
+    assert_refused(
+        &sandbox,
+        &["create", "web", "--cpus", &too_many],
+        USAGE,
+        &["is outside", "this host has"],
+    );
+    assert_refused(&sandbox, &["create", "web", "--cpus", "two"], USAGE, &["invalid value 'two'"]);
+    for memory in ["lots", "1.5G", "12X", ""] {
+        assert_refused(&sandbox, &["create", "web", "--memory", memory], USAGE, &["invalid memory size"]);
+    }
+    assert_refused(&sandbox, &["create", "web", "--memory", "64M"], USAGE, &["below the minimum of 128 MiB"]);
+    assert_refused(&sandbox, &["create", "web", "--memory", "100T"], USAGE, &["more than this host's"]);
+}
+
+#[test]
+fn refuses_bad_ports() {
+    let sandbox = Sandbox::new();
+    for (port, why) in [
+        ("0:80", "outside 1-65535"),
+        ("80:70000", "outside 1-65535"),
+        ("8080", "expected HOST:GUEST"),
+        ("a:b", "not a number"),
+        ("80:80/icmp", "unknown protocol"),
+    ] {
+        assert_refused(&sandbox, &["create", "web", "--port", port], USAGE, &[why, "hint: write HOST:GUEST"]);
+    }
+    assert_refused(
+        &sandbox,
+        &["create", "web", "--port", "8080:80", "--port", "8080:81"],
+        USAGE,
+        &["given twice"],
+    );
+}
+
+#[test]
+fn refuses_a_host_port_another_vm_forwards() {
+    let sandbox = Sandbox::new();
+    sandbox.mvm(&["create", "web", "--port", "8080:80"]).ok();
+    assert_refused(
+        &sandbox,
+        &["create", "api", "--port", "8080:3000"],
+        CONFLICT,
+        &["already forwarded by VM 'web'", "mvm port web --rm 8080"],
+    );
+    sandbox.mvm(&["create", "dns", "--port", "8080:80/udp"]).ok();
+}
+
+#[test]
+fn refuses_bad_volumes_env_root_and_kernel() {
+    let sandbox = Sandbox::new();
+    for volume in ["../x:/data", "a/b:/data", "data:relative", "data:/", "data"] {
+        assert_refused(&sandbox, &["create", "web", "--volume", volume], USAGE, &["invalid volume"]);
+    }
+    assert_refused(&sandbox, &["create", "web", "--env", "1X=y"], USAGE, &["invalid environment variable"]);
+    assert_refused(&sandbox, &["create", "web", "--root", "relative"], USAGE, &["neither 'host'"]);
+    assert_refused(
+        &sandbox,
+        &["create", "web", "--root", "/nonexistent-root"],
+        NOT_FOUND,
+        &["does not exist"],
+    );
+    assert_refused(
+        &sandbox,
+        &["create", "web", "--kernel", "/nonexistent/bzImage"],
+        NOT_FOUND,
+        &["not a file"],
+    );
+    assert_refused(&sandbox, &["create", "web", "--hypervisor", "firecracker"], USAGE, &["invalid value"]);
+}
+
+#[test]
+fn refuses_unknown_flags_and_missing_arguments() {
+    let sandbox = Sandbox::new();
+    assert_refused(&sandbox, &["create", "web", "--gpu"], USAGE, &["unexpected argument '--gpu'"]);
+    assert_refused(&sandbox, &["create"], USAGE, &["required"]);
+    sandbox.mvm(&["frobnicate"]).fails(USAGE, &["unrecognized subcommand"]);
+}
+
+#[test]
+fn a_corrupt_host_config_is_refused_clearly() {
+    let sandbox = Sandbox::new();
+    std::fs::write(sandbox.config_file(), "[network]\npool = \"10.0.0.1/8\"\n").unwrap();
+    assert_refused(&sandbox, &["create", "web"], USAGE, &["invalid host config", "host bits"]);
+}
+
+#[test]
+fn twenty_concurrent_creates_get_twenty_distinct_indices() {
+    let sandbox = Sandbox::new();
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let mut command = sandbox.command(&["create", &format!("vm{i}"), "--cpus", "1"]);
+            command.stdout(std::process::Stdio::null()).spawn().unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let list = sandbox.list_json();
+    assert_eq!(list.len(), 20);
+    let mut ips: Vec<&str> = list.iter().map(|vm| vm["ip"].as_str().unwrap()).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 20, "duplicate addresses: {list:?}");
+    let mut indices: Vec<u64> = (0..20)
+        .map(|i| {
+            let text = std::fs::read_to_string(sandbox.state_dir().join(format!("vm{i}/vm.toml"))).unwrap();
+            let value: toml::Value = toml::from_str(&text).unwrap();
+            value["network"]["index"].as_integer().unwrap() as u64
+        })
+        .collect();
+    indices.sort();
+    assert_eq!(indices, (0..20).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_create_killed_half_way_leaves_no_vm() {
+    let sandbox = Sandbox::new();
+    let mut command = sandbox.command(&["create", "web"]);
+    command.env("MVM_FAILPOINT", "create-staged");
+    let status = command.output().unwrap().status;
+    assert!(!status.success(), "the failpoint should have killed create");
+    assert!(sandbox.vm_dirs().is_empty());
+    assert!(sandbox.list_json().is_empty(), "a half-created VM must not be listed");
+    sandbox.mvm(&["create", "web"]).ok();
+    assert_eq!(sandbox.vm_dirs(), ["web"]);
+    assert!(
+        !sandbox.state_entries().iter().any(|e| e.starts_with(".staging-")),
+        "stale staging dir left: {:?}",
+        sandbox.state_entries()
+    );
+}
+
+#[test]
+fn unprivileged_users_get_needs_root_or_unreadable_errors() {
+    if !support::require_root("unprivileged_users_get_needs_root_or_unreadable_errors") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    std::fs::set_permissions(sandbox.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A state dir under a root-owned directory: creating it is refused.
+    sandbox.mvm_as(65534, &["create", "web"]).fails(6, &["permission denied", "sudo"]);
+    // An unreadable project, with a state dir the user may write.
+    std::fs::create_dir_all(sandbox.state_dir()).unwrap();
+    std::fs::set_permissions(sandbox.state_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let secret = sandbox.mkdir("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    sandbox
+        .mvm_as(65534, &["create", "web", "--project", secret.to_str().unwrap()])
+        .fails(USAGE, &["not readable"]);
+    assert!(sandbox.vm_dirs().is_empty());
+}

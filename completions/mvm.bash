@@ -34,6 +34,9 @@ _mvm() {
             mvm,ls)
                 cmd="mvm__subcmd__list"
                 ;;
+            mvm,port)
+                cmd="mvm__subcmd__port"
+                ;;
             mvm,rm)
                 cmd="mvm__subcmd__rm"
                 ;;
@@ -44,7 +47,7 @@ _mvm() {
 
     case "${cmd}" in
         mvm)
-            opts="-h -V --help --version create list ls inspect rm doctor completions"
+            opts="-h -V --help --version create list ls inspect port rm doctor completions"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -126,7 +129,7 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__doctor)
-            opts="-h -V --json --help --version"
+            opts="-h -V --json --fix --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -160,6 +163,24 @@ _mvm() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__port)
+            opts="-h -V --rm --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --rm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

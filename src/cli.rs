@@ -4,7 +4,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::{
     completions::CompletionsArgs, create::CreateArgs, doctor::DoctorArgs, inspect::InspectArgs,
-    list::ListArgs, rm::RmArgs,
+    list::ListArgs, port::PortArgs, rm::RmArgs,
 };
 use crate::error::EXIT_CODES_HELP;
 
@@ -41,6 +41,8 @@ pub enum Command {
     List(ListArgs),
     /// Show everything about one VM
     Inspect(InspectArgs),
+    /// List, add or remove port forwards
+    Port(PortArgs),
     /// Remove a stopped VM with its state, volumes and logs
     Rm(RmArgs),
     /// Check that this host can run VMs

@@ -121,6 +121,11 @@ fn user_error_in(error: &anyhow::Error) -> Option<&UserError> {
     error.chain().find_map(|cause| cause.downcast_ref::<UserError>())
 }
 
+/// The hint of the first [`UserError`] in an error's chain.
+pub fn hint_of(error: &anyhow::Error) -> Option<&str> {
+    user_error_in(error).and_then(UserError::hint_text)
+}
+
 /// Prints `error: …`, its causes and its hint to `out`.
 pub fn report(error: &anyhow::Error, out: &mut dyn Write) {
     let mut causes = error.chain();
@@ -130,7 +135,7 @@ pub fn report(error: &anyhow::Error, out: &mut dyn Write) {
     for cause in causes {
         let _ = writeln!(out, "  caused by: {cause}");
     }
-    if let Some(hint) = user_error_in(error).and_then(UserError::hint_text) {
+    if let Some(hint) = hint_of(error) {
         let _ = writeln!(out, "hint: {hint}");
     }
 }

@@ -45,9 +45,9 @@ fn default_protocol() -> Protocol {
 
 const PORT_HINT: &str = "write HOST:GUEST or HOST:GUEST/udp, with ports 1-65535, e.g. 8080:3000";
 
-fn parse_port(text: &str, which: &str, spec: &str) -> Result<u16, UserError> {
+fn parse_port(text: &str, which: &str, spec: &str, lowest: u32) -> Result<u16, UserError> {
     match text.parse::<u32>() {
-        Ok(port @ 1..=65535) => Ok(port as u16),
+        Ok(port) if (lowest..=65535).contains(&port) => Ok(port as u16),
         Ok(port) => Err(UserError::usage(format!(
             "invalid port forward {spec:?}: {which} port {port} is outside 1-65535"
         ))
@@ -63,25 +63,66 @@ impl FromStr for PortForward {
     type Err = UserError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let (ports, protocol) = match spec.rsplit_once('/') {
-            Some((ports, "tcp")) => (ports, Protocol::Tcp),
-            Some((ports, "udp")) => (ports, Protocol::Udp),
-            Some((_, other)) => {
-                return Err(UserError::usage(format!(
-                    "invalid port forward {spec:?}: unknown protocol {other:?}"
-                ))
-                .hint(PORT_HINT))
-            }
-            None => (spec, Protocol::Tcp),
-        };
+        Self::parse(spec, 1)
+    }
+}
+
+impl PortForward {
+    /// Parses `HOST:GUEST[/udp]` where the host port may be 0, meaning "pick a free one".
+    pub fn parse_with_auto_host(spec: &str) -> Result<Self, UserError> {
+        Self::parse(spec, 0)
+    }
+
+    fn parse(spec: &str, lowest_host_port: u32) -> Result<Self, UserError> {
+        let (ports, protocol) = parse_protocol(spec)?;
         let Some((host, guest)) = ports.split_once(':') else {
             return Err(UserError::usage(format!("invalid port forward {spec:?}: expected HOST:GUEST"))
                 .hint(PORT_HINT));
         };
         Ok(PortForward {
-            host: parse_port(host, "host", spec)?,
-            guest: parse_port(guest, "guest", spec)?,
+            host: parse_port(host, "host", spec, lowest_host_port)?,
+            guest: parse_port(guest, "guest", spec, 1)?,
             protocol,
+        })
+    }
+}
+
+/// Splits `TEXT[/tcp|/udp]` into the text and its protocol (TCP when none is given).
+fn parse_protocol(spec: &str) -> Result<(&str, Protocol), UserError> {
+    match spec.rsplit_once('/') {
+        Some((ports, "tcp")) => Ok((ports, Protocol::Tcp)),
+        Some((ports, "udp")) => Ok((ports, Protocol::Udp)),
+        Some((_, other)) => {
+            Err(UserError::usage(format!("invalid port forward {spec:?}: unknown protocol {other:?}"))
+                .hint(PORT_HINT))
+        }
+        None => Ok((spec, Protocol::Tcp)),
+    }
+}
+
+/// A host port to stop forwarding: `HOST` (every protocol) or `HOST/tcp|udp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPortSelector {
+    pub port: u16,
+    pub protocol: Option<Protocol>,
+}
+
+impl HostPortSelector {
+    /// Whether `forward` is selected.
+    pub fn matches(&self, forward: &PortForward) -> bool {
+        forward.host == self.port && self.protocol.is_none_or(|protocol| protocol == forward.protocol)
+    }
+}
+
+impl FromStr for HostPortSelector {
+    type Err = UserError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let protocol = spec.contains('/').then(|| parse_protocol(spec)).transpose()?;
+        let port_text = protocol.map_or(spec, |(text, _)| text);
+        Ok(HostPortSelector {
+            port: parse_port(port_text, "host", spec, 1)?,
+            protocol: protocol.map(|(_, protocol)| protocol),
         })
     }
 }
@@ -293,6 +334,19 @@ mod tests {
             let error = spec.parse::<PortForward>().unwrap_err();
             assert!(error.to_string().contains(why), "{spec:?}: {error}");
         }
+    }
+
+    #[test]
+    fn auto_host_ports_and_selectors() {
+        assert_eq!(PortForward::parse_with_auto_host("0:80").unwrap().host, 0);
+        assert!("0:80".parse::<PortForward>().is_err());
+        assert!(PortForward::parse_with_auto_host("80:0").is_err());
+        let any: HostPortSelector = "8080".parse().unwrap();
+        let udp: HostPortSelector = "8080/udp".parse().unwrap();
+        let forward: PortForward = "8080:80".parse().unwrap();
+        assert!(any.matches(&forward) && !udp.matches(&forward));
+        assert!("x/udp".parse::<HostPortSelector>().is_err());
+        assert!("8080/sctp".parse::<HostPortSelector>().is_err());
     }
 
     #[test]

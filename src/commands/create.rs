@@ -313,20 +313,8 @@ fn create_state_dir(dir: &Path) -> anyhow::Result<()> {
 /// Refuses host ports that another VM already forwards.
 fn check_host_ports_free(ports: &[PortForward], existing: &[store::VmEntry]) -> Result<(), UserError> {
     for port in ports {
-        let owner = existing.iter().find_map(|vm| {
-            let config = vm.config.as_ref().ok()?;
-            config
-                .ports
-                .iter()
-                .any(|p| p.host == port.host && p.protocol == port.protocol)
-                .then_some(&config.name)
-        });
-        if let Some(owner) = owner {
-            return Err(UserError::conflict(format!(
-                "host port {}/{} is already forwarded by VM '{owner}'",
-                port.host, port.protocol
-            ))
-            .hint(format!("pick another host port, or free it with `mvm port {owner} --rm {}`", port.host)));
+        if let Some(owner) = store::host_port_forwarder(existing, port, None) {
+            return Err(store::port_forwarded_by(port, owner));
         }
     }
     Ok(())

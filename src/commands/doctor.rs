@@ -2,16 +2,20 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
 use crate::boot::kernel;
 use crate::config::host::HostConfig;
-use crate::config::vm::Hypervisor;
+use crate::config::vm::{Hypervisor, VmConfig};
 use crate::error::ExitCode;
 use crate::host::binaries::Tool;
 use crate::host::kvm::{self, KvmSupport};
+use crate::net::host::HostNet;
 use crate::output::print_json;
+use crate::state::lock::RunLock;
+use crate::state::store::{self, RunState};
 use crate::state::Paths;
 
 /// Arguments of `mvm doctor`.
@@ -20,6 +24,9 @@ pub struct DoctorArgs {
     /// Print JSON instead of text
     #[arg(long)]
     pub json: bool,
+    /// Remove orphans: links, rules and runtime dirs of VMs that are not running
+    #[arg(long)]
+    pub fix: bool,
 }
 
 /// How a check came out.
@@ -59,7 +66,8 @@ struct Report<'a> {
 
 /// Runs `mvm doctor`; exits 5 when any check is an error.
 pub fn run(args: DoctorArgs, paths: &Paths) -> anyhow::Result<i32> {
-    let checks = checks(paths, Path::new("/"));
+    let mut checks = checks(paths, Path::new("/"));
+    checks.extend(network_checks(paths, args.fix));
     let ok = checks.iter().all(|check| check.status != Status::Error);
     if args.json {
         print_json(&Report { ok, checks: &checks })?;
@@ -103,6 +111,106 @@ pub fn checks(paths: &Paths, root: &Path) -> Vec<Check> {
     checks.push(kernel_check(&host, root));
     checks.push(state_dir_check(&paths.state_dir));
     checks
+}
+
+/// Uplink, pool and orphans: these need root and a netlink connection.
+pub fn network_checks(paths: &Paths, fix: bool) -> Vec<Check> {
+    if !crate::host::is_root() {
+        return vec![Check::problem(
+            "network",
+            Status::Warn,
+            "not inspected (needs root)",
+            "run `sudo mvm doctor` to check the uplink, the address pool and orphans",
+        )];
+    }
+    let host = HostConfig::load(&paths.config_file).unwrap_or_default();
+    let mut net = match HostNet::open(paths, &host) {
+        Ok(net) => net,
+        Err(error) => {
+            return vec![Check::problem(
+                "network",
+                Status::Error,
+                format!("{error:#}"),
+                "see the error above",
+            )]
+        }
+    };
+    let mut checks = Vec::new();
+    checks.push(match net.default_uplink() {
+        Ok(Some(uplink)) => Check::ok("uplink", format!("default route via {uplink}")),
+        Ok(None) => Check::problem(
+            "uplink",
+            Status::Warn,
+            "no default route: VMs will have no internet",
+            "connect the host to a network, or set network.uplink in /etc/mvm/config.toml",
+        ),
+        Err(error) => Check::problem("uplink", Status::Warn, format!("{error:#}"), "check `ip route`"),
+    });
+    checks.push(match net.check_pool() {
+        Ok(()) => Check::ok("address pool", format!("{} is free", host.network.pool)),
+        Err(error) => Check::problem(
+            "address pool",
+            Status::Error,
+            error.to_string(),
+            crate::error::hint_of(&error).unwrap_or_default(),
+        ),
+    });
+    checks.push(orphan_check(paths, &mut net, fix));
+    checks
+}
+
+fn orphan_check(paths: &Paths, net: &mut HostNet, fix: bool) -> Check {
+    let running: Vec<VmConfig> = store::list(paths)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|entry| entry.config.ok())
+        .filter(|config| matches!(store::run_state(paths, &config.name), Ok(RunState::Running)))
+        .collect();
+    let stale_run_dirs = stale_run_dirs(paths);
+    let orphans = match net.orphans(&running) {
+        Ok(orphans) => orphans,
+        Err(error) => {
+            return Check::problem("orphans", Status::Error, format!("{error:#}"), "check iptables")
+        }
+    };
+    if orphans.is_empty() && stale_run_dirs.is_empty() {
+        return Check::ok("orphans", "none");
+    }
+    let mut found = Vec::new();
+    if !orphans.links.is_empty() {
+        found.push(format!("links {}", orphans.links.join(", ")));
+    }
+    if !orphans.rule_owners.is_empty() {
+        found.push(format!("firewall rules of {}", orphans.rule_owners.join(", ")));
+    }
+    if !stale_run_dirs.is_empty() {
+        let names: Vec<String> = stale_run_dirs.iter().map(|dir| dir.display().to_string()).collect();
+        found.push(format!("runtime dirs {}", names.join(", ")));
+    }
+    let found = found.join("; ");
+    if !fix {
+        return Check::problem("orphans", Status::Warn, found, "`sudo mvm doctor --fix` removes them");
+    }
+    let removed = net.remove_orphans(&orphans).and_then(|()| {
+        stale_run_dirs.iter().try_for_each(|dir| {
+            std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
+        })
+    });
+    match removed {
+        Ok(()) => Check::ok("orphans", format!("removed {found}")),
+        Err(error) => Check::problem("orphans", Status::Error, format!("{error:#}"), "remove them by hand"),
+    }
+}
+
+/// Runtime dirs whose run lock nobody holds.
+fn stale_run_dirs(paths: &Paths) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(&paths.run_dir) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|entry| entry.path())
+        .filter(|dir| !RunLock::is_held(&dir.join("lock")).unwrap_or(true))
+        .collect()
 }
 
 fn config_detail(paths: &Paths) -> String {

@@ -5,4 +5,5 @@ pub mod create;
 pub mod doctor;
 pub mod inspect;
 pub mod list;
+pub mod port;
 pub mod rm;

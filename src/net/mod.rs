@@ -1,3 +1,12 @@
-//! Host networking: addressing now; bridges, taps and firewall rules build on it.
+//! Host networking (DESIGN §3): a bridge and a tap per VM, NAT, isolation and port
+//! forwards. `addr` and `plan` are pure; `netlink`, `tap`, `sysctl` and `firewall` touch
+//! the kernel; `host` puts them together under the network lock.
 
 pub mod addr;
+pub mod firewall;
+pub mod host;
+pub mod netlink;
+pub mod plan;
+pub mod ports;
+pub mod sysctl;
+pub mod tap;

@@ -11,6 +11,7 @@ use anyhow::Context;
 use crate::config::vm::VmConfig;
 use crate::error::UserError;
 use crate::name::VmName;
+use crate::spec::PortForward;
 use crate::state::lock::RunLock;
 use crate::state::Paths;
 
@@ -76,6 +77,27 @@ pub fn load(paths: &Paths, name: &VmName) -> anyhow::Result<VmConfig> {
             anyhow::Error::from(UserError::usage(format!("{error:#}")).hint(hint))
         },
     )
+}
+
+/// The VM (other than `except`) that already forwards `port`'s host port and protocol.
+pub fn host_port_forwarder<'a>(
+    vms: &'a [VmEntry],
+    port: &PortForward,
+    except: Option<&VmName>,
+) -> Option<&'a VmName> {
+    vms.iter().filter_map(|vm| vm.config.as_ref().ok()).find_map(|config| {
+        let forwards = config.ports.iter().any(|p| p.host == port.host && p.protocol == port.protocol);
+        (forwards && Some(&config.name) != except).then_some(&config.name)
+    })
+}
+
+/// The error for a host port another VM forwards.
+pub fn port_forwarded_by(port: &PortForward, owner: &VmName) -> UserError {
+    UserError::conflict(format!(
+        "host port {}/{} is already forwarded by VM '{owner}'",
+        port.host, port.protocol
+    ))
+    .hint(format!("pick another host port, or free it with `mvm port {owner} --rm {}`", port.host))
 }
 
 /// Whether a VM is running or stopped, judged by its supervisor's run lock alone.

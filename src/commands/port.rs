@@ -1,0 +1,160 @@
+//! `mvm port`: list, add and remove a VM's port forwards. Changes are saved in `vm.toml`
+//! and, when the VM runs, applied to the firewall at once.
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::host::HostConfig;
+use crate::config::vm::VmConfig;
+use crate::error::UserError;
+use crate::name::VmName;
+use crate::net::host::HostNet;
+use crate::net::ports::{self, PortUse};
+use crate::output::{self, print_json, print_table};
+use crate::spec::{HostPortSelector, PortForward};
+use crate::state::lock::FileLock;
+use crate::state::store::{self, RunState};
+use crate::state::Paths;
+
+/// Arguments of `mvm port`.
+#[derive(Debug, Clone, Args)]
+pub struct PortArgs {
+    /// The VM
+    pub name: String,
+    /// Forward host port HOST to guest port GUEST; HOST 0 picks a free port
+    #[arg(value_name = "HOST:GUEST[/udp]", conflicts_with = "remove")]
+    pub forward: Option<String>,
+    /// Stop forwarding host port HOST (every protocol, or only /tcp or /udp)
+    #[arg(long = "rm", value_name = "HOST[/udp]")]
+    pub remove: Option<String>,
+    /// List as JSON
+    #[arg(long, conflicts_with_all = ["forward", "remove"])]
+    pub json: bool,
+}
+
+/// Runs `mvm port`.
+pub fn run(args: PortArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let name: VmName = args.name.parse()?;
+    match (&args.forward, &args.remove) {
+        (Some(spec), _) => {
+            let forward = PortForward::parse_with_auto_host(spec)?;
+            let (added, applied) = add(paths, &name, forward)
+                .with_context(|| format!("cannot forward {spec} to VM '{name}'"))?;
+            println!(
+                "forwarding host port {}/{} to VM '{name}' port {}{}",
+                added.host,
+                added.protocol,
+                added.guest,
+                if applied { "" } else { " (from its next start)" }
+            );
+        }
+        (None, Some(spec)) => {
+            let selector: HostPortSelector = spec.parse()?;
+            let removed = remove(paths, &name, selector)
+                .with_context(|| format!("cannot stop forwarding {spec} to VM '{name}'"))?;
+            for forward in removed {
+                println!("stopped forwarding host port {}/{} to VM '{name}'", forward.host, forward.protocol);
+            }
+        }
+        (None, None) => list(paths, &name, args.json)?,
+    }
+    Ok(0)
+}
+
+fn list(paths: &Paths, name: &VmName, json: bool) -> anyhow::Result<()> {
+    let config = store::load(paths, name)?;
+    if json {
+        return print_json(&config.ports);
+    }
+    let mut table = output::table(["HOST", "GUEST", "PROTOCOL"]);
+    for port in &config.ports {
+        table.add_row([port.host.to_string(), port.guest.to_string(), port.protocol.to_string()]);
+    }
+    print_table(&table);
+    Ok(())
+}
+
+/// Adds `forward` to VM `name` (picking a host port if it is 0); returns the forward and
+/// whether it was applied to a running VM.
+pub fn add(paths: &Paths, name: &VmName, mut forward: PortForward) -> anyhow::Result<(PortForward, bool)> {
+    let _lock = FileLock::exclusive(&paths.create_lock())?;
+    let mut config = store::load(paths, name)?;
+    let vms = store::list(paths)?;
+    if forward.host == 0 {
+        forward.host = pick_free_host_port(&vms, forward)?;
+    }
+    if let Some(existing) =
+        config.ports.iter().find(|p| p.host == forward.host && p.protocol == forward.protocol)
+    {
+        return Err(UserError::conflict(format!(
+            "VM '{name}' already forwards host port {}/{} (to guest port {})",
+            existing.host, existing.protocol, existing.guest
+        ))
+        .hint(format!("remove it first with `mvm port {name} --rm {}`", existing.host))
+        .into());
+    }
+    if let Some(owner) = store::host_port_forwarder(&vms, &forward, Some(name)) {
+        return Err(store::port_forwarded_by(&forward, owner).into());
+    }
+    if let PortUse::Taken(owner) = ports::host_port_use(forward.host, forward.protocol) {
+        let by = owner.map_or("a host process".to_string(), |o| format!("process {} ({})", o.pid, o.command));
+        return Err(UserError::conflict(format!(
+            "host port {}/{} is already in use by {by}",
+            forward.host, forward.protocol
+        ))
+        .hint("stop that process, or pick another host port (0 picks a free one)")
+        .into());
+    }
+    let previous = config.clone();
+    config.ports.push(forward);
+    let applied = save_and_apply(paths, &previous, &config)?;
+    Ok((forward, applied))
+}
+
+/// Removes the forwards `selector` picks from VM `name`; returns them.
+pub fn remove(paths: &Paths, name: &VmName, selector: HostPortSelector) -> anyhow::Result<Vec<PortForward>> {
+    let _lock = FileLock::exclusive(&paths.create_lock())?;
+    let mut config = store::load(paths, name)?;
+    let previous = config.clone();
+    let (removed, kept): (Vec<PortForward>, Vec<PortForward>) =
+        config.ports.iter().partition(|forward| selector.matches(forward));
+    if removed.is_empty() {
+        let which = selector.protocol.map_or(String::new(), |p| format!("/{p}"));
+        return Err(UserError::not_found(format!(
+            "VM '{name}' forwards no host port {}{which}",
+            selector.port
+        ))
+        .hint(format!("`mvm port {name}` lists its forwards"))
+        .into());
+    }
+    config.ports = kept;
+    save_and_apply(paths, &previous, &config)?;
+    Ok(removed)
+}
+
+/// Saves `config`; if the VM runs, converges its rules, restoring `previous` on failure.
+fn save_and_apply(paths: &Paths, previous: &VmConfig, config: &VmConfig) -> anyhow::Result<bool> {
+    config.save(&paths.vm_config(&config.name))?;
+    if store::run_state(paths, &config.name)? != RunState::Running {
+        return Ok(false);
+    }
+    let applied = HostConfig::load(&paths.config_file)
+        .and_then(|host| HostNet::open(paths, &host))
+        .and_then(|mut net| net.update_rules(config));
+    if let Err(error) = applied {
+        previous.save(&paths.vm_config(&config.name))?;
+        return Err(error.context("the change was not applied, and vm.toml is unchanged"));
+    }
+    Ok(true)
+}
+
+fn pick_free_host_port(vms: &[store::VmEntry], forward: PortForward) -> anyhow::Result<u16> {
+    for _ in 0..32 {
+        let port = ports::free_port(forward.protocol).context("cannot find a free host port")?;
+        let candidate = PortForward { host: port, ..forward };
+        if store::host_port_forwarder(vms, &candidate, None).is_none() {
+            return Ok(port);
+        }
+    }
+    Err(UserError::conflict("no free host port found").hint("give a host port explicitly").into())
+}

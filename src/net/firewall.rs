@@ -1,0 +1,446 @@
+//! Converging the kernel's firewall to the plan, in one `iptables-restore` per change.
+//!
+//! The current state is read with `iptables-save` (one call per table); the difference to
+//! the plan becomes one `iptables-restore --noflush` script, applied atomically per table.
+//! Three processes at most, where one `iptables` call per rule would be a dozen. Callers
+//! hold the network lock, so two mvm processes never interleave a read and a write.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+
+use crate::error::UserError;
+use crate::net::plan::{self, HostNetwork, Rule, Table, VmFirewall, CHAINS, SHARED_TAG};
+
+/// Reads and writes the kernel's rules; the seam tests replace with a recording fake.
+pub trait FirewallBackend {
+    /// `iptables-save -t TABLE`.
+    fn save(&mut self, table: Table) -> anyhow::Result<String>;
+    /// `iptables-restore --noflush` with `script`.
+    fn restore(&mut self, script: &str) -> anyhow::Result<()>;
+}
+
+/// The real backend: the `iptables-save` and `iptables-restore` programs.
+#[derive(Debug, Default)]
+pub struct Iptables;
+
+impl FirewallBackend for Iptables {
+    fn save(&mut self, table: Table) -> anyhow::Result<String> {
+        let output = Command::new("iptables-save")
+            .args(["-t", table.as_str()])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|error| missing_iptables(&error))?;
+        if !output.status.success() {
+            bail!("iptables-save -t {table} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        String::from_utf8(output.stdout).context("iptables-save printed invalid UTF-8")
+    }
+
+    fn restore(&mut self, script: &str) -> anyhow::Result<()> {
+        let mut child = Command::new("iptables-restore")
+            .args(["--noflush", "-w"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|error| missing_iptables(&error))?;
+        child.stdin.take().expect("piped stdin").write_all(script.as_bytes())?;
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            bail!(
+                "iptables-restore failed: {}\nscript:\n{script}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn missing_iptables(error: &std::io::Error) -> anyhow::Error {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        UserError::missing_dependency("iptables-save/iptables-restore not found")
+            .hint("apt-get install iptables")
+            .into()
+    } else {
+        anyhow::anyhow!("cannot run iptables: {error}")
+    }
+}
+
+/// mvm's part of the kernel's rules: which of its chains exist, their rules, and the
+/// jumps into them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FirewallState {
+    chains: Vec<(Table, String)>,
+    rules: Vec<Rule>,
+}
+
+impl FirewallState {
+    /// Reads the state through `backend`.
+    pub fn read(backend: &mut dyn FirewallBackend) -> anyhow::Result<FirewallState> {
+        let mut state = FirewallState::default();
+        for table in Table::ALL {
+            state.add_table(table, &backend.save(table)?);
+        }
+        Ok(state)
+    }
+
+    /// Adds what one table's `iptables-save` output says.
+    pub fn add_table(&mut self, table: Table, save: &str) {
+        let ours = |chain: &str| CHAINS.iter().any(|(t, name, _)| *t == table && *name == chain);
+        for line in save.lines() {
+            if let Some(declaration) = line.strip_prefix(':') {
+                let chain = declaration.split_whitespace().next().unwrap_or_default();
+                if ours(chain) {
+                    self.chains.push((table, chain.to_string()));
+                }
+            } else if let Some(rule) = line.strip_prefix("-A ") {
+                let (chain, spec) = rule.split_once(' ').unwrap_or((rule, ""));
+                let is_jump = CHAINS.iter().any(|(t, name, builtin)| {
+                    *t == table && *builtin == chain && spec.ends_with(&format!("-j {name}"))
+                });
+                if ours(chain) || is_jump {
+                    self.rules.push(Rule { table, chain: chain.to_string(), spec: spec.to_string() });
+                }
+            }
+        }
+    }
+
+    fn has_chain(&self, table: Table, chain: &str) -> bool {
+        self.chains.iter().any(|(t, c)| *t == table && c == chain)
+    }
+
+    fn tagged<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules.iter().filter(move |rule| has_tag(&rule.spec, tag))
+    }
+
+    /// The names of the VMs that have rules.
+    pub fn vm_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .rules
+            .iter()
+            .filter_map(|rule| {
+                let rest = rule.spec.split("--comment \"mvm:").nth(1)?;
+                Some(rest.split('"').next()?.to_string())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Every rule of mvm's (jumps included), as `iptables-save` lines per table.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+}
+
+fn has_tag(spec: &str, tag: &str) -> bool {
+    spec.contains(&format!("--comment {tag} "))
+}
+
+/// An `iptables-restore` script being assembled, one section per table.
+#[derive(Debug, Default)]
+struct Script {
+    tables: BTreeMap<Table, Vec<String>>,
+}
+
+impl Script {
+    fn push(&mut self, table: Table, line: String) {
+        self.tables.entry(table).or_default().push(line);
+    }
+
+    fn render(&self) -> Option<String> {
+        if self.tables.is_empty() {
+            return None;
+        }
+        let mut text = String::new();
+        for (table, lines) in &self.tables {
+            text.push_str(&format!("*{table}\n"));
+            for line in lines {
+                text.push_str(line);
+                text.push('\n');
+            }
+            text.push_str("COMMIT\n");
+        }
+        Some(text)
+    }
+}
+
+/// Lines that make the shared chains, rules and jumps whole again, if anything is off.
+fn ensure_shared(state: &FirewallState, host: &HostNetwork, script: &mut Script) {
+    let shared = plan::shared_rules(host);
+    for (table, chain, _) in CHAINS {
+        let wanted: Vec<&Rule> = shared.iter().filter(|r| r.table == table && r.chain == chain).collect();
+        if !state.has_chain(table, chain) {
+            script.push(table, format!(":{chain} - [0:0]"));
+        } else {
+            let present: Vec<&Rule> = state.tagged(SHARED_TAG).filter(|r| r.chain == chain).collect();
+            if present == wanted {
+                continue;
+            }
+            for rule in present {
+                script.push(table, format!("-D {chain} {}", rule.spec));
+            }
+        }
+        for rule in wanted {
+            script.push(table, rule.save_line());
+        }
+    }
+    for jump in plan::jump_rules() {
+        let present = state.rules.iter().filter(|r| **r == jump).count();
+        if present == 0 {
+            script.push(jump.table, format!("-I {} 1 {}", jump.chain, jump.spec));
+        }
+        for _ in 1..present {
+            script.push(jump.table, format!("-D {} {}", jump.chain, jump.spec));
+        }
+    }
+}
+
+/// Brings VM `vm`'s rules (and the shared ones) to the plan; returns whether anything
+/// changed. Idempotent, and converges from any partial state.
+pub fn converge_vm(
+    backend: &mut dyn FirewallBackend,
+    host: &HostNetwork,
+    vm: &VmFirewall,
+) -> anyhow::Result<bool> {
+    let state = FirewallState::read(backend)?;
+    let mut script = Script::default();
+    ensure_shared(&state, host, &mut script);
+    let tag = plan::vm_tag(&vm.name);
+    let mut wanted = plan::vm_rules(vm, host);
+    let mut present: Vec<&Rule> = state.tagged(&tag).collect();
+    wanted.sort();
+    present.sort();
+    if present.iter().copied().ne(wanted.iter()) {
+        for rule in present {
+            script.push(rule.table, format!("-D {} {}", rule.chain, rule.spec));
+        }
+        for rule in &wanted {
+            script.push(rule.table, format!("-I {} 1 {}", rule.chain, rule.spec));
+        }
+    }
+    apply(backend, &script)
+}
+
+/// Removes VM `name`'s rules, and mvm's chains and jumps too when no VM has rules left.
+/// Returns whether anything changed.
+pub fn remove_vm(backend: &mut dyn FirewallBackend, name: &str) -> anyhow::Result<bool> {
+    let state = FirewallState::read(backend)?;
+    let mut script = Script::default();
+    let tag = plan::vm_tag(name);
+    for rule in state.tagged(&tag) {
+        script.push(rule.table, format!("-D {} {}", rule.chain, rule.spec));
+    }
+    if state.vm_names().iter().all(|other| other == name) {
+        remove_shared(&state, &mut script);
+    }
+    apply(backend, &script)
+}
+
+fn remove_shared(state: &FirewallState, script: &mut Script) {
+    for rule in &state.rules {
+        if CHAINS.iter().any(|(table, _, builtin)| *table == rule.table && *builtin == rule.chain) {
+            script.push(rule.table, format!("-D {} {}", rule.chain, rule.spec));
+        }
+    }
+    for (table, chain) in &state.chains {
+        script.push(*table, format!("-F {chain}"));
+        script.push(*table, format!("-X {chain}"));
+    }
+}
+
+fn apply(backend: &mut dyn FirewallBackend, script: &Script) -> anyhow::Result<bool> {
+    match script.render() {
+        Some(text) => {
+            backend.restore(&text)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::net::addr::AddressPool;
+
+    /// A firewall in memory: applies restore scripts to its own rule lists and records
+    /// them, so tests see both the resulting state and each script sent.
+    #[derive(Debug, Default)]
+    pub(crate) struct FakeFirewall {
+        pub chains: BTreeMap<(Table, String), Vec<String>>,
+        pub scripts: Vec<String>,
+    }
+
+    impl FakeFirewall {
+        pub(crate) fn new() -> FakeFirewall {
+            let mut fake = FakeFirewall::default();
+            for (table, _, builtin) in CHAINS {
+                fake.chains.insert((table, builtin.to_string()), Vec::new());
+            }
+            fake
+        }
+
+        pub(crate) fn rule_count(&self) -> usize {
+            self.chains.values().map(Vec::len).sum()
+        }
+    }
+
+    impl FirewallBackend for FakeFirewall {
+        fn save(&mut self, table: Table) -> anyhow::Result<String> {
+            let mut text = format!("*{table}\n");
+            for ((t, chain), _) in self.chains.iter().filter(|((t, _), _)| *t == table) {
+                let policy = if chain.starts_with("MVM-") { "-" } else { "ACCEPT" };
+                text.push_str(&format!(":{chain} {policy} [0:0]\n"));
+                let _ = t;
+            }
+            for ((_, chain), rules) in self.chains.iter().filter(|((t, _), _)| *t == table) {
+                for rule in rules {
+                    text.push_str(&format!("-A {chain} {rule}\n"));
+                }
+            }
+            text.push_str("COMMIT\n");
+            Ok(text)
+        }
+
+        fn restore(&mut self, script: &str) -> anyhow::Result<()> {
+            self.scripts.push(script.to_string());
+            let mut table = Table::Filter;
+            for line in script.lines() {
+                let words: Vec<&str> = line.splitn(3, ' ').collect();
+                match words.as_slice() {
+                    ["*filter"] => table = Table::Filter,
+                    ["*nat"] => table = Table::Nat,
+                    ["COMMIT"] => {}
+                    [declaration, ..] if declaration.starts_with(':') => {
+                        self.chains.insert((table, declaration[1..].to_string()), Vec::new());
+                    }
+                    ["-A", chain, spec] => {
+                        self.chains.get_mut(&(table, chain.to_string())).unwrap().push(spec.to_string())
+                    }
+                    ["-I", chain, rest] => {
+                        let spec = rest.strip_prefix("1 ").unwrap();
+                        self.chains.get_mut(&(table, chain.to_string())).unwrap().insert(0, spec.to_string());
+                    }
+                    ["-D", chain, spec] => {
+                        let rules = self.chains.get_mut(&(table, chain.to_string())).unwrap();
+                        let at = rules.iter().position(|r| r == spec).expect("deleting a missing rule");
+                        rules.remove(at);
+                    }
+                    ["-F", chain] => self.chains.get_mut(&(table, chain.to_string())).unwrap().clear(),
+                    ["-X", chain] => {
+                        self.chains.remove(&(table, chain.to_string()));
+                    }
+                    other => panic!("unexpected restore line {other:?}"),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    pub(crate) fn host() -> HostNetwork {
+        HostNetwork { pool: "10.200.0.0/16".parse().unwrap(), uplink: None }
+    }
+
+    pub(crate) fn vm(name: &str, index: u32, ports: &[&str]) -> VmFirewall {
+        VmFirewall {
+            name: name.into(),
+            network: AddressPool::new(host().pool, 24).unwrap().vm(index).unwrap(),
+            offline: false,
+            host_access: false,
+            ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn first_apply_builds_chains_then_nothing_changes() {
+        let mut fw = FakeFirewall::new();
+        assert!(converge_vm(&mut fw, &host(), &vm("web", 0, &["8080:80"])).unwrap());
+        let forward = &fw.chains[&(Table::Filter, "MVM-FORWARD".to_string())];
+        assert!(forward[0].contains("mvm:web") && forward[1].contains("mvm:web"), "{forward:?}");
+        assert_eq!(forward[2], "-i mvmbr+ -o mvmbr+ -m comment --comment mvm -j DROP");
+        assert_eq!(
+            fw.chains[&(Table::Filter, "FORWARD".to_string())],
+            ["-m comment --comment mvm -j MVM-FORWARD"]
+        );
+        assert_eq!(fw.scripts.len(), 1, "one restore for everything");
+        assert!(!converge_vm(&mut fw, &host(), &vm("web", 0, &["8080:80"])).unwrap());
+        assert_eq!(fw.scripts.len(), 1, "a second apply sends nothing");
+    }
+
+    #[test]
+    fn port_changes_touch_only_that_vm() {
+        let mut fw = FakeFirewall::new();
+        converge_vm(&mut fw, &host(), &vm("web", 0, &["8080:80"])).unwrap();
+        converge_vm(&mut fw, &host(), &vm("api", 1, &[])).unwrap();
+        let before = fw.rule_count();
+        converge_vm(&mut fw, &host(), &vm("web", 0, &["8080:80", "9090:90/udp"])).unwrap();
+        assert_eq!(fw.rule_count(), before + 3);
+        let script = fw.scripts.last().unwrap();
+        assert!(!script.contains("mvm:api"), "{script}");
+        converge_vm(&mut fw, &host(), &vm("web", 0, &[])).unwrap();
+        assert_eq!(fw.rule_count(), before - 3);
+    }
+
+    #[test]
+    fn removing_vms_removes_their_rules_and_finally_everything() {
+        let mut fw = FakeFirewall::new();
+        converge_vm(&mut fw, &host(), &vm("web", 0, &["8080:80"])).unwrap();
+        let with_one = fw.rule_count();
+        converge_vm(&mut fw, &host(), &vm("api", 1, &["9090:90"])).unwrap();
+        remove_vm(&mut fw, "api").unwrap();
+        assert_eq!(fw.rule_count(), with_one);
+        let text: String = fw.chains.values().flatten().cloned().collect();
+        assert!(!text.contains("mvm:api"), "{text}");
+        remove_vm(&mut fw, "web").unwrap();
+        assert_eq!(fw.rule_count(), 0);
+        assert!(!fw.chains.keys().any(|(_, chain)| chain.starts_with("MVM-")));
+        assert!(!remove_vm(&mut fw, "web").unwrap(), "removing again changes nothing");
+    }
+
+    #[test]
+    fn repairs_a_tampered_shared_chain_and_duplicate_jumps() {
+        let mut fw = FakeFirewall::new();
+        converge_vm(&mut fw, &host(), &vm("web", 0, &[])).unwrap();
+        fw.chains
+            .get_mut(&(Table::Filter, "MVM-FORWARD".to_string()))
+            .unwrap()
+            .retain(|r| !r.contains("-o mvmbr+ -m comment --comment mvm -j DROP"));
+        let jump = "-m comment --comment mvm -j MVM-INPUT".to_string();
+        fw.chains.get_mut(&(Table::Filter, "INPUT".to_string())).unwrap().push(jump);
+        assert!(converge_vm(&mut fw, &host(), &vm("web", 0, &[])).unwrap());
+        let forward = &fw.chains[&(Table::Filter, "MVM-FORWARD".to_string())];
+        assert_eq!(forward.last().unwrap(), "-o mvmbr+ -m comment --comment mvm -j DROP");
+        assert_eq!(fw.chains[&(Table::Filter, "INPUT".to_string())].len(), 1);
+        assert!(!converge_vm(&mut fw, &host(), &vm("web", 0, &[])).unwrap());
+    }
+
+    #[test]
+    fn rule_count_grows_linearly_with_vms() {
+        let mut counts = Vec::new();
+        for vms in [1u32, 10, 100] {
+            let mut fw = FakeFirewall::new();
+            for i in 0..vms {
+                converge_vm(&mut fw, &host(), &vm(&format!("vm{i}"), i, &[])).unwrap();
+            }
+            let isolation =
+                fw.chains.values().flatten().filter(|r| r.contains("-i mvmbr+ -o mvmbr+")).count();
+            assert_eq!(isolation, 1);
+            counts.push(fw.rule_count());
+        }
+        // 5 jumps + 9 shared rules, then one egress rule per VM.
+        assert_eq!(counts, [15, 24, 114]);
+    }
+
+    #[test]
+    fn state_lists_vms_with_rules() {
+        let mut fw = FakeFirewall::new();
+        converge_vm(&mut fw, &host(), &vm("web", 0, &[])).unwrap();
+        converge_vm(&mut fw, &host(), &vm("api-2", 1, &["1:1"])).unwrap();
+        assert_eq!(FirewallState::read(&mut fw).unwrap().vm_names(), ["api-2", "web"]);
+    }
+}

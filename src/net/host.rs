@@ -1,0 +1,223 @@
+//! Bringing a VM's host-side network up and down, under the network lock.
+//!
+//! Up: check the pool against the host's routes, enable forwarding, make the bridge
+//! (gateway address, no IPv6, `route_localnet` for localhost forwards), make the tap and
+//! enslave it, converge the firewall. Every step looks before it acts, so `up` is
+//! idempotent and finishes the job after a crash half-way. Down removes exactly that VM's
+//! links and rules.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::config::host::HostConfig;
+use crate::config::vm::VmConfig;
+use crate::error::UserError;
+use crate::net::firewall::{self, FirewallBackend, FirewallState, Iptables};
+use crate::net::netlink::{Link, Netlink};
+use crate::net::plan::{HostNetwork, VmFirewall};
+use crate::net::{sysctl, tap};
+use crate::state::lock::FileLock;
+use crate::state::Paths;
+
+/// Prefixes of the links mvm makes.
+pub const LINK_PREFIXES: [&str; 2] = ["mvmbr", "mvmtap"];
+
+/// The host side of VM networking.
+pub struct HostNet {
+    netlink: Netlink,
+    firewall: Box<dyn FirewallBackend>,
+    host: HostNetwork,
+    _lock: FileLock,
+}
+
+impl HostNet {
+    /// Takes the network lock and opens netlink in the calling thread's namespace.
+    pub fn open(paths: &Paths, config: &HostConfig) -> anyhow::Result<HostNet> {
+        Self::open_with(paths, config, Box::new(Iptables))
+    }
+
+    /// Like [`HostNet::open`] with another firewall backend.
+    pub fn open_with(
+        paths: &Paths,
+        config: &HostConfig,
+        firewall: Box<dyn FirewallBackend>,
+    ) -> anyhow::Result<HostNet> {
+        if !crate::host::is_root() {
+            return Err(UserError::needs_root("changing host networking needs root")
+                .hint("run mvm with sudo")
+                .into());
+        }
+        std::fs::create_dir_all(&paths.run_dir)
+            .with_context(|| format!("cannot create {}", paths.run_dir.display()))?;
+        let lock = FileLock::exclusive(&network_lock(paths))?;
+        Ok(HostNet {
+            netlink: Netlink::open()?,
+            firewall,
+            host: HostNetwork { pool: config.network.pool, uplink: config.network.uplink.clone() },
+            _lock: lock,
+        })
+    }
+
+    /// Brings VM `vm`'s bridge, tap and rules up (idempotent).
+    pub fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.check_pool()?;
+        sysctl::set("net.ipv4.ip_forward", "1")?;
+        let network = &vm.network;
+        let bridge = match self.netlink.link(&network.bridge)? {
+            Some(link) => link,
+            None => {
+                self.netlink.add_bridge(&network.bridge)?;
+                self.require_link(&network.bridge)?
+            }
+        };
+        sysctl::set_interface("ipv6", &network.bridge, "disable_ipv6", "1")?;
+        sysctl::set_interface("ipv4", &network.bridge, "route_localnet", "1")?;
+        self.netlink.set_address(bridge.index, network.gateway, network.subnet.prefix())?;
+        self.netlink.set_up(bridge.index)?;
+        tap::create_persistent_tap(&network.tap)?;
+        let tap = self.require_link(&network.tap)?;
+        sysctl::set_interface("ipv6", &network.tap, "disable_ipv6", "1")?;
+        if tap.controller != Some(bridge.index) {
+            self.netlink.attach_and_up(tap.index, bridge.index)?;
+        } else {
+            self.netlink.set_up(tap.index)?;
+        }
+        self.update_rules(vm)?;
+        Ok(())
+    }
+
+    /// Converges VM `vm`'s firewall rules to its config (after a port change).
+    pub fn update_rules(&mut self, vm: &VmConfig) -> anyhow::Result<bool> {
+        firewall::converge_vm(self.firewall.as_mut(), &self.host, &VmFirewall::of(vm))
+            .with_context(|| format!("cannot set up firewall rules for VM '{}'", vm.name))
+    }
+
+    /// Removes VM `vm`'s tap, bridge and rules; whatever is already gone is skipped.
+    pub fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.remove(vm.name.as_str(), &[&vm.network.tap, &vm.network.bridge])
+    }
+
+    fn remove(&mut self, name: &str, links: &[&str]) -> anyhow::Result<()> {
+        firewall::remove_vm(self.firewall.as_mut(), name)
+            .with_context(|| format!("cannot remove firewall rules of VM '{name}'"))?;
+        for link in links {
+            if let Some(link) = self.netlink.link(link)? {
+                self.netlink.delete(link.index)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn require_link(&self, name: &str) -> anyhow::Result<Link> {
+        self.netlink.link(name)?.with_context(|| format!("link {name} vanished right after it was made"))
+    }
+
+    /// Refuses a pool that overlaps a route of the host's that is not mvm's own.
+    pub fn check_pool(&self) -> anyhow::Result<()> {
+        let links = self.netlink.links()?;
+        let name_of = |index: Option<u32>| {
+            index
+                .and_then(|index| links.iter().find(|link| link.index == index))
+                .map(|link| link.name.clone())
+        };
+        for route in self.netlink.routes()? {
+            let device = name_of(route.device).unwrap_or_default();
+            if route.destination.prefix() == 0 || is_mvm_link(&device) {
+                continue;
+            }
+            if route.destination.overlaps(self.host.pool) {
+                return Err(UserError::conflict(format!(
+                    "the VM address pool {} overlaps the host route {} on {}",
+                    self.host.pool,
+                    route.destination,
+                    if device.is_empty() { "an unknown device" } else { &device }
+                ))
+                .hint("set network.pool in /etc/mvm/config.toml to an unused range, e.g. 10.201.0.0/16")
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The interface of the default route, if any.
+    pub fn default_uplink(&self) -> anyhow::Result<Option<String>> {
+        let links = self.netlink.links()?;
+        Ok(self
+            .netlink
+            .routes()?
+            .into_iter()
+            .find(|route| route.destination.prefix() == 0)
+            .and_then(|route| route.device)
+            .and_then(|index| links.into_iter().find(|link| link.index == index))
+            .map(|link| link.name))
+    }
+
+    /// mvm's links and rule owners that belong to no running VM.
+    pub fn orphans(&mut self, running: &[VmConfig]) -> anyhow::Result<Orphans> {
+        let links = self
+            .netlink
+            .links()?
+            .into_iter()
+            .map(|link| link.name)
+            .filter(|name| is_mvm_link(name))
+            .filter(|name| !running.iter().any(|vm| vm.network.bridge == *name || vm.network.tap == *name))
+            .collect();
+        let rule_owners = FirewallState::read(self.firewall.as_mut())?
+            .vm_names()
+            .into_iter()
+            .filter(|name| !running.iter().any(|vm| vm.name.as_str() == name))
+            .collect();
+        Ok(Orphans { links, rule_owners })
+    }
+
+    /// Removes what [`HostNet::orphans`] found.
+    pub fn remove_orphans(&mut self, orphans: &Orphans) -> anyhow::Result<()> {
+        for name in &orphans.rule_owners {
+            self.remove(name, &[])?;
+        }
+        let links: Vec<&str> = orphans.links.iter().map(String::as_str).collect();
+        self.remove("", &links)
+    }
+}
+
+/// Leftovers of VMs that are not running.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Orphans {
+    pub links: Vec<String>,
+    pub rule_owners: Vec<String>,
+}
+
+impl Orphans {
+    /// Whether nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty() && self.rule_owners.is_empty()
+    }
+}
+
+/// Whether `name` is one of the links mvm makes.
+pub fn is_mvm_link(name: &str) -> bool {
+    LINK_PREFIXES.iter().any(|prefix| {
+        name.strip_prefix(prefix)
+            .is_some_and(|index| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+fn network_lock(paths: &Paths) -> PathBuf {
+    paths.run_dir.join(".network.lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognizes_only_mvm_links() {
+        for name in ["mvmbr0", "mvmbr255", "mvmtap65535"] {
+            assert!(is_mvm_link(name), "{name}");
+        }
+        for name in ["mvmbr", "mvmbrx", "eth0", "mvmtap1a", "xmvmbr0"] {
+            assert!(!is_mvm_link(name), "{name}");
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The firewall plan: pure data computed from a VM's config and the host config.
+//!
+//! mvm touches only its own chains, each hooked by one jump from a built-in chain, and
+//! tags every rule: `mvm` for the shared rules, `mvm:NAME` for a VM's. The shared rules
+//! are constant whatever the VM count; isolation is one of them:
+//!
+//! - filter `MVM-FORWARD`: drop bridge → bridge (isolation); accept replies to and from
+//!   VMs; then drop everything else from or to a VM. A VM's own rules (egress, forwarded
+//!   ports) are inserted at the top and written so that their order never matters.
+//! - filter `MVM-INPUT`: VM → host only replies, unless the VM has `--host-access`.
+//! - nat `MVM-POSTROUTING`: masquerade the pool to anything outside it, and host
+//!   `localhost` sources that a port forward sends into a bridge.
+//! - nat `MVM-PREROUTING` / `MVM-OUTPUT`: DNAT of forwarded host ports, for traffic
+//!   from outside and from the host itself.
+//!
+//! Rules are spelled the way `iptables-save` prints them, so that comparing the plan with
+//! the kernel's state is a comparison of strings.
+
+use std::fmt;
+
+use crate::config::vm::VmConfig;
+use crate::net::addr::{Ipv4Net, VmNetwork};
+use crate::spec::PortForward;
+
+/// An iptables table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Filter,
+    Nat,
+}
+
+impl Table {
+    /// Both tables mvm uses.
+    pub const ALL: [Table; 2] = [Table::Filter, Table::Nat];
+
+    /// The table's name as iptables spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Filter => "filter",
+            Table::Nat => "nat",
+        }
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// mvm's chains: (table, chain, the built-in chain that jumps to it).
+pub const CHAINS: [(Table, &str, &str); 5] = [
+    (Table::Filter, "MVM-FORWARD", "FORWARD"),
+    (Table::Filter, "MVM-INPUT", "INPUT"),
+    (Table::Nat, "MVM-PREROUTING", "PREROUTING"),
+    (Table::Nat, "MVM-OUTPUT", "OUTPUT"),
+    (Table::Nat, "MVM-POSTROUTING", "POSTROUTING"),
+];
+
+/// The comment on shared rules and jumps.
+pub const SHARED_TAG: &str = "mvm";
+
+/// The comment on VM `name`'s rules, quoted as `iptables-save` prints it (the `:`
+/// makes it quote the value).
+pub fn vm_tag(name: &str) -> String {
+    format!("\"mvm:{name}\"")
+}
+
+/// One rule: its table, chain and match/target arguments (without `-A CHAIN`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rule {
+    pub table: Table,
+    pub chain: String,
+    pub spec: String,
+}
+
+impl Rule {
+    fn new(table: Table, chain: &str, spec: String) -> Rule {
+        Rule { table, chain: chain.to_string(), spec }
+    }
+
+    /// The rule as `iptables-save` prints it: `-A CHAIN SPEC`.
+    pub fn save_line(&self) -> String {
+        format!("-A {} {}", self.chain, self.spec)
+    }
+}
+
+fn comment(tag: &str) -> String {
+    format!("-m comment --comment {tag}")
+}
+
+/// Host-wide inputs to the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNetwork {
+    /// The pool VM subnets come from.
+    pub pool: Ipv4Net,
+    /// An uplink the host config pins egress to; `None` lets VMs egress anywhere but
+    /// another VM (works across VPNs and changing default routes).
+    pub uplink: Option<String>,
+}
+
+/// The jumps from built-in chains into mvm's chains, inserted first in each.
+pub fn jump_rules() -> Vec<Rule> {
+    CHAINS
+        .iter()
+        .map(|(table, chain, builtin)| {
+            Rule::new(*table, builtin, format!("{} -j {chain}", comment(SHARED_TAG)))
+        })
+        .collect()
+}
+
+/// The shared rules, in the order they are appended to fresh chains.
+pub fn shared_rules(host: &HostNetwork) -> Vec<Rule> {
+    let tag = comment(SHARED_TAG);
+    let pool = host.pool;
+    let uplink = host.uplink.as_ref().map(|uplink| format!(" -o {uplink}")).unwrap_or_default();
+    vec![
+        Rule::new(Table::Filter, "MVM-FORWARD", format!("-i mvmbr+ -o mvmbr+ {tag} -j DROP")),
+        Rule::new(
+            Table::Filter,
+            "MVM-FORWARD",
+            format!("-i mvmbr+ -m conntrack --ctstate RELATED,ESTABLISHED {tag} -j ACCEPT"),
+        ),
+        Rule::new(
+            Table::Filter,
+            "MVM-FORWARD",
+            format!("-o mvmbr+ -m conntrack --ctstate RELATED,ESTABLISHED {tag} -j ACCEPT"),
+        ),
+        Rule::new(Table::Filter, "MVM-FORWARD", format!("-i mvmbr+ {tag} -j DROP")),
+        Rule::new(Table::Filter, "MVM-FORWARD", format!("-o mvmbr+ {tag} -j DROP")),
+        Rule::new(
+            Table::Filter,
+            "MVM-INPUT",
+            format!("-i mvmbr+ -m conntrack --ctstate RELATED,ESTABLISHED {tag} -j ACCEPT"),
+        ),
+        Rule::new(Table::Filter, "MVM-INPUT", format!("-i mvmbr+ {tag} -j DROP")),
+        Rule::new(
+            Table::Nat,
+            "MVM-POSTROUTING",
+            format!("-s {pool} ! -d {pool}{uplink} {tag} -j MASQUERADE"),
+        ),
+        Rule::new(Table::Nat, "MVM-POSTROUTING", format!("-s 127.0.0.0/8 -o mvmbr+ {tag} -j MASQUERADE")),
+    ]
+}
+
+/// What the firewall needs to know about one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmFirewall {
+    pub name: String,
+    pub network: VmNetwork,
+    pub offline: bool,
+    pub host_access: bool,
+    pub ports: Vec<PortForward>,
+}
+
+impl VmFirewall {
+    /// The firewall inputs of a VM config.
+    pub fn of(config: &VmConfig) -> VmFirewall {
+        VmFirewall {
+            name: config.name.to_string(),
+            network: config.network.clone(),
+            offline: config.offline,
+            host_access: config.host_access,
+            ports: config.ports.clone(),
+        }
+    }
+}
+
+/// VM `vm`'s own rules. Every VM has at least one (its egress verdict), so the presence of
+/// any `mvm:*` rule tells that some VM's network is up.
+pub fn vm_rules(vm: &VmFirewall, host: &HostNetwork) -> Vec<Rule> {
+    let tag = comment(&vm_tag(&vm.name));
+    let bridge = &vm.network.bridge;
+    let guest = vm.network.address;
+    let mut rules = Vec::new();
+    let egress = if vm.offline {
+        format!("-i {bridge} {tag} -j DROP")
+    } else {
+        match &host.uplink {
+            Some(uplink) => format!("-i {bridge} -o {uplink} {tag} -j ACCEPT"),
+            None => format!("-i {bridge} ! -o mvmbr+ {tag} -j ACCEPT"),
+        }
+    };
+    rules.push(Rule::new(Table::Filter, "MVM-FORWARD", egress));
+    if vm.host_access {
+        rules.push(Rule::new(Table::Filter, "MVM-INPUT", format!("-i {bridge} {tag} -j ACCEPT")));
+    }
+    for port in &vm.ports {
+        let proto = port.protocol;
+        let (host_port, guest_port) = (port.host, port.guest);
+        rules.push(Rule::new(
+            Table::Filter,
+            "MVM-FORWARD",
+            format!(
+                "-d {guest}/32 ! -i mvmbr+ -o {bridge} -p {proto} -m {proto} --dport {guest_port} \
+                 -m conntrack --ctstate DNAT {tag} -j ACCEPT"
+            ),
+        ));
+        let dnat = format!(
+            "-p {proto} -m addrtype --dst-type LOCAL -m {proto} --dport {host_port} {tag} \
+             -j DNAT --to-destination {guest}:{guest_port}"
+        );
+        rules.push(Rule::new(Table::Nat, "MVM-PREROUTING", format!("! -i mvmbr+ {dnat}")));
+        rules.push(Rule::new(Table::Nat, "MVM-OUTPUT", dnat));
+    }
+    rules
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::addr::AddressPool;
+
+    fn host() -> HostNetwork {
+        HostNetwork { pool: "10.200.0.0/16".parse().unwrap(), uplink: None }
+    }
+
+    fn vm(index: u32) -> VmFirewall {
+        let pool = AddressPool::new(host().pool, 24).unwrap();
+        VmFirewall {
+            name: "web".into(),
+            network: pool.vm(index).unwrap(),
+            offline: false,
+            host_access: false,
+            ports: vec!["8080:3000".parse().unwrap(), "5353:53/udp".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn vm_rules_are_exactly_these() {
+        let lines: Vec<String> = vm_rules(&vm(3), &host()).iter().map(Rule::save_line).collect();
+        let tag = "-m comment --comment \"mvm:web\"";
+        assert_eq!(
+            lines,
+            [
+                format!("-A MVM-FORWARD -i mvmbr3 ! -o mvmbr+ {tag} -j ACCEPT"),
+                format!("-A MVM-FORWARD -d 10.200.3.2/32 ! -i mvmbr+ -o mvmbr3 -p tcp -m tcp --dport 3000 -m conntrack --ctstate DNAT {tag} -j ACCEPT"),
+                format!("-A MVM-PREROUTING ! -i mvmbr+ -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 {tag} -j DNAT --to-destination 10.200.3.2:3000"),
+                format!("-A MVM-OUTPUT -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 {tag} -j DNAT --to-destination 10.200.3.2:3000"),
+                format!("-A MVM-FORWARD -d 10.200.3.2/32 ! -i mvmbr+ -o mvmbr3 -p udp -m udp --dport 53 -m conntrack --ctstate DNAT {tag} -j ACCEPT"),
+                format!("-A MVM-PREROUTING ! -i mvmbr+ -p udp -m addrtype --dst-type LOCAL -m udp --dport 5353 {tag} -j DNAT --to-destination 10.200.3.2:53"),
+                format!("-A MVM-OUTPUT -p udp -m addrtype --dst-type LOCAL -m udp --dport 5353 {tag} -j DNAT --to-destination 10.200.3.2:53"),
+            ]
+        );
+    }
+
+    #[test]
+    fn offline_drops_egress_and_host_access_accepts_input() {
+        let mut offline = vm(1);
+        offline.offline = true;
+        offline.host_access = true;
+        offline.ports.clear();
+        let lines: Vec<String> = vm_rules(&offline, &host()).iter().map(Rule::save_line).collect();
+        assert_eq!(
+            lines,
+            [
+                "-A MVM-FORWARD -i mvmbr1 -m comment --comment \"mvm:web\" -j DROP",
+                "-A MVM-INPUT -i mvmbr1 -m comment --comment \"mvm:web\" -j ACCEPT",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_configured_uplink_pins_egress_and_masquerade() {
+        let host = HostNetwork { uplink: Some("eth0".into()), ..host() };
+        assert_eq!(
+            vm_rules(&vm(0), &host)[0].save_line(),
+            "-A MVM-FORWARD -i mvmbr0 -o eth0 -m comment --comment \"mvm:web\" -j ACCEPT"
+        );
+        assert!(shared_rules(&host).iter().any(|rule| rule.spec
+            == "-s 10.200.0.0/16 ! -d 10.200.0.0/16 -o eth0 -m comment --comment mvm -j MASQUERADE"));
+    }
+
+    #[test]
+    fn shared_rules_do_not_grow_with_vms_and_isolation_is_one_rule() {
+        let shared = shared_rules(&host());
+        let isolation: Vec<_> =
+            shared.iter().filter(|rule| rule.spec.contains("-i mvmbr+ -o mvmbr+")).collect();
+        assert_eq!(isolation.len(), 1);
+        assert_eq!(jump_rules().len(), 5);
+        assert!(jump_rules().iter().all(|rule| rule.spec.starts_with("-m comment --comment mvm -j MVM-")));
+    }
+}

@@ -1,0 +1,124 @@
+//! Host ports: is one already taken by a host process (and by whom), and which is free.
+//!
+//! A port is taken when binding it on `0.0.0.0` fails; the owner is found through the
+//! socket tables of the caller's network namespace (`/proc/thread-self/net/…`) and the
+//! socket inodes in `/proc/PID/fd`.
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+
+use crate::spec::Protocol;
+
+/// The process holding a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortOwner {
+    pub pid: u32,
+    pub command: String,
+}
+
+/// Why a host port cannot be forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortUse {
+    Free,
+    /// Taken, with the owner when it could be found.
+    Taken(Option<PortOwner>),
+}
+
+/// Whether a host process holds `port`/`protocol`.
+pub fn host_port_use(port: u16, protocol: Protocol) -> PortUse {
+    let address = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    let bound = match protocol {
+        Protocol::Tcp => TcpListener::bind(address).map(drop),
+        Protocol::Udp => UdpSocket::bind(address).map(drop),
+    };
+    match bound {
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            PortUse::Taken(owner_of(port, protocol))
+        }
+        _ => PortUse::Free,
+    }
+}
+
+/// A host port the kernel considers free right now.
+pub fn free_port(protocol: Protocol) -> std::io::Result<u16> {
+    let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0);
+    Ok(match protocol {
+        Protocol::Tcp => TcpListener::bind(any)?.local_addr()?.port(),
+        Protocol::Udp => UdpSocket::bind(any)?.local_addr()?.port(),
+    })
+}
+
+fn owner_of(port: u16, protocol: Protocol) -> Option<PortOwner> {
+    let tables: &[&str] = match protocol {
+        Protocol::Tcp => &["tcp", "tcp6"],
+        Protocol::Udp => &["udp", "udp6"],
+    };
+    let inodes: Vec<u64> = tables
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/thread-self/net/{table}")).ok())
+        .flat_map(|text| socket_inodes(&text, port, protocol))
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        for fd in fds.filter_map(Result::ok) {
+            let Ok(target) = std::fs::read_link(fd.path()) else { continue };
+            let target = target.to_string_lossy();
+            let inode = target.strip_prefix("socket:[").and_then(|rest| rest.strip_suffix(']'));
+            if inode.and_then(|inode| inode.parse().ok()).is_some_and(|inode: u64| inodes.contains(&inode)) {
+                let command = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                return Some(PortOwner { pid, command: command.trim().to_string() });
+            }
+        }
+    }
+    None
+}
+
+/// Inodes of sockets bound to local `port` in a `/proc/net/{tcp,udp}[6]` table (TCP:
+/// listening ones only).
+fn socket_inodes(table: &str, port: u16, protocol: Protocol) -> Vec<u64> {
+    const TCP_LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next()?;
+            let state = *fields.get(3)?;
+            let listening = protocol == Protocol::Udp || state == TCP_LISTEN;
+            (u16::from_str_radix(local_port, 16).ok()? == port && listening)
+                .then(|| fields.get(9)?.parse().ok())?
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_socket_tables() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1\n   1: 0100007F:1F90 0100007F:C000 01 00000000:00000000 00:00000000 00000000     0        0 999 1\n";
+        assert_eq!(socket_inodes(table, 8080, Protocol::Tcp), [4242]);
+        assert_eq!(socket_inodes(table, 8080, Protocol::Udp), [4242, 999]);
+        assert!(socket_inodes(table, 8081, Protocol::Tcp).is_empty());
+    }
+
+    #[test]
+    fn finds_this_process_holding_a_port() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        match host_port_use(port, Protocol::Tcp) {
+            PortUse::Taken(Some(owner)) => assert_eq!(owner.pid, std::process::id()),
+            other => panic!("expected this process as owner, got {other:?}"),
+        }
+        drop(listener);
+        assert_eq!(host_port_use(port, Protocol::Tcp), PortUse::Free);
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        assert!(matches!(host_port_use(port, Protocol::Udp), PortUse::Taken(Some(_))));
+        assert_ne!(free_port(Protocol::Tcp).unwrap(), 0);
+    }
+}

@@ -1,0 +1,434 @@
+//! Root tier: host networking for real, with real TCP and UDP traffic.
+//!
+//! Each test builds a lab of network namespaces it owns: a "host" (where mvm's bridges,
+//! taps and iptables rules go), an "internet" host behind the host's uplink, and one
+//! stand-in guest per VM, attached to the VM's bridge by a veth (a tap has no carrier
+//! without a VMM). The internet has no route back to the VM pool, so a reply proves
+//! masquerading. Nothing leaves these namespaces; all of them vanish with the test.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mvm::commands::create::{create, CreateArgs, HostLimits};
+use mvm::config::host::HostConfig;
+use mvm::config::vm::VmConfig;
+use mvm::net::host::HostNet;
+use mvm::state::lock::RunLock;
+use mvm::state::Paths;
+use support::netns::NetNs;
+use support::Sandbox;
+
+const HOST_UPLINK_IP: &str = "198.51.100.1";
+const INTERNET_IP: &str = "198.51.100.2";
+
+/// A host namespace with an uplink to an "internet" namespace, and mvm state.
+struct Lab {
+    sandbox: Sandbox,
+    host: NetNs,
+    internet: NetNs,
+    guests: Vec<NetNs>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let (host, internet) = (NetNs::new("host"), NetNs::new("inet"));
+        host.ip(&[
+            "link",
+            "add",
+            "uplink0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            internet.name(),
+        ]);
+        host.ip(&["addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", "uplink0"]);
+        host.ip(&["link", "set", "uplink0", "up"]);
+        host.ip(&["route", "add", "default", "via", INTERNET_IP]);
+        internet.ip(&["addr", "add", &format!("{INTERNET_IP}/24"), "dev", "eth0"]);
+        internet.ip(&["link", "set", "eth0", "up"]);
+        Lab { sandbox: Sandbox::new(), host, internet, guests: Vec::new() }
+    }
+
+    fn paths(&self) -> Paths {
+        Paths {
+            state_dir: self.sandbox.state_dir(),
+            run_dir: self.sandbox.run_dir(),
+            config_file: self.sandbox.config_file(),
+        }
+    }
+
+    /// Declares a VM the way `mvm create` does.
+    fn create(&self, name: &str, extra: impl FnOnce(&mut CreateArgs)) -> VmConfig {
+        let mut args =
+            CreateArgs { name: name.into(), root: "host".into(), cpus: Some(1), ..CreateArgs::default() };
+        extra(&mut args);
+        let limits = HostLimits { cpus: 1, memory_mib: None };
+        create(&args, &self.paths(), &HostConfig::default(), limits).unwrap()
+    }
+
+    /// Runs mvm's network bring-up for `vm` inside the host namespace.
+    fn up(&self, vm: &VmConfig) {
+        let (paths, vm) = (self.paths(), vm.clone());
+        self.host.run(move || HostNet::open(&paths, &HostConfig::default()).unwrap().up(&vm).unwrap());
+    }
+
+    fn down(&self, vm: &VmConfig) {
+        let (paths, vm) = (self.paths(), vm.clone());
+        self.host.run(move || HostNet::open(&paths, &HostConfig::default()).unwrap().down(&vm).unwrap());
+    }
+
+    /// A stand-in guest for `vm`: a namespace with the guest's address, its default route
+    /// via the gateway, attached to the VM's bridge.
+    fn guest(&mut self, vm: &VmConfig) -> usize {
+        let guest = NetNs::new("guest");
+        let network = &vm.network;
+        let host_end = format!("vg{}", network.index);
+        self.host.ip(&[
+            "link",
+            "add",
+            &host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            guest.name(),
+        ]);
+        self.host.ip(&["link", "set", &host_end, "master", &network.bridge, "up"]);
+        guest.ip(&[
+            "addr",
+            "add",
+            &format!("{}/{}", network.address, network.subnet.prefix()),
+            "dev",
+            "eth0",
+        ]);
+        guest.ip(&["link", "set", "eth0", "up"]);
+        guest.ip(&["route", "add", "default", "via", &network.gateway.to_string()]);
+        self.guests.push(guest);
+        self.guests.len() - 1
+    }
+
+    /// `mvm ARGS…` run inside the host namespace.
+    fn mvm(&self, args: &[&str]) -> support::Run {
+        let mut command = self.host.command(support::mvm_binary().to_str().unwrap(), args);
+        command
+            .env("MVM_STATE_DIR", self.sandbox.state_dir())
+            .env("MVM_RUN_DIR", self.sandbox.run_dir())
+            .env("MVM_CONFIG", self.sandbox.config_file());
+        support::Run::from_output(command.output().unwrap())
+    }
+
+    fn iptables_save(&self) -> String {
+        let filter = self.host.exec("iptables-save", &["-t", "filter"]);
+        let nat = self.host.exec("iptables-save", &["-t", "nat"]);
+        let strip = |out: std::process::Output| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|line| !line.starts_with('#'))
+                .map(|line| format!("{line}\n"))
+                .collect::<String>()
+        };
+        strip(filter) + &strip(nat)
+    }
+
+    fn mvm_links(&self) -> Vec<String> {
+        self.host
+            .ip(&["-o", "link", "show"])
+            .lines()
+            .filter_map(|line| line.split(':').nth(1))
+            .map(|name| name.trim().split('@').next().unwrap().to_string())
+            .filter(|name| name.starts_with("mvm"))
+            .collect()
+    }
+}
+
+/// A TCP server in a namespace that answers each connection with `peer=<client ip>`.
+struct TcpServer {
+    stop: Arc<AtomicBool>,
+}
+
+impl TcpServer {
+    fn start(ns: &NetNs, address: &str) -> TcpServer {
+        let address: SocketAddr = address.parse().unwrap();
+        let listener = ns.run(move || TcpListener::bind(address).unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, peer)) => {
+                        let _ = stream.write_all(format!("peer={}", peer.ip()).as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TcpServer { stop }
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A UDP server in a namespace that answers each datagram with `peer=<client ip>`.
+fn udp_server(ns: &NetNs, address: &str) -> TcpServer {
+    let address: SocketAddr = address.parse().unwrap();
+    let socket = ns.run(move || UdpSocket::bind(address).unwrap());
+    socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !flag.load(Ordering::Relaxed) {
+            if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(format!("peer={}", peer.ip()).as_bytes(), peer);
+            }
+        }
+    });
+    TcpServer { stop }
+}
+
+const WAIT: Duration = Duration::from_millis(1500);
+
+/// Connects from `ns` to `address`; the server's reply, or why there was none.
+fn tcp_from(ns: &NetNs, address: &str) -> Result<String, String> {
+    let address: SocketAddr = address.parse().unwrap();
+    ns.run(move || {
+        let mut stream = TcpStream::connect_timeout(&address, WAIT).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).map_err(|e| e.to_string())?;
+        Ok(reply)
+    })
+}
+
+/// Sends one datagram from `ns` to `address`; the reply, or why there was none.
+fn udp_from(ns: &NetNs, address: &str) -> Result<String, String> {
+    let address: SocketAddr = address.parse().unwrap();
+    ns.run(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        socket.set_read_timeout(Some(WAIT)).unwrap();
+        socket.send_to(b"ping", address).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        let n = socket.recv(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
+macro_rules! root_test {
+    ($name:ident) => {
+        if !support::require_root(stringify!($name))
+            || !support::require_program(stringify!($name), "iptables")
+        {
+            return;
+        }
+    };
+}
+
+#[test]
+fn guest_reaches_the_internet_masqueraded() {
+    root_test!(guest_reaches_the_internet_masqueraded);
+    let mut lab = Lab::new();
+    let vm = lab.create("web", |_| {});
+    lab.up(&vm);
+    let guest = lab.guest(&vm);
+    let _tcp = TcpServer::start(&lab.internet, &format!("{INTERNET_IP}:80"));
+    let _udp = udp_server(&lab.internet, &format!("{INTERNET_IP}:53"));
+    let expected = format!("peer={HOST_UPLINK_IP}");
+    assert_eq!(tcp_from(&lab.guests[guest], &format!("{INTERNET_IP}:80")), Ok(expected.clone()));
+    assert_eq!(udp_from(&lab.guests[guest], &format!("{INTERNET_IP}:53")), Ok(expected));
+}
+
+#[test]
+fn guests_cannot_reach_each_other_or_the_host_without_host_access() {
+    root_test!(guests_cannot_reach_each_other_or_the_host_without_host_access);
+    let mut lab = Lab::new();
+    let a = lab.create("a", |_| {});
+    let b = lab.create("b", |_| {});
+    let c = lab.create("c", |args| args.host_access = true);
+    for vm in [&a, &b, &c] {
+        lab.up(vm);
+    }
+    let (ga, gb, gc) = (lab.guest(&a), lab.guest(&b), lab.guest(&c));
+    let _on_a = TcpServer::start(&lab.guests[ga], &format!("{}:7000", a.network.address));
+    let _on_b = TcpServer::start(&lab.guests[gb], &format!("{}:7000", b.network.address));
+    let _udp_on_b = udp_server(&lab.guests[gb], &format!("{}:7001", b.network.address));
+    assert!(tcp_from(&lab.guests[ga], &format!("{}:7000", b.network.address)).is_err());
+    assert!(tcp_from(&lab.guests[gb], &format!("{}:7000", a.network.address)).is_err());
+    assert!(udp_from(&lab.guests[ga], &format!("{}:7001", b.network.address)).is_err());
+    // Not through the other VM's gateway either.
+    assert!(tcp_from(&lab.guests[ga], &format!("{}:7000", b.network.gateway)).is_err());
+    let _host_service = TcpServer::start(&lab.host, "0.0.0.0:9000");
+    assert!(tcp_from(&lab.guests[ga], &format!("{}:9000", a.network.gateway)).is_err());
+    assert_eq!(
+        tcp_from(&lab.guests[gc], &format!("{}:9000", c.network.gateway)),
+        Ok(format!("peer={}", c.network.address)),
+        "--host-access lets the guest reach host services"
+    );
+}
+
+#[test]
+fn port_forwards_answer_from_localhost_and_from_outside() {
+    root_test!(port_forwards_answer_from_localhost_and_from_outside);
+    let mut lab = Lab::new();
+    let vm = lab.create("web", |args| args.ports = vec!["8080:3000".into(), "5353:53/udp".into()]);
+    lab.up(&vm);
+    let guest = lab.guest(&vm);
+    let _tcp = TcpServer::start(&lab.guests[guest], "0.0.0.0:3000");
+    let _udp = udp_server(&lab.guests[guest], "0.0.0.0:53");
+    for (from, target) in [(&lab.host, "127.0.0.1"), (&lab.internet, HOST_UPLINK_IP)] {
+        let tcp = tcp_from(from, &format!("{target}:8080"));
+        assert!(tcp.as_ref().is_ok_and(|reply| reply.starts_with("peer=")), "tcp via {target}: {tcp:?}");
+        let udp = udp_from(from, &format!("{target}:5353"));
+        assert!(udp.as_ref().is_ok_and(|reply| reply.starts_with("peer=")), "udp via {target}: {udp:?}");
+    }
+    // The internet client's own address reaches the guest: forwards are not masqueraded.
+    assert_eq!(tcp_from(&lab.internet, &format!("{HOST_UPLINK_IP}:8080")), Ok(format!("peer={INTERNET_IP}")));
+}
+
+#[test]
+fn an_offline_guest_reaches_nothing() {
+    root_test!(an_offline_guest_reaches_nothing);
+    let mut lab = Lab::new();
+    let vm = lab.create("sealed", |args| args.offline = true);
+    lab.up(&vm);
+    let guest = lab.guest(&vm);
+    let _tcp = TcpServer::start(&lab.internet, &format!("{INTERNET_IP}:80"));
+    let _udp = udp_server(&lab.internet, &format!("{INTERNET_IP}:53"));
+    let _host = TcpServer::start(&lab.host, "0.0.0.0:9000");
+    assert!(tcp_from(&lab.guests[guest], &format!("{INTERNET_IP}:80")).is_err());
+    assert!(udp_from(&lab.guests[guest], &format!("{INTERNET_IP}:53")).is_err());
+    assert!(tcp_from(&lab.guests[guest], &format!("{}:9000", vm.network.gateway)).is_err());
+}
+
+#[test]
+fn apply_is_idempotent_converges_and_teardown_leaves_nothing() {
+    root_test!(apply_is_idempotent_converges_and_teardown_leaves_nothing);
+    let lab = Lab::new();
+    let pristine = lab.iptables_save();
+    let web = lab.create("web", |args| args.ports = vec!["8080:80".into()]);
+    let api = lab.create("api", |_| {});
+    // A crash half-way: the bridge exists, without its address, tap or rules.
+    lab.host.ip(&["link", "add", "mvmbr0", "type", "bridge"]);
+    lab.up(&web);
+    lab.up(&api);
+    let once = lab.iptables_save();
+    let links = lab.mvm_links();
+    assert_eq!(links, ["mvmbr0", "mvmtap0", "mvmbr1", "mvmtap1"]);
+    assert!(lab.host.ip(&["-4", "addr", "show", "mvmbr0"]).contains("10.200.0.1/24"));
+    assert!(lab.host.ip(&["link", "show", "mvmtap0"]).contains("master mvmbr0"));
+    lab.up(&web);
+    lab.up(&api);
+    assert_eq!(lab.iptables_save(), once, "a second apply changed the rules");
+    assert_eq!(lab.mvm_links(), links);
+    assert_eq!(once.matches("-i mvmbr+ -o mvmbr+").count(), 1, "isolation is one rule:\n{once}");
+    lab.down(&api);
+    let after_api = lab.iptables_save();
+    assert!(!after_api.contains("mvm:api") && after_api.contains("mvm:web"), "{after_api}");
+    assert_eq!(lab.mvm_links(), ["mvmbr0", "mvmtap0"]);
+    lab.down(&web);
+    assert_eq!(lab.iptables_save(), pristine, "teardown must restore the rules exactly");
+    assert!(lab.mvm_links().is_empty());
+    lab.down(&web);
+}
+
+#[test]
+fn a_forward_added_while_running_works_at_once_and_removal_stops_it() {
+    root_test!(a_forward_added_while_running_works_at_once_and_removal_stops_it);
+    let mut lab = Lab::new();
+    let vm = lab.create("web", |_| {});
+    lab.up(&vm);
+    let guest = lab.guest(&vm);
+    let _tcp = TcpServer::start(&lab.guests[guest], "0.0.0.0:3000");
+    let _udp = udp_server(&lab.guests[guest], "0.0.0.0:53");
+    assert!(tcp_from(&lab.host, "127.0.0.1:8080").is_err());
+    let run_dir = lab.sandbox.run_dir().join("web");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let _running = RunLock::try_acquire(&run_dir.join("lock")).unwrap().unwrap();
+    let out = lab.mvm(&["port", "web", "8080:3000"]);
+    assert_eq!(out.ok().trim(), "forwarding host port 8080/tcp to VM 'web' port 3000");
+    assert!(tcp_from(&lab.host, "127.0.0.1:8080").is_ok_and(|r| r.starts_with("peer=")));
+    let out = lab.mvm(&["port", "web", "0:53/udp"]);
+    let picked: u16 = out.ok().split_whitespace().nth(3).unwrap().split('/').next().unwrap().parse().unwrap();
+    assert!(udp_from(&lab.internet, &format!("{HOST_UPLINK_IP}:{picked}")).is_ok());
+    let list: serde_json::Value = serde_json::from_str(lab.mvm(&["port", "web", "--json"]).ok()).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    lab.mvm(&["port", "web", "--rm", "8080"]).ok();
+    assert!(tcp_from(&lab.host, "127.0.0.1:8080").is_err());
+    lab.mvm(&["port", "web", "--rm", &format!("{picked}/udp")]).ok();
+    assert!(udp_from(&lab.internet, &format!("{HOST_UPLINK_IP}:{picked}")).is_err());
+    lab.mvm(&["port", "web", "--rm", "8080"]).fails(3, &["forwards no host port 8080"]);
+}
+
+#[test]
+fn taken_host_ports_are_refused_naming_the_owner() {
+    root_test!(taken_host_ports_are_refused_naming_the_owner);
+    let lab = Lab::new();
+    lab.create("web", |args| args.ports = vec!["8080:80".into()]);
+    lab.create("api", |_| {});
+    lab.mvm(&["port", "api", "8080:3000"]).fails(4, &["already forwarded by VM 'web'"]);
+    lab.mvm(&["port", "web", "8080:81"]).fails(4, &["VM 'web' already forwards host port 8080/tcp"]);
+    let _listener = lab.host.run(|| TcpListener::bind("127.0.0.1:9090").unwrap());
+    let me = std::process::id().to_string();
+    lab.mvm(&["port", "api", "9090:80"]).fails(4, &["in use by process", &me, "pick another host port"]);
+    let toml = std::fs::read_to_string(lab.sandbox.state_dir().join("api/vm.toml")).unwrap();
+    assert!(!toml.contains("9090"), "a refused forward must not be saved");
+    lab.mvm(&["port", "api", "9090:80/udp"]).ok();
+}
+
+#[test]
+fn a_pool_overlapping_a_host_route_is_refused() {
+    root_test!(a_pool_overlapping_a_host_route_is_refused);
+    let lab = Lab::new();
+    let vm = lab.create("web", |_| {});
+    lab.host.ip(&["route", "add", "10.200.7.0/24", "via", INTERNET_IP]);
+    let (paths, config) = (lab.paths(), vm.clone());
+    let error = lab.host.run(move || {
+        let mut net = HostNet::open(&paths, &HostConfig::default()).unwrap();
+        format!("{:#}", net.up(&config).unwrap_err())
+    });
+    assert!(error.contains("overlaps the host route 10.200.7.0/24 on uplink0"), "{error}");
+    assert!(lab.mvm_links().is_empty(), "nothing is made when the pool is refused");
+}
+
+#[test]
+fn doctor_finds_and_fixes_orphans() {
+    root_test!(doctor_finds_and_fixes_orphans);
+    let lab = Lab::new();
+    let vm = lab.create("web", |args| args.ports = vec!["8080:80".into()]);
+    lab.up(&vm);
+    std::fs::create_dir_all(lab.sandbox.run_dir().join("web")).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&lab.mvm(&["doctor", "--json"]).stdout).unwrap();
+    let orphans =
+        report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "orphans").unwrap().clone();
+    assert_eq!(orphans["status"], "warn", "{orphans}");
+    let detail = orphans["detail"].as_str().unwrap();
+    assert!(detail.contains("mvmbr0") && detail.contains("firewall rules of web"), "{detail}");
+    let uplink = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "uplink").unwrap().clone();
+    assert_eq!(uplink["detail"], "default route via uplink0");
+    lab.mvm(&["doctor", "--fix", "--json"]);
+    assert!(lab.mvm_links().is_empty());
+    assert!(!lab.iptables_save().contains("mvm"));
+    assert!(!lab.sandbox.run_dir().join("web").exists());
+    // A running VM's network is not an orphan.
+    lab.up(&vm);
+    std::fs::create_dir_all(lab.sandbox.run_dir().join("web")).unwrap();
+    let _running = RunLock::try_acquire(&lab.sandbox.run_dir().join("web/lock")).unwrap().unwrap();
+    let report: serde_json::Value = serde_json::from_str(&lab.mvm(&["doctor", "--json"]).stdout).unwrap();
+    let orphans =
+        report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "orphans").unwrap().clone();
+    assert_eq!(orphans["detail"], "none");
+}

@@ -211,17 +211,19 @@ pub fn converge_vm(
     let mut script = Script::default();
     ensure_shared(&state, host, &mut script);
     let tag = plan::vm_tag(&vm.name);
-    let mut wanted = plan::vm_rules(vm, host);
-    let mut present: Vec<&Rule> = state.tagged(&tag).collect();
-    wanted.sort();
-    present.sort();
-    if present.iter().copied().ne(wanted.iter()) {
-        for rule in present {
-            script.push(rule.table, format!("-D {} {}", rule.chain, rule.spec));
+    let mut unwanted: Vec<&Rule> = state.tagged(&tag).collect();
+    // A VM's rules are order-independent, so only the difference is sent: deleting
+    // is the slow operation for iptables-nft.
+    for rule in plan::vm_rules(vm, host) {
+        match unwanted.iter().position(|present| **present == rule) {
+            Some(at) => {
+                unwanted.swap_remove(at);
+            }
+            None => script.push(rule.table, format!("-I {} 1 {}", rule.chain, rule.spec)),
         }
-        for rule in &wanted {
-            script.push(rule.table, format!("-I {} 1 {}", rule.chain, rule.spec));
-        }
+    }
+    for rule in unwanted {
+        script.push(rule.table, format!("-D {} {}", rule.chain, rule.spec));
     }
     apply(backend, &script)
 }
@@ -231,12 +233,13 @@ pub fn converge_vm(
 pub fn remove_vm(backend: &mut dyn FirewallBackend, name: &str) -> anyhow::Result<bool> {
     let state = FirewallState::read(backend)?;
     let mut script = Script::default();
-    let tag = plan::vm_tag(name);
-    for rule in state.tagged(&tag) {
-        script.push(rule.table, format!("-D {} {}", rule.chain, rule.spec));
-    }
     if state.vm_names().iter().all(|other| other == name) {
+        // The last VM: flushing mvm's chains removes its rules with the rest.
         remove_shared(&state, &mut script);
+    } else {
+        for rule in state.tagged(&plan::vm_tag(name)) {
+            script.push(rule.table, format!("-D {} {}", rule.chain, rule.spec));
+        }
     }
     apply(backend, &script)
 }

@@ -1,3 +1,7 @@
-//! The boot chain: which kernel and modules a VM boots with.
+//! The boot chain (DESIGN §4): which kernel, which modules, and the initramfs that
+//! carries mvm into the guest as its init.
 
+pub mod cpio;
+pub mod initramfs;
 pub mod kernel;
+pub mod modules;

@@ -4,6 +4,7 @@
 //! maps [`run`]'s result to an exit code. Privileged work sits behind small modules
 //! whose plans are pure data, so most of mvm is testable without root.
 
+pub mod agent;
 pub mod boot;
 pub mod cli;
 pub mod commands;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod generate;
+pub mod guest;
 pub mod host;
 pub mod name;
 pub mod net;

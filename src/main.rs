@@ -3,6 +3,9 @@
 use clap::Parser;
 
 fn main() {
+    if mvm::guest::is_guest_init() {
+        mvm::guest::init::main();
+    }
     let cli = mvm::cli::Cli::parse();
     let code = match mvm::run(cli) {
         Ok(code) => code,

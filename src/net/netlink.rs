@@ -125,6 +125,14 @@ impl Netlink {
             .with_context(|| format!("cannot delete link {index}"))
     }
 
+    /// Adds (or replaces) the default route via `gateway`.
+    pub fn set_default_route(&self, gateway: Ipv4Addr) -> anyhow::Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        self.runtime
+            .block_on(self.handle.route().add(route).replace().execute())
+            .with_context(|| format!("cannot add the default route via {gateway}"))
+    }
+
     /// The IPv4 routes of the main table.
     pub fn routes(&self) -> anyhow::Result<Vec<Route>> {
         let request = RouteMessageBuilder::<Ipv4Addr>::new().build();

@@ -1,0 +1,115 @@
+//! The host side of the agent connection: hybrid vsock over a unix socket.
+//!
+//! cloud-hypervisor (natively) and vhost-device-vsock (for QEMU) expose the guest's vsock
+//! as a unix socket: connect, send `CONNECT <port>\n`, read `OK <n>\n`, and the stream is
+//! then the guest's port. No listener in the guest yet means the connection is closed
+//! without an `OK`, which [`connect`] reports as [`std::io::ErrorKind::ConnectionRefused`].
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::agent::protocol::{Frame, AGENT_PORT};
+
+/// Opens a stream to the guest agent through the hybrid vsock socket at `socket`.
+pub fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 64 {
+        match stream.read(&mut byte) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "the guest agent is not listening",
+                ))
+            }
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(error) => return Err(error),
+        }
+    }
+    if !line.starts_with(b"OK ") {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("unexpected vsock handshake {:?}", String::from_utf8_lossy(&line)),
+        ));
+    }
+    stream.set_read_timeout(None)?;
+    Ok(stream)
+}
+
+/// Asks the agent whether it is there; returns the guest's uptime in milliseconds.
+pub fn ping(socket: &Path, timeout: Duration) -> io::Result<u64> {
+    let mut stream = connect(socket, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    Frame::Ping.write_to(&mut stream)?;
+    match Frame::read_from(&mut stream)? {
+        Some(Frame::Pong(uptime)) => Ok(uptime),
+        other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected Pong, got {other:?}"))),
+    }
+}
+
+/// Waits until the agent answers a ping, or `deadline` passes, or `alive` says to stop.
+pub fn wait_ready(socket: &Path, deadline: Instant, mut alive: impl FnMut() -> bool) -> io::Result<u64> {
+    loop {
+        let last_error = match ping(socket, Duration::from_secs(2)) {
+            Ok(uptime) => return Ok(uptime),
+            Err(error) => error,
+        };
+        if Instant::now() >= deadline || !alive() {
+            return Err(last_error);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asks the guest to power off cleanly.
+pub fn power_off(socket: &Path) -> io::Result<()> {
+    let mut stream = connect(socket, Duration::from_secs(2))?;
+    Frame::PowerOff.write_to(&mut stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A stand-in for the VMM's vsock socket: answers the handshake, then `Pong(42)`.
+    fn fake_vmm(socket: &Path, accept_port: bool) -> std::thread::JoinHandle<String> {
+        let listener = UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 13];
+            stream.read_exact(&mut request).unwrap();
+            if accept_port {
+                stream.write_all(b"OK 1073741824\n").unwrap();
+                assert_eq!(Frame::read_from(&mut stream).unwrap(), Some(Frame::Ping));
+                Frame::Pong(42).write_to(&mut stream).unwrap();
+            }
+            String::from_utf8_lossy(&request).into_owned()
+        })
+    }
+
+    #[test]
+    fn handshakes_and_pings() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vsock.sock");
+        let server = fake_vmm(&socket, true);
+        assert_eq!(ping(&socket, Duration::from_secs(2)).unwrap(), 42);
+        assert_eq!(server.join().unwrap(), "CONNECT 1024\n");
+    }
+
+    #[test]
+    fn no_listener_in_the_guest_is_connection_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vsock.sock");
+        let server = fake_vmm(&socket, false);
+        let error = ping(&socket, Duration::from_secs(2)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+        server.join().unwrap();
+    }
+}

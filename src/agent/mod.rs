@@ -1,0 +1,4 @@
+//! The guest agent's protocol and the host's client for it (DESIGN §6).
+
+pub mod client;
+pub mod protocol;

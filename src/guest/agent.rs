@@ -1,0 +1,255 @@
+//! The guest agent: listens on vsock port 1024 and runs commands for `mvm shell`.
+//!
+//! Each connection is one request. An exec runs the command as the requested user, on a
+//! fresh pseudo-terminal (interactive) or on pipes (stdout and stderr kept apart), and
+//! streams its output back; stdin, window size changes and signals stream in. The last
+//! frame is the exit status.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use nix::libc;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr};
+use nix::unistd::{Gid, Pid, Uid};
+
+use crate::agent::protocol::{ExecRequest, ExitStatus, Frame, AGENT_PORT};
+use crate::guest::reaper;
+
+/// A connection's write half, shared by the threads that send frames.
+type Sender = Arc<Mutex<File>>;
+
+fn send(sender: &Sender, frame: &Frame) -> bool {
+    frame.write_to(&mut *sender.lock().expect("agent connection")).is_ok()
+}
+
+/// Accepts connections forever; `power_off` is called for a `PowerOff` request.
+pub fn serve(power_off: fn() -> !) -> anyhow::Result<()> {
+    let listener = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+        .context("cannot open a vsock socket")?;
+    bind(listener.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_PORT))
+        .context("cannot bind vsock port 1024")?;
+    listen(&listener, Backlog::new(64).expect("valid backlog")).context("cannot listen on vsock")?;
+    loop {
+        let Ok(fd) = accept(listener.as_raw_fd()) else { continue };
+        // SAFETY: `accept` returned a new descriptor that nothing else owns.
+        let connection = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        std::thread::spawn(move || {
+            if let Err(error) = handle(connection, power_off) {
+                eprintln!("mvm-agent: {error:#}");
+            }
+        });
+    }
+}
+
+fn handle(mut connection: File, power_off: fn() -> !) -> anyhow::Result<()> {
+    let sender: Sender = Arc::new(Mutex::new(connection.try_clone()?));
+    match Frame::read_from(&mut connection)? {
+        Some(Frame::Ping) => {
+            send(&sender, &Frame::Pong(uptime_ms()));
+        }
+        Some(Frame::PowerOff) => power_off(),
+        Some(Frame::Exec(request)) => {
+            if let Err(error) = exec(request, &mut connection, &sender) {
+                send(&sender, &Frame::Error(format!("{error:#}")));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn uptime_ms() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |seconds| (seconds * 1000.0) as u64)
+}
+
+/// The user's entry from the guest's `/etc/passwd`: (name, home, shell).
+fn passwd_entry(uid: u32) -> (String, String, String) {
+    let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    text.lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|fields| fields.len() >= 7 && fields[2].parse() == Ok(uid))
+        .map(|fields| (fields[0].to_string(), fields[5].to_string(), fields[6].to_string()))
+        .unwrap_or_else(|| {
+            let home = if uid == 0 { "/root" } else { "/" };
+            (uid.to_string(), home.to_string(), "/bin/sh".to_string())
+        })
+}
+
+fn build_command(request: &ExecRequest) -> Command {
+    let (user, home, shell) = passwd_entry(request.uid);
+    let shell = if std::path::Path::new(&shell).exists() { shell } else { "/bin/sh".to_string() };
+    let mut command = match request.argv.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args);
+            command
+        }
+        None => {
+            let mut command = Command::new(&shell);
+            let name = shell.rsplit('/').next().unwrap_or("sh");
+            command.arg0(format!("-{name}"));
+            command
+        }
+    };
+    command.env_clear();
+    command
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", &home)
+        .env("USER", &user)
+        .env("LOGNAME", &user)
+        .env("SHELL", &shell);
+    command.envs(request.env.iter().map(|(k, v)| (k, v)));
+    let cwd = request.cwd.clone().filter(|dir| std::path::Path::new(dir).is_dir()).unwrap_or(home);
+    command.current_dir(cwd);
+    let (uid, gid) = (Uid::from_raw(request.uid), Gid::from_raw(request.gid));
+    let groups = std::ffi::CString::new(user)
+        .ok()
+        .and_then(|name| nix::unistd::getgrouplist(&name, gid).ok())
+        .unwrap_or_else(|| vec![gid]);
+    let tty = request.tty;
+    // SAFETY: between fork and exec only async-signal-safe calls are made: setsid,
+    // ioctl, setgroups, setgid and setuid.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid()?;
+            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(gid)?;
+            nix::unistd::setuid(uid)?;
+            Ok(())
+        });
+    }
+    command
+}
+
+fn exec(request: ExecRequest, connection: &mut File, sender: &Sender) -> anyhow::Result<()> {
+    let mut command = build_command(&request);
+    let (child, input, master) = if request.tty {
+        let winsize =
+            nix::pty::Winsize { ws_row: request.rows, ws_col: request.cols, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(&winsize, None).context("cannot open a pseudo-terminal")?;
+        let slave = File::from(pty.slave);
+        command.stdin(Stdio::from(slave.try_clone()?));
+        command.stdout(Stdio::from(slave.try_clone()?));
+        command.stderr(Stdio::from(slave));
+        let child = command.spawn().context("cannot start the command")?;
+        drop(command);
+        let master = File::from(pty.master);
+        forward_output(master.try_clone()?, sender.clone(), Frame::Stdout);
+        (child, Some(master.try_clone()?), Some(master))
+    } else {
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().context("cannot start the command")?;
+        drop(command);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let threads = [
+            forward_output(File::from(OwnedFd::from(stdout)), sender.clone(), Frame::Stdout),
+            forward_output(File::from(OwnedFd::from(stderr)), sender.clone(), Frame::Stderr),
+        ];
+        let stdin = child.stdin.take().map(|stdin| File::from(OwnedFd::from(stdin)));
+        let pid = child.id();
+        let status = reaper::register(pid);
+        let exited = Arc::new(AtomicBool::new(false));
+        spawn_input(connection.try_clone()?, stdin, None, pid, exited.clone());
+        let status = status.recv().unwrap_or(ExitStatus::Code(255));
+        exited.store(true, Ordering::SeqCst);
+        for thread in threads {
+            let _ = thread.join();
+        }
+        send(sender, &Frame::Exit(status));
+        return Ok(());
+    };
+    let pid = child.id();
+    let status = reaper::register(pid);
+    let exited = Arc::new(AtomicBool::new(false));
+    spawn_input(connection.try_clone()?, input, master, pid, exited.clone());
+    let status = status.recv().unwrap_or(ExitStatus::Code(255));
+    exited.store(true, Ordering::SeqCst);
+    // Give the pty reader a moment to drain what the command wrote last.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    send(sender, &Frame::Exit(status));
+    Ok(())
+}
+
+/// Copies `source` into frames made by `frame` until it ends.
+fn forward_output(
+    mut source: File,
+    sender: Sender,
+    frame: fn(Vec<u8>) -> Frame,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 32 * 1024];
+        loop {
+            match source.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !send(&sender, &frame(buffer[..n].to_vec())) {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Applies the host's stdin, resize and signal frames to the command.
+fn spawn_input(
+    mut connection: File,
+    mut stdin: Option<File>,
+    terminal: Option<File>,
+    pid: u32,
+    exited: Arc<AtomicBool>,
+) {
+    std::thread::spawn(move || {
+        while let Ok(Some(frame)) = Frame::read_from(&mut connection) {
+            match frame {
+                Frame::Stdin(data) => {
+                    if let Some(input) = stdin.as_mut() {
+                        let _ = input.write_all(&data);
+                    }
+                }
+                Frame::StdinEof => {
+                    if terminal.is_some() {
+                        // On a terminal, end of input is the EOF character.
+                        if let Some(input) = stdin.as_mut() {
+                            let _ = input.write_all(&[4]);
+                        }
+                    } else {
+                        stdin = None;
+                    }
+                }
+                Frame::Resize { rows, cols } => {
+                    if let Some(terminal) = &terminal {
+                        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                        // SAFETY: TIOCSWINSZ reads a valid winsize from the pointer.
+                        unsafe { libc::ioctl(terminal.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+                    }
+                }
+                Frame::Signal(number) => {
+                    if let Ok(signal) = Signal::try_from(number) {
+                        // The command leads its own session and process group.
+                        let _ = kill(Pid::from_raw(-(pid as i32)), signal);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The host went away while the command ran: the command goes with it.
+        if !exited.load(Ordering::SeqCst) {
+            let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGHUP);
+        }
+    });
+}

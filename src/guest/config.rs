@@ -1,0 +1,97 @@
+//! What the host tells the guest init about the VM: shares to mount, the root model,
+//! the user, the hostname. Written by the supervisor into each boot's initramfs as
+//! `/mvm/guest.json`; the network comes on the kernel command line (`mvm.net=`).
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// The guest's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestConfig {
+    pub hostname: String,
+    pub root: GuestRoot,
+    /// Shares mounted after the root is assembled, in order (project, volumes).
+    pub mounts: Vec<GuestMount>,
+    /// The user `mvm shell` runs as; its home is made if missing.
+    pub user: Option<GuestUser>,
+}
+
+/// How the guest's root is assembled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestRoot {
+    /// The host's `/usr` (tag `usr`, read-only), the VM's own `/etc` and `/var` (tags
+    /// `etc`, `var`), and `/nix/store` (tag `nix`) when `nix` is set.
+    Host { nix: bool },
+    /// A whole tree (tag `root`), assembled on the host.
+    Dir,
+}
+
+/// A virtio-fs share and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestMount {
+    pub tag: String,
+    pub path: String,
+    pub read_only: bool,
+}
+
+/// The invoking user on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The guest's network, as carried by `mvm.net=ADDRESS/PREFIX,GATEWAY[,DNS…]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNetwork {
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+impl GuestNetwork {
+    /// The kernel command-line parameter.
+    pub fn to_cmdline(&self) -> String {
+        let mut text = format!("mvm.net={}/{},{}", self.address, self.prefix, self.gateway);
+        for dns in &self.dns {
+            text.push_str(&format!(",{dns}"));
+        }
+        text
+    }
+
+    /// Finds and parses `mvm.net=` in a kernel command line.
+    pub fn from_cmdline(cmdline: &str) -> Option<GuestNetwork> {
+        let value = cmdline.split_whitespace().find_map(|word| word.strip_prefix("mvm.net="))?;
+        let mut parts = value.split(',');
+        let (address, prefix) = parts.next()?.split_once('/')?;
+        Some(GuestNetwork {
+            address: address.parse().ok()?,
+            prefix: prefix.parse().ok()?,
+            gateway: parts.next()?.parse().ok()?,
+            dns: parts.filter_map(|dns| dns.parse().ok()).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_round_trips_through_the_cmdline() {
+        let network = GuestNetwork {
+            address: Ipv4Addr::new(10, 200, 3, 2),
+            prefix: 24,
+            gateway: Ipv4Addr::new(10, 200, 3, 1),
+            dns: vec![Ipv4Addr::new(9, 9, 9, 9)],
+        };
+        let cmdline = format!("console=ttyS0 {} quiet", network.to_cmdline());
+        assert!(cmdline.contains("mvm.net=10.200.3.2/24,10.200.3.1,9.9.9.9"));
+        assert_eq!(GuestNetwork::from_cmdline(&cmdline), Some(network));
+        assert_eq!(GuestNetwork::from_cmdline("console=ttyS0"), None);
+    }
+}

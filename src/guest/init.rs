@@ -1,0 +1,223 @@
+//! The guest init: mvm running as PID 1 inside the VM.
+//!
+//! Mount the kernel file systems; load the modules the initramfs carries, in order;
+//! assemble the root in a tmpfs from the virtio-fs shares (the host's `/usr` read-only,
+//! the VM's own `/etc` and `/var`, or a whole tree), then switch into it; mount the
+//! project and volumes at their paths; configure `eth0`, hostname and DNS; start the
+//! agent; reap children; power off cleanly when asked. PID 1 must never exit, so every
+//! failure ends in a message on the console and a power-off.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::kmod::{finit_module, ModuleInitFlags};
+use nix::mount::{mount, MsFlags};
+
+use crate::boot::initramfs::{GUEST_CONFIG, MODULE_LIST};
+use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot, GuestUser};
+use crate::guest::{agent, reaper};
+use crate::net::netlink::Netlink;
+
+/// Where the new root is assembled before the switch.
+const NEW_ROOT: &str = "/newroot";
+
+/// Runs the guest; never returns.
+pub fn main() -> ! {
+    let started = Instant::now();
+    if let Err(error) = boot() {
+        eprintln!("mvm-init: boot failed: {error:#}");
+        power_off();
+    }
+    eprintln!("mvm-init: ready after {} ms in init", started.elapsed().as_millis());
+    std::thread::spawn(|| {
+        if let Err(error) = agent::serve(power_off) {
+            eprintln!("mvm-init: agent failed: {error:#}");
+            power_off();
+        }
+    });
+    reaper::reap_forever()
+}
+
+/// Syncs and powers the VM off.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    // Unreachable unless the kernel refused; idle rather than exit (which would panic).
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn boot() -> anyhow::Result<()> {
+    mount_kernel_filesystems()?;
+    load_modules()?;
+    let config: GuestConfig = serde_json::from_slice(
+        &std::fs::read(Path::new("/").join(GUEST_CONFIG)).context("cannot read the guest config")?,
+    )
+    .context("invalid guest config")?;
+    assemble_root(&config)?;
+    switch_root()?;
+    for share in &config.mounts {
+        mount_share(share, Path::new(&share.path))?;
+    }
+    if let Some(user) = &config.user {
+        make_home(user)?;
+    }
+    nix::unistd::sethostname(&config.hostname).context("cannot set the hostname")?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(network) = GuestNetwork::from_cmdline(&cmdline) {
+        configure_network(&network)?;
+    }
+    Ok(())
+}
+
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(target).with_context(|| format!("cannot create {target}"))?;
+    mount(Some(source), target, Some(fstype), flags, data)
+        .with_context(|| format!("cannot mount {fstype} on {target}"))
+}
+
+fn mount_kernel_filesystems() -> anyhow::Result<()> {
+    let quiet = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    mount_fs("proc", "/proc", "proc", quiet, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", quiet, None)?;
+    mount_fs("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"))?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0620,ptmxmode=0666"),
+    )?;
+    mount_fs("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_fs("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
+    Ok(())
+}
+
+fn load_modules() -> anyhow::Result<()> {
+    let list = std::fs::read_to_string(Path::new("/").join(MODULE_LIST)).unwrap_or_default();
+    for path in list.lines().filter(|line| !line.is_empty()) {
+        let file = File::open(path).with_context(|| format!("cannot open module {path}"))?;
+        let compressed = path.ends_with(".xz") || path.ends_with(".zst") || path.ends_with(".gz");
+        // MODULE_INIT_COMPRESSED_FILE: the kernel decompresses the file itself.
+        let flags = if compressed { ModuleInitFlags::from_bits_retain(4) } else { ModuleInitFlags::empty() };
+        match finit_module(&file, &CString::default(), flags) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(errno) => bail!("cannot load module {path}: {errno}"),
+        }
+    }
+    Ok(())
+}
+
+fn mount_share(share: &GuestMount, target: &Path) -> anyhow::Result<()> {
+    let flags = if share.read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    std::fs::create_dir_all(target).with_context(|| format!("cannot create {}", target.display()))?;
+    mount(Some(share.tag.as_str()), target, Some("virtiofs"), flags, None::<&str>)
+        .with_context(|| format!("cannot mount share {} on {}", share.tag, target.display()))
+}
+
+fn share(tag: &str, read_only: bool) -> GuestMount {
+    GuestMount { tag: tag.to_string(), path: String::new(), read_only }
+}
+
+fn assemble_root(config: &GuestConfig) -> anyhow::Result<()> {
+    let root = Path::new(NEW_ROOT);
+    match config.root {
+        GuestRoot::Dir => mount_share(&share("root", false), root)?,
+        GuestRoot::Host { nix } => {
+            mount_fs("tmpfs", NEW_ROOT, "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
+            mount_share(&share("usr", true), &root.join("usr"))?;
+            for (link, target) in
+                [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")]
+            {
+                if root.join(target).exists() {
+                    std::os::unix::fs::symlink(target, root.join(link))?;
+                }
+            }
+            mount_share(&share("etc", false), &root.join("etc"))?;
+            mount_share(&share("var", false), &root.join("var"))?;
+            if nix {
+                mount_share(&share("nix", true), &root.join("nix/store"))?;
+            }
+            std::fs::create_dir_all(root.join("var/home"))?;
+            std::fs::create_dir_all(root.join("home"))?;
+            mount(
+                Some(&root.join("var/home")),
+                &root.join("home"),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .context("cannot bind /var/home on /home")?;
+            mount_fs("tmpfs", &format!("{NEW_ROOT}/root"), "tmpfs", MsFlags::empty(), Some("mode=0700"))?;
+        }
+    }
+    mount_fs(
+        "tmpfs",
+        &format!("{NEW_ROOT}/tmp"),
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    for dir in ["proc", "sys", "dev", "run"] {
+        let target = root.join(dir);
+        std::fs::create_dir_all(&target)?;
+        mount(Some(&Path::new("/").join(dir)), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .with_context(|| format!("cannot move /{dir} into the new root"))?;
+    }
+    Ok(())
+}
+
+fn switch_root() -> anyhow::Result<()> {
+    std::env::set_current_dir(NEW_ROOT)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("cannot move the new root onto /")?;
+    nix::unistd::chroot(".").context("cannot chroot into the new root")?;
+    std::env::set_current_dir("/")?;
+    Ok(())
+}
+
+fn make_home(user: &GuestUser) -> anyhow::Result<()> {
+    let home = Path::new("/home").join(&user.name);
+    if !home.exists() {
+        std::fs::create_dir_all(&home)?;
+        nix::unistd::chown(&home, Some(user.uid.into()), Some(user.gid.into()))?;
+    }
+    Ok(())
+}
+
+fn configure_network(network: &GuestNetwork) -> anyhow::Result<()> {
+    let netlink = Netlink::open()?;
+    if let Some(lo) = netlink.link("lo")? {
+        netlink.set_up(lo.index)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let eth0 = loop {
+        if let Some(link) = netlink.link("eth0")? {
+            break link;
+        }
+        if Instant::now() > deadline {
+            bail!("no eth0 appeared");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    netlink.set_address(eth0.index, network.address, network.prefix)?;
+    netlink.set_up(eth0.index)?;
+    netlink.set_default_route(network.gateway)?;
+    if !network.dns.is_empty() {
+        let resolv: String = network.dns.iter().map(|dns| format!("nameserver {dns}\n")).collect();
+        // A host's resolv.conf is often a symlink into /run, which the guest's /run lacks.
+        let _ = std::fs::remove_file("/etc/resolv.conf");
+        std::fs::write("/etc/resolv.conf", resolv).context("cannot write /etc/resolv.conf")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! The guest side of mvm: the init that runs as PID 1 inside the VM, and the agent that
+//! serves `mvm shell`. The same binary is the host CLI and, as `/init`, the guest init.
+
+pub mod agent;
+pub mod config;
+pub mod init;
+pub mod reaper;
+
+/// Whether this process is the guest's init (PID 1).
+pub fn is_guest_init() -> bool {
+    std::process::id() == 1
+}

@@ -20,6 +20,7 @@ pub mod output;
 pub mod spec;
 pub mod state;
 pub mod view;
+pub mod vmm;
 
 use cli::{Cli, Command};
 use state::Paths;

@@ -4,7 +4,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::{
     completions::CompletionsArgs, create::CreateArgs, doctor::DoctorArgs, inspect::InspectArgs,
-    list::ListArgs, port::PortArgs, rm::RmArgs,
+    list::ListArgs, logs::LogsArgs, port::PortArgs, restart::RestartArgs, rm::RmArgs, start::StartArgs,
+    stop::StopArgs, supervise::SuperviseArgs,
 };
 use crate::error::EXIT_CODES_HELP;
 
@@ -36,6 +37,12 @@ pub struct Cli {
 pub enum Command {
     /// Declare a new VM (starts nothing)
     Create(CreateArgs),
+    /// Start a VM and wait until it answers
+    Start(StartArgs),
+    /// Shut a VM down and remove everything it had on the host
+    Stop(StopArgs),
+    /// Stop, then start a VM
+    Restart(RestartArgs),
     /// List all VMs
     #[command(visible_alias = "ls")]
     List(ListArgs),
@@ -43,12 +50,17 @@ pub enum Command {
     Inspect(InspectArgs),
     /// List, add or remove port forwards
     Port(PortArgs),
+    /// Show a VM's console (or another log)
+    Logs(LogsArgs),
     /// Remove a stopped VM with its state, volumes and logs
     Rm(RmArgs),
     /// Check that this host can run VMs
     Doctor(DoctorArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
+    /// Run a VM's supervisor (started by `mvm start`)
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
 }
 
 /// The clap command, for completions and man pages.

@@ -19,6 +19,7 @@ pub mod net;
 pub mod output;
 pub mod spec;
 pub mod state;
+pub mod supervisor;
 pub mod view;
 pub mod vmm;
 
@@ -30,6 +31,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let paths = Paths::from_env();
     match cli.command {
         Command::Create(args) => commands::create::run(args, &paths),
+        Command::Start(args) => commands::start::run(args, &paths),
+        Command::Stop(args) => commands::stop::run(args, &paths),
+        Command::Restart(args) => commands::restart::run(args, &paths),
+        Command::Logs(args) => commands::logs::run(args, &paths),
+        Command::Supervise(args) => commands::supervise::run(args, &paths),
         Command::List(args) => commands::list::run(args, &paths),
         Command::Inspect(args) => commands::inspect::run(args, &paths),
         Command::Port(args) => commands::port::run(args, &paths),

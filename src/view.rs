@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::name::VmName;
 use crate::spec::PortForward;
+use crate::state::status::{Phase, RuntimeStatus};
 use crate::state::store::{self, RunState, VmEntry};
 use crate::state::Paths;
 
@@ -16,6 +17,8 @@ use crate::state::Paths;
 pub enum VmState {
     Running,
     Stopped,
+    /// Its last run ended on its own (the reason is in `reason`).
+    Crashed,
     Broken,
 }
 
@@ -25,6 +28,7 @@ impl VmState {
         match self {
             VmState::Running => "running",
             VmState::Stopped => "stopped",
+            VmState::Crashed => "crashed",
             VmState::Broken => "broken",
         }
     }
@@ -51,6 +55,9 @@ pub struct VmSummary {
     pub ports: Vec<PortForward>,
     pub project: Option<PathBuf>,
     pub uptime_seconds: Option<u64>,
+    /// How the last run ended, for a VM that is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Why the VM is broken.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -67,6 +74,17 @@ impl VmSummary {
             Ok(state) => VmState::from(state),
             Err(error) => return Self::broken(&entry.name, format!("{error:#}")),
         };
+        let status = RuntimeStatus::read(&paths.vm_run_dir(&config.name));
+        let (state, uptime_seconds, reason) = match (state, status) {
+            (VmState::Running, Some(status)) => {
+                (state, Some(crate::output::unix_now().saturating_sub(status.started_at)), None)
+            }
+            (VmState::Stopped, Some(status)) if status.phase == Phase::Crashed => {
+                (VmState::Crashed, None, status.reason)
+            }
+            (VmState::Stopped, Some(status)) => (state, None, status.reason),
+            (state, _) => (state, None, None),
+        };
         VmSummary {
             name: entry.name.clone(),
             state,
@@ -76,7 +94,8 @@ impl VmSummary {
             hypervisor: Some(config.hypervisor.to_string()),
             ports: config.ports.clone(),
             project: config.project.as_ref().map(|project| project.path.clone()),
-            uptime_seconds: None,
+            uptime_seconds,
+            reason,
             error: None,
         }
     }
@@ -92,6 +111,7 @@ impl VmSummary {
             ports: Vec::new(),
             project: None,
             uptime_seconds: None,
+            reason: None,
             error: Some(error),
         }
     }

@@ -347,6 +347,7 @@ fn write_vm_dir(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
         let dir = staging.join("volumes").join(&volume.name);
         std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    crate::state::seed::seed_root(&staging, Path::new("/etc"))?;
     config.save(&staging.join(crate::config::vm::VM_CONFIG_FILE))?;
     failpoint::hit("create-staged");
     let target = paths.vm_dir(&config.name);

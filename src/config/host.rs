@@ -10,6 +10,7 @@
 //! hypervisor = "cloud-hypervisor"
 //! cpus = 2
 //! memory = "1G"
+//! accel = "auto"           # QEMU: auto, kvm or tcg
 //!
 //! [paths]                  # default: found on PATH
 //! cloud_hypervisor = "/usr/local/bin/cloud-hypervisor"
@@ -67,11 +68,18 @@ pub struct Defaults {
     pub cpus: u32,
     #[serde(deserialize_with = "deserialize_memory")]
     pub memory: MemorySize,
+    /// QEMU acceleration: `auto` (KVM where it can run ordinary kernels), `kvm` or `tcg`.
+    pub accel: Option<String>,
 }
 
 impl Default for Defaults {
     fn default() -> Self {
-        Defaults { hypervisor: Hypervisor::CloudHypervisor, cpus: 2, memory: MemorySize::from_mib(1024) }
+        Defaults {
+            hypervisor: Hypervisor::CloudHypervisor,
+            cpus: 2,
+            memory: MemorySize::from_mib(1024),
+            accel: None,
+        }
     }
 }
 
@@ -111,6 +119,13 @@ impl HostConfig {
                 .hint("fix the file, or see the [network], [defaults] and [paths] keys in `man mvm`")
         })?;
         config.address_pool()?;
+        if let Some(accel) = config.defaults.accel.as_deref().filter(|a| !["auto", "kvm", "tcg"].contains(a))
+        {
+            return Err(UserError::usage(format!(
+                "defaults.accel is {accel:?}; it must be auto, kvm or tcg"
+            ))
+            .into());
+        }
         Ok(config)
     }
 

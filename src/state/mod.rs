@@ -4,6 +4,8 @@
 pub mod atomic;
 pub mod lock;
 pub mod paths;
+pub mod seed;
+pub mod status;
 pub mod store;
 
 pub use paths::Paths;

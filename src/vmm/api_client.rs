@@ -3,7 +3,7 @@
 //! Requests go to `/api/v1/…` with `Host: localhost`; success is 2xx (204 without a
 //! body for actions), errors carry a JSON array of messages.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -95,6 +95,7 @@ pub fn shutdown_vmm(socket: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::os::unix::net::UnixListener;
 
     /// A one-request server: records the request text, answers with `response`.

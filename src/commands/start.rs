@@ -1,0 +1,140 @@
+//! `mvm start`: spawn the VM's supervisor and wait until the guest agent answers.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::host::HostConfig;
+use crate::error::UserError;
+use crate::name::VmName;
+use crate::state::lock::{FileLock, RunLock};
+use crate::state::status::RuntimeStatus;
+use crate::state::store::{self, RunState};
+use crate::state::Paths;
+use crate::supervisor::launch::{self, Launch};
+
+/// Arguments of `mvm start`.
+#[derive(Debug, Clone, Args)]
+pub struct StartArgs {
+    /// The VM to start
+    pub name: String,
+    /// Return once the supervisor runs, without waiting for the guest
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Seconds to wait for the guest agent
+    #[arg(long, value_name = "S", default_value_t = 120)]
+    pub timeout: u64,
+}
+
+/// Runs `mvm start`.
+pub fn run(args: StartArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let name: VmName = args.name.parse()?;
+    let started = Instant::now();
+    match start(paths, &name, !args.no_wait, Duration::from_secs(args.timeout))
+        .with_context(|| format!("cannot start VM '{name}'"))?
+    {
+        Started::AlreadyRunning => eprintln!("VM '{name}' is already running"),
+        Started::Spawned => println!("VM '{name}' is starting"),
+        Started::Ready => {
+            let config = store::load(paths, &name)?;
+            println!(
+                "VM '{name}' is up in {:.2} s ({})",
+                started.elapsed().as_secs_f64(),
+                config.network.address
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// What `start` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    AlreadyRunning,
+    Spawned,
+    Ready,
+}
+
+/// Starts VM `name` (a no-op if it runs); with `wait`, until its agent answers.
+pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> anyhow::Result<Started> {
+    let config = store::load(paths, name)?;
+    if store::run_state(paths, name)? == RunState::Running {
+        return Ok(Started::AlreadyRunning);
+    }
+    if !crate::host::is_root() {
+        return Err(UserError::needs_root("starting a VM needs root (bridges, taps, iptables, mounts)")
+            .hint(format!("run `sudo mvm start {name}`"))
+            .into());
+    }
+    let host = HostConfig::load(&paths.config_file)?;
+    let prepared = Launch::prepare(paths, &host, &config)?;
+    if let Some(warning) = &prepared.accel_warning {
+        eprintln!("{warning}");
+    }
+    let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
+    if store::run_state(paths, name)? == RunState::Running {
+        return Ok(Started::AlreadyRunning);
+    }
+    launch::ensure_dirs(paths, &config)?;
+    let log = paths.vm_dir(name).join("log/supervisor.log");
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let mut command = Command::new(std::env::current_exe().context("cannot find the mvm binary")?);
+    command.args(["supervise", name.as_str()]).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    // SAFETY: setsid is async-signal-safe; it detaches the supervisor from our terminal.
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+    }
+    let mut supervisor = command.spawn().context("cannot spawn the supervisor")?;
+    let run_lock = paths.run_lock(name);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !RunLock::is_held(&run_lock)? {
+        if supervisor.try_wait()?.is_some() || Instant::now() > deadline {
+            return Err(failure(paths, name));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if !wait {
+        return Ok(Started::Spawned);
+    }
+    let spinner = crate::output::spinner(&format!("booting {name}"));
+    let ready = crate::agent::client::wait_ready(
+        &paths.vm_run_dir(name).join("vsock.sock"),
+        Instant::now() + timeout,
+        || RunLock::is_held(&run_lock).unwrap_or(false),
+    );
+    if let Some(spinner) = spinner {
+        spinner.finish_and_clear();
+    }
+    // Reap the supervisor if it already ended, so no zombie lingers.
+    let _ = supervisor.try_wait();
+    match ready {
+        Ok(_) => Ok(Started::Ready),
+        Err(_) if RunLock::is_held(&run_lock)? => Err(UserError::new(
+            crate::error::ExitCode::Failure,
+            format!("the guest agent did not answer within {} s", timeout.as_secs()),
+        )
+        .hint(format!(
+            "the VM is still booting or stuck; see `mvm logs {name}`, or stop it with `mvm stop {name}`"
+        ))
+        .into()),
+        Err(_) => Err(failure(paths, name)),
+    }
+}
+
+/// The error for a VM whose supervisor ended during start, with its reason and logs.
+fn failure(paths: &Paths, name: &VmName) -> anyhow::Error {
+    let reason = RuntimeStatus::read(&paths.vm_run_dir(name))
+        .and_then(|status| status.reason)
+        .unwrap_or_else(|| launch::log_tail(&paths.vm_dir(name).join("log/supervisor.log"), 5));
+    let console = launch::log_tail(&paths.vm_dir(name).join("log/console.log"), 10);
+    let mut message = format!("the VM stopped during start: {reason}");
+    if !console.trim().is_empty() {
+        message.push_str(&format!("\nlast console lines:\n{console}"));
+    }
+    UserError::new(crate::error::ExitCode::Failure, message)
+        .hint(format!("see `mvm logs {name}` and {}", paths.vm_dir(name).join("log").display()))
+        .into()
+}

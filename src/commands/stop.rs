@@ -1,0 +1,76 @@
+//! `mvm stop`: ask the supervisor for a graceful shutdown (or a kill) and wait until the
+//! VM and everything it had on the host are gone.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::error::UserError;
+use crate::name::VmName;
+use crate::state::lock::{FileLock, RunLock};
+use crate::state::status::RuntimeStatus;
+use crate::state::store::{self, RunState};
+use crate::state::Paths;
+use crate::supervisor::STOP_TIMEOUT_FILE;
+
+/// Arguments of `mvm stop`.
+#[derive(Debug, Clone, Args)]
+pub struct StopArgs {
+    /// The VM to stop
+    pub name: String,
+    /// Kill the VM at once instead of shutting it down
+    #[arg(long)]
+    pub force: bool,
+    /// Seconds to wait for a graceful shutdown before killing
+    #[arg(long, value_name = "S", default_value_t = 15)]
+    pub timeout: u64,
+}
+
+/// Runs `mvm stop`.
+pub fn run(args: StopArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let name: VmName = args.name.parse()?;
+    let started = Instant::now();
+    if stop(paths, &name, args.force, Duration::from_secs(args.timeout))
+        .with_context(|| format!("cannot stop VM '{name}'"))?
+    {
+        println!("VM '{name}' stopped in {:.2} s", started.elapsed().as_secs_f64());
+    } else {
+        eprintln!("VM '{name}' is not running");
+    }
+    Ok(0)
+}
+
+/// Stops VM `name`; returns false if it was not running.
+pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> anyhow::Result<bool> {
+    store::load(paths, name)?;
+    if store::run_state(paths, name)? != RunState::Running {
+        return Ok(false);
+    }
+    if !crate::host::is_root() {
+        return Err(UserError::needs_root("stopping a VM needs root")
+            .hint(format!("run `sudo mvm stop {name}`"))
+            .into());
+    }
+    let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
+    let run_dir = paths.vm_run_dir(name);
+    let status = RuntimeStatus::read(&run_dir).context("the running VM has no status.json")?;
+    std::fs::write(run_dir.join(STOP_TIMEOUT_FILE), timeout.as_secs().to_string())?;
+    let signal = if force { Signal::SIGUSR1 } else { Signal::SIGTERM };
+    kill(Pid::from_raw(status.supervisor_pid as i32), signal).context("cannot signal the supervisor")?;
+    let deadline = Instant::now() + timeout + Duration::from_secs(10);
+    while RunLock::is_held(&paths.run_lock(name))? {
+        if Instant::now() > deadline {
+            return Err(UserError::conflict(format!(
+                "VM '{name}' did not stop within {} s",
+                timeout.as_secs()
+            ))
+            .hint(format!("try `mvm stop --force {name}`"))
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(true)
+}

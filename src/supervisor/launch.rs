@@ -1,0 +1,355 @@
+//! What a VM's launch consists of, worked out before anything runs: the kernel and its
+//! modules, the binaries, the shares and the hypervisor's launch spec. `mvm start` works
+//! this out first so that a missing kernel, binary or project is a clear error before any
+//! process is spawned; the supervisor works it out again and acts on it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::boot::kernel::{self, Kernel};
+use crate::config::host::HostConfig;
+use crate::config::vm::{Hypervisor, MountMode, RootModel, VmConfig};
+use crate::error::UserError;
+use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot};
+use crate::host::binaries::Tool;
+use crate::host::kvm::{self, KvmSupport};
+use crate::state::Paths;
+use crate::vmm::qemu::Accel;
+use crate::vmm::{kernel_cmdline, LaunchSpec, Share};
+
+/// An overlay the supervisor mounts on the host before the shares start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub merged: PathBuf,
+}
+
+/// Everything needed to launch one VM.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub config: VmConfig,
+    pub kernel: Kernel,
+    pub hypervisor: PathBuf,
+    pub virtiofsd: PathBuf,
+    /// vhost-device-vsock, for QEMU.
+    pub vhost_vsock: Option<PathBuf>,
+    pub accel: Accel,
+    /// Set when `/dev/kvm` exists but cannot run ordinary kernels (only `kvm_pvm`).
+    pub accel_warning: Option<String>,
+    pub overlays: Vec<Overlay>,
+    pub spec: LaunchSpec,
+    pub guest: GuestConfig,
+    /// The socket vhost-device-vsock serves QEMU on.
+    pub vhost_vsock_socket: PathBuf,
+}
+
+impl Launch {
+    /// Works out the launch of `config`, checking every input exists.
+    pub fn prepare(paths: &Paths, host: &HostConfig, config: &VmConfig) -> anyhow::Result<Launch> {
+        let kernel = kernel::discover(
+            Path::new("/"),
+            config.kernel.as_deref().or(host.paths.kernel.as_deref()),
+            &crate::host::kernel_release(),
+        )?;
+        let hypervisor_tool = match config.hypervisor {
+            Hypervisor::CloudHypervisor => Tool::CloudHypervisor,
+            Hypervisor::Qemu => Tool::Qemu,
+        };
+        let hypervisor = hypervisor_tool.find(&host.paths)?;
+        let virtiofsd = Tool::Virtiofsd.find(&host.paths)?;
+        let vhost_vsock = match config.hypervisor {
+            Hypervisor::Qemu => Some(Tool::VhostDeviceVsock.find(&host.paths)?),
+            Hypervisor::CloudHypervisor => None,
+        };
+        let (accel, accel_warning) = choose_accel(&kvm::detect(Path::new("/")), host);
+        if let Some(project) = &config.project {
+            if !project.path.is_dir() {
+                return Err(UserError::not_found(format!(
+                    "the project directory {} has vanished",
+                    project.path.display()
+                ))
+                .hint(format!(
+                    "restore it, or remove the VM with `mvm rm {}` and create it again",
+                    config.name
+                ))
+                .into());
+            }
+        }
+        if let RootModel::Dir(dir) = &config.root {
+            if !dir.is_dir() {
+                return Err(UserError::not_found(format!(
+                    "the root directory {} has vanished",
+                    dir.display()
+                ))
+                .hint("restore it, or create the VM again with another --root")
+                .into());
+            }
+        }
+        let run_dir = paths.vm_run_dir(&config.name);
+        let vm_dir = paths.vm_dir(&config.name);
+        let (shares, overlays, guest) = plan_shares(config, &vm_dir, &run_dir);
+        let network = GuestNetwork {
+            address: config.network.address,
+            prefix: config.network.subnet.prefix(),
+            gateway: config.network.gateway,
+            dns: host_dns(),
+        };
+        let control = match config.hypervisor {
+            Hypervisor::CloudHypervisor => "api.sock",
+            Hypervisor::Qemu => "qmp.sock",
+        };
+        let spec = LaunchSpec {
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            kernel: kernel.image.clone(),
+            initramfs: run_dir.join("boot.cpio"),
+            cmdline: kernel_cmdline(&network.to_cmdline()),
+            shares,
+            tap: config.network.tap.clone(),
+            mac: config.network.mac.clone(),
+            vsock_socket: run_dir.join("vsock.sock"),
+            control_socket: run_dir.join(control),
+            console_log: vm_dir.join("log/console.log"),
+        };
+        Ok(Launch {
+            config: config.clone(),
+            kernel,
+            hypervisor,
+            virtiofsd,
+            vhost_vsock,
+            accel,
+            accel_warning,
+            overlays,
+            spec,
+            guest,
+            vhost_vsock_socket: run_dir.join("vhost-vsock.sock"),
+        })
+    }
+
+    /// The hypervisor's argv (without the program).
+    pub fn hypervisor_args(&self) -> Vec<String> {
+        match self.config.hypervisor {
+            Hypervisor::CloudHypervisor => crate::vmm::cloud_hypervisor::args(&self.spec),
+            Hypervisor::Qemu => crate::vmm::qemu::args(&self.spec, self.accel, &self.vhost_vsock_socket),
+        }
+    }
+}
+
+/// QEMU's acceleration: the host config's choice, else KVM where it can run ordinary
+/// kernels, else TCG (with a warning when `/dev/kvm` exists but is only `kvm_pvm`).
+pub fn choose_accel(kvm: &KvmSupport, host: &HostConfig) -> (Accel, Option<String>) {
+    match host.defaults.accel.as_deref() {
+        Some("kvm") => return (Accel::Kvm, None),
+        Some("tcg") => return (Accel::Tcg, None),
+        _ => {}
+    }
+    match kvm {
+        KvmSupport::Hardware { .. } | KvmSupport::Unknown => (Accel::Kvm, None),
+        KvmSupport::PvmOnly => (
+            Accel::Tcg,
+            Some(
+                "warning: /dev/kvm is backed only by kvm_pvm, which cannot run ordinary kernels; \
+                 using QEMU's TCG emulation (slow)"
+                    .to_string(),
+            ),
+        ),
+        KvmSupport::Missing => {
+            (Accel::Tcg, Some("warning: no /dev/kvm; using QEMU's TCG emulation (slow)".into()))
+        }
+    }
+}
+
+/// The host's DNS servers the guest can reach: loopback resolvers (systemd-resolved's
+/// stub) are replaced by their upstreams.
+fn host_dns() -> Vec<std::net::Ipv4Addr> {
+    let parse = |path: &str| -> Vec<std::net::Ipv4Addr> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.strip_prefix("nameserver"))
+            .filter_map(|server| server.trim().parse().ok())
+            .filter(|server: &std::net::Ipv4Addr| !server.is_loopback())
+            .collect()
+    };
+    let servers = parse("/etc/resolv.conf");
+    if servers.is_empty() {
+        parse("/run/systemd/resolve/resolv.conf")
+    } else {
+        servers
+    }
+}
+
+/// The shares, host-side overlays and guest mount plan of `config`.
+pub fn plan_shares(
+    config: &VmConfig,
+    vm_dir: &Path,
+    run_dir: &Path,
+) -> (Vec<Share>, Vec<Overlay>, GuestConfig) {
+    let socket = |tag: &str| run_dir.join(format!("fs-{tag}.sock"));
+    let share = |tag: &str, dir: PathBuf, read_only: bool| Share {
+        tag: tag.to_string(),
+        socket: socket(tag),
+        dir,
+        read_only,
+    };
+    let mut shares = Vec::new();
+    let mut overlays = Vec::new();
+    let root = match &config.root {
+        RootModel::Host => {
+            shares.push(share("usr", PathBuf::from("/usr"), true));
+            shares.push(share("etc", vm_dir.join("etc"), false));
+            shares.push(share("var", vm_dir.join("var"), false));
+            let nix = Path::new("/nix/store").is_dir();
+            if nix {
+                shares.push(share("nix", PathBuf::from("/nix/store"), true));
+            }
+            GuestRoot::Host { nix }
+        }
+        RootModel::Dir(dir) => {
+            let merged = run_dir.join("root");
+            overlays.push(Overlay {
+                lower: dir.clone(),
+                upper: vm_dir.join("root/upper"),
+                work: vm_dir.join("root/work"),
+                merged: merged.clone(),
+            });
+            shares.push(share("root", merged, false));
+            GuestRoot::Dir
+        }
+    };
+    let mut mounts = Vec::new();
+    if let Some(project) = &config.project {
+        let dir = match project.mount {
+            MountMode::Overlay => {
+                let layers = if project.persist { vm_dir.to_path_buf() } else { run_dir.join("overlay") };
+                let merged = run_dir.join("project");
+                overlays.push(Overlay {
+                    lower: project.path.clone(),
+                    upper: layers.join("upper"),
+                    work: layers.join("work"),
+                    merged: merged.clone(),
+                });
+                merged
+            }
+            MountMode::Rw | MountMode::Ro => project.path.clone(),
+        };
+        let read_only = project.mount == MountMode::Ro;
+        shares.push(share("project", dir, read_only));
+        mounts.push(GuestMount {
+            tag: "project".into(),
+            path: project.path.display().to_string(),
+            read_only,
+        });
+    }
+    for volume in &config.volumes {
+        let tag = format!("vol-{}", volume.name);
+        shares.push(share(&tag, vm_dir.join("volumes").join(&volume.name), false));
+        mounts.push(GuestMount { tag, path: volume.guest_path.display().to_string(), read_only: false });
+    }
+    let guest = GuestConfig { hostname: config.name.to_string(), root, mounts, user: None };
+    (shares, overlays, guest)
+}
+
+/// Reads the last `lines` lines of a log file (for error messages).
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Makes sure the directories a launch writes into exist.
+pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
+    let vm_dir = paths.vm_dir(&config.name);
+    crate::state::seed::seed_root(&vm_dir, Path::new("/etc"))?;
+    for dir in [vm_dir.join("log"), paths.vm_run_dir(&config.name)] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::vm::Project;
+    use crate::net::addr::AddressPool;
+
+    fn config(mount: MountMode, persist: bool) -> VmConfig {
+        VmConfig {
+            name: "web".parse().unwrap(),
+            created_at: 0,
+            hypervisor: Hypervisor::Qemu,
+            cpus: 1,
+            memory_mib: 512,
+            root: RootModel::Host,
+            kernel: None,
+            offline: false,
+            host_access: false,
+            env: Default::default(),
+            project: Some(Project { path: "/src/web".into(), mount, persist }),
+            network: AddressPool::new("10.200.0.0/16".parse().unwrap(), 24).unwrap().vm(0).unwrap(),
+            ports: vec![],
+            volumes: vec!["data:/data".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn overlay_project_is_merged_on_the_host_and_shared_at_its_path() {
+        let (shares, overlays, guest) = plan_shares(
+            &config(MountMode::Overlay, false),
+            Path::new("/state/web"),
+            Path::new("/run/mvm/web"),
+        );
+        let tags: Vec<&str> = shares.iter().map(|s| s.tag.as_str()).collect();
+        assert_eq!(&tags[..3], ["usr", "etc", "var"]);
+        assert!(tags.ends_with(&["project", "vol-data"]));
+        let project = shares.iter().find(|s| s.tag == "project").unwrap();
+        assert_eq!(project.dir, Path::new("/run/mvm/web/project"));
+        assert_eq!(project.socket, Path::new("/run/mvm/web/fs-project.sock"));
+        assert_eq!(
+            overlays,
+            [Overlay {
+                lower: "/src/web".into(),
+                upper: "/run/mvm/web/overlay/upper".into(),
+                work: "/run/mvm/web/overlay/work".into(),
+                merged: "/run/mvm/web/project".into(),
+            }]
+        );
+        assert_eq!(guest.mounts[0].path, "/src/web");
+        assert_eq!(guest.mounts[1].path, "/data");
+        assert!(shares.iter().find(|s| s.tag == "usr").unwrap().read_only);
+    }
+
+    #[test]
+    fn persistent_overlay_keeps_layers_in_state_and_rw_ro_share_directly() {
+        let (_, overlays, _) = plan_shares(
+            &config(MountMode::Overlay, true),
+            Path::new("/state/web"),
+            Path::new("/run/mvm/web"),
+        );
+        assert_eq!(overlays[0].upper, Path::new("/state/web/upper"));
+        assert_eq!(overlays[0].work, Path::new("/state/web/work"));
+        for (mode, read_only) in [(MountMode::Rw, false), (MountMode::Ro, true)] {
+            let (shares, overlays, guest) =
+                plan_shares(&config(mode, false), Path::new("/state/web"), Path::new("/run/mvm/web"));
+            assert!(overlays.is_empty());
+            let project = shares.iter().find(|s| s.tag == "project").unwrap();
+            assert_eq!((project.dir.as_path(), project.read_only), (Path::new("/src/web"), read_only));
+            assert_eq!(guest.mounts[0].read_only, read_only);
+        }
+    }
+
+    #[test]
+    fn accel_falls_back_to_tcg_on_pvm_with_a_warning() {
+        let host = HostConfig::default();
+        let (accel, warning) = choose_accel(&KvmSupport::PvmOnly, &host);
+        assert_eq!(accel, Accel::Tcg);
+        assert!(warning.unwrap().contains("kvm_pvm"));
+        let hardware = KvmSupport::Hardware { module: "kvm_intel".into() };
+        assert_eq!(choose_accel(&hardware, &host), (Accel::Kvm, None));
+        let forced = HostConfig::parse("[defaults]\naccel = \"tcg\"").unwrap();
+        assert_eq!(choose_accel(&hardware, &forced).0, Accel::Tcg);
+    }
+}

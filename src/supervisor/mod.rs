@@ -1,0 +1,301 @@
+//! The per-VM supervisor (DESIGN §5): `mvm supervise NAME`, spawned detached by
+//! `mvm start`. It holds the VM's run lock for as long as it lives, brings up the host
+//! side (network, overlays, one virtiofsd per share, vhost-device-vsock for QEMU), runs
+//! the hypervisor as its child and waits. However the hypervisor ends (stop, guest
+//! power-off, crash, `kill -9`), it tears everything down and records why in
+//! `status.json`. SIGTERM asks for a graceful stop (the agent powers the guest off; after
+//! the timeout, the hypervisor is killed); SIGUSR1 kills at once.
+
+pub mod launch;
+pub mod processes;
+
+use std::path::Path;
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::boot::initramfs::{self, BaseSpec, GUEST_CONFIG};
+use crate::config::host::HostConfig;
+use crate::config::vm::Hypervisor;
+use crate::name::VmName;
+use crate::net::host::HostNet;
+use crate::output::unix_now;
+use crate::state::lock::RunLock;
+use crate::state::status::{Phase, RuntimeStatus};
+use crate::state::{store, Paths};
+use launch::Launch;
+use processes::Processes;
+
+/// The file `mvm stop` writes the graceful-stop timeout (seconds) into before SIGTERM.
+pub const STOP_TIMEOUT_FILE: &str = "stop-timeout";
+/// The default graceful-stop timeout.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Files of the runtime dir that outlive the supervisor.
+pub const KEPT_RUNTIME_FILES: [&str; 2] = ["lock", crate::state::status::STATUS_FILE];
+
+macro_rules! log {
+    ($($arg:tt)*) => {
+        eprintln!("[{}] {}", humantime::format_rfc3339_millis(std::time::SystemTime::now()), format!($($arg)*))
+    };
+}
+
+enum Event {
+    HypervisorExited(std::process::ExitStatus),
+    Signal(i32),
+}
+
+/// Runs the supervisor of VM `name` until the VM ends.
+pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
+    let run_dir = paths.vm_run_dir(name);
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let Some(_lock) = RunLock::try_acquire(&paths.run_lock(name))? else {
+        bail!("VM '{name}' already has a supervisor");
+    };
+    let mut status = RuntimeStatus {
+        phase: Phase::Starting,
+        supervisor_pid: std::process::id(),
+        hypervisor_pid: None,
+        started_at: unix_now(),
+        ended_at: None,
+        reason: None,
+    };
+    status.write(&run_dir)?;
+    clean_run_dir(&run_dir);
+    log!("supervisor {} starting VM '{name}'", std::process::id());
+    let mut processes = Processes::default();
+    let mut network_up = None;
+    let outcome = run(paths, name, &mut status, &mut processes, &mut network_up);
+    let (phase, reason) = match outcome {
+        Ok(ending) => ending,
+        Err(error) => (Phase::Crashed, format!("{error:#}")),
+    };
+    log!("VM '{name}' ended: {reason}");
+    status.phase = Phase::Stopping;
+    let _ = status.write(&run_dir);
+    let torn_down = teardown(paths, name, &mut processes, network_up);
+    status.phase = phase;
+    status.ended_at = Some(unix_now());
+    status.reason = Some(match torn_down {
+        Ok(()) => reason,
+        Err(error) => format!("{reason}; teardown incomplete: {error:#}"),
+    });
+    status.write(&run_dir)?;
+    log!("supervisor done");
+    Ok(())
+}
+
+fn run(
+    paths: &Paths,
+    name: &VmName,
+    status: &mut RuntimeStatus,
+    processes: &mut Processes,
+    network_up: &mut Option<crate::config::vm::VmConfig>,
+) -> anyhow::Result<(Phase, String)> {
+    let started = Instant::now();
+    let host = HostConfig::load(&paths.config_file)?;
+    let config = store::load(paths, name)?;
+    launch::ensure_dirs(paths, &config)?;
+    let launch = Launch::prepare(paths, &host, &config)?;
+    if let Some(warning) = &launch.accel_warning {
+        log!("{warning}");
+    }
+    let run_dir = paths.vm_run_dir(name);
+    let events = listen_for_signals()?;
+
+    let base =
+        initramfs::cached_base(&paths.state_dir.join(".cache"), &BaseSpec::for_kernel(&launch.kernel)?)?;
+    let guest = serde_json::to_vec(&launch.guest)?;
+    initramfs::write_boot_image(&base, &[(GUEST_CONFIG, &guest)], &launch.spec.initramfs)?;
+    log!("boot image ready ({} ms)", started.elapsed().as_millis());
+
+    HostNet::open(paths, &host)?.up(&config)?;
+    *network_up = Some(config.clone());
+    log!("network up ({} ms)", started.elapsed().as_millis());
+    for overlay in &launch.overlays {
+        processes::mount_overlay(overlay)?;
+    }
+    let log_dir = paths.vm_dir(name).join("log");
+    for share in &launch.spec.shares {
+        let log = log_dir.join(format!("virtiofsd-{}.log", share.tag));
+        processes.spawn(
+            &format!("virtiofsd[{}]", share.tag),
+            &launch.virtiofsd,
+            &crate::vmm::virtiofsd::args(share),
+            &log,
+        )?;
+    }
+    if let Some(vhost_vsock) = &launch.vhost_vsock {
+        let args = crate::vmm::qemu::vhost_vsock_args(&launch.vhost_vsock_socket, &launch.spec);
+        processes.spawn("vhost-device-vsock", vhost_vsock, &args, &log_dir.join("vhost-device-vsock.log"))?;
+    }
+    let mut sockets: Vec<&Path> = launch.spec.shares.iter().map(|s| s.socket.as_path()).collect();
+    if launch.vhost_vsock.is_some() {
+        sockets.push(&launch.vhost_vsock_socket);
+    }
+    processes.wait_for_sockets(&sockets, Duration::from_secs(10))?;
+    log!("{} device backends ready ({} ms)", sockets.len(), started.elapsed().as_millis());
+
+    let _ = std::fs::remove_file(&launch.spec.console_log);
+    let program = launch.hypervisor.display().to_string();
+    let mut hypervisor = processes::spawn_hypervisor(
+        &launch.hypervisor,
+        &launch.hypervisor_args(),
+        &log_dir.join("hypervisor.log"),
+    )?;
+    let hypervisor_pid = hypervisor.id();
+    log!("{program} running as {hypervisor_pid} ({} ms)", started.elapsed().as_millis());
+    status.phase = Phase::Running;
+    status.hypervisor_pid = Some(hypervisor_pid);
+    status.write(&run_dir)?;
+    let sender = events.1.clone();
+    std::thread::spawn(move || {
+        if let Ok(exit) = hypervisor.wait() {
+            let _ = sender.send(Event::HypervisorExited(exit));
+        }
+    });
+
+    let mut stop_requested = None;
+    loop {
+        let event = match stop_requested {
+            Some(deadline) => match events.0.recv_timeout(deadline - Instant::now().min(deadline)) {
+                Ok(event) => event,
+                Err(_) => {
+                    log!("graceful stop timed out; killing {program}");
+                    let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);
+                    stop_requested = Some(Instant::now() + Duration::from_secs(3600));
+                    continue;
+                }
+            },
+            None => events.0.recv().context("event channel closed")?,
+        };
+        match event {
+            Event::HypervisorExited(exit) => {
+                return Ok(classify_exit(&launch, exit, stop_requested.is_some()));
+            }
+            Event::Signal(signal) if signal == nix::libc::SIGUSR1 => {
+                log!("forced stop: killing {program}");
+                let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);
+                stop_requested.get_or_insert(Instant::now() + Duration::from_secs(3600));
+            }
+            Event::Signal(_) if stop_requested.is_none() => {
+                let timeout = std::fs::read_to_string(run_dir.join(STOP_TIMEOUT_FILE))
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok())
+                    .map_or(DEFAULT_STOP_TIMEOUT, Duration::from_secs);
+                log!("graceful stop requested (timeout {} s)", timeout.as_secs());
+                request_power_off(&launch);
+                stop_requested = Some(Instant::now() + timeout);
+            }
+            Event::Signal(_) => {}
+        }
+    }
+}
+
+/// Asks the guest to power off: through the agent, else through the hypervisor.
+fn request_power_off(launch: &Launch) {
+    if crate::agent::client::power_off(&launch.spec.vsock_socket).is_ok() {
+        return;
+    }
+    let result = match launch.config.hypervisor {
+        Hypervisor::CloudHypervisor => crate::vmm::api_client::power_button(&launch.spec.control_socket),
+        Hypervisor::Qemu => crate::vmm::qmp::execute(&launch.spec.control_socket, "system_powerdown"),
+    };
+    if let Err(error) = result {
+        log!("cannot ask the guest to power off: {error:#}");
+    }
+}
+
+/// Tells how the run ended from the hypervisor's exit and the console.
+fn classify_exit(launch: &Launch, exit: std::process::ExitStatus, stop_requested: bool) -> (Phase, String) {
+    use std::os::unix::process::ExitStatusExt;
+    let program = launch.hypervisor.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if let Some(signal) = exit.signal() {
+        let phase = if stop_requested { Phase::Stopped } else { Phase::Crashed };
+        return (phase, format!("{program} was killed by signal {signal}"));
+    }
+    let console = launch::log_tail(&launch.spec.console_log, 40);
+    if let Some(line) =
+        console.lines().find(|line| line.contains("Kernel panic") || line.contains("boot failed"))
+    {
+        return (Phase::Crashed, format!("the guest failed: {}", line.trim()));
+    }
+    match exit.code() {
+        Some(0) if stop_requested => (Phase::Stopped, "stopped by mvm stop".to_string()),
+        Some(0) => (Phase::Stopped, "the guest powered off".to_string()),
+        code => (
+            Phase::Crashed,
+            format!(
+                "{program} exited with status {}; its log ends with:\n{}",
+                code.unwrap_or(-1),
+                launch::log_tail(&launch.spec.console_log.with_file_name("hypervisor.log"), 5)
+            ),
+        ),
+    }
+}
+
+fn listen_for_signals() -> anyhow::Result<(Receiver<Event>, std::sync::mpsc::Sender<Event>)> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let (sender, receiver) = channel();
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
+    let forward = sender.clone();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if forward.send(Event::Signal(signal)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((receiver, sender))
+}
+
+/// Undoes everything `run` did, whatever state it got to; the first error is returned
+/// after every step was tried.
+fn teardown(
+    paths: &Paths,
+    name: &VmName,
+    processes: &mut Processes,
+    network_up: Option<crate::config::vm::VmConfig>,
+) -> anyhow::Result<()> {
+    let mut first_error: Option<anyhow::Error> = None;
+    let mut note = |result: anyhow::Result<()>| {
+        if let Err(error) = result {
+            log!("teardown: {error:#}");
+            first_error.get_or_insert(error);
+        }
+    };
+    processes.stop_all(Duration::from_secs(3));
+    let run_dir = paths.vm_run_dir(name);
+    for merged in ["project", "root"] {
+        note(processes::unmount_if_mounted(&run_dir.join(merged)));
+    }
+    if let Some(config) = network_up {
+        note(
+            HostConfig::load(&paths.config_file).and_then(|host| HostNet::open(paths, &host)?.down(&config)),
+        );
+    }
+    clean_run_dir(&run_dir);
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Removes everything from a runtime dir but the lock and status (stale sockets included).
+pub fn clean_run_dir(run_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(run_dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        if KEPT_RUNTIME_FILES.iter().any(|kept| name == *kept) {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            // Never delete through a mount that would not go away.
+            if processes::unmount_if_mounted(&path).is_ok() && !processes::is_mount_point(&path) {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        } else {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The supervisor's helper processes and host mounts: spawning with logs, waiting for
+//! sockets, stopping, and the overlays shared with the guest.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::supervisor::launch::{log_tail, Overlay};
+
+/// The supervisor's long-lived helpers (virtiofsd, vhost-device-vsock).
+#[derive(Default)]
+pub struct Processes {
+    children: Vec<(String, Child, std::path::PathBuf)>,
+}
+
+fn log_file(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open log {}", path.display()))
+}
+
+fn command(program: &Path, args: &[String], log: &Path) -> anyhow::Result<Command> {
+    let out = log_file(log)?;
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    Ok(command)
+}
+
+impl Processes {
+    /// Starts `program` with output to `log`, remembered as `label`.
+    pub fn spawn(&mut self, label: &str, program: &Path, args: &[String], log: &Path) -> anyhow::Result<()> {
+        let child = command(program, args, log)?
+            .spawn()
+            .with_context(|| format!("cannot start {label} ({})", program.display()))?;
+        self.children.push((label.to_string(), child, log.to_path_buf()));
+        Ok(())
+    }
+
+    /// Waits until every socket exists; fails early naming a helper that died.
+    pub fn wait_for_sockets(&mut self, sockets: &[&Path], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if sockets.iter().all(|socket| socket.exists()) {
+                return Ok(());
+            }
+            for (label, child, log) in &mut self.children {
+                if let Some(exit) = child.try_wait()? {
+                    bail!(
+                        "{label} exited ({exit}) before it was ready; its log ends with:\n{}",
+                        log_tail(log, 5)
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<String> =
+                    sockets.iter().filter(|s| !s.exists()).map(|s| s.display().to_string()).collect();
+                bail!("timed out waiting for {}", missing.join(", "));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// SIGTERM to every helper, SIGKILL to those still alive after `grace`; all reaped.
+    pub fn stop_all(&mut self, grace: Duration) {
+        for (_, child, _) in &self.children {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        for (_, child, _) in &mut self.children {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+}
+
+/// Starts the hypervisor; the caller owns (and waits for) it.
+pub fn spawn_hypervisor(program: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    command(program, args, log)?.spawn().with_context(|| format!("cannot start {}", program.display()))
+}
+
+/// Mounts `overlay` on the host (lower read-only, upper and work per VM).
+pub fn mount_overlay(overlay: &Overlay) -> anyhow::Result<()> {
+    for dir in [&overlay.upper, &overlay.work, &overlay.merged] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    for dir in [&overlay.lower, &overlay.upper, &overlay.work] {
+        let text = dir.to_string_lossy();
+        if text.contains([',', ':', '\\']) {
+            bail!("{} contains ',', ':' or '\\', which overlayfs cannot take; use --mount rw", dir.display());
+        }
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        overlay.lower.display(),
+        overlay.upper.display(),
+        overlay.work.display()
+    );
+    mount(Some("overlay"), &overlay.merged, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+        .with_context(|| {
+            format!(
+                "cannot mount an overlay of {} (overlayfs may not support its file system; use --mount rw)",
+                overlay.lower.display()
+            )
+        })
+}
+
+/// Whether `path` is the root of a mount (its device differs from its parent's).
+pub fn is_mount_point(path: &Path) -> bool {
+    let (Ok(meta), Some(parent)) = (std::fs::symlink_metadata(path), path.parent()) else { return false };
+    std::fs::metadata(parent).is_ok_and(|parent| parent.dev() != meta.dev())
+}
+
+/// Detaches the mount at `path`, if there is one.
+pub fn unmount_if_mounted(path: &Path) -> anyhow::Result<()> {
+    if is_mount_point(path) {
+        umount2(path, MntFlags::MNT_DETACH).with_context(|| format!("cannot unmount {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -4,8 +4,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::{
     completions::CompletionsArgs, create::CreateArgs, doctor::DoctorArgs, inspect::InspectArgs,
-    list::ListArgs, logs::LogsArgs, port::PortArgs, restart::RestartArgs, rm::RmArgs, start::StartArgs,
-    stop::StopArgs, supervise::SuperviseArgs,
+    list::ListArgs, logs::LogsArgs, port::PortArgs, restart::RestartArgs, rm::RmArgs, shell::ShellArgs,
+    start::StartArgs, stop::StopArgs, supervise::SuperviseArgs,
 };
 use crate::error::EXIT_CODES_HELP;
 
@@ -43,6 +43,8 @@ pub enum Command {
     Stop(StopArgs),
     /// Stop, then start a VM
     Restart(RestartArgs),
+    /// Open a shell in a VM, or run one command there
+    Shell(ShellArgs),
     /// List all VMs
     #[command(visible_alias = "ls")]
     List(ListArgs),

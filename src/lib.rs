@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Start(args) => commands::start::run(args, &paths),
         Command::Stop(args) => commands::stop::run(args, &paths),
         Command::Restart(args) => commands::restart::run(args, &paths),
+        Command::Shell(args) => commands::shell::run(args, &paths),
         Command::Logs(args) => commands::logs::run(args, &paths),
         Command::Supervise(args) => commands::supervise::run(args, &paths),
         Command::List(args) => commands::list::run(args, &paths),

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod port;
 pub mod restart;
 pub mod rm;
+pub mod shell;
 pub mod start;
 pub mod stop;
 pub mod supervise;

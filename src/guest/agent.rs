@@ -85,6 +85,14 @@ fn passwd_entry(uid: u32) -> (String, String, String) {
         })
 }
 
+/// Makes a user's home under /home (the VM's own, persistent) on first use.
+fn ensure_home(home: &str, uid: u32, gid: u32) {
+    let path = std::path::Path::new(home);
+    if uid != 0 && home.starts_with("/home/") && !path.exists() && std::fs::create_dir_all(path).is_ok() {
+        let _ = nix::unistd::chown(path, Some(uid.into()), Some(gid.into()));
+    }
+}
+
 fn build_command(request: &ExecRequest) -> Command {
     let (user, home, shell) = passwd_entry(request.uid);
     let shell = if std::path::Path::new(&shell).exists() { shell } else { "/bin/sh".to_string() };
@@ -109,6 +117,7 @@ fn build_command(request: &ExecRequest) -> Command {
         .env("LOGNAME", &user)
         .env("SHELL", &shell);
     command.envs(request.env.iter().map(|(k, v)| (k, v)));
+    ensure_home(&home, request.uid, request.gid);
     let cwd = request.cwd.clone().filter(|dir| std::path::Path::new(dir).is_dir()).unwrap_or(home);
     command.current_dir(cwd);
     let (uid, gid) = (Uid::from_raw(request.uid), Gid::from_raw(request.gid));

@@ -2,6 +2,7 @@
 
 pub mod binaries;
 pub mod kvm;
+pub mod user;
 
 /// The number of CPUs this process may use.
 pub fn cpu_count() -> u32 {

@@ -1,0 +1,94 @@
+//! `mvm shell`: a login shell in the VM, or one command with its exit code.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::agent::protocol::ExecRequest;
+use crate::agent::{client, session};
+use crate::config::vm::VmConfig;
+use crate::error::UserError;
+use crate::name::VmName;
+use crate::spec::EnvVar;
+use crate::state::store::{self, RunState};
+use crate::state::Paths;
+
+/// Arguments of `mvm shell`.
+#[derive(Debug, Clone, Args)]
+pub struct ShellArgs {
+    /// The VM
+    pub name: String,
+    /// An environment variable for the command (repeatable)
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Directory to run in [default: the current directory if inside the project, else the project]
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Start the VM first if it is stopped
+    #[arg(long)]
+    pub start: bool,
+    /// Run the command on a terminal even with a command given
+    #[arg(short, long)]
+    pub tty: bool,
+    /// The command to run instead of a login shell
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Runs `mvm shell`; returns the command's exit code.
+pub fn run(args: ShellArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let name: VmName = args.name.parse()?;
+    let config = store::load(paths, &name)?;
+    if store::run_state(paths, &name)? != RunState::Running {
+        if !args.start {
+            return Err(UserError::conflict(format!("VM '{name}' is not running"))
+                .hint(format!("start it with `mvm start {name}`, or use `mvm shell --start {name}`"))
+                .into());
+        }
+        super::start::start(paths, &name, true, Duration::from_secs(120))
+            .with_context(|| format!("cannot start VM '{name}'"))?;
+    }
+    let request = request(&config, &args)?;
+    let stream = client::connect(&paths.vm_run_dir(&name).join("vsock.sock"), Duration::from_secs(5))
+        .with_context(|| format!("cannot reach the agent of VM '{name}'"))?;
+    let status = session::run(stream, request)?;
+    Ok(status.shell_code())
+}
+
+fn request(config: &VmConfig, args: &ShellArgs) -> anyhow::Result<ExecRequest> {
+    let user = crate::host::user::invoking_user();
+    let tty = args.tty || (args.command.is_empty() && std::io::stdin().is_terminal());
+    let (rows, cols) = session::terminal_size().unwrap_or((24, 80));
+    let mut env: Vec<(String, String)> = Vec::new();
+    for key in ["TERM", "LANG", "LC_ALL", "COLORTERM"] {
+        if let Ok(value) = std::env::var(key) {
+            env.push((key.to_string(), value));
+        }
+    }
+    env.extend(config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for text in &args.env {
+        let var: EnvVar = text.parse()?;
+        env.push((var.key, var.value));
+    }
+    Ok(ExecRequest {
+        argv: args.command.clone(),
+        env,
+        cwd: args.workdir.clone().or_else(|| default_workdir(config)),
+        uid: user.uid,
+        gid: user.gid,
+        tty,
+        rows,
+        cols,
+    })
+}
+
+/// The current directory when it lies inside the project, else the project itself.
+fn default_workdir(config: &VmConfig) -> Option<String> {
+    let project = &config.project.as_ref()?.path;
+    let here: Option<PathBuf> = std::env::current_dir().ok();
+    let dir = here.filter(|dir| dir.starts_with(project)).unwrap_or_else(|| project.clone());
+    Some(dir.display().to_string())
+}

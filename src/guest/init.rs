@@ -32,6 +32,7 @@ pub fn main() -> ! {
         power_off();
     }
     eprintln!("mvm-init: ready after {} ms in init", started.elapsed().as_millis());
+    std::thread::spawn(serve_initctl);
     std::thread::spawn(|| {
         if let Err(error) = agent::serve(power_off) {
             eprintln!("mvm-init: agent failed: {error:#}");
@@ -48,6 +49,36 @@ pub fn power_off() -> ! {
     // Unreachable unless the kernel refused; idle rather than exit (which would panic).
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Serves `/run/initctl`, the SysV init FIFO that `poweroff`, `halt` and `reboot` (as
+/// systemctl without systemd) write their request to: 384-byte records with the magic
+/// 0x03091969, command 1 (change runlevel) and the runlevel.
+fn serve_initctl() {
+    const FIFO: &str = "/run/initctl";
+    const MAGIC: i32 = 0x0309_1969;
+    if nix::unistd::mkfifo(FIFO, nix::sys::stat::Mode::from_bits_truncate(0o600)).is_err() {
+        return;
+    }
+    loop {
+        let Ok(mut fifo) = File::open(FIFO) else { return };
+        let mut record = [0u8; 384];
+        while std::io::Read::read_exact(&mut fifo, &mut record).is_ok() {
+            let field = |at: usize| i32::from_ne_bytes(record[at..at + 4].try_into().expect("4 bytes"));
+            if field(0) != MAGIC || field(4) != 1 {
+                continue;
+            }
+            match u8::try_from(field(8)).map(char::from) {
+                Ok('0') => power_off(),
+                Ok('6') => {
+                    eprintln!("mvm-init: reboot requested");
+                    nix::unistd::sync();
+                    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -106,7 +106,7 @@ impl Launch {
             memory_mib: config.memory_mib,
             kernel: kernel.image.clone(),
             initramfs: run_dir.join("boot.cpio"),
-            cmdline: kernel_cmdline(&network.to_cmdline()),
+            cmdline: kernel_cmdline(&guest_cmdline(&network, config.hypervisor, accel)),
             shares,
             tap: config.network.tap.clone(),
             mac: config.network.mac.clone(),
@@ -136,6 +136,18 @@ impl Launch {
             Hypervisor::Qemu => crate::vmm::qemu::args(&self.spec, self.accel, &self.vhost_vsock_socket),
         }
     }
+}
+
+/// The mvm-specific part of the kernel command line: the network, and under TCG the
+/// host's TSC rate (the guest's TSC runs at it; calibrating it fails on a busy host).
+fn guest_cmdline(network: &GuestNetwork, hypervisor: Hypervisor, accel: Accel) -> String {
+    let mut cmdline = network.to_cmdline();
+    if hypervisor == Hypervisor::Qemu && accel == Accel::Tcg {
+        if let Some(khz) = crate::host::constant_tsc_khz() {
+            cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+        }
+    }
+    cmdline
 }
 
 /// QEMU's acceleration: the host config's choice, else KVM where it can run ordinary

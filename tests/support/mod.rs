@@ -77,19 +77,20 @@ impl Run {
     }
 }
 
-/// An mvm whose state, runtime and config roots live in a temp dir of its own.
+/// An mvm whose state, runtime and config roots live in a temp dir of its own, deleted
+/// afterwards unless `MVM_TEST_KEEP` is set (to read a failed test's logs).
 pub struct Sandbox {
-    pub dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Sandbox {
     pub fn new() -> Sandbox {
         let dir = tempfile::Builder::new().prefix("mvm-test-").tempdir().unwrap();
-        Sandbox { dir }
+        Sandbox { dir: Some(dir) }
     }
 
     pub fn root(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("sandbox dir").path()
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -170,5 +171,15 @@ impl Sandbox {
     /// `mvm list --json`, parsed.
     pub fn list_json(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(self.mvm(&["list", "--json"]).ok()).unwrap()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if std::env::var_os("MVM_TEST_KEEP").is_some() {
+            if let Some(dir) = self.dir.take() {
+                let _ = writeln!(std::io::stderr().lock(), "keeping {}", dir.keep().display());
+            }
+        }
     }
 }

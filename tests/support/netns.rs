@@ -32,6 +32,15 @@ impl NetNs {
         command
     }
 
+    /// `nsenter --net=… PROGRAM ARGS…`: like [`NetNs::command`] but in the caller's mount
+    /// namespace (`ip netns exec` makes a private one), so mounts made by the program stay
+    /// visible to the test.
+    pub fn nsenter(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/run/netns/{}", self.name)).arg(program).args(args);
+        command
+    }
+
     /// Runs `PROGRAM ARGS…` in the namespace and returns its output, success or not.
     pub fn exec(&self, program: &str, args: &[&str]) -> Output {
         self.command(program, args).output().unwrap()

@@ -1,0 +1,437 @@
+//! End-to-end tier: real VMs under QEMU (TCG where KVM cannot run ordinary kernels) with
+//! Debian's kernel, virtiofsd and vhost-device-vsock, driven through the mvm binary.
+//!
+//! Every test runs mvm inside network namespaces it made: a "host" with an uplink to an
+//! "internet" namespace. mvm runs there through `nsenter --net` so that its mounts stay in
+//! the test's mount namespace, where the test can check that stop removed them.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::netns::NetNs;
+use support::{Run, Sandbox};
+
+const HOST_UPLINK_IP: &str = "198.51.100.1";
+const INTERNET_IP: &str = "198.51.100.2";
+
+struct Lab {
+    sandbox: Sandbox,
+    host: NetNs,
+    internet: NetNs,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let (host, internet) = (NetNs::new("ehost"), NetNs::new("einet"));
+        host.ip(&[
+            "link",
+            "add",
+            "uplink0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            internet.name(),
+        ]);
+        host.ip(&["addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", "uplink0"]);
+        host.ip(&["link", "set", "uplink0", "up"]);
+        host.ip(&["route", "add", "default", "via", INTERNET_IP]);
+        internet.ip(&["addr", "add", &format!("{INTERNET_IP}/24"), "dev", "eth0"]);
+        internet.ip(&["link", "set", "eth0", "up"]);
+        let sandbox = Sandbox::new();
+        std::fs::write(
+            sandbox.config_file(),
+            "[defaults]\nhypervisor = \"qemu\"\ncpus = 1\nmemory = \"512M\"\n",
+        )
+        .unwrap();
+        Lab { sandbox, host, internet }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = self.host.nsenter(support::mvm_binary().to_str().unwrap(), args);
+        command
+            .env("MVM_STATE_DIR", self.sandbox.state_dir())
+            .env("MVM_RUN_DIR", self.sandbox.run_dir())
+            .env("MVM_CONFIG", self.sandbox.config_file())
+            .env_remove("SUDO_UID")
+            .env_remove("SUDO_GID")
+            .env_remove("SUDO_USER")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn mvm(&self, args: &[&str]) -> Run {
+        Run::from_output(self.command(args).output().unwrap())
+    }
+
+    fn mvm_with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        Run::from_output(child.wait_with_output().unwrap())
+    }
+
+    /// `mvm shell NAME -- sh -c SCRIPT`.
+    fn sh(&self, name: &str, script: &str) -> Run {
+        self.mvm(&["shell", name, "--", "sh", "-c", script])
+    }
+
+    /// Processes whose command line mentions this lab's sandbox.
+    fn leftover_processes(&self) -> Vec<String> {
+        let root = self.sandbox.root().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains(&root) && !cmdline.contains("nsenter") {
+                    found.push(cmdline);
+                }
+            }
+        }
+        found
+    }
+
+    /// Asserts that nothing of the lab's VMs is left on the host.
+    #[track_caller]
+    fn assert_nothing_left(&self) {
+        assert!(self.leftover_processes().is_empty(), "processes left: {:?}", self.leftover_processes());
+        let links = self.host.ip(&["-o", "link", "show"]);
+        assert!(!links.contains("mvmbr") && !links.contains("mvmtap"), "links left:\n{links}");
+        let rules = String::from_utf8_lossy(&self.host.exec("iptables-save", &[]).stdout).into_owned();
+        assert!(!rules.contains("mvm"), "rules left:\n{rules}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.sandbox.root().to_string_lossy().into_owned();
+        assert!(!mounts.contains(&root), "mounts left:\n{mounts}");
+        for entry in std::fs::read_dir(self.sandbox.run_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().is_dir())
+        {
+            let files: Vec<String> = std::fs::read_dir(entry.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(files.iter().all(|f| f == "lock" || f == "status.json"), "runtime files left: {files:?}");
+        }
+    }
+}
+
+/// Boots run one at a time: TCG on two cores is slow enough without VMs competing.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn e2e_ready(test: &str) -> bool {
+    if !support::require_root(test) {
+        return false;
+    }
+    for program in ["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock", "iptables", "nsenter"] {
+        if !support::require_program(test, program) {
+            return false;
+        }
+    }
+    let kernel = mvm::boot::kernel::discover(std::path::Path::new("/"), None, &mvm::host::kernel_release());
+    if !kernel.as_ref().is_ok_and(|k| k.modules_dir.is_some()) {
+        support::skip(
+            test,
+            "no kernel with modules in /boot and /lib/modules (scripts/setup installs Debian's)",
+        );
+        return false;
+    }
+    true
+}
+
+/// Fetches `path` over HTTP from `address` inside `ns`, retrying until `deadline`.
+fn http_get(ns: &NetNs, address: &str, path: &str, within: Duration) -> Result<String, String> {
+    let address: SocketAddr = address.parse().unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+    ns.run(move || {
+        let deadline = Instant::now() + within;
+        loop {
+            let attempt = (|| -> std::io::Result<String> {
+                let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                stream.write_all(request.as_bytes())?;
+                let mut reply = String::new();
+                stream.read_to_string(&mut reply)?;
+                Ok(reply)
+            })();
+            match attempt {
+                Ok(reply) => return Ok(reply),
+                Err(error) if Instant::now() > deadline => return Err(error.to_string()),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    })
+}
+
+/// Runs `mvm shell NAME` on a pseudo-terminal of `rows`×`cols`, typing `input`; returns
+/// what the terminal showed and the exit code.
+fn interactive(lab: &Lab, name: &str, rows: u16, cols: u16, input: &[&[u8]]) -> (String, i32) {
+    let winsize = nix::pty::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(&winsize, None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut command = lab.command(&["shell", name]);
+    command.env("TERM", "xterm");
+    command.stdin(Stdio::from(slave.try_clone().unwrap()));
+    command.stdout(Stdio::from(slave.try_clone().unwrap()));
+    command.stderr(Stdio::from(slave));
+    // SAFETY: setsid and ioctl are async-signal-safe; they make the pty the child's terminal.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    drop(command);
+    let mut master = std::fs::File::from(pty.master);
+    let mut reader = master.try_clone().unwrap();
+    let output = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    for chunk in input {
+        std::thread::sleep(Duration::from_millis(1500));
+        master.write_all(chunk).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "interactive shell did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(master);
+    // The reader ends with EIO once no process holds the terminal open.
+    let seen = output.join().unwrap();
+    (seen, status.code().unwrap_or(-1))
+}
+
+#[test]
+fn a_vm_boots_runs_commands_serves_a_port_and_stops_clean() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poison| poison.into_inner());
+    if !e2e_ready("a_vm_boots_runs_commands_serves_a_port_and_stops_clean") {
+        return;
+    }
+    let lab = Lab::new();
+    let project = lab.sandbox.mkdir("project");
+    std::fs::write(project.join("hello.txt"), "hello from the host\n").unwrap();
+    let project_arg = project.to_str().unwrap();
+    lab.mvm(&["create", "web", "--project", project_arg]).ok();
+    lab.mvm(&["shell", "web", "--", "true"]).fails(4, &["VM 'web' is not running", "mvm start web"]);
+    let started = lab.mvm(&["start", "web"]);
+    assert!(started.ok().contains("VM 'web' is up in"), "{}", started.stdout);
+    assert!(lab.mvm(&["start", "web"]).stderr.contains("already running"));
+
+    // The project at the same path, commands with their exit codes, streams kept apart.
+    assert_eq!(
+        lab.mvm(&["shell", "web", "--", "cat", &format!("{project_arg}/hello.txt")]).ok(),
+        "hello from the host\n"
+    );
+    assert_eq!(lab.sh("web", "pwd").ok().trim(), project.canonicalize().unwrap().to_str().unwrap());
+    assert_eq!(lab.sh("web", "exit 7").code, 7);
+    assert_eq!(lab.sh("web", "kill -9 $$").code, 137);
+    let streams = lab.sh("web", "echo out; echo err >&2");
+    assert_eq!((streams.stdout.as_str(), streams.stderr.as_str()), ("out\n", "err\n"));
+    assert_eq!(lab.mvm_with_stdin(&["shell", "web", "--", "cat"], b"piped data\n").ok(), "piped data\n");
+    let env = lab.mvm(&["shell", "web", "--env", "GREETING=hi", "--", "sh", "-c", "echo $GREETING"]);
+    assert_eq!(env.ok(), "hi\n");
+
+    // The guest runs as the invoking user and never sees the host's secrets.
+    let as_user = lab
+        .command(&["shell", "web", "--", "id", "-u"])
+        .env("SUDO_UID", "65534")
+        .env("SUDO_GID", "65534")
+        .env("SUDO_USER", "nobody")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&as_user.stdout).trim(), "65534");
+    assert!(std::path::Path::new("/etc/shadow").exists());
+    let marker = format!("/root/mvm-e2e-marker-{}", std::process::id());
+    std::fs::write(&marker, "host only").unwrap();
+    let secrets = lab.sh("web", &format!("cat /etc/shadow; ls {marker}; ls /etc/ssh | grep '_key$'"));
+    let _ = std::fs::remove_file(&marker);
+    assert!(secrets.stdout.trim().is_empty(), "the guest saw: {}", secrets.stdout);
+    // The overlay: the guest writes, the project stays as it was.
+    lab.sh("web", &format!("echo changed > {project_arg}/hello.txt && touch {project_arg}/new.txt")).ok();
+    assert_eq!(std::fs::read_to_string(project.join("hello.txt")).unwrap(), "hello from the host\n");
+    assert!(!project.join("new.txt").exists());
+
+    // An interactive session: a terminal of the right size, Ctrl-C reaches the guest.
+    let (screen, code) = interactive(
+        &lab,
+        "web",
+        33,
+        101,
+        &[b"stty size; echo $((6*7))\r", b"sleep 30\r", b"\x03", b"echo after-interrupt\r", b"exit 3\r"],
+    );
+    assert_eq!(code, 3, "screen:\n{screen}");
+    for needle in ["33 101", "42", "after-interrupt"] {
+        assert!(screen.contains(needle), "{needle:?} not on screen:\n{screen}");
+    }
+
+    // A server in the guest, reached from the host's localhost through `mvm port`.
+    lab.sh("web", "setsid python3 -m http.server 3000 >/dev/null 2>&1 < /dev/null &").ok();
+    let forwarded = lab.mvm(&["port", "web", "8080:3000"]);
+    assert!(forwarded.ok().contains("forwarding host port 8080/tcp"), "{}", forwarded.stdout);
+    let reply = http_get(&lab.host, "127.0.0.1:8080", "/hello.txt", Duration::from_secs(30)).unwrap();
+    assert!(reply.contains("200") && reply.contains("changed"), "{reply}");
+
+    let list: serde_json::Value = serde_json::from_str(lab.mvm(&["list", "--json"]).ok()).unwrap();
+    assert_eq!(list[0]["state"], "running");
+    assert!(list[0]["uptime_seconds"].as_u64().is_some());
+
+    assert!(lab.mvm(&["stop", "web"]).ok().contains("stopped"));
+    lab.assert_nothing_left();
+    assert!(lab.mvm(&["stop", "web"]).stderr.contains("is not running"));
+    let list: serde_json::Value = serde_json::from_str(lab.mvm(&["list", "--json"]).ok()).unwrap();
+    assert_eq!(list[0]["state"], "stopped");
+    assert_eq!(list[0]["reason"], "stopped by mvm stop");
+}
+
+#[test]
+fn vms_are_isolated_reach_the_internet_and_survive_poweroff_and_kill() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poison| poison.into_inner());
+    if !e2e_ready("vms_are_isolated_reach_the_internet_and_survive_poweroff_and_kill") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.mvm(&["create", "a"]).ok();
+    lab.mvm(&["create", "b"]).ok();
+    let starts: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            lab.command(&["start", name]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for start in starts {
+        let run = Run::from_output(start.wait_with_output().unwrap());
+        run.ok();
+    }
+    let listener = lab.internet.run(|| TcpListener::bind(format!("{INTERNET_IP}:80")).unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut stream, peer) = listener.accept().unwrap();
+        stream.write_all(format!("hello {}\n", peer.ip()).as_bytes()).unwrap();
+    });
+    let fetch = format!("exec 3<>/dev/tcp/{INTERNET_IP}/80 && cat <&3");
+    let reply = lab.mvm(&["shell", "a", "--", "timeout", "10", "bash", "-c", &fetch]);
+    assert_eq!(reply.ok(), format!("hello {HOST_UPLINK_IP}\n"), "masqueraded egress");
+    server.join().unwrap();
+
+    lab.sh("b", "setsid python3 -m http.server 7000 >/dev/null 2>&1 < /dev/null &").ok();
+    let b_ip = "10.200.1.2";
+    let probe = format!("exec 3<>/dev/tcp/{b_ip}/7000 && echo reached");
+    // b's server answers b itself, but a cannot reach it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab
+        .mvm(&["shell", "b", "--", "timeout", "5", "bash", "-c", &format!("exec 3<>/dev/tcp/127.0.0.1/7000")])
+        .code
+        != 0
+    {
+        assert!(Instant::now() < deadline, "b's server never came up");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let from_a = lab.mvm(&["shell", "a", "--", "timeout", "5", "bash", "-c", &probe]);
+    assert_ne!(from_a.code, 0, "a reached b: {}", from_a.stdout);
+
+    // `poweroff` inside the guest: the VM ends and leaves nothing behind.
+    let _ = lab.mvm(&["shell", "a", "--", "poweroff"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: serde_json::Value = serde_json::from_str(lab.mvm(&["list", "--json"]).ok()).unwrap();
+        if list[0]["state"] == "stopped" {
+            assert_eq!(list[0]["reason"], "the guest powered off");
+            break;
+        }
+        assert!(Instant::now() < deadline, "a did not power off: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // kill -9 of b's hypervisor: crashed with the reason, torn down, and it starts again.
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.sandbox.run_dir().join("b/status.json")).unwrap())
+            .unwrap();
+    let pid = status["hypervisor_pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: serde_json::Value = serde_json::from_str(lab.mvm(&["list", "--json"]).ok()).unwrap();
+        if list[1]["state"] == "crashed" {
+            assert!(list[1]["reason"].as_str().unwrap().contains("killed by signal 9"), "{list}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "b was not seen crashed: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.assert_nothing_left();
+    // A stale socket from a crash does not stop the next start.
+    std::fs::write(lab.sandbox.run_dir().join("b/vsock.sock"), "stale").unwrap();
+    lab.mvm(&["start", "b"]).ok();
+    assert_eq!(lab.sh("b", "echo back").ok(), "back\n");
+    lab.mvm(&["stop", "b"]).ok();
+    lab.assert_nothing_left();
+}
+
+#[test]
+fn start_failures_are_clear_and_leave_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poison| poison.into_inner());
+    if !e2e_ready("start_failures_are_clear_and_leave_nothing") {
+        return;
+    }
+    let lab = Lab::new();
+    let project = lab.sandbox.mkdir("vanishing");
+    lab.mvm(&["create", "web", "--project", project.to_str().unwrap()]).ok();
+    std::fs::remove_dir(&project).unwrap();
+    lab.mvm(&["start", "web"]).fails(3, &["has vanished", "hint:"]);
+    std::fs::create_dir(&project).unwrap();
+
+    let config = lab.sandbox.config_file();
+    std::fs::write(
+        &config,
+        "[defaults]\nhypervisor = \"qemu\"\n[paths]\nvirtiofsd = \"/nonexistent/virtiofsd\"\n",
+    )
+    .unwrap();
+    lab.mvm(&["start", "web"]).fails(5, &["virtiofsd is configured at /nonexistent/virtiofsd"]);
+    std::fs::write(
+        &config,
+        "[defaults]\nhypervisor = \"qemu\"\n[paths]\nkernel = \"/nonexistent/vmlinuz\"\n",
+    )
+    .unwrap();
+    lab.mvm(&["start", "web"]).fails(5, &["kernel /nonexistent/vmlinuz does not exist"]);
+
+    // A hypervisor that dies during boot: its last words reach the user.
+    let fake = lab.sandbox.root().join("dying-qemu");
+    std::fs::write(&fake, "#!/bin/sh\necho 'qemu: could not boot: simulated failure' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        &config,
+        format!("[defaults]\nhypervisor = \"qemu\"\n[paths]\nqemu = \"{}\"\n", fake.display()),
+    )
+    .unwrap();
+    lab.mvm(&["start", "web"]).fails(1, &["stopped during start", "simulated failure"]);
+    let list: serde_json::Value = serde_json::from_str(lab.mvm(&["list", "--json"]).ok()).unwrap();
+    assert_eq!(list[0]["state"], "crashed");
+    lab.assert_nothing_left();
+}

@@ -27,13 +27,19 @@ end
 complete -c mvm -n "__fish_mvm_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mvm -n "__fish_mvm_needs_command" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "create" -d 'Declare a new VM (starts nothing)'
+complete -c mvm -n "__fish_mvm_needs_command" -f -a "start" -d 'Start a VM and wait until it answers'
+complete -c mvm -n "__fish_mvm_needs_command" -f -a "stop" -d 'Shut a VM down and remove everything it had on the host'
+complete -c mvm -n "__fish_mvm_needs_command" -f -a "restart" -d 'Stop, then start a VM'
+complete -c mvm -n "__fish_mvm_needs_command" -f -a "shell" -d 'Open a shell in a VM, or run one command there'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "list" -d 'List all VMs'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "ls" -d 'List all VMs'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "inspect" -d 'Show everything about one VM'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "port" -d 'List, add or remove port forwards'
+complete -c mvm -n "__fish_mvm_needs_command" -f -a "logs" -d 'Show a VM\'s console (or another log)'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "rm" -d 'Remove a stopped VM with its state, volumes and logs'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "doctor" -d 'Check that this host can run VMs'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "completions" -d 'Print a shell completion script'
+complete -c mvm -n "__fish_mvm_needs_command" -f -a "supervise" -d 'Run a VM\'s supervisor (started by `mvm start`)'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l project -d 'Project directory, seen in the guest at the same absolute path' -r -F
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l cpus -d 'Virtual CPUs [default: 2, or the host config\'s defaults.cpus]' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l memory -d 'Memory, e.g. 512M or 2G; at least 128M [default: 1G]' -r
@@ -52,6 +58,22 @@ complete -c mvm -n "__fish_mvm_using_subcommand create" -l offline -d 'No networ
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l host-access -d 'Let the guest reach services listening on the host'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand start" -l timeout -d 'Seconds to wait for the guest agent' -r
+complete -c mvm -n "__fish_mvm_using_subcommand start" -l no-wait -d 'Return once the supervisor runs, without waiting for the guest'
+complete -c mvm -n "__fish_mvm_using_subcommand start" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand start" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand stop" -l timeout -d 'Seconds to wait for a graceful shutdown before killing' -r
+complete -c mvm -n "__fish_mvm_using_subcommand stop" -l force -d 'Kill the VM at once instead of shutting it down'
+complete -c mvm -n "__fish_mvm_using_subcommand stop" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand stop" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand restart" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand restart" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand shell" -l env -d 'An environment variable for the command (repeatable)' -r
+complete -c mvm -n "__fish_mvm_using_subcommand shell" -s w -l workdir -d 'Directory to run in [default: the current directory if inside the project, else the project]' -r
+complete -c mvm -n "__fish_mvm_using_subcommand shell" -l start -d 'Start the VM first if it is stopped'
+complete -c mvm -n "__fish_mvm_using_subcommand shell" -s t -l tty -d 'Run the command on a terminal even with a command given'
+complete -c mvm -n "__fish_mvm_using_subcommand shell" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand shell" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand list" -l json -d 'Print a JSON array (stable field names) instead of a table'
 complete -c mvm -n "__fish_mvm_using_subcommand list" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand list" -s V -l version -d 'Print version'
@@ -65,6 +87,13 @@ complete -c mvm -n "__fish_mvm_using_subcommand port" -l rm -d 'Stop forwarding 
 complete -c mvm -n "__fish_mvm_using_subcommand port" -l json -d 'List as JSON'
 complete -c mvm -n "__fish_mvm_using_subcommand port" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand port" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand logs" -l source -d 'Which log to show' -r -f -a "console\t''
+supervisor\t''
+hypervisor\t''"
+complete -c mvm -n "__fish_mvm_using_subcommand logs" -s f -l follow -d 'Keep printing what is appended, until the VM stops'
+complete -c mvm -n "__fish_mvm_using_subcommand logs" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand logs" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand rm" -l force -d 'Stop the VM first if it is running'
 complete -c mvm -n "__fish_mvm_using_subcommand rm" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand rm" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand doctor" -l json -d 'Print JSON instead of text'
@@ -73,3 +102,5 @@ complete -c mvm -n "__fish_mvm_using_subcommand doctor" -s h -l help -d 'Print h
 complete -c mvm -n "__fish_mvm_using_subcommand doctor" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand supervise" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand supervise" -s V -l version -d 'Print version'

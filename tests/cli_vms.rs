@@ -132,7 +132,7 @@ fn rm_removes_everything_but_refuses_a_running_vm() {
     sandbox.mvm(&["create", "web", "--volume", "data:/data"]).ok();
     std::fs::write(sandbox.state_dir().join("web/volumes/data/file"), "keep?").unwrap();
     let lock = hold_run_lock(&sandbox, "web");
-    sandbox.mvm(&["rm", "web"]).fails(4, &["VM 'web' is running", "hint: stop it first"]);
+    sandbox.mvm(&["rm", "web"]).fails(4, &["VM 'web' is running", "hint: stop it first with `mvm stop web`"]);
     assert_eq!(sandbox.vm_dirs(), ["web"]);
     drop(lock);
     assert!(sandbox.mvm(&["rm", "web"]).ok().contains("removed VM 'web'"));

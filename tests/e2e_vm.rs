@@ -346,7 +346,7 @@ fn vms_are_isolated_reach_the_internet_and_survive_poweroff_and_kill() {
     // b's server answers b itself, but a cannot reach it.
     let deadline = Instant::now() + Duration::from_secs(30);
     while lab
-        .mvm(&["shell", "b", "--", "timeout", "5", "bash", "-c", &format!("exec 3<>/dev/tcp/127.0.0.1/7000")])
+        .mvm(&["shell", "b", "--", "timeout", "5", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/7000"])
         .code
         != 0
     {

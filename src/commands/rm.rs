@@ -18,11 +18,18 @@ use crate::state::Paths;
 pub struct RmArgs {
     /// The VM to remove (with its volumes and logs)
     pub name: String,
+    /// Stop the VM first if it is running
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Runs `mvm rm`.
 pub fn run(args: RmArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
+    if args.force && store::exists(paths, &name) && store::run_state(paths, &name)? == RunState::Running {
+        super::stop::stop(paths, &name, true, std::time::Duration::from_secs(5))
+            .with_context(|| format!("cannot stop VM '{name}' before removing it"))?;
+    }
     remove(paths, &name).with_context(|| format!("cannot remove VM '{name}'"))?;
     println!("removed VM '{name}'");
     Ok(0)

@@ -10,146 +10,12 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use support::e2e::{e2e_ready, Lab, HOST_UPLINK_IP, INTERNET_IP, ONE_AT_A_TIME};
 use support::netns::NetNs;
-use support::{Run, Sandbox};
-
-const HOST_UPLINK_IP: &str = "198.51.100.1";
-const INTERNET_IP: &str = "198.51.100.2";
-
-struct Lab {
-    sandbox: Sandbox,
-    host: NetNs,
-    internet: NetNs,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let (host, internet) = (NetNs::new("ehost"), NetNs::new("einet"));
-        host.ip(&[
-            "link",
-            "add",
-            "uplink0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            internet.name(),
-        ]);
-        host.ip(&["addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", "uplink0"]);
-        host.ip(&["link", "set", "uplink0", "up"]);
-        host.ip(&["route", "add", "default", "via", INTERNET_IP]);
-        internet.ip(&["addr", "add", &format!("{INTERNET_IP}/24"), "dev", "eth0"]);
-        internet.ip(&["link", "set", "eth0", "up"]);
-        let sandbox = Sandbox::new();
-        std::fs::write(
-            sandbox.config_file(),
-            "[defaults]\nhypervisor = \"qemu\"\ncpus = 1\nmemory = \"512M\"\n",
-        )
-        .unwrap();
-        Lab { sandbox, host, internet }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = self.host.nsenter(support::mvm_binary().to_str().unwrap(), args);
-        command
-            .env("MVM_STATE_DIR", self.sandbox.state_dir())
-            .env("MVM_RUN_DIR", self.sandbox.run_dir())
-            .env("MVM_CONFIG", self.sandbox.config_file())
-            .env_remove("SUDO_UID")
-            .env_remove("SUDO_GID")
-            .env_remove("SUDO_USER")
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn mvm(&self, args: &[&str]) -> Run {
-        Run::from_output(self.command(args).output().unwrap())
-    }
-
-    fn mvm_with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        Run::from_output(child.wait_with_output().unwrap())
-    }
-
-    /// `mvm shell NAME -- sh -c SCRIPT`.
-    fn sh(&self, name: &str, script: &str) -> Run {
-        self.mvm(&["shell", name, "--", "sh", "-c", script])
-    }
-
-    /// Processes whose command line mentions this lab's sandbox.
-    fn leftover_processes(&self) -> Vec<String> {
-        let root = self.sandbox.root().to_string_lossy().into_owned();
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                if cmdline.contains(&root) && !cmdline.contains("nsenter") {
-                    found.push(cmdline);
-                }
-            }
-        }
-        found
-    }
-
-    /// Asserts that nothing of the lab's VMs is left on the host.
-    #[track_caller]
-    fn assert_nothing_left(&self) {
-        assert!(self.leftover_processes().is_empty(), "processes left: {:?}", self.leftover_processes());
-        let links = self.host.ip(&["-o", "link", "show"]);
-        assert!(!links.contains("mvmbr") && !links.contains("mvmtap"), "links left:\n{links}");
-        let rules = String::from_utf8_lossy(&self.host.exec("iptables-save", &[]).stdout).into_owned();
-        assert!(!rules.contains("mvm"), "rules left:\n{rules}");
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = self.sandbox.root().to_string_lossy().into_owned();
-        assert!(!mounts.contains(&root), "mounts left:\n{mounts}");
-        for entry in std::fs::read_dir(self.sandbox.run_dir())
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter(|e| e.path().is_dir())
-        {
-            let files: Vec<String> = std::fs::read_dir(entry.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            assert!(files.iter().all(|f| f == "lock" || f == "status.json"), "runtime files left: {files:?}");
-        }
-    }
-}
-
-/// Boots run one at a time: TCG on two cores is slow enough without VMs competing.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn e2e_ready(test: &str) -> bool {
-    if !support::require_root(test) {
-        return false;
-    }
-    for program in ["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock", "iptables", "nsenter"] {
-        if !support::require_program(test, program) {
-            return false;
-        }
-    }
-    let kernel = mvm::boot::kernel::discover(std::path::Path::new("/"), None, &mvm::host::kernel_release());
-    if !kernel.as_ref().is_ok_and(|k| k.modules_dir.is_some()) {
-        support::skip(
-            test,
-            "no kernel with modules in /boot and /lib/modules (scripts/setup installs Debian's)",
-        );
-        return false;
-    }
-    true
-}
+use support::Run;
 
 /// Fetches `path` over HTTP from `address` inside `ns`, retrying until `deadline`.
 fn http_get(ns: &NetNs, address: &str, path: &str, within: Duration) -> Result<String, String> {
@@ -345,9 +211,7 @@ fn vms_are_isolated_reach_the_internet_and_survive_poweroff_and_kill() {
     let probe = format!("exec 3<>/dev/tcp/{b_ip}/7000 && echo reached");
     // b's server answers b itself, but a cannot reach it.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lab
-        .mvm(&["shell", "b", "--", "timeout", "5", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/7000"])
-        .code
+    while lab.mvm(&["shell", "b", "--", "timeout", "5", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/7000"]).code
         != 0
     {
         assert!(Instant::now() < deadline, "b's server never came up");

@@ -3,6 +3,7 @@
 //! themselves.
 #![allow(dead_code)]
 
+pub mod e2e;
 pub mod netns;
 
 use std::io::Write;

@@ -1,0 +1,145 @@
+//! The end-to-end lab: a "host" network namespace with an uplink to an "internet" one,
+//! a sandboxed mvm run there through `nsenter --net` (so its mounts stay visible to the
+//! test), and the checks that nothing of a VM is left after it ends.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::netns::NetNs;
+use super::{Run, Sandbox};
+
+pub const HOST_UPLINK_IP: &str = "198.51.100.1";
+pub const INTERNET_IP: &str = "198.51.100.2";
+
+/// The lab.
+pub struct Lab {
+    pub sandbox: Sandbox,
+    pub host: NetNs,
+    pub internet: NetNs,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let (host, internet) = (NetNs::new("ehost"), NetNs::new("einet"));
+        host.ip(&[
+            "link",
+            "add",
+            "uplink0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            internet.name(),
+        ]);
+        host.ip(&["addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", "uplink0"]);
+        host.ip(&["link", "set", "uplink0", "up"]);
+        host.ip(&["route", "add", "default", "via", INTERNET_IP]);
+        internet.ip(&["addr", "add", &format!("{INTERNET_IP}/24"), "dev", "eth0"]);
+        internet.ip(&["link", "set", "eth0", "up"]);
+        let sandbox = Sandbox::new();
+        std::fs::write(
+            sandbox.config_file(),
+            "[defaults]\nhypervisor = \"qemu\"\ncpus = 1\nmemory = \"512M\"\n",
+        )
+        .unwrap();
+        Lab { sandbox, host, internet }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = self.host.nsenter(super::mvm_binary().to_str().unwrap(), args);
+        command
+            .env("MVM_STATE_DIR", self.sandbox.state_dir())
+            .env("MVM_RUN_DIR", self.sandbox.run_dir())
+            .env("MVM_CONFIG", self.sandbox.config_file())
+            .env_remove("SUDO_UID")
+            .env_remove("SUDO_GID")
+            .env_remove("SUDO_USER")
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn mvm(&self, args: &[&str]) -> Run {
+        Run::from_output(self.command(args).output().unwrap())
+    }
+
+    pub fn mvm_with_stdin(&self, args: &[&str], input: &[u8]) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        Run::from_output(child.wait_with_output().unwrap())
+    }
+
+    /// `mvm shell NAME -- sh -c SCRIPT`.
+    pub fn sh(&self, name: &str, script: &str) -> Run {
+        self.mvm(&["shell", name, "--", "sh", "-c", script])
+    }
+
+    /// Processes whose command line mentions this lab's sandbox.
+    pub fn leftover_processes(&self) -> Vec<String> {
+        let root = self.sandbox.root().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains(&root) && !cmdline.contains("nsenter") {
+                    found.push(cmdline);
+                }
+            }
+        }
+        found
+    }
+
+    /// Asserts that nothing of the lab's VMs is left on the host.
+    #[track_caller]
+    pub fn assert_nothing_left(&self) {
+        assert!(self.leftover_processes().is_empty(), "processes left: {:?}", self.leftover_processes());
+        let links = self.host.ip(&["-o", "link", "show"]);
+        assert!(!links.contains("mvmbr") && !links.contains("mvmtap"), "links left:\n{links}");
+        let rules = String::from_utf8_lossy(&self.host.exec("iptables-save", &[]).stdout).into_owned();
+        assert!(!rules.contains("mvm"), "rules left:\n{rules}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.sandbox.root().to_string_lossy().into_owned();
+        assert!(!mounts.contains(&root), "mounts left:\n{mounts}");
+        for entry in std::fs::read_dir(self.sandbox.run_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().is_dir())
+        {
+            let files: Vec<String> = std::fs::read_dir(entry.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(files.iter().all(|f| f == "lock" || f == "status.json"), "runtime files left: {files:?}");
+        }
+    }
+}
+
+/// Boots run one at a time: TCG on two cores is slow enough without VMs competing.
+pub static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn e2e_ready(test: &str) -> bool {
+    if !super::require_root(test) {
+        return false;
+    }
+    for program in ["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock", "iptables", "nsenter"] {
+        if !super::require_program(test, program) {
+            return false;
+        }
+    }
+    let kernel = mvm::boot::kernel::discover(std::path::Path::new("/"), None, &mvm::host::kernel_release());
+    if !kernel.as_ref().is_ok_and(|k| k.modules_dir.is_some()) {
+        super::skip(
+            test,
+            "no kernel with modules in /boot and /lib/modules (scripts/setup installs Debian's)",
+        );
+        return false;
+    }
+    true
+}

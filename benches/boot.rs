@@ -1,0 +1,193 @@
+//! Boot benchmarks (root, QEMU, a Debian kernel; all in a private network namespace).
+//!
+//! `cargo bench --bench boot` prints:
+//! - the cold build of the base initramfs (target: under 1 s);
+//! - host-side start overhead with a warm cache: from running `mvm start` to the
+//!   hypervisor's exec, measured with a stand-in hypervisor that notes when it starts
+//!   (target: under 50 ms);
+//! - `mvm start` to agent-ready, against a bare QEMU boot of the same kernel and
+//!   initramfs to `/init` (target: ratio at most 1.3);
+//! - `mvm shell NAME -- true` round trips on a running VM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mvm::boot::initramfs::{self, BaseSpec};
+use mvm::boot::kernel;
+use mvm::state::Paths;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn line(label: &str, values: &[f64], unit: &str) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "{label:<52} median {:>8.1} {unit}   min {:>8.1} {unit}   max {:>8.1} {unit}   ({} runs)",
+        median(values.to_vec()),
+        sorted[0],
+        sorted[sorted.len() - 1],
+        values.len()
+    );
+}
+
+struct Bench {
+    paths: Paths,
+    namespace: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    fn mvm(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.namespace))
+            .arg(env!("CARGO_BIN_EXE_mvm"))
+            .args(args)
+            .env("MVM_STATE_DIR", &self.paths.state_dir)
+            .env("MVM_RUN_DIR", &self.paths.run_dir)
+            .env("MVM_CONFIG", &self.paths.config_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    }
+
+    fn ok(&self, args: &[&str]) {
+        assert!(self.mvm(args).status().unwrap().success(), "mvm {args:?} failed");
+    }
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() || which::which("qemu-system-x86_64").is_err() {
+        println!("boot benchmarks skipped: they need root and qemu-system-x86_64 (scripts/setup)");
+        return;
+    }
+    let namespace = format!("mvmboot-{}", std::process::id());
+    assert!(Command::new("ip").args(["netns", "add", &namespace]).status().unwrap().success());
+    let dir = tempfile::tempdir().unwrap();
+    let bench = Bench { paths: Paths::under(dir.path()), namespace: namespace.clone(), _dir: dir };
+    let result = std::panic::catch_unwind(|| run(&bench));
+    let _ = Command::new("ip").args(["netns", "del", &namespace]).status();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn run(bench: &Bench) {
+    let paths = &bench.paths;
+    let kernel = kernel::discover(std::path::Path::new("/"), None, &mvm::host::kernel_release()).unwrap();
+    println!("mvm boot benchmarks: kernel {}", kernel.image.display());
+
+    let mut spec = BaseSpec::for_kernel(&kernel).unwrap();
+    spec.image.exe = env!("CARGO_BIN_EXE_mvm").into();
+    let builds: Vec<f64> = (0..5)
+        .map(|run| {
+            let cache = paths.state_dir.with_file_name(format!("cache-{run}"));
+            let start = Instant::now();
+            initramfs::cached_base(&cache, &spec).unwrap();
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    line("cold initramfs build (written to an empty cache)", &builds, "ms");
+
+    // Host-side overhead: a stand-in hypervisor notes the time it was exec'd.
+    let mark = paths.state_dir.with_file_name("exec-time");
+    let fake = paths.state_dir.with_file_name("fake-qemu");
+    std::fs::create_dir_all(&paths.state_dir).unwrap();
+    std::fs::write(&fake, format!("#!/bin/sh\ndate +%s%N > {}\nexec sleep 600\n", mark.display())).unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        &paths.config_file,
+        format!(
+            "[defaults]\nhypervisor = \"qemu\"\ncpus = 1\nmemory = \"512M\"\n[paths]\nqemu = \"{}\"\n",
+            fake.display()
+        ),
+    )
+    .unwrap();
+    bench.ok(&["create", "fake"]);
+    bench.ok(&["start", "fake", "--no-wait"]);
+    bench.ok(&["stop", "fake", "--force"]);
+    let overheads: Vec<f64> = (0..10)
+        .map(|_| {
+            let _ = std::fs::remove_file(&mark);
+            let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+            bench.ok(&["start", "fake", "--no-wait"]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let exec_ns: u128 = loop {
+                if let Some(ns) = std::fs::read_to_string(&mark).ok().and_then(|t| t.trim().parse().ok()) {
+                    break ns;
+                }
+                assert!(Instant::now() < deadline, "the stand-in hypervisor never ran");
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            bench.ok(&["stop", "fake", "--force"]);
+            (exec_ns - start) as f64 / 1e6
+        })
+        .collect();
+    line("mvm start -> hypervisor exec (warm cache)", &overheads, "ms");
+
+    // Real boots.
+    std::fs::write(&paths.config_file, "[defaults]\nhypervisor = \"qemu\"\ncpus = 1\nmemory = \"512M\"\n")
+        .unwrap();
+    bench.ok(&["create", "web"]);
+    let starts: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            bench.ok(&["start", "web"]);
+            let elapsed = start.elapsed().as_secs_f64();
+            bench.ok(&["stop", "web"]);
+            elapsed
+        })
+        .collect();
+    line("mvm start -> guest agent ready (TCG)", &starts, "s");
+
+    let base = initramfs::cached_base(&paths.state_dir.join(".cache"), &spec).unwrap();
+    let mut cmdline = mvm::vmm::kernel_cmdline("");
+    if let Some(khz) = mvm::host::constant_tsc_khz() {
+        cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+    }
+    // The same kernel and initramfs: /init (mvm) finds no shares and powers off at once,
+    // so the run ends when the guest reaches /init.
+    let bare: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            let status = Command::new("qemu-system-x86_64")
+                .args(["-M", "microvm,rtc=on", "-accel", "tcg", "-cpu", "max", "-m", "512M", "-smp", "1"])
+                .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+                .arg("-kernel")
+                .arg(&kernel.image)
+                .arg("-initrd")
+                .arg(&base)
+                .args(["-append", &cmdline])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    line("bare qemu boot of the same kernel+initramfs to /init", &bare, "s");
+    println!(
+        "{:<52} {:.2}",
+        "ratio mvm start / bare boot (medians)",
+        median(starts.clone()) / median(bare.clone())
+    );
+
+    bench.ok(&["start", "web"]);
+    let shells: Vec<f64> = (0..20)
+        .map(|_| {
+            let start = Instant::now();
+            bench.ok(&["shell", "web", "--", "true"]);
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    bench.ok(&["stop", "web"]);
+    line("mvm shell web -- true (TCG guest)", &shells, "ms");
+    if which::which("sshd").is_err() && !std::path::Path::new("/usr/sbin/sshd").exists() {
+        println!("ssh comparison skipped: no sshd on this host (apt-get install openssh-server)");
+    }
+}

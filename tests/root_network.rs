@@ -20,11 +20,8 @@ use mvm::config::vm::VmConfig;
 use mvm::net::host::HostNet;
 use mvm::state::lock::RunLock;
 use mvm::state::Paths;
-use support::netns::NetNs;
+use support::netns::{host_with_uplink, NetNs, HOST_UPLINK_IP, INTERNET_IP};
 use support::Sandbox;
-
-const HOST_UPLINK_IP: &str = "198.51.100.1";
-const INTERNET_IP: &str = "198.51.100.2";
 
 /// A host namespace with an uplink to an "internet" namespace, and mvm state.
 struct Lab {
@@ -36,24 +33,7 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
-        let (host, internet) = (NetNs::new("host"), NetNs::new("inet"));
-        host.ip(&[
-            "link",
-            "add",
-            "uplink0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            internet.name(),
-        ]);
-        host.ip(&["addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", "uplink0"]);
-        host.ip(&["link", "set", "uplink0", "up"]);
-        host.ip(&["route", "add", "default", "via", INTERNET_IP]);
-        internet.ip(&["addr", "add", &format!("{INTERNET_IP}/24"), "dev", "eth0"]);
-        internet.ip(&["link", "set", "eth0", "up"]);
+        let (host, internet) = host_with_uplink("host", "inet");
         Lab { sandbox: Sandbox::new(), host, internet, guests: Vec::new() }
     }
 

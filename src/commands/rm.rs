@@ -45,7 +45,9 @@ pub fn remove(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
         return Err(store::no_such_vm(name).into());
     }
     if store::run_state(paths, name)? == RunState::Running {
-        return Err(UserError::conflict(format!("VM '{name}' is running")).hint("stop it first").into());
+        return Err(UserError::conflict(format!("VM '{name}' is running"))
+            .hint(format!("stop it first with `mvm stop {name}`, or use `mvm rm --force {name}`"))
+            .into());
     }
     let trash = paths.state_dir.join(format!("{TRASH_PREFIX}{name}-{}", std::process::id()));
     std::fs::rename(paths.vm_dir(name), &trash)

@@ -5,11 +5,10 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use super::netns::NetNs;
+use super::netns::{host_with_uplink, NetNs};
+#[allow(unused_imports)]
+pub use super::netns::{HOST_UPLINK_IP, INTERNET_IP};
 use super::{Run, Sandbox};
-
-pub const HOST_UPLINK_IP: &str = "198.51.100.1";
-pub const INTERNET_IP: &str = "198.51.100.2";
 
 /// The lab.
 pub struct Lab {
@@ -20,24 +19,7 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> Lab {
-        let (host, internet) = (NetNs::new("ehost"), NetNs::new("einet"));
-        host.ip(&[
-            "link",
-            "add",
-            "uplink0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            internet.name(),
-        ]);
-        host.ip(&["addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", "uplink0"]);
-        host.ip(&["link", "set", "uplink0", "up"]);
-        host.ip(&["route", "add", "default", "via", INTERNET_IP]);
-        internet.ip(&["addr", "add", &format!("{INTERNET_IP}/24"), "dev", "eth0"]);
-        internet.ip(&["link", "set", "eth0", "up"]);
+        let (host, internet) = host_with_uplink("ehost", "einet");
         let sandbox = Sandbox::new();
         std::fs::write(
             sandbox.config_file(),

@@ -82,6 +82,23 @@ impl Drop for NetNs {
     }
 }
 
+/// The host's address on the link to the "internet" namespace.
+pub const HOST_UPLINK_IP: &str = "198.51.100.1";
+/// The "internet" namespace's address (TEST-NET-2; it has no route back to VM subnets).
+pub const INTERNET_IP: &str = "198.51.100.2";
+
+/// A "host" namespace whose default route leads over `uplink0` to an "internet" one.
+pub fn host_with_uplink(host_label: &str, internet_label: &str) -> (NetNs, NetNs) {
+    let (host, internet) = (NetNs::new(host_label), NetNs::new(internet_label));
+    host.ip(&["link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", internet.name()]);
+    host.ip(&["addr", "add", &format!("{HOST_UPLINK_IP}/24"), "dev", "uplink0"]);
+    host.ip(&["link", "set", "uplink0", "up"]);
+    host.ip(&["route", "add", "default", "via", INTERNET_IP]);
+    internet.ip(&["addr", "add", &format!("{INTERNET_IP}/24"), "dev", "eth0"]);
+    internet.ip(&["link", "set", "eth0", "up"]);
+    (host, internet)
+}
+
 /// Runs a command, panicking with its stderr when it fails; returns stdout.
 #[track_caller]
 pub fn run_ok(command: &mut Command) -> String {

@@ -233,6 +233,20 @@ fn vms_are_isolated_reach_the_internet_and_survive_poweroff_and_kill() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // `reboot` inside the guest: the VM comes back (a fresh boot: virtiofsd ends with each).
+    let boot_id = "cat /proc/sys/kernel/random/boot_id";
+    let before = lab.sh("b", boot_id).ok().to_string();
+    let _ = lab.mvm(&["shell", "b", "--", "reboot"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = lab.sh("b", boot_id);
+        if now.code == 0 && now.stdout != before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b did not come back after reboot");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     // kill -9 of b's hypervisor: crashed with the reason, torn down, and it starts again.
     let status: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(lab.sandbox.run_dir().join("b/status.json")).unwrap())

@@ -21,6 +21,9 @@ use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot, Gue
 use crate::guest::{agent, reaper};
 use crate::net::netlink::Netlink;
 
+/// What the init prints on the console before powering off for a reboot.
+pub const REBOOT_MARKER: &str = "mvm-init: reboot requested";
+
 /// Where the new root is assembled before the switch.
 const NEW_ROOT: &str = "/newroot";
 
@@ -72,9 +75,10 @@ fn serve_initctl() {
             match u8::try_from(field(8)).map(char::from) {
                 Ok('0') => power_off(),
                 Ok('6') => {
-                    eprintln!("mvm-init: reboot requested");
-                    nix::unistd::sync();
-                    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+                    // The shares' virtiofsd end with this boot, so a reboot is a power-off
+                    // that the supervisor, seeing this line, turns into a fresh start.
+                    eprintln!("{REBOOT_MARKER}");
+                    power_off();
                 }
                 _ => {}
             }

@@ -42,6 +42,14 @@ macro_rules! log {
     };
 }
 
+/// How one boot of the VM ended.
+enum Ending {
+    /// For good, in this phase, for this reason.
+    Ended(Phase, String),
+    /// The guest asked for a reboot: start it again.
+    Reboot,
+}
+
 enum Event {
     HypervisorExited(std::process::ExitStatus),
     Signal(i32),
@@ -65,23 +73,34 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     status.write(&run_dir)?;
     clean_run_dir(&run_dir);
     log!("supervisor {} starting VM '{name}'", std::process::id());
-    let mut processes = Processes::default();
-    let mut network_up = None;
-    let outcome = run(paths, name, &mut status, &mut processes, &mut network_up);
-    let (phase, reason) = match outcome {
-        Ok(ending) => ending,
-        Err(error) => (Phase::Crashed, format!("{error:#}")),
+    let (phase, reason) = loop {
+        let mut processes = Processes::default();
+        let mut network_up = None;
+        let ending = run(paths, name, &mut status, &mut processes, &mut network_up)
+            .unwrap_or_else(|error| Ending::Ended(Phase::Crashed, format!("{error:#}")));
+        status.phase = Phase::Stopping;
+        let _ = status.write(&run_dir);
+        let torn_down = teardown(paths, name, &mut processes, network_up);
+        match (ending, torn_down) {
+            (Ending::Reboot, Ok(())) => {
+                log!("the guest rebooted: starting it again");
+                status.phase = Phase::Starting;
+                status.hypervisor_pid = None;
+                status.write(&run_dir)?;
+            }
+            (Ending::Reboot, Err(error)) => {
+                break (Phase::Crashed, format!("the guest rebooted, but teardown failed: {error:#}"))
+            }
+            (Ending::Ended(phase, reason), Ok(())) => break (phase, reason),
+            (Ending::Ended(phase, reason), Err(error)) => {
+                break (phase, format!("{reason}; teardown incomplete: {error:#}"))
+            }
+        }
     };
     log!("VM '{name}' ended: {reason}");
-    status.phase = Phase::Stopping;
-    let _ = status.write(&run_dir);
-    let torn_down = teardown(paths, name, &mut processes, network_up);
     status.phase = phase;
     status.ended_at = Some(unix_now());
-    status.reason = Some(match torn_down {
-        Ok(()) => reason,
-        Err(error) => format!("{reason}; teardown incomplete: {error:#}"),
-    });
+    status.reason = Some(reason);
     status.write(&run_dir)?;
     log!("supervisor done");
     Ok(())
@@ -93,7 +112,7 @@ fn run(
     status: &mut RuntimeStatus,
     processes: &mut Processes,
     network_up: &mut Option<crate::config::vm::VmConfig>,
-) -> anyhow::Result<(Phase, String)> {
+) -> anyhow::Result<Ending> {
     let started = Instant::now();
     let host = HostConfig::load(&paths.config_file)?;
     let config = store::load(paths, name)?;
@@ -209,14 +228,27 @@ fn request_power_off(launch: &Launch) {
 }
 
 /// Tells how the run ended from the hypervisor's exit and the console.
-fn classify_exit(launch: &Launch, exit: std::process::ExitStatus, stop_requested: bool) -> (Phase, String) {
+fn classify_exit(launch: &Launch, exit: std::process::ExitStatus, stop_requested: bool) -> Ending {
+    let console = launch::log_tail(&launch.spec.console_log, 40);
+    if exit.success() && !stop_requested && console.contains(crate::guest::init::REBOOT_MARKER) {
+        return Ending::Reboot;
+    }
+    let (phase, reason) = classify_end(launch, exit, stop_requested, &console);
+    Ending::Ended(phase, reason)
+}
+
+fn classify_end(
+    launch: &Launch,
+    exit: std::process::ExitStatus,
+    stop_requested: bool,
+    console: &str,
+) -> (Phase, String) {
     use std::os::unix::process::ExitStatusExt;
     let program = launch.hypervisor.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if let Some(signal) = exit.signal() {
         let phase = if stop_requested { Phase::Stopped } else { Phase::Crashed };
         return (phase, format!("{program} was killed by signal {signal}"));
     }
-    let console = launch::log_tail(&launch.spec.console_log, 40);
     if let Some(line) =
         console.lines().find(|line| line.contains("Kernel panic") || line.contains("boot failed"))
     {

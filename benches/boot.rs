@@ -185,9 +185,74 @@ fn run(bench: &Bench) {
             start.elapsed().as_secs_f64() * 1000.0
         })
         .collect();
-    bench.ok(&["stop", "web"]);
     line("mvm shell web -- true (TCG guest)", &shells, "ms");
-    if which::which("sshd").is_err() && !std::path::Path::new("/usr/sbin/sshd").exists() {
-        println!("ssh comparison skipped: no sshd on this host (apt-get install openssh-server)");
+    match ssh_round_trips(bench) {
+        Some(ssh) => {
+            line("ssh root@guest true (the host's sshd, in the guest)", &ssh, "ms");
+            println!("{:<52} {:.2}", "ratio mvm shell / ssh (medians)", median(shells) / median(ssh));
+        }
+        None => println!("ssh comparison skipped: needs ssh, ssh-keygen and /usr/sbin/sshd (openssh-server)"),
     }
+    bench.ok(&["stop", "web"]);
+}
+
+/// Starts the host's sshd inside the running VM `web` (with fresh host keys and a key
+/// made here) and times `ssh … true` into it.
+fn ssh_round_trips(bench: &Bench) -> Option<Vec<f64>> {
+    if which::which("ssh").is_err()
+        || which::which("ssh-keygen").is_err()
+        || !std::path::Path::new("/usr/sbin/sshd").exists()
+    {
+        return None;
+    }
+    let config = mvm::state::store::load(&bench.paths, &"web".parse().ok()?).ok()?;
+    let address = config.network.address;
+    let key = bench.paths.state_dir.with_file_name("bench_key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", ""])
+        .arg("-f")
+        .arg(&key)
+        .status()
+        .ok()?;
+    assert!(made.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).ok()?;
+    let setup = format!(
+        "ssh-keygen -A >/dev/null && mkdir -p /run/sshd /root/.ssh && chmod 700 /root/.ssh && \
+         echo '{}' > /root/.ssh/authorized_keys && /usr/sbin/sshd -o PermitRootLogin=prohibit-password -o UseDNS=no",
+        public.trim()
+    );
+    bench.ok(&["shell", "web", "--", "sh", "-c", &setup]);
+    let ssh = |command: &mut Command| {
+        command
+            .args(["nsenter", &format!("--net=/run/netns/{}", bench.namespace), "ssh", "-q", "-i"])
+            .arg(&key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .arg(format!("root@{address}"))
+            .arg("true")
+            .stdin(Stdio::null())
+            .status()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ssh(&mut Command::new("env")).ok()?.success() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Some(
+        (0..10)
+            .map(|_| {
+                let start = Instant::now();
+                assert!(ssh(&mut Command::new("env")).unwrap().success());
+                start.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect(),
+    )
 }

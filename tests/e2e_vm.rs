@@ -79,6 +79,22 @@ fn interactive(lab: &Lab, name: &str, rows: u16, cols: u16, input: &[&[u8]]) -> 
     });
     for chunk in input {
         std::thread::sleep(Duration::from_millis(1500));
+        if let Some(size) = chunk.strip_prefix(b"\0resize ") {
+            // Resize the terminal: the kernel signals mvm shell, which tells the guest.
+            let size = String::from_utf8_lossy(size);
+            let (rows, cols) = size.split_once('x').unwrap();
+            let winsize = nix::libc::winsize {
+                ws_row: rows.parse().unwrap(),
+                ws_col: cols.parse().unwrap(),
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads a valid winsize from the pointer.
+            unsafe {
+                nix::libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), nix::libc::TIOCSWINSZ, &winsize)
+            };
+            continue;
+        }
         master.write_all(chunk).unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -125,6 +141,20 @@ fn a_vm_boots_runs_commands_serves_a_port_and_stops_clean() {
     let env = lab.mvm(&["shell", "web", "--env", "GREETING=hi", "--", "sh", "-c", "echo $GREETING"]);
     assert_eq!(env.ok(), "hi\n");
 
+    // Many shells at once.
+    let many: Vec<_> = (0..6)
+        .map(|i| {
+            lab.command(&["shell", "web", "--", "sh", "-c", &format!("sleep 1; echo {i}")])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in many.into_iter().enumerate() {
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout), format!("{i}\n"));
+    }
+
     // The guest runs as the invoking user and never sees the host's secrets.
     let as_user = lab
         .command(&["shell", "web", "--", "id", "-u"])
@@ -151,10 +181,18 @@ fn a_vm_boots_runs_commands_serves_a_port_and_stops_clean() {
         "web",
         33,
         101,
-        &[b"stty size; echo $((6*7))\r", b"sleep 30\r", b"\x03", b"echo after-interrupt\r", b"exit 3\r"],
+        &[
+            b"stty size; echo $((6*7))\r",
+            b"\0resize 40x120",
+            b"stty size\r",
+            b"sleep 30\r",
+            b"\x03",
+            b"echo after-interrupt\r",
+            b"exit 3\r",
+        ],
     );
     assert_eq!(code, 3, "screen:\n{screen}");
-    for needle in ["33 101", "42", "after-interrupt"] {
+    for needle in ["33 101", "42", "40 120", "after-interrupt"] {
         assert!(screen.contains(needle), "{needle:?} not on screen:\n{screen}");
     }
 

@@ -390,19 +390,32 @@ fn doctor_finds_and_fixes_orphans() {
     let lab = Lab::new();
     let vm = lab.create("web", |args| args.ports = vec!["8080:80".into()]);
     lab.up(&vm);
-    std::fs::create_dir_all(lab.sandbox.run_dir().join("web")).unwrap();
+    let run_dir = lab.sandbox.run_dir().join("web");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    // What a crashed supervisor leaves: a socket next to the lock and status.
+    for file in ["lock", "status.json", "vsock.sock"] {
+        std::fs::write(run_dir.join(file), "").unwrap();
+    }
+    // A stopped VM keeps its lock and status; that is not an orphan.
+    let stopped = lab.sandbox.run_dir().join("api");
+    lab.create("api", |_| {});
+    std::fs::create_dir_all(&stopped).unwrap();
+    std::fs::write(stopped.join("status.json"), "{}").unwrap();
     let report: serde_json::Value = serde_json::from_str(&lab.mvm(&["doctor", "--json"]).stdout).unwrap();
     let orphans =
         report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "orphans").unwrap().clone();
     assert_eq!(orphans["status"], "warn", "{orphans}");
     let detail = orphans["detail"].as_str().unwrap();
     assert!(detail.contains("mvmbr0") && detail.contains("firewall rules of web"), "{detail}");
+    assert!(detail.contains("/run/web") && !detail.contains("/run/api"), "{detail}");
     let uplink = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "uplink").unwrap().clone();
     assert_eq!(uplink["detail"], "default route via uplink0");
     lab.mvm(&["doctor", "--fix", "--json"]);
     assert!(lab.mvm_links().is_empty());
     assert!(!lab.iptables_save().contains("mvm"));
-    assert!(!lab.sandbox.run_dir().join("web").exists());
+    assert!(!run_dir.join("vsock.sock").exists());
+    assert!(run_dir.join("status.json").exists(), "the last status of a VM that still exists is kept");
+    assert!(stopped.join("status.json").exists());
     // A running VM's network is not an orphan.
     lab.up(&vm);
     std::fs::create_dir_all(lab.sandbox.run_dir().join("web")).unwrap();

@@ -17,6 +17,7 @@ use crate::output::print_json;
 use crate::state::lock::RunLock;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
+use crate::supervisor::{clean_run_dir, KEPT_RUNTIME_FILES};
 
 /// Arguments of `mvm doctor`.
 #[derive(Debug, Clone, Args)]
@@ -191,11 +192,9 @@ fn orphan_check(paths: &Paths, net: &mut HostNet, fix: bool) -> Check {
     if !fix {
         return Check::problem("orphans", Status::Warn, found, "`sudo mvm doctor --fix` removes them");
     }
-    let removed = net.remove_orphans(&orphans).and_then(|()| {
-        stale_run_dirs.iter().try_for_each(|dir| {
-            std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
-        })
-    });
+    let removed = net
+        .remove_orphans(&orphans)
+        .and_then(|()| stale_run_dirs.iter().try_for_each(|dir| clean_stale_run_dir(paths, dir)));
     match removed {
         Ok(()) => Check::ok("orphans", format!("removed {found}")),
         Err(error) => Check::problem("orphans", Status::Error, format!("{error:#}"), "remove them by hand"),
@@ -203,6 +202,8 @@ fn orphan_check(paths: &Paths, net: &mut HostNet, fix: bool) -> Check {
 }
 
 /// Runtime dirs whose run lock nobody holds.
+/// Runtime dirs with no live supervisor that hold more than a stopped VM keeps (its lock
+/// and last status): sockets, mounts, boot images left by a crash, or a removed VM's dir.
 fn stale_run_dirs(paths: &Paths) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(&paths.run_dir) else { return Vec::new() };
     entries
@@ -210,7 +211,28 @@ fn stale_run_dirs(paths: &Paths) -> Vec<std::path::PathBuf> {
         .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
         .map(|entry| entry.path())
         .filter(|dir| !RunLock::is_held(&dir.join("lock")).unwrap_or(true))
+        .filter(|dir| {
+            let vm_exists = dir.file_name().is_some_and(|name| paths.state_dir.join(name).is_dir());
+            let leftovers = std::fs::read_dir(dir).map_or(0, |files| {
+                files
+                    .filter_map(Result::ok)
+                    .filter(|f| !KEPT_RUNTIME_FILES.iter().any(|k| f.file_name() == *k))
+                    .count()
+            });
+            !vm_exists || leftovers > 0
+        })
         .collect()
+}
+
+/// Empties a stale runtime dir (unmounting what is mounted there); removes it too when
+/// its VM no longer exists.
+fn clean_stale_run_dir(paths: &Paths, dir: &std::path::Path) -> anyhow::Result<()> {
+    clean_run_dir(dir);
+    let vm_exists = dir.file_name().is_some_and(|name| paths.state_dir.join(name).is_dir());
+    if !vm_exists {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 fn config_detail(paths: &Paths) -> String {

@@ -351,3 +351,35 @@ fn start_failures_are_clear_and_leave_nothing() {
     assert_eq!(list[0]["state"], "crashed");
     lab.assert_nothing_left();
 }
+
+#[test]
+fn a_directory_tree_boots_as_the_root_with_a_writable_layer() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poison| poison.into_inner());
+    if !e2e_ready("a_directory_tree_boots_as_the_root_with_a_writable_layer")
+        || !support::require_program("a_directory_tree_boots_as_the_root_with_a_writable_layer", "busybox")
+    {
+        return;
+    }
+    let lab = Lab::new();
+    // A minimal tree: a static busybox and the files a login needs.
+    let tree = lab.sandbox.mkdir("tree");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::copy(which::which("busybox").unwrap(), tree.join("bin/busybox")).unwrap();
+    for applet in ["sh", "ls", "cat", "echo", "id", "touch"] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(tree.join("etc/marker"), "from the tree\n").unwrap();
+    lab.mvm(&["create", "tiny", "--root", tree.to_str().unwrap()]).ok();
+    lab.mvm(&["start", "tiny"]).ok();
+    assert_eq!(lab.mvm(&["shell", "tiny", "--", "/bin/cat", "/etc/marker"]).ok(), "from the tree\n");
+    lab.mvm(&["shell", "tiny", "--", "/bin/sh", "-c", "echo guest > /etc/marker; touch /new"]).ok();
+    assert_eq!(lab.mvm(&["shell", "tiny", "--", "/bin/cat", "/etc/marker"]).ok(), "guest\n");
+    // The tree itself is untouched: the guest's writes live in the VM's own layer.
+    assert_eq!(std::fs::read_to_string(tree.join("etc/marker")).unwrap(), "from the tree\n");
+    assert!(!tree.join("new").exists());
+    assert!(lab.sandbox.state_dir().join("tiny/root/upper/new").exists());
+    lab.mvm(&["stop", "tiny"]).ok();
+    lab.assert_nothing_left();
+}

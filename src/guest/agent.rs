@@ -118,7 +118,11 @@ fn build_command(request: &ExecRequest) -> Command {
         .env("SHELL", &shell);
     command.envs(request.env.iter().map(|(k, v)| (k, v)));
     ensure_home(&home, request.uid, request.gid);
-    let cwd = request.cwd.clone().filter(|dir| std::path::Path::new(dir).is_dir()).unwrap_or(home);
+    let cwd = [request.cwd.clone(), Some(home)]
+        .into_iter()
+        .flatten()
+        .find(|dir| std::path::Path::new(dir).is_dir())
+        .unwrap_or_else(|| "/".to_string());
     command.current_dir(cwd);
     let (uid, gid) = (Uid::from_raw(request.uid), Gid::from_raw(request.gid));
     let groups = std::ffi::CString::new(user)

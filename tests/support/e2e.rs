@@ -125,3 +125,23 @@ pub fn e2e_ready(test: &str) -> bool {
     }
     true
 }
+
+impl Drop for Lab {
+    /// Even when a test fails half-way, stop its VMs and let `doctor --fix` remove what a
+    /// killed supervisor left (mounts stay in the test's mount namespace otherwise).
+    fn drop(&mut self) {
+        let listed = self.command(&["list", "--json"]).output();
+        let names: Vec<String> = listed
+            .ok()
+            .and_then(|out| serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).ok())
+            .unwrap_or_default()
+            .iter()
+            .filter(|vm| vm["state"] == "running")
+            .filter_map(|vm| vm["name"].as_str().map(str::to_string))
+            .collect();
+        for name in names {
+            let _ = self.command(&["stop", "--force", &name]).output();
+        }
+        let _ = self.command(&["doctor", "--fix"]).output();
+    }
+}

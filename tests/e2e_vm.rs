@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::e2e::{e2e_ready, Lab, HOST_UPLINK_IP, INTERNET_IP, ONE_AT_A_TIME};
+use support::e2e::{begin, Lab, HOST_UPLINK_IP, INTERNET_IP};
 use support::netns::NetNs;
 use support::Run;
 
@@ -113,11 +113,9 @@ fn interactive(lab: &Lab, name: &str, rows: u16, cols: u16, input: &[&[u8]]) -> 
 
 #[test]
 fn a_vm_boots_runs_commands_serves_a_port_and_stops_clean() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poison| poison.into_inner());
-    if !e2e_ready("a_vm_boots_runs_commands_serves_a_port_and_stops_clean") {
+    let Some((_serial, lab)) = begin("a_vm_boots_runs_commands_serves_a_port_and_stops_clean") else {
         return;
-    }
-    let lab = Lab::new();
+    };
     let project = lab.sandbox.mkdir("project");
     std::fs::write(project.join("hello.txt"), "hello from the host\n").unwrap();
     let project_arg = project.to_str().unwrap();
@@ -217,11 +215,10 @@ fn a_vm_boots_runs_commands_serves_a_port_and_stops_clean() {
 
 #[test]
 fn vms_are_isolated_reach_the_internet_and_survive_poweroff_and_kill() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poison| poison.into_inner());
-    if !e2e_ready("vms_are_isolated_reach_the_internet_and_survive_poweroff_and_kill") {
+    let Some((_serial, lab)) = begin("vms_are_isolated_reach_the_internet_and_survive_poweroff_and_kill")
+    else {
         return;
-    }
-    let lab = Lab::new();
+    };
     lab.mvm(&["create", "a"]).ok();
     lab.mvm(&["create", "b"]).ok();
     let starts: Vec<_> = ["a", "b"]
@@ -312,11 +309,7 @@ fn vms_are_isolated_reach_the_internet_and_survive_poweroff_and_kill() {
 
 #[test]
 fn start_failures_are_clear_and_leave_nothing() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poison| poison.into_inner());
-    if !e2e_ready("start_failures_are_clear_and_leave_nothing") {
-        return;
-    }
-    let lab = Lab::new();
+    let Some((_serial, lab)) = begin("start_failures_are_clear_and_leave_nothing") else { return };
     let project = lab.sandbox.mkdir("vanishing");
     lab.mvm(&["create", "web", "--project", project.to_str().unwrap()]).ok();
     std::fs::remove_dir(&project).unwrap();
@@ -354,13 +347,11 @@ fn start_failures_are_clear_and_leave_nothing() {
 
 #[test]
 fn a_directory_tree_boots_as_the_root_with_a_writable_layer() {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poison| poison.into_inner());
-    if !e2e_ready("a_directory_tree_boots_as_the_root_with_a_writable_layer")
-        || !support::require_program("a_directory_tree_boots_as_the_root_with_a_writable_layer", "busybox")
-    {
+    let test = "a_directory_tree_boots_as_the_root_with_a_writable_layer";
+    if !support::require_program(test, "busybox") {
         return;
     }
-    let lab = Lab::new();
+    let Some((_serial, lab)) = begin(test) else { return };
     // A minimal tree: a static busybox and the files a login needs.
     let tree = lab.sandbox.mkdir("tree");
     std::fs::create_dir_all(tree.join("bin")).unwrap();

@@ -106,6 +106,13 @@ impl Lab {
 /// Boots run one at a time: TCG on two cores is slow enough without VMs competing.
 pub static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The start of every end-to-end test: one boot at a time, the tools present, a fresh
+/// lab; `None` (with the reason printed) when the test cannot run here.
+pub fn begin(test: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Lab)> {
+    let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|poison| poison.into_inner());
+    e2e_ready(test).then(|| (serial, Lab::new()))
+}
+
 pub fn e2e_ready(test: &str) -> bool {
     if !super::require_root(test) {
         return false;

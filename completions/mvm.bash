@@ -16,11 +16,20 @@ _mvm() {
             ",$1")
                 cmd="mvm"
                 ;;
+            mvm,apply)
+                cmd="mvm__subcmd__apply"
+                ;;
             mvm,completions)
                 cmd="mvm__subcmd__completions"
                 ;;
             mvm,create)
                 cmd="mvm__subcmd__create"
+                ;;
+            mvm,diff)
+                cmd="mvm__subcmd__diff"
+                ;;
+            mvm,discard)
+                cmd="mvm__subcmd__discard"
                 ;;
             mvm,doctor)
                 cmd="mvm__subcmd__doctor"
@@ -65,8 +74,22 @@ _mvm() {
 
     case "${cmd}" in
         mvm)
-            opts="-h -V --help --version create start stop restart shell list ls inspect port logs rm doctor completions supervise"
+            opts="-h -V --help --version create start stop restart shell list ls inspect port diff apply discard logs rm doctor completions supervise"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__apply)
+            opts="-h -V --force --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -139,6 +162,34 @@ _mvm() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__diff)
+            opts="-h -V --patch --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__discard)
+            opts="-h -V --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;

@@ -3,9 +3,20 @@
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::commands::{
-    completions::CompletionsArgs, create::CreateArgs, doctor::DoctorArgs, inspect::InspectArgs,
-    list::ListArgs, logs::LogsArgs, port::PortArgs, restart::RestartArgs, rm::RmArgs, shell::ShellArgs,
-    start::StartArgs, stop::StopArgs, supervise::SuperviseArgs,
+    completions::CompletionsArgs,
+    create::CreateArgs,
+    diff::{ApplyArgs, DiffArgs, DiscardArgs},
+    doctor::DoctorArgs,
+    inspect::InspectArgs,
+    list::ListArgs,
+    logs::LogsArgs,
+    port::PortArgs,
+    restart::RestartArgs,
+    rm::RmArgs,
+    shell::ShellArgs,
+    start::StartArgs,
+    stop::StopArgs,
+    supervise::SuperviseArgs,
 };
 use crate::error::EXIT_CODES_HELP;
 
@@ -52,6 +63,12 @@ pub enum Command {
     Inspect(InspectArgs),
     /// List, add or remove port forwards
     Port(PortArgs),
+    /// Show what a VM changed in its project's overlay
+    Diff(DiffArgs),
+    /// Copy a VM's overlay changes into the project
+    Apply(ApplyArgs),
+    /// Drop a stopped VM's overlay changes
+    Discard(DiscardArgs),
     /// Show a VM's console (or another log)
     Logs(LogsArgs),
     /// Remove a stopped VM with its state, volumes and logs

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod boot;
+pub mod changes;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -35,6 +36,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Stop(args) => commands::stop::run(args, &paths),
         Command::Restart(args) => commands::restart::run(args, &paths),
         Command::Shell(args) => commands::shell::run(args, &paths),
+        Command::Diff(args) => commands::diff::run_diff(args, &paths),
+        Command::Apply(args) => commands::diff::run_apply(args, &paths),
+        Command::Discard(args) => commands::diff::run_discard(args, &paths),
         Command::Logs(args) => commands::logs::run(args, &paths),
         Command::Supervise(args) => commands::supervise::run(args, &paths),
         Command::List(args) => commands::list::run(args, &paths),

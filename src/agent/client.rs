@@ -54,11 +54,22 @@ pub fn ping(socket: &Path, timeout: Duration) -> io::Result<u64> {
 }
 
 /// Waits until the agent answers a ping, or `deadline` passes, or `alive` says to stop.
-pub fn wait_ready(socket: &Path, deadline: Instant, mut alive: impl FnMut() -> bool) -> io::Result<u64> {
+/// No connection is tried before `booted` says the guest is up: connections made while
+/// the guest's vsock driver is not there yet pile up in the vsock backend.
+pub fn wait_ready(
+    socket: &Path,
+    deadline: Instant,
+    mut alive: impl FnMut() -> bool,
+    mut booted: impl FnMut() -> bool,
+) -> io::Result<u64> {
     loop {
-        let last_error = match ping(socket, Duration::from_secs(2)) {
-            Ok(uptime) => return Ok(uptime),
-            Err(error) => error,
+        let last_error = if booted() {
+            match ping(socket, Duration::from_secs(2)) {
+                Ok(uptime) => return Ok(uptime),
+                Err(error) => error,
+            }
+        } else {
+            io::Error::new(io::ErrorKind::TimedOut, "the guest has not booted")
         };
         if Instant::now() >= deadline || !alive() {
             return Err(last_error);

@@ -2,6 +2,7 @@
 
 pub mod completions;
 pub mod create;
+pub mod diff;
 pub mod doctor;
 pub mod inspect;
 pub mod list;

@@ -100,10 +100,15 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         return Ok(Started::Spawned);
     }
     let spinner = crate::output::spinner(&format!("booting {name}"));
+    let console = paths.vm_dir(name).join("log/console.log");
     let ready = crate::agent::client::wait_ready(
         &paths.vm_run_dir(name).join("vsock.sock"),
         Instant::now() + timeout,
         || RunLock::is_held(&run_lock).unwrap_or(false),
+        || {
+            std::fs::read_to_string(&console)
+                .is_ok_and(|text| text.contains(crate::guest::init::READY_MARKER))
+        },
     );
     if let Some(spinner) = spinner {
         spinner.finish_and_clear();

@@ -21,6 +21,9 @@ use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot, Gue
 use crate::guest::{agent, reaper};
 use crate::net::netlink::Netlink;
 
+/// What the init prints on the console once the guest is up and the agent is starting.
+pub const READY_MARKER: &str = "mvm-init: ready";
+
 /// What the init prints on the console before powering off for a reboot.
 pub const REBOOT_MARKER: &str = "mvm-init: reboot requested";
 
@@ -34,7 +37,7 @@ pub fn main() -> ! {
         eprintln!("mvm-init: boot failed: {error:#}");
         power_off();
     }
-    eprintln!("mvm-init: ready after {} ms in init", started.elapsed().as_millis());
+    eprintln!("{READY_MARKER} after {} ms in init", started.elapsed().as_millis());
     std::thread::spawn(serve_initctl);
     std::thread::spawn(|| {
         if let Err(error) = agent::serve(power_off) {

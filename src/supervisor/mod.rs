@@ -62,6 +62,8 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     let Some(_lock) = RunLock::try_acquire(&paths.run_lock(name))? else {
         bail!("VM '{name}' already has a supervisor");
     };
+    // `mvm start` watches the console for the guest's ready line: drop the last boot's.
+    let _ = std::fs::remove_file(paths.vm_dir(name).join("log/console.log"));
     let mut status = RuntimeStatus {
         phase: Phase::Starting,
         supervisor_pid: std::process::id(),

@@ -1,0 +1,172 @@
+//! `mvm diff`, `mvm apply`, `mvm discard`: review what a VM changed in its project's
+//! overlay, bring changes to the project, or drop them.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::changes::{self, Change};
+use crate::config::vm::{MountMode, VmConfig};
+use crate::error::UserError;
+use crate::name::VmName;
+use crate::output::print_json;
+use crate::state::store::{self, RunState};
+use crate::state::Paths;
+use crate::supervisor::launch::plan_shares;
+
+/// Arguments of `mvm diff`.
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// The VM
+    pub name: String,
+    /// Show a unified diff of changed text files
+    #[arg(long, conflicts_with = "json")]
+    pub patch: bool,
+    /// Print JSON: [{"path", "kind"}]
+    #[arg(long)]
+    pub json: bool,
+    /// Only these paths (relative to the project, or absolute inside it)
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Arguments of `mvm apply`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// The VM
+    pub name: String,
+    /// Apply even paths whose project copy changed since the VM's copy was made
+    #[arg(long)]
+    pub force: bool,
+    /// Only these paths (default: every change)
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Arguments of `mvm discard`.
+#[derive(Debug, Clone, Args)]
+pub struct DiscardArgs {
+    /// The VM
+    pub name: String,
+    /// Only these paths (default: every change)
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// The overlay's upper layer and the project of VM `config`.
+fn layers(paths: &Paths, config: &VmConfig) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let project = config.project.as_ref().ok_or_else(|| {
+        UserError::usage(format!("VM '{}' has no project", config.name)).hint("create it with --project DIR")
+    })?;
+    if project.mount != MountMode::Overlay {
+        return Err(UserError::usage(format!(
+            "VM '{}' shares its project directly (--mount {}): its changes are already in the project",
+            config.name, project.mount
+        ))
+        .into());
+    }
+    let (_, overlays, _) = plan_shares(config, &paths.vm_dir(&config.name), &paths.vm_run_dir(&config.name));
+    let overlay = overlays
+        .into_iter()
+        .find(|overlay| overlay.lower == project.path)
+        .expect("an overlay project has an overlay");
+    Ok((overlay.upper, project.path.clone()))
+}
+
+/// Paths given on the command line, relative to the project.
+fn filters(config: &VmConfig, given: &[PathBuf]) -> Vec<PathBuf> {
+    let project = config.project.as_ref().map(|p| p.path.as_path()).unwrap_or(Path::new("/"));
+    given
+        .iter()
+        .map(|path| path.strip_prefix(project).map(Path::to_path_buf).unwrap_or_else(|_| path.clone()))
+        .collect()
+}
+
+fn selected_changes(
+    paths: &Paths,
+    name: &VmName,
+    given: &[PathBuf],
+) -> anyhow::Result<(VmConfig, PathBuf, PathBuf, Vec<Change>)> {
+    let config = store::load(paths, name)?;
+    let (upper, lower) = layers(paths, &config)?;
+    let filters = filters(&config, given);
+    let found = changes::changes(&upper, &lower)?
+        .into_iter()
+        .filter(|change| changes::selected(&change.path, &filters))
+        .collect();
+    Ok((config, upper, lower, found))
+}
+
+/// Runs `mvm diff`.
+pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let name: VmName = args.name.parse()?;
+    let (_, upper, lower, found) = selected_changes(paths, &name, &args.paths)?;
+    if args.json {
+        print_json(&found)?;
+    } else if args.patch {
+        for change in &found {
+            match changes::patch(change, &upper, &lower) {
+                Some(patch) => print!("{patch}"),
+                None => println!("Binary or directory {} {:?}", change.path.display(), change.kind),
+            }
+        }
+    } else {
+        for change in &found {
+            println!("{} {}", change.kind.mark(), change.path.display());
+        }
+    }
+    Ok(0)
+}
+
+/// Runs `mvm apply`.
+pub fn run_apply(args: ApplyArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let name: VmName = args.name.parse()?;
+    let (_, upper, lower, found) = selected_changes(paths, &name, &args.paths)?;
+    let conflicts: Vec<String> = found
+        .iter()
+        .filter(|change| changes::conflicts_with_host(change, &upper, &lower))
+        .map(|change| change.path.display().to_string())
+        .collect();
+    if !conflicts.is_empty() && !args.force {
+        return Err(UserError::conflict(format!(
+            "the project's copy changed after VM '{name}' made its own: {}",
+            conflicts.join(", ")
+        ))
+        .hint(format!("compare with `mvm diff --patch {name}`, then apply with --force or pick other paths"))
+        .into());
+    }
+    for change in &found {
+        changes::apply(change, &upper, &lower)?;
+    }
+    println!(
+        "applied {} change{} to {}",
+        found.len(),
+        if found.len() == 1 { "" } else { "s" },
+        lower.display()
+    );
+    Ok(0)
+}
+
+/// Runs `mvm discard`.
+pub fn run_discard(args: DiscardArgs, paths: &Paths) -> anyhow::Result<i32> {
+    let name: VmName = args.name.parse()?;
+    if store::run_state(paths, &name)? == RunState::Running {
+        return Err(UserError::conflict(format!("VM '{name}' is running: its overlay is in use"))
+            .hint(format!(
+                "stop it first (`mvm stop {name}`); a non-persistent VM drops its changes at every stop"
+            ))
+            .into());
+    }
+    let (_, upper, _, found) = selected_changes(paths, &name, &args.paths)?;
+    for change in &found {
+        let path = upper.join(&change.path);
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(_) => Ok(()),
+        };
+        removed.map_err(|error| anyhow::anyhow!("cannot discard {}: {error}", change.path.display()))?;
+    }
+    println!("discarded {} change{}", found.len(), if found.len() == 1 { "" } else { "s" });
+    Ok(0)
+}

@@ -78,4 +78,29 @@ fn main() {
     time_runs("mvm list", |_| mvm(&paths, &["list"]));
     time_runs("mvm list --json", |_| mvm(&paths, &["list", "--json"]));
     time_runs("mvm create (one more VM)", |i| mvm(&paths, &["create", &format!("new{i}")]));
+
+    // `mvm diff` of a 10,000-file project: nothing changed, then 100 files changed.
+    let big = dir.path().join("big");
+    for i in 0..10_000 {
+        let sub = big.join(format!("d{}", i / 100));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("f{i}.txt")), format!("file {i}\n")).unwrap();
+    }
+    let args = CreateArgs {
+        name: "big".into(),
+        project: Some(big.clone()),
+        persist: true,
+        root: "host".into(),
+        ..CreateArgs::default()
+    };
+    create(&args, &paths, &host, HostLimits { cpus: 2, memory_mib: None }).unwrap();
+    let upper = paths.state_dir.join("big/upper");
+    std::fs::create_dir_all(&upper).unwrap();
+    time_runs("mvm diff, 10,000-file project, no change", |_| mvm(&paths, &["diff", "big"]));
+    for i in 0..100 {
+        let sub = upper.join(format!("d{}", i));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("f{}.txt", i * 100)), "changed\n").unwrap();
+    }
+    time_runs("mvm diff, 10,000-file project, 100 changed", |_| mvm(&paths, &["diff", "big"]));
 }

@@ -290,7 +290,7 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__rm)
-            opts="-h -V --force --help --version"
+            opts="-h -V --force --keep-volumes --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

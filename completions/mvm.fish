@@ -106,6 +106,7 @@ complete -c mvm -n "__fish_mvm_using_subcommand logs" -s f -l follow -d 'Keep pr
 complete -c mvm -n "__fish_mvm_using_subcommand logs" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand logs" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand rm" -l force -d 'Stop the VM first if it is running'
+complete -c mvm -n "__fish_mvm_using_subcommand rm" -l keep-volumes -d 'Keep the VM\'s volumes; a new VM of the same name with the same volumes gets them back'
 complete -c mvm -n "__fish_mvm_using_subcommand rm" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand rm" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand doctor" -l json -d 'Print JSON instead of text'

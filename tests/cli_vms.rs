@@ -183,3 +183,18 @@ fn errors_print_their_context_chain() {
          hint: write a size such as 512M, 2G or 1536 (MiB), at least 128M\n"
     );
 }
+
+#[test]
+fn rm_can_keep_volumes_for_the_next_vm_of_that_name() {
+    let sandbox = Sandbox::new();
+    sandbox.mvm(&["create", "db", "--volume", "pgdata:/var/lib/postgresql"]).ok();
+    std::fs::write(sandbox.state_dir().join("db/volumes/pgdata/table"), "rows").unwrap();
+    let out = sandbox.mvm(&["rm", "db", "--keep-volumes"]);
+    assert!(out.ok().contains(".kept-volumes/db"), "{}", out.stdout);
+    assert!(sandbox.vm_dirs().is_empty());
+    sandbox.mvm(&["create", "db", "--volume", "pgdata:/var/lib/postgresql"]).ok();
+    assert_eq!(std::fs::read_to_string(sandbox.state_dir().join("db/volumes/pgdata/table")).unwrap(), "rows");
+    assert!(!sandbox.state_dir().join(".kept-volumes/db").exists());
+    sandbox.mvm(&["rm", "db"]).ok();
+    assert!(!sandbox.state_dir().join(".kept-volumes/db").exists(), "plain rm removes volumes");
+}

@@ -343,10 +343,15 @@ fn write_vm_dir(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
         std::fs::create_dir(staging.join(dir))
             .with_context(|| format!("cannot create {}", staging.join(dir).display()))?;
     }
+    let kept = paths.kept_volumes(&config.name);
     for volume in &config.volumes {
         let dir = staging.join("volumes").join(&volume.name);
-        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // A volume kept by `mvm rm --keep-volumes` comes back to a VM of the same name.
+        if std::fs::rename(kept.join(&volume.name), &dir).is_err() {
+            std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
     }
+    let _ = std::fs::remove_dir(&kept);
     crate::state::seed::seed_root(&staging, Path::new("/etc"))?;
     config.save(&staging.join(crate::config::vm::VM_CONFIG_FILE))?;
     failpoint::hit("create-staged");

@@ -21,6 +21,9 @@ pub struct RmArgs {
     /// Stop the VM first if it is running
     #[arg(long)]
     pub force: bool,
+    /// Keep the VM's volumes; a new VM of the same name with the same volumes gets them back
+    #[arg(long)]
+    pub keep_volumes: bool,
 }
 
 /// Runs `mvm rm`.
@@ -30,13 +33,17 @@ pub fn run(args: RmArgs, paths: &Paths) -> anyhow::Result<i32> {
         super::stop::stop(paths, &name, true, std::time::Duration::from_secs(5))
             .with_context(|| format!("cannot stop VM '{name}' before removing it"))?;
     }
-    remove(paths, &name).with_context(|| format!("cannot remove VM '{name}'"))?;
+    remove(paths, &name, args.keep_volumes).with_context(|| format!("cannot remove VM '{name}'"))?;
     println!("removed VM '{name}'");
+    if args.keep_volumes {
+        println!("its volumes are kept in {}", paths.kept_volumes(&name).display());
+    }
     Ok(0)
 }
 
-/// Removes VM `name`, which must exist and not run.
-pub fn remove(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
+/// Removes VM `name`, which must exist and not run; with `keep_volumes`, its volumes
+/// move to [`Paths::kept_volumes`] first.
+pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Result<()> {
     if !store::exists(paths, name) {
         return Err(store::no_such_vm(name).into());
     }
@@ -48,6 +55,20 @@ pub fn remove(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
         return Err(UserError::conflict(format!("VM '{name}' is running"))
             .hint(format!("stop it first with `mvm stop {name}`, or use `mvm rm --force {name}`"))
             .into());
+    }
+    if keep_volumes {
+        let kept = paths.kept_volumes(name);
+        if kept.exists() {
+            return Err(UserError::conflict(format!(
+                "volumes of an earlier VM '{name}' are already kept in {}",
+                kept.display()
+            ))
+            .hint("move or delete them first")
+            .into());
+        }
+        std::fs::create_dir_all(kept.parent().expect("kept volumes have a parent"))?;
+        std::fs::rename(paths.vm_dir(name).join("volumes"), &kept)
+            .with_context(|| format!("cannot keep the volumes in {}", kept.display()))?;
     }
     let trash = paths.state_dir.join(format!("{TRASH_PREFIX}{name}-{}", std::process::id()));
     std::fs::rename(paths.vm_dir(name), &trash)

@@ -63,6 +63,11 @@ impl Paths {
         self.vm_dir(name).join(crate::config::vm::VM_CONFIG_FILE)
     }
 
+    /// Where `mvm rm --keep-volumes` keeps VM `name`'s volumes; `create` takes them back.
+    pub fn kept_volumes(&self, name: &VmName) -> PathBuf {
+        self.state_dir.join(".kept-volumes").join(name.as_str())
+    }
+
     /// A VM's runtime directory.
     pub fn vm_run_dir(&self, name: &VmName) -> PathBuf {
         self.run_dir.join(name.as_str())

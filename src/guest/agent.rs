@@ -147,52 +147,75 @@ fn build_command(request: &ExecRequest) -> Command {
     command
 }
 
-fn exec(request: ExecRequest, connection: &mut File, sender: &Sender) -> anyhow::Result<()> {
-    let mut command = build_command(&request);
-    let (child, input, master) = if request.tty {
-        let winsize =
-            nix::pty::Winsize { ws_row: request.rows, ws_col: request.cols, ws_xpixel: 0, ws_ypixel: 0 };
-        let pty = nix::pty::openpty(&winsize, None).context("cannot open a pseudo-terminal")?;
-        let slave = File::from(pty.slave);
-        command.stdin(Stdio::from(slave.try_clone()?));
-        command.stdout(Stdio::from(slave.try_clone()?));
-        command.stderr(Stdio::from(slave));
-        let child = command.spawn().context("cannot start the command")?;
-        drop(command);
-        let master = File::from(pty.master);
-        forward_output(master.try_clone()?, sender.clone(), Frame::Stdout);
-        (child, Some(master.try_clone()?), Some(master))
-    } else {
-        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().context("cannot start the command")?;
-        drop(command);
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let threads = [
+/// A started command: where its stdin goes, its terminal (for resizes), and the output
+/// threads that end with it (a terminal's reader may outlive it, held by a background job).
+struct Started {
+    pid: u32,
+    stdin: Option<File>,
+    terminal: Option<File>,
+    output: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn spawn_on_terminal(
+    mut command: Command,
+    request: &ExecRequest,
+    sender: &Sender,
+) -> anyhow::Result<Started> {
+    let winsize =
+        nix::pty::Winsize { ws_row: request.rows, ws_col: request.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(&winsize, None).context("cannot open a pseudo-terminal")?;
+    let slave = File::from(pty.slave);
+    command.stdin(Stdio::from(slave.try_clone()?));
+    command.stdout(Stdio::from(slave.try_clone()?));
+    command.stderr(Stdio::from(slave));
+    let child = command.spawn().context("cannot start the command")?;
+    // The slave's last copy in this process goes with `command`, so the reader sees the end.
+    drop(command);
+    let master = File::from(pty.master);
+    forward_output(master.try_clone()?, sender.clone(), Frame::Stdout);
+    Ok(Started {
+        pid: child.id(),
+        stdin: Some(master.try_clone()?),
+        terminal: Some(master),
+        output: Vec::new(),
+    })
+}
+
+fn spawn_on_pipes(mut command: Command, sender: &Sender) -> anyhow::Result<Started> {
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().context("cannot start the command")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    Ok(Started {
+        pid: child.id(),
+        stdin: child.stdin.take().map(|stdin| File::from(OwnedFd::from(stdin))),
+        terminal: None,
+        output: vec![
             forward_output(File::from(OwnedFd::from(stdout)), sender.clone(), Frame::Stdout),
             forward_output(File::from(OwnedFd::from(stderr)), sender.clone(), Frame::Stderr),
-        ];
-        let stdin = child.stdin.take().map(|stdin| File::from(OwnedFd::from(stdin)));
-        let pid = child.id();
-        let status = reaper::register(pid);
-        let exited = Arc::new(AtomicBool::new(false));
-        spawn_input(connection.try_clone()?, stdin, None, pid, exited.clone());
-        let status = status.recv().unwrap_or(ExitStatus::Code(255));
-        exited.store(true, Ordering::SeqCst);
-        for thread in threads {
-            let _ = thread.join();
-        }
-        send(sender, &Frame::Exit(status));
-        return Ok(());
+        ],
+    })
+}
+
+fn exec(request: ExecRequest, connection: &mut File, sender: &Sender) -> anyhow::Result<()> {
+    let command = build_command(&request);
+    let started = if request.tty {
+        spawn_on_terminal(command, &request, sender)?
+    } else {
+        spawn_on_pipes(command, sender)?
     };
-    let pid = child.id();
-    let status = reaper::register(pid);
+    let status = reaper::register(started.pid);
     let exited = Arc::new(AtomicBool::new(false));
-    spawn_input(connection.try_clone()?, input, master, pid, exited.clone());
+    spawn_input(connection.try_clone()?, started.stdin, started.terminal, started.pid, exited.clone());
     let status = status.recv().unwrap_or(ExitStatus::Code(255));
     exited.store(true, Ordering::SeqCst);
-    // Give the pty reader a moment to drain what the command wrote last.
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    if started.output.is_empty() {
+        // Give the terminal's reader a moment to drain what the command wrote last.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for thread in started.output {
+        let _ = thread.join();
+    }
     send(sender, &Frame::Exit(status));
     Ok(())
 }

@@ -27,6 +27,10 @@ fn overlay_rw_ro_persistence_volumes_and_review() {
     let mut projects = Vec::new();
     for name in ["eph", "keep", "rwp", "rop"] {
         let project = lab.sandbox.mkdir(name);
+        // A directory anyone may write, for the guest's writes as another user.
+        let shared = project.join("sub");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         std::fs::write(project.join("edit.txt"), "original\n").unwrap();
         std::fs::write(project.join("gone.txt"), "delete me\n").unwrap();
         projects.push(project);
@@ -60,7 +64,19 @@ fn overlay_rw_ro_persistence_volumes_and_review() {
     lab.mvm(&["apply", "keep", "--force"]).ok();
     assert_eq!(std::fs::read_to_string(projects[1].join("edit.txt")).unwrap(), "edited\n");
     lab.sh("keep", &format!("echo later > {keep}/later.txt && echo kept > /srv/data/file")).ok();
-    lab.mvm(&["discard", "keep"]).fails(4, &["is running"]);
+    // In the upper layer too, what the guest writes belongs to the invoking user.
+    let owned = lab
+        .command(&["shell", "keep", "--", "sh", "-c", &format!("echo mine > {keep}/sub/mine.txt")])
+        .env("SUDO_UID", "65534")
+        .env("SUDO_GID", "65534")
+        .env("SUDO_USER", "nobody")
+        .output()
+        .unwrap();
+    assert!(owned.status.success(), "{}", String::from_utf8_lossy(&owned.stderr));
+    let upper_file = lab.sandbox.state_dir().join("keep/upper/sub/mine.txt");
+    let meta = std::fs::metadata(&upper_file).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    lab.mvm(&["discard", "keep", "sub"]).fails(4, &["is running"]);
 
     // rw: the guest's write lands in the project, owned by the invoking user.
     std::fs::set_permissions(&projects[2], std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
@@ -89,7 +105,7 @@ fn overlay_rw_ro_persistence_volumes_and_review() {
         lab.mvm(&["stop", name]).ok();
     }
     assert_eq!(lab.mvm(&["diff", "eph"]).ok(), "", "an ephemeral layer is gone at stop");
-    assert_eq!(lab.mvm(&["diff", "keep"]).ok(), "A later.txt\n");
+    assert_eq!(lab.mvm(&["diff", "keep"]).ok(), "A later.txt\nA sub/mine.txt\n");
     start_all(&lab, &["eph", "keep"]);
     assert_eq!(lab.sh("keep", "cat /srv/data/file").ok(), "kept\n");
     assert_eq!(lab.sh("keep", &format!("cat {keep}/later.txt")).ok(), "later\n");
@@ -98,6 +114,8 @@ fn overlay_rw_ro_persistence_volumes_and_review() {
         lab.mvm(&["stop", name]).ok();
     }
     // A stopped persistent VM's changes can be dropped.
+    assert_eq!(lab.mvm(&["discard", "keep", "sub"]).ok(), "discarded 1 change\n");
+    assert_eq!(lab.mvm(&["diff", "keep"]).ok(), "A later.txt\n");
     assert_eq!(lab.mvm(&["discard", "keep"]).ok(), "discarded 1 change\n");
     assert_eq!(lab.mvm(&["diff", "keep"]).ok(), "");
     lab.assert_nothing_left();

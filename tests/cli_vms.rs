@@ -198,3 +198,17 @@ fn rm_can_keep_volumes_for_the_next_vm_of_that_name() {
     sandbox.mvm(&["rm", "db"]).ok();
     assert!(!sandbox.state_dir().join(".kept-volumes/db").exists(), "plain rm removes volumes");
 }
+
+#[test]
+fn logs_print_the_console_or_say_there_is_none() {
+    let sandbox = Sandbox::new();
+    sandbox.mvm(&["create", "web"]).ok();
+    sandbox.mvm(&["logs", "web"]).fails(3, &["has no console.log yet", "mvm start web"]);
+    std::fs::write(sandbox.state_dir().join("web/log/console.log"), "booted\n").unwrap();
+    std::fs::write(sandbox.state_dir().join("web/log/supervisor.log"), "supervised\n").unwrap();
+    assert_eq!(sandbox.mvm(&["logs", "web"]).ok(), "booted\n");
+    assert_eq!(sandbox.mvm(&["logs", "web", "--source", "supervisor"]).ok(), "supervised\n");
+    // Following a stopped VM's log prints it and ends.
+    assert_eq!(sandbox.mvm(&["logs", "web", "-f"]).ok(), "booted\n");
+    sandbox.mvm(&["logs", "ghost"]).fails(3, &["no VM named 'ghost'"]);
+}

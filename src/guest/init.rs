@@ -216,12 +216,30 @@ fn assemble_root(config: &GuestConfig) -> anyhow::Result<()> {
 }
 
 fn switch_root() -> anyhow::Result<()> {
+    free_initramfs();
     std::env::set_current_dir(NEW_ROOT)?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
         .context("cannot move the new root onto /")?;
     nix::unistd::chroot(".").context("cannot chroot into the new root")?;
     std::env::set_current_dir("/")?;
     Ok(())
+}
+
+/// Deletes the initramfs's files (the rootfs keeps them in RAM otherwise), as
+/// `switch_root` does: everything on the root's device but the new root's mount point. The
+/// running init and its libraries stay mapped.
+fn free_initramfs() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::metadata("/") else { return };
+    let Ok(entries) = std::fs::read_dir("/") else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if path == Path::new(NEW_ROOT) || meta.dev() != root.dev() {
+            continue;
+        }
+        let _ = if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    }
 }
 
 fn make_home(user: &GuestUser) -> anyhow::Result<()> {

@@ -95,6 +95,7 @@ fn text_fields(inspection: &Inspection) -> Vec<(&'static str, String)> {
         ),
         ("env", list_or_none(config.env.iter().map(|(k, v)| format!("{k}={v}")).collect())),
         ("created", humantime::format_rfc3339_seconds(created).to_string()),
+        ("last run", inspection.summary.reason.clone().unwrap_or_else(|| "-".to_string())),
         ("state dir", inspection.state_dir.display().to_string()),
         ("run dir", inspection.run_dir.display().to_string()),
     ]

@@ -132,8 +132,9 @@ fn run(
     initramfs::write_boot_image(&base, &[(GUEST_CONFIG, &guest)], &launch.spec.initramfs)?;
     log!("boot image ready ({} ms)", started.elapsed().as_millis());
 
-    HostNet::open(paths, &host)?.up(&config)?;
+    // Recorded first: a bring-up that fails half-way is torn down like a finished one.
     *network_up = Some(config.clone());
+    HostNet::open(paths, &host)?.up(&config)?;
     log!("network up ({} ms)", started.elapsed().as_millis());
     for overlay in &launch.overlays {
         processes::mount_overlay(overlay)?;

@@ -240,7 +240,7 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__logs)
-            opts="-f -h -V --follow --source --help --version"
+            opts="-f -h -V --follow --source --process --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -248,6 +248,10 @@ _mvm() {
             case "${prev}" in
                 --source)
                     COMPREPLY=($(compgen -W "console supervisor hypervisor" -- "${cur}"))
+                    return 0
+                    ;;
+                --process)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

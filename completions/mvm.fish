@@ -102,6 +102,7 @@ complete -c mvm -n "__fish_mvm_using_subcommand discard" -s V -l version -d 'Pri
 complete -c mvm -n "__fish_mvm_using_subcommand logs" -l source -d 'Which log to show' -r -f -a "console\t''
 supervisor\t''
 hypervisor\t''"
+complete -c mvm -n "__fish_mvm_using_subcommand logs" -l process -d 'Show this declared process\'s output instead' -r
 complete -c mvm -n "__fish_mvm_using_subcommand logs" -s f -l follow -d 'Keep printing what is appended, until the VM stops'
 complete -c mvm -n "__fish_mvm_using_subcommand logs" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand logs" -s V -l version -d 'Print version'

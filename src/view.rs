@@ -122,3 +122,35 @@ pub fn summary_of(paths: &Paths, name: &VmName) -> anyhow::Result<VmSummary> {
     let config = store::load(paths, name)?;
     Ok(VmSummary::of(paths, &VmEntry { name: name.to_string(), config: Ok(config) }))
 }
+
+/// Where the guest's process logs and states appear on the host (the VM's `var/log/mvm`).
+pub fn process_dir(paths: &Paths, name: &VmName) -> PathBuf {
+    paths.vm_dir(name).join("var/log/mvm")
+}
+
+/// A declared process and, while the VM runs, its state.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessView {
+    pub name: String,
+    pub command: String,
+    pub restart: crate::config::vm::RestartPolicy,
+    pub state: Option<crate::guest::processes::ProcessState>,
+}
+
+/// The processes of `config`, with states read from the guest when `running`.
+pub fn processes_of(paths: &Paths, config: &crate::config::vm::VmConfig, running: bool) -> Vec<ProcessView> {
+    let dir = process_dir(paths, &config.name);
+    config
+        .processes
+        .iter()
+        .map(|process| ProcessView {
+            name: process.name.clone(),
+            command: process.command.clone(),
+            restart: process.restart,
+            state: running
+                .then(|| std::fs::read(dir.join(format!("{}.state", process.name))).ok())
+                .flatten()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+        })
+        .collect()
+}

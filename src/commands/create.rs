@@ -171,6 +171,7 @@ impl Request {
             network,
             ports: self.ports,
             volumes: self.volumes,
+            processes: Vec::new(),
         }
     }
 }
@@ -416,6 +417,7 @@ mod tests {
             network: HostConfig::default().address_pool().unwrap().vm(0).unwrap(),
             ports: vec!["8080:3000".parse().unwrap(), "5353:53/udp".parse().unwrap()],
             volumes: vec!["data:/data".parse().unwrap()],
+            processes: vec![],
         };
         assert_eq!(config, expected);
         assert_eq!(store::load(&paths, &config.name).unwrap(), expected);

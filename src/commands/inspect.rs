@@ -10,7 +10,7 @@ use crate::config::vm::VmConfig;
 use crate::name::VmName;
 use crate::output::print_json;
 use crate::state::{store, Paths};
-use crate::view::{summary_of, VmSummary};
+use crate::view::{processes_of, summary_of, ProcessView, VmSummary};
 
 /// Arguments of `mvm inspect`.
 #[derive(Debug, Clone, Args)]
@@ -28,6 +28,7 @@ struct Inspection {
     #[serde(flatten)]
     summary: VmSummary,
     config: VmConfig,
+    processes: Vec<ProcessView>,
     state_dir: PathBuf,
     run_dir: PathBuf,
 }
@@ -36,8 +37,11 @@ struct Inspection {
 pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
     let config = store::load(paths, &name)?;
+    let summary = summary_of(paths, &name)?;
+    let processes = processes_of(paths, &config, summary.state == crate::view::VmState::Running);
     let inspection = Inspection {
-        summary: summary_of(paths, &name)?,
+        summary,
+        processes,
         config,
         state_dir: paths.vm_dir(&name),
         run_dir: paths.vm_run_dir(&name),
@@ -94,6 +98,19 @@ fn text_fields(inspection: &Inspection) -> Vec<(&'static str, String)> {
             ),
         ),
         ("env", list_or_none(config.env.iter().map(|(k, v)| format!("{k}={v}")).collect())),
+        (
+            "processes",
+            list_or_none(
+                inspection
+                    .processes
+                    .iter()
+                    .map(|p| match &p.state {
+                        Some(state) => format!("{} ({}, {} restarts)", p.name, state.state, state.restarts),
+                        None => p.name.clone(),
+                    })
+                    .collect(),
+            ),
+        ),
         ("created", humantime::format_rfc3339_seconds(created).to_string()),
         ("last run", inspection.summary.reason.clone().unwrap_or_else(|| "-".to_string())),
         ("state dir", inspection.state_dir.display().to_string()),

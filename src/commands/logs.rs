@@ -29,18 +29,34 @@ pub struct LogsArgs {
     /// Which log to show
     #[arg(long, value_enum, default_value = "console")]
     pub source: LogSource,
+    /// Show this declared process's output instead
+    #[arg(long, value_name = "NAME", conflicts_with = "source")]
+    pub process: Option<String>,
 }
 
 /// Runs `mvm logs`.
 pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
-    store::load(paths, &name)?;
-    let file_name = match args.source {
-        LogSource::Console => "console.log",
-        LogSource::Supervisor => "supervisor.log",
-        LogSource::Hypervisor => "hypervisor.log",
+    let config = store::load(paths, &name)?;
+    let (path, file_name) = match &args.process {
+        Some(process) => {
+            if !config.processes.iter().any(|p| &p.name == process) {
+                return Err(UserError::not_found(format!("VM '{name}' declares no process {process:?}"))
+                    .hint(format!("`mvm inspect {name}` lists its processes"))
+                    .into());
+            }
+            let file_name = format!("{process}.log");
+            (crate::view::process_dir(paths, &name).join(&file_name), file_name)
+        }
+        None => {
+            let file_name = match args.source {
+                LogSource::Console => "console.log",
+                LogSource::Supervisor => "supervisor.log",
+                LogSource::Hypervisor => "hypervisor.log",
+            };
+            (paths.vm_dir(&name).join("log").join(file_name), file_name.to_string())
+        }
     };
-    let path = paths.vm_dir(&name).join("log").join(file_name);
     let mut file = match std::fs::File::open(&path) {
         Ok(file) => file,
         Err(_) if !args.follow => {

@@ -148,6 +148,55 @@ pub struct VmConfig {
     pub ports: Vec<PortForward>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Processes the guest init starts at boot and keeps running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<Process>,
+}
+
+/// When a process is started again after it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Never,
+    /// After a non-zero exit or a signal (the default).
+    #[default]
+    OnFailure,
+    Always,
+}
+
+/// A process the guest runs for the VM's whole life (`[[processes]]` in `vm.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    /// Letters, digits, `-` and `_`; names its log, `/var/log/mvm/NAME.log` in the guest.
+    pub name: String,
+    /// Run with `/bin/sh -c`.
+    pub command: String,
+    /// Where it runs [default: the project, else `/`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+fn check_processes(processes: &[Process]) -> Result<(), UserError> {
+    for (i, process) in processes.iter().enumerate() {
+        let valid = !process.name.is_empty()
+            && process.name.len() <= 64
+            && process.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(UserError::usage(format!(
+                "process name {:?} must have 1-64 letters, digits, '-' or '_'",
+                process.name
+            )));
+        }
+        if processes[..i].iter().any(|other| other.name == process.name) {
+            return Err(UserError::usage(format!("process {:?} is declared twice", process.name)));
+        }
+    }
+    Ok(())
 }
 
 impl VmConfig {
@@ -158,7 +207,10 @@ impl VmConfig {
 
     /// Parses `vm.toml` text.
     pub fn parse(text: &str) -> Result<VmConfig, UserError> {
-        toml::from_str(text).map_err(|error| UserError::usage(error.to_string().trim_end().to_string()))
+        let config: VmConfig = toml::from_str(text)
+            .map_err(|error| UserError::usage(error.to_string().trim_end().to_string()))?;
+        check_processes(&config.processes)?;
+        Ok(config)
     }
 
     /// Reads and parses the `vm.toml` at `path`, checking that it names the VM `expected`.
@@ -211,6 +263,13 @@ mod tests {
             network: pool.vm(4).unwrap(),
             ports: vec!["8080:3000".parse().unwrap(), "53:53/udp".parse().unwrap()],
             volumes: vec!["data:/data".parse().unwrap()],
+            processes: vec![Process {
+                name: "web".into(),
+                command: "python3 -m http.server 3000".into(),
+                workdir: None,
+                env: BTreeMap::new(),
+                restart: RestartPolicy::Always,
+            }],
         }
     }
 
@@ -233,6 +292,16 @@ mod tests {
         sample().save(&path).unwrap();
         let error = VmConfig::load(&path, &"api".parse().unwrap()).unwrap_err().to_string();
         assert!(error.contains("names VM \"web\""), "{error}");
+    }
+
+    #[test]
+    fn process_names_are_checked() {
+        let mut config = sample();
+        config.processes[0].name = "../x".into();
+        assert!(VmConfig::parse(&config.to_toml()).unwrap_err().to_string().contains("process name"));
+        let mut config = sample();
+        config.processes.push(config.processes[0].clone());
+        assert!(VmConfig::parse(&config.to_toml()).unwrap_err().to_string().contains("declared twice"));
     }
 
     #[test]

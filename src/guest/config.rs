@@ -15,6 +15,9 @@ pub struct GuestConfig {
     pub mounts: Vec<GuestMount>,
     /// The user `mvm shell` runs as; its home is made if missing.
     pub user: Option<GuestUser>,
+    /// Processes to start at boot, with their working directory and environment resolved.
+    #[serde(default)]
+    pub processes: Vec<crate::config::vm::Process>,
 }
 
 /// How the guest's root is assembled.

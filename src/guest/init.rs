@@ -18,7 +18,7 @@ use nix::mount::{mount, MsFlags};
 
 use crate::boot::initramfs::{GUEST_CONFIG, MODULE_LIST};
 use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot, GuestUser};
-use crate::guest::{agent, reaper};
+use crate::guest::{agent, processes, reaper};
 use crate::net::netlink::Netlink;
 
 /// What the init prints on the console once the guest is up and the agent is starting.
@@ -50,6 +50,7 @@ pub fn main() -> ! {
 
 /// Syncs and powers the VM off.
 pub fn power_off() -> ! {
+    processes::stop_all(Duration::from_secs(5));
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     // Unreachable unless the kernel refused; idle rather than exit (which would panic).
@@ -109,6 +110,7 @@ fn boot() -> anyhow::Result<()> {
     if let Some(network) = GuestNetwork::from_cmdline(&cmdline) {
         configure_network(&network)?;
     }
+    processes::start_all(config.processes);
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod init;
+pub mod processes;
 pub mod reaper;
 
 /// Whether this process is the guest's init (PID 1).

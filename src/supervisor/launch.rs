@@ -261,7 +261,21 @@ pub fn plan_shares(
         shares.push(share(&tag, vm_dir.join("volumes").join(&volume.name), false));
         mounts.push(GuestMount { tag, path: volume.guest_path.display().to_string(), read_only: false });
     }
-    let guest = GuestConfig { hostname: config.name.to_string(), root, mounts, user: None };
+    let default_workdir = config.project.as_ref().map_or("/".to_string(), |p| p.path.display().to_string());
+    let processes = config
+        .processes
+        .iter()
+        .map(|process| {
+            let mut env = config.env.clone();
+            env.extend(process.env.clone());
+            crate::config::vm::Process {
+                workdir: Some(process.workdir.clone().unwrap_or_else(|| default_workdir.clone())),
+                env,
+                ..process.clone()
+            }
+        })
+        .collect();
+    let guest = GuestConfig { hostname: config.name.to_string(), root, mounts, user: None, processes };
     (shares, overlays, guest)
 }
 
@@ -304,6 +318,7 @@ mod tests {
             network: AddressPool::new("10.200.0.0/16".parse().unwrap(), 24).unwrap().vm(0).unwrap(),
             ports: vec![],
             volumes: vec!["data:/data".parse().unwrap()],
+            processes: vec![],
         }
     }
 

@@ -145,10 +145,7 @@ fn run(bench: &Bench) {
     line("mvm start -> guest agent ready (TCG)", &starts, "s");
 
     let base = initramfs::cached_base(&paths.state_dir.join(".cache"), &spec).unwrap();
-    let mut cmdline = mvm::vmm::kernel_cmdline("");
-    if let Some(khz) = mvm::host::constant_tsc_khz() {
-        cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
-    }
+    let cmdline = mvm::vmm::kernel_cmdline(&mvm::vmm::qemu::tcg_kernel_args().unwrap_or_default());
     // The same kernel and initramfs: /init (mvm) finds no shares and powers off at once,
     // so the run ends when the guest reaches /init.
     let bare: Vec<f64> = (0..3)

@@ -138,13 +138,13 @@ impl Launch {
     }
 }
 
-/// The mvm-specific part of the kernel command line: the network, and under TCG the
-/// host's TSC rate (the guest's TSC runs at it; calibrating it fails on a busy host).
+/// The mvm-specific part of the kernel command line: the network, and what TCG needs.
 fn guest_cmdline(network: &GuestNetwork, hypervisor: Hypervisor, accel: Accel) -> String {
     let mut cmdline = network.to_cmdline();
     if hypervisor == Hypervisor::Qemu && accel == Accel::Tcg {
-        if let Some(khz) = crate::host::constant_tsc_khz() {
-            cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+        if let Some(args) = crate::vmm::qemu::tcg_kernel_args() {
+            cmdline.push(' ');
+            cmdline.push_str(&args);
         }
     }
     cmdline

@@ -74,6 +74,12 @@ pub fn args(spec: &LaunchSpec, accel: Accel, vhost_vsock: &Path) -> Vec<String> 
     args
 }
 
+/// Kernel arguments a guest under TCG needs: its TSC runs at the host's rate, and telling
+/// it that rate saves a PIT calibration that fails (and hangs the boot) on a busy host.
+pub fn tcg_kernel_args() -> Option<String> {
+    crate::host::constant_tsc_khz().map(|khz| format!("tsc_early_khz={khz} tsc=reliable"))
+}
+
 /// The argv (without the program) of vhost-device-vsock for one VM.
 pub fn vhost_vsock_args(vhost_vsock: &Path, spec: &LaunchSpec) -> Vec<String> {
     vec![

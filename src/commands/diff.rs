@@ -86,7 +86,7 @@ fn selected_changes(
     paths: &Paths,
     name: &VmName,
     given: &[PathBuf],
-) -> anyhow::Result<(VmConfig, PathBuf, PathBuf, Vec<Change>)> {
+) -> anyhow::Result<(PathBuf, PathBuf, Vec<Change>)> {
     let config = store::load(paths, name)?;
     let (upper, lower) = layers(paths, &config)?;
     let filters = filters(&config, given);
@@ -94,13 +94,13 @@ fn selected_changes(
         .into_iter()
         .filter(|change| changes::selected(&change.path, &filters))
         .collect();
-    Ok((config, upper, lower, found))
+    Ok((upper, lower, found))
 }
 
 /// Runs `mvm diff`.
 pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
-    let (_, upper, lower, found) = selected_changes(paths, &name, &args.paths)?;
+    let (upper, lower, found) = selected_changes(paths, &name, &args.paths)?;
     if args.json {
         print_json(&found)?;
     } else if args.patch {
@@ -121,7 +121,7 @@ pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
 /// Runs `mvm apply`.
 pub fn run_apply(args: ApplyArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
-    let (_, upper, lower, found) = selected_changes(paths, &name, &args.paths)?;
+    let (upper, lower, found) = selected_changes(paths, &name, &args.paths)?;
     let conflicts: Vec<String> = found
         .iter()
         .filter(|change| changes::conflicts_with_host(change, &upper, &lower))
@@ -157,7 +157,7 @@ pub fn run_discard(args: DiscardArgs, paths: &Paths) -> anyhow::Result<i32> {
             ))
             .into());
     }
-    let (_, upper, _, found) = selected_changes(paths, &name, &args.paths)?;
+    let (upper, _, found) = selected_changes(paths, &name, &args.paths)?;
     for change in &found {
         let path = upper.join(&change.path);
         let removed = match std::fs::symlink_metadata(&path) {

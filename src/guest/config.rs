@@ -1,5 +1,5 @@
 //! What the host tells the guest init about the VM: shares to mount, the root model,
-//! the user, the hostname. Written by the supervisor into each boot's initramfs as
+//! the hostname, the processes. Written by the supervisor into each boot's initramfs as
 //! `/mvm/guest.json`; the network comes on the kernel command line (`mvm.net=`).
 
 use std::net::Ipv4Addr;
@@ -13,8 +13,6 @@ pub struct GuestConfig {
     pub root: GuestRoot,
     /// Shares mounted after the root is assembled, in order (project, volumes).
     pub mounts: Vec<GuestMount>,
-    /// The user `mvm shell` runs as; its home is made if missing.
-    pub user: Option<GuestUser>,
     /// Processes to start at boot, with their working directory and environment resolved.
     #[serde(default)]
     pub processes: Vec<crate::config::vm::Process>,
@@ -37,14 +35,6 @@ pub struct GuestMount {
     pub tag: String,
     pub path: String,
     pub read_only: bool,
-}
-
-/// The invoking user on the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GuestUser {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
 }
 
 /// The guest's network, as carried by `mvm.net=ADDRESS/PREFIX,GATEWAY[,DNS…]`.

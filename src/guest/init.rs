@@ -17,7 +17,7 @@ use nix::kmod::{finit_module, ModuleInitFlags};
 use nix::mount::{mount, MsFlags};
 
 use crate::boot::initramfs::{GUEST_CONFIG, MODULE_LIST};
-use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot, GuestUser};
+use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot};
 use crate::guest::{agent, processes, reaper};
 use crate::net::netlink::Netlink;
 
@@ -101,9 +101,6 @@ fn boot() -> anyhow::Result<()> {
     switch_root()?;
     for share in &config.mounts {
         mount_share(share, Path::new(&share.path))?;
-    }
-    if let Some(user) = &config.user {
-        make_home(user)?;
     }
     nix::unistd::sethostname(&config.hostname).context("cannot set the hostname")?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -242,15 +239,6 @@ fn free_initramfs() {
         }
         let _ = if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
     }
-}
-
-fn make_home(user: &GuestUser) -> anyhow::Result<()> {
-    let home = Path::new("/home").join(&user.name);
-    if !home.exists() {
-        std::fs::create_dir_all(&home)?;
-        nix::unistd::chown(&home, Some(user.uid.into()), Some(user.gid.into()))?;
-    }
-    Ok(())
 }
 
 fn configure_network(network: &GuestNetwork) -> anyhow::Result<()> {

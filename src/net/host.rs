@@ -95,14 +95,19 @@ impl HostNet {
 
     /// Removes VM `vm`'s tap, bridge and rules; whatever is already gone is skipped.
     pub fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        self.remove(vm.name.as_str(), &[&vm.network.tap, &vm.network.bridge])
+        self.remove_rules(vm.name.as_str())?;
+        self.delete_links(&[&vm.network.tap, &vm.network.bridge])
     }
 
-    fn remove(&mut self, name: &str, links: &[&str]) -> anyhow::Result<()> {
+    fn remove_rules(&mut self, name: &str) -> anyhow::Result<()> {
         firewall::remove_vm(self.firewall.as_mut(), name)
-            .with_context(|| format!("cannot remove firewall rules of VM '{name}'"))?;
-        for link in links {
-            if let Some(link) = self.netlink.link(link)? {
+            .with_context(|| format!("cannot remove firewall rules of VM '{name}'"))
+            .map(drop)
+    }
+
+    fn delete_links(&mut self, names: &[&str]) -> anyhow::Result<()> {
+        for name in names {
+            if let Some(link) = self.netlink.link(name)? {
                 self.netlink.delete(link.index)?;
             }
         }
@@ -174,10 +179,10 @@ impl HostNet {
     /// Removes what [`HostNet::orphans`] found.
     pub fn remove_orphans(&mut self, orphans: &Orphans) -> anyhow::Result<()> {
         for name in &orphans.rule_owners {
-            self.remove(name, &[])?;
+            self.remove_rules(name)?;
         }
         let links: Vec<&str> = orphans.links.iter().map(String::as_str).collect();
-        self.remove("", &links)
+        self.delete_links(&links)
     }
 }
 

@@ -275,7 +275,7 @@ pub fn plan_shares(
             }
         })
         .collect();
-    let guest = GuestConfig { hostname: config.name.to_string(), root, mounts, user: None, processes };
+    let guest = GuestConfig { hostname: config.name.to_string(), root, mounts, processes };
     (shares, overlays, guest)
 }
 

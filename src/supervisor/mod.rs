@@ -62,8 +62,6 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     let Some(_lock) = RunLock::try_acquire(&paths.run_lock(name))? else {
         bail!("VM '{name}' already has a supervisor");
     };
-    // `mvm start` watches the console for the guest's ready line: drop the last boot's.
-    let _ = std::fs::remove_file(paths.vm_dir(name).join("log/console.log"));
     let mut status = RuntimeStatus {
         phase: Phase::Starting,
         supervisor_pid: std::process::id(),
@@ -115,6 +113,8 @@ fn run(
     processes: &mut Processes,
     network_up: &mut Option<crate::config::vm::VmConfig>,
 ) -> anyhow::Result<Ending> {
+    // `mvm start` watches the console for the guest's ready line: drop the last boot's first.
+    let _ = std::fs::remove_file(paths.vm_dir(name).join("log/console.log"));
     let started = Instant::now();
     let host = HostConfig::load(&paths.config_file)?;
     let config = store::load(paths, name)?;
@@ -160,7 +160,6 @@ fn run(
     processes.wait_for_sockets(&sockets, Duration::from_secs(10))?;
     log!("{} device backends ready ({} ms)", sockets.len(), started.elapsed().as_millis());
 
-    let _ = std::fs::remove_file(&launch.spec.console_log);
     let program = launch.hypervisor.display().to_string();
     let mut hypervisor = processes::spawn_hypervisor(
         &launch.hypervisor,

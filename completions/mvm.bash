@@ -67,6 +67,9 @@ _mvm() {
             mvm,supervise)
                 cmd="mvm__subcmd__supervise"
                 ;;
+            mvm,templates)
+                cmd="mvm__subcmd__templates"
+                ;;
             *)
                 ;;
         esac
@@ -74,7 +77,7 @@ _mvm() {
 
     case "${cmd}" in
         mvm)
-            opts="-h -V --help --version create start stop restart shell list ls inspect port diff apply discard logs rm doctor completions supervise"
+            opts="-h -V --help --version create start stop restart shell list ls inspect port diff apply discard logs rm templates doctor completions supervise"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -116,12 +119,20 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__create)
-            opts="-h -V --project --cpus --memory --port --mount --persist --volume --env --hypervisor --kernel --root --offline --host-access --help --version"
+            opts="-t -h -V --template --project --cpus --memory --port --mount --persist --volume --env --hypervisor --kernel --root --offline --host-access --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --template)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --project)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -371,6 +382,20 @@ _mvm() {
             ;;
         mvm__subcmd__supervise)
             opts="-h -V --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__templates)
+            opts="-h -V --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -40,13 +40,15 @@ complete -c mvm -n "__fish_mvm_needs_command" -f -a "apply" -d 'Copy a VM\'s ove
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "discard" -d 'Drop a stopped VM\'s overlay changes'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "logs" -d 'Show a VM\'s console (or another log)'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "rm" -d 'Remove a stopped VM with its state, volumes and logs'
+complete -c mvm -n "__fish_mvm_needs_command" -f -a "templates" -d 'List the templates `create --template` takes, or show one'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "doctor" -d 'Check that this host can run VMs'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "supervise" -d 'Run a VM\'s supervisor (started by `mvm start`)'
+complete -c mvm -n "__fish_mvm_using_subcommand create" -s t -l template -d 'Start from a template (`mvm templates` lists them; a path to a .toml file works too); the other options add to it or override it' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l project -d 'Project directory, seen in the guest at the same absolute path' -r -F
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l cpus -d 'Virtual CPUs [default: 2, or the host config\'s defaults.cpus]' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l memory -d 'Memory, e.g. 512M or 2G; at least 128M [default: 1G]' -r
-complete -c mvm -n "__fish_mvm_using_subcommand create" -l port -d 'Forward a host port to a guest port (repeatable)' -r
+complete -c mvm -n "__fish_mvm_using_subcommand create" -l port -d 'Forward a host port to a guest port (repeatable); HOST 0 picks one, the guest\'s number when it is free' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l mount -d 'How the guest sees the project' -r -f -a "overlay\t'Read-only project under a per-VM writable layer (the default)'
 rw\t'The guest writes straight into the project'
 ro\t'The guest can only read the project'"
@@ -110,6 +112,9 @@ complete -c mvm -n "__fish_mvm_using_subcommand rm" -l force -d 'Stop the VM fir
 complete -c mvm -n "__fish_mvm_using_subcommand rm" -l keep-volumes -d 'Keep the VM\'s volumes; a new VM of the same name with the same volumes gets them back'
 complete -c mvm -n "__fish_mvm_using_subcommand rm" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand rm" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand templates" -l json -d 'Print a JSON array instead of a table'
+complete -c mvm -n "__fish_mvm_using_subcommand templates" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand templates" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand doctor" -l json -d 'Print JSON instead of text'
 complete -c mvm -n "__fish_mvm_using_subcommand doctor" -l fix -d 'Remove orphans: links, rules and runtime dirs of VMs that are not running'
 complete -c mvm -n "__fish_mvm_using_subcommand doctor" -s h -l help -d 'Print help'

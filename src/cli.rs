@@ -17,6 +17,7 @@ use crate::commands::{
     start::StartArgs,
     stop::StopArgs,
     supervise::SuperviseArgs,
+    templates::TemplatesArgs,
 };
 use crate::error::EXIT_CODES_HELP;
 
@@ -73,6 +74,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Remove a stopped VM with its state, volumes and logs
     Rm(RmArgs),
+    /// List the templates `create --template` takes, or show one
+    Templates(TemplatesArgs),
     /// Check that this host can run VMs
     Doctor(DoctorArgs),
     /// Print a shell completion script

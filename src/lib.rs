@@ -45,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Inspect(args) => commands::inspect::run(args, &paths),
         Command::Port(args) => commands::port::run(args, &paths),
         Command::Rm(args) => commands::rm::run(args, &paths),
+        Command::Templates(args) => commands::templates::run(args, &paths),
         Command::Doctor(args) => commands::doctor::run(args, &paths),
         Command::Completions(args) => commands::completions::run(args),
     }

@@ -114,7 +114,8 @@ fn refuses_bad_cpus_and_memory() {
 fn refuses_bad_ports() {
     let sandbox = Sandbox::new();
     for (port, why) in [
-        ("0:80", "outside 1-65535"),
+        ("65536:80", "outside 1-65535"),
+        ("80:0", "outside 1-65535"),
         ("80:70000", "outside 1-65535"),
         ("8080", "expected HOST:GUEST"),
         ("a:b", "not a number"),
@@ -128,6 +129,21 @@ fn refuses_bad_ports() {
         USAGE,
         &["given twice"],
     );
+}
+
+#[test]
+fn host_port_zero_takes_the_guest_port_when_free_else_another() {
+    let sandbox = Sandbox::new();
+    sandbox.mvm(&["create", "a", "--port", "0:48123"]).ok();
+    sandbox.mvm(&["create", "b", "--port", "0:48123"]).ok();
+    let host_port = |name: &str| {
+        let ports: serde_json::Value =
+            serde_json::from_str(sandbox.mvm(&["port", name, "--json"]).ok()).unwrap();
+        ports[0]["host"].as_u64().unwrap()
+    };
+    assert_eq!(host_port("a"), 48123);
+    assert_ne!(host_port("b"), 48123);
+    assert_ne!(host_port("b"), 0);
 }
 
 #[test]

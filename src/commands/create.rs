@@ -13,7 +13,8 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::config::host::HostConfig;
-use crate::config::vm::{Hypervisor, MountMode, Project, RootModel, VmConfig};
+use crate::config::template::{Catalog, Template};
+use crate::config::vm::{Hypervisor, MountMode, Process, Project, RootModel, VmConfig};
 use crate::error::UserError;
 use crate::failpoint;
 use crate::name::VmName;
@@ -28,6 +29,10 @@ use crate::state::Paths;
 pub struct CreateArgs {
     /// Name of the new VM: 1-32 lowercase letters, digits and '-', starting with a letter
     pub name: String,
+    /// Start from a template (`mvm templates` lists them; a path to a .toml file works too);
+    /// the other options add to it or override it
+    #[arg(long, short = 't', value_name = "TEMPLATE")]
+    pub template: Option<String>,
     /// Project directory, seen in the guest at the same absolute path
     #[arg(long, value_name = "DIR")]
     pub project: Option<PathBuf>,
@@ -37,7 +42,8 @@ pub struct CreateArgs {
     /// Memory, e.g. 512M or 2G; at least 128M [default: 1G]
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
-    /// Forward a host port to a guest port (repeatable)
+    /// Forward a host port to a guest port (repeatable); HOST 0 picks one, the guest's
+    /// number when it is free
     #[arg(long = "port", value_name = "HOST:GUEST[/udp]")]
     pub ports: Vec<String>,
     /// How the guest sees the project
@@ -99,6 +105,12 @@ pub fn run(args: CreateArgs, paths: &Paths) -> anyhow::Result<i32> {
         config.hypervisor,
         network.address
     );
+    for port in &config.ports {
+        println!("  host port {}/{} → guest port {}", port.host, port.protocol, port.guest);
+    }
+    for process in &config.processes {
+        println!("  runs process '{}' at boot", process.name);
+    }
     Ok(0)
 }
 
@@ -109,7 +121,11 @@ pub fn create(
     host: &HostConfig,
     limits: HostLimits,
 ) -> anyhow::Result<VmConfig> {
-    let request = validate(args, host, limits)?;
+    let template = match &args.template {
+        Some(reference) => Some(Catalog::beside(&paths.config_file).get(reference)?),
+        None => None,
+    };
+    let request = validate(args, template.as_ref(), host, limits)?;
     check_socket_paths_fit(paths, &request.name)?;
     create_state_dir(&paths.state_dir)?;
 
@@ -121,6 +137,8 @@ pub fn create(
     }
     remove_stale_staging_dirs(paths)?;
     let existing = store::list(paths)?;
+    let mut request = request;
+    choose_host_ports(&mut request.ports, &existing)?;
     check_host_ports_free(&request.ports, &existing)?;
     let used: BTreeSet<u32> =
         existing.iter().filter_map(|vm| vm.config.as_ref().ok()).map(|config| config.network.index).collect();
@@ -152,6 +170,7 @@ struct Request {
     root: RootModel,
     offline: bool,
     host_access: bool,
+    processes: Vec<Process>,
 }
 
 impl Request {
@@ -171,14 +190,20 @@ impl Request {
             network,
             ports: self.ports,
             volumes: self.volumes,
-            processes: Vec::new(),
+            processes: self.processes,
         }
     }
 }
 
-fn validate(args: &CreateArgs, host: &HostConfig, limits: HostLimits) -> anyhow::Result<Request> {
+fn validate(
+    args: &CreateArgs,
+    template: Option<&Template>,
+    host: &HostConfig,
+    limits: HostLimits,
+) -> anyhow::Result<Request> {
     let name: VmName = args.name.parse()?;
-    let cpus = args.cpus.unwrap_or(host.defaults.cpus.min(limits.cpus));
+    let suggested_cpus = template.and_then(|t| t.cpus).unwrap_or(host.defaults.cpus);
+    let cpus = args.cpus.unwrap_or(suggested_cpus.min(limits.cpus));
     if cpus == 0 || cpus > limits.cpus {
         return Err(UserError::usage(format!("--cpus {cpus} is outside 1-{}", limits.cpus))
             .hint(format!("this host has {} CPUs; give a number from 1 to {}", limits.cpus, limits.cpus))
@@ -186,7 +211,7 @@ fn validate(args: &CreateArgs, host: &HostConfig, limits: HostLimits) -> anyhow:
     }
     let memory = match &args.memory {
         Some(text) => text.parse::<MemorySize>()?,
-        None => host.defaults.memory,
+        None => template.and_then(|t| t.memory).unwrap_or(host.defaults.memory),
     };
     if let Some(total) = limits.memory_mib.filter(|total| memory.mib() > *total) {
         return Err(UserError::usage(format!(
@@ -196,11 +221,27 @@ fn validate(args: &CreateArgs, host: &HostConfig, limits: HostLimits) -> anyhow:
         .hint("give a smaller size, e.g. 1G")
         .into());
     }
-    let ports = parse_all::<PortForward>(&args.ports)?;
-    spec::check_unique_host_ports(&ports)?;
-    let volumes = parse_all::<Volume>(&args.volumes)?;
+    let given_ports: Vec<PortForward> =
+        args.ports.iter().map(|text| PortForward::parse_with_auto_host(text)).collect::<Result<_, _>>()?;
+    let given_volumes = parse_all::<Volume>(&args.volumes)?;
+    let given_env = parse_all::<EnvVar>(&args.env)?.into_iter().map(|var| (var.key, var.value));
+    // What the command line gives replaces what the template says for the same guest port,
+    // volume name or guest path, and variable.
+    let (ports, volumes, mut env, processes) = match template {
+        Some(template) => (
+            overridden(&template.ports, given_ports, |a, b| a.guest == b.guest && a.protocol == b.protocol),
+            overridden(&template.volumes, given_volumes, |a, b| {
+                a.name == b.name || a.guest_path == b.guest_path
+            }),
+            template.env.clone(),
+            template.processes.clone(),
+        ),
+        None => (given_ports, given_volumes, BTreeMap::new(), Vec::new()),
+    };
+    let explicit_ports: Vec<PortForward> = ports.iter().filter(|port| port.host != 0).copied().collect();
+    spec::check_unique_host_ports(&explicit_ports)?;
     spec::check_unique_volumes(&volumes)?;
-    let env = parse_all::<EnvVar>(&args.env)?.into_iter().map(|var| (var.key, var.value)).collect();
+    env.extend(given_env);
     let mount = args.mount.unwrap_or_default();
     if args.persist && mount != MountMode::Overlay {
         return Err(UserError::usage(format!("--persist keeps the overlay's layer, but --mount is {mount}"))
@@ -240,7 +281,14 @@ fn validate(args: &CreateArgs, host: &HostConfig, limits: HostLimits) -> anyhow:
         root,
         offline: args.offline,
         host_access: args.host_access,
+        processes,
     })
+}
+
+/// `defaults` without the items `given` replaces, then `given`.
+fn overridden<T: Clone>(defaults: &[T], given: Vec<T>, same: impl Fn(&T, &T) -> bool) -> Vec<T> {
+    let kept = defaults.iter().filter(|default| !given.iter().any(|item| same(default, item)));
+    kept.cloned().collect::<Vec<T>>().into_iter().chain(given).collect()
 }
 
 fn parse_all<T: std::str::FromStr<Err = UserError>>(texts: &[String]) -> Result<Vec<T>, UserError> {
@@ -309,6 +357,17 @@ fn create_state_dir(dir: &Path) -> anyhow::Result<()> {
         }
         Err(error) => Err(error).with_context(|| format!("cannot create {}", dir.display())),
     }
+}
+
+/// Gives each forward with host port 0 a host port: the guest's number when it is free.
+fn choose_host_ports(ports: &mut [PortForward], existing: &[store::VmEntry]) -> anyhow::Result<()> {
+    for i in 0..ports.len() {
+        if ports[i].host == 0 {
+            let chosen: Vec<PortForward> = ports.iter().filter(|port| port.host != 0).copied().collect();
+            ports[i].host = store::pick_host_port(existing, &chosen, ports[i])?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses host ports that another VM already forwards.
@@ -461,6 +520,58 @@ mod tests {
         std::fs::create_dir_all(paths.state_dir.join(".staging-web-1/log")).unwrap();
         create(&args("web"), &paths, &HostConfig::default(), limits()).unwrap();
         assert!(!paths.state_dir.join(".staging-web-1").exists());
+    }
+
+    #[test]
+    fn a_template_fills_in_what_the_command_line_leaves_out() {
+        let (_dir, paths) = setup();
+        let request = CreateArgs {
+            template: Some("django-postgres".into()),
+            memory: Some("512M".into()),
+            ports: vec!["9000:8000".into()],
+            volumes: vec!["db:/var/lib/mvm/postgresql".into()],
+            env: vec!["PGPASSWORD=secret".into()],
+            ..args("shop")
+        };
+        let config = create(&request, &paths, &HostConfig::default(), limits()).unwrap();
+        assert_eq!((config.cpus, config.memory_mib), (2, 512));
+        let names: Vec<&str> = config.processes.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["web", "postgres"]);
+        assert_eq!(config.ports.len(), 2, "{:?}", config.ports);
+        let postgres = config.ports.iter().find(|p| p.guest == 5432).unwrap();
+        assert!(postgres.host != 0 && postgres.host != 9000, "{postgres:?}");
+        assert!(config.ports.iter().any(|p| p.host == 9000 && p.guest == 8000), "{:?}", config.ports);
+        assert_eq!(config.volumes, vec!["db:/var/lib/mvm/postgresql".parse::<Volume>().unwrap()]);
+        assert_eq!(config.env["PGPASSWORD"], "secret");
+        assert_eq!(config.env["PGUSER"], "postgres");
+
+        // A second VM from the template gets other host ports than the first one's.
+        let second = create(
+            &CreateArgs { template: Some("postgres".into()), ..args("db") },
+            &paths,
+            &HostConfig::default(),
+            limits(),
+        )
+        .unwrap();
+        assert_ne!(second.ports[0].host, postgres.host);
+        assert_eq!(second.ports[0].guest, 5432);
+    }
+
+    #[test]
+    fn template_cpus_are_capped_by_the_host_but_explicit_ones_are_not() {
+        let (dir, paths) = setup();
+        std::fs::create_dir(dir.path().join("templates")).unwrap();
+        std::fs::write(dir.path().join("templates/big.toml"), "description = \"big\"\ncpus = 64\n").unwrap();
+        let host = HostConfig::default();
+        let big = create(&CreateArgs { template: Some("big".into()), ..args("a") }, &paths, &host, limits());
+        assert_eq!(big.unwrap().cpus, 4);
+        let error = create(&CreateArgs { cpus: Some(64), ..args("b") }, &paths, &host, limits()).unwrap_err();
+        assert!(error.to_string().contains("outside 1-4"), "{error}");
+        let error =
+            create(&CreateArgs { template: Some("nope".into()), ..args("c") }, &paths, &host, limits())
+                .unwrap_err();
+        assert!(format!("{error:#}").contains("there is no template \"nope\""), "{error:#}");
+        assert!(!paths.vm_dir(&"c".parse().unwrap()).exists());
     }
 
     #[test]

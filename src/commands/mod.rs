@@ -14,3 +14,4 @@ pub mod shell;
 pub mod start;
 pub mod stop;
 pub mod supervise;
+pub mod templates;

@@ -21,7 +21,8 @@ use crate::state::Paths;
 pub struct PortArgs {
     /// The VM
     pub name: String,
-    /// Forward host port HOST to guest port GUEST; HOST 0 picks a free port
+    /// Forward host port HOST to guest port GUEST; HOST 0 picks a free one, the guest's
+    /// number when it is free
     #[arg(value_name = "HOST:GUEST[/udp]", conflicts_with = "remove")]
     pub forward: Option<String>,
     /// Stop forwarding host port HOST (every protocol, or only /tcp or /udp)
@@ -81,7 +82,7 @@ pub fn add(paths: &Paths, name: &VmName, mut forward: PortForward) -> anyhow::Re
     let mut config = store::load(paths, name)?;
     let vms = store::list(paths)?;
     if forward.host == 0 {
-        forward.host = pick_free_host_port(&vms, forward)?;
+        forward.host = store::pick_host_port(&vms, &config.ports, forward)?;
     }
     if let Some(existing) =
         config.ports.iter().find(|p| p.host == forward.host && p.protocol == forward.protocol)
@@ -146,15 +147,4 @@ fn save_and_apply(paths: &Paths, previous: &VmConfig, config: &VmConfig) -> anyh
         return Err(error.context("the change was not applied, and vm.toml is unchanged"));
     }
     Ok(true)
-}
-
-fn pick_free_host_port(vms: &[store::VmEntry], forward: PortForward) -> anyhow::Result<u16> {
-    for _ in 0..32 {
-        let port = ports::free_port(forward.protocol).context("cannot find a free host port")?;
-        let candidate = PortForward { host: port, ..forward };
-        if store::host_port_forwarder(vms, &candidate, None).is_none() {
-            return Ok(port);
-        }
-    }
-    Err(UserError::conflict("no free host port found").hint("give a host port explicitly").into())
 }

@@ -1,4 +1,5 @@
 //! Configuration: the host's (`/etc/mvm/config.toml`) and each VM's (`vm.toml`).
 
 pub mod host;
+pub mod template;
 pub mod vm;

@@ -181,7 +181,7 @@ pub struct Process {
     pub restart: RestartPolicy,
 }
 
-fn check_processes(processes: &[Process]) -> Result<(), UserError> {
+pub(crate) fn check_processes(processes: &[Process]) -> Result<(), UserError> {
     for (i, process) in processes.iter().enumerate() {
         let valid = !process.name.is_empty()
             && process.name.len() <= 64

@@ -11,6 +11,7 @@ use anyhow::Context;
 use crate::config::vm::VmConfig;
 use crate::error::UserError;
 use crate::name::VmName;
+use crate::net::ports::{self, PortUse};
 use crate::spec::PortForward;
 use crate::state::lock::RunLock;
 use crate::state::Paths;
@@ -89,6 +90,31 @@ pub fn host_port_forwarder<'a>(
         let forwards = config.ports.iter().any(|p| p.host == port.host && p.protocol == port.protocol);
         (forwards && Some(&config.name) != except).then_some(&config.name)
     })
+}
+
+/// A host port for `forward` (whose host port is 0): the guest's port number when no VM,
+/// no forward in `also_taken` and no host process holds it, else a free one.
+pub fn pick_host_port(
+    vms: &[VmEntry],
+    also_taken: &[PortForward],
+    forward: PortForward,
+) -> anyhow::Result<u16> {
+    let usable = |port: u16| {
+        let candidate = PortForward { host: port, ..forward };
+        host_port_forwarder(vms, &candidate, None).is_none()
+            && !also_taken.iter().any(|p| p.host == port && p.protocol == forward.protocol)
+            && ports::host_port_use(port, forward.protocol) == PortUse::Free
+    };
+    if usable(forward.guest) {
+        return Ok(forward.guest);
+    }
+    for _ in 0..32 {
+        let port = ports::free_port(forward.protocol).context("cannot find a free host port")?;
+        if usable(port) {
+            return Ok(port);
+        }
+    }
+    Err(UserError::conflict("no free host port found").hint("give a host port explicitly").into())
 }
 
 /// The error for a host port another VM forwards.

@@ -28,6 +28,9 @@ _mvm() {
             mvm,diff)
                 cmd="mvm__subcmd__diff"
                 ;;
+            mvm,direnv)
+                cmd="mvm__subcmd__direnv"
+                ;;
             mvm,discard)
                 cmd="mvm__subcmd__discard"
                 ;;
@@ -70,6 +73,9 @@ _mvm() {
             mvm,templates)
                 cmd="mvm__subcmd__templates"
                 ;;
+            mvm,up)
+                cmd="mvm__subcmd__up"
+                ;;
             *)
                 ;;
         esac
@@ -77,7 +83,7 @@ _mvm() {
 
     case "${cmd}" in
         mvm)
-            opts="-h -V --help --version create start stop restart shell list ls inspect port diff apply discard logs rm templates doctor completions supervise"
+            opts="-h -V --help --version create start stop up direnv restart shell list ls inspect port diff apply discard logs rm templates doctor completions supervise"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -187,6 +193,32 @@ _mvm() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__direnv)
+            opts="-t -h -V --template --idle --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --template)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --idle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -401,6 +433,40 @@ _mvm() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__up)
+            opts="-t -h -V --project --template --idle --no-lease --export --timeout --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --project)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --template)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -t)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --idle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

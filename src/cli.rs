@@ -6,6 +6,7 @@ use crate::commands::{
     completions::CompletionsArgs,
     create::CreateArgs,
     diff::{ApplyArgs, DiffArgs, DiscardArgs},
+    direnv::DirenvArgs,
     doctor::DoctorArgs,
     inspect::InspectArgs,
     list::ListArgs,
@@ -18,6 +19,7 @@ use crate::commands::{
     stop::StopArgs,
     supervise::SuperviseArgs,
     templates::TemplatesArgs,
+    up::UpArgs,
 };
 use crate::error::EXIT_CODES_HELP;
 
@@ -53,6 +55,10 @@ pub enum Command {
     Start(StartArgs),
     /// Shut a VM down and remove everything it had on the host
     Stop(StopArgs),
+    /// Create and start the VM of a project as needed, leased to the calling shell (for .envrc)
+    Up(UpArgs),
+    /// Print .envrc lines that bring the project's VM up when a shell enters it
+    Direnv(DirenvArgs),
     /// Stop, then start a VM
     Restart(RestartArgs),
     /// Open a shell in a VM, or run one command there

@@ -46,6 +46,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Port(args) => commands::port::run(args, &paths),
         Command::Rm(args) => commands::rm::run(args, &paths),
         Command::Templates(args) => commands::templates::run(args, &paths),
+        Command::Up(args) => commands::up::run(args, &paths),
+        Command::Direnv(args) => commands::direnv::run(args),
         Command::Doctor(args) => commands::doctor::run(args, &paths),
         Command::Completions(args) => commands::completions::run(args),
     }

@@ -26,6 +26,25 @@ impl VmName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A valid name made from a directory's name (`~/src/My_App` → `my-app`), for VMs that
+    /// `mvm up` creates for the current directory.
+    pub fn for_directory(dir: &std::path::Path) -> Option<VmName> {
+        let base = dir.file_name()?.to_string_lossy().to_ascii_lowercase();
+        let mut name = String::new();
+        for c in base.chars() {
+            match c {
+                'a'..='z' | '0'..='9' => name.push(c),
+                _ if !name.is_empty() && !name.ends_with('-') => name.push('-'),
+                _ => {}
+            }
+        }
+        if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            name.insert_str(0, "vm-");
+        }
+        name.truncate(MAX_NAME_LEN);
+        name.trim_end_matches('-').parse().ok()
+    }
 }
 
 const NAME_HINT: &str =
@@ -88,6 +107,17 @@ impl AsRef<str> for VmName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_come_from_directories() {
+        let name = |dir: &str| VmName::for_directory(std::path::Path::new(dir)).map(|n| n.to_string());
+        assert_eq!(name("/home/ann/src/web").as_deref(), Some("web"));
+        assert_eq!(name("/src/My_App.v2").as_deref(), Some("my-app-v2"));
+        assert_eq!(name("/src/2048").as_deref(), Some("vm-2048"));
+        assert_eq!(name("/src/__x__").as_deref(), Some("x"));
+        assert_eq!(name(&format!("/src/{}", "a".repeat(40))).unwrap().len(), MAX_NAME_LEN);
+        assert_eq!(name("/"), None);
+    }
 
     #[test]
     fn accepts_ordinary_names() {

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::config::vm::VmConfig;
 use crate::name::VmName;
 use crate::output::print_json;
+use crate::state::lease;
 use crate::state::{store, Paths};
 use crate::view::{processes_of, summary_of, ProcessView, VmSummary};
 
@@ -29,8 +30,17 @@ struct Inspection {
     summary: VmSummary,
     config: VmConfig,
     processes: Vec<ProcessView>,
+    /// Set when `mvm up` started the VM: it stops after this idle time.
+    auto_stop: Option<AutoStop>,
     state_dir: PathBuf,
     run_dir: PathBuf,
+}
+
+/// A VM's auto-stop (`mvm up`): the idle time and the shells holding leases.
+#[derive(Debug, Serialize)]
+struct AutoStop {
+    idle_seconds: u64,
+    shells: Vec<u32>,
 }
 
 /// Runs `mvm inspect`.
@@ -39,13 +49,14 @@ pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
     let config = store::load(paths, &name)?;
     let summary = summary_of(paths, &name)?;
     let processes = processes_of(paths, &config, summary.state == crate::view::VmState::Running);
-    let inspection = Inspection {
-        summary,
-        processes,
-        config,
-        state_dir: paths.vm_dir(&name),
-        run_dir: paths.vm_run_dir(&name),
-    };
+    let run_dir = paths.vm_run_dir(&name);
+    let running = summary.state == crate::view::VmState::Running;
+    let auto_stop = lease::auto_stop(&run_dir).filter(|_| running).map(|idle| AutoStop {
+        idle_seconds: idle.as_secs(),
+        shells: lease::holders(&run_dir).iter().map(|holder| holder.pid).collect(),
+    });
+    let inspection =
+        Inspection { summary, processes, auto_stop, config, state_dir: paths.vm_dir(&name), run_dir };
     if args.json {
         print_json(&inspection)?;
     } else {
@@ -112,6 +123,17 @@ fn text_fields(inspection: &Inspection) -> Vec<(&'static str, String)> {
             ),
         ),
         ("created", humantime::format_rfc3339_seconds(created).to_string()),
+        (
+            "auto-stop",
+            inspection.auto_stop.as_ref().map_or("no".to_string(), |auto| {
+                let shells: Vec<String> = auto.shells.iter().map(ToString::to_string).collect();
+                format!(
+                    "after {} with no shell in the project (shells: {})",
+                    humantime::format_duration(Duration::from_secs(auto.idle_seconds)),
+                    if shells.is_empty() { "none".to_string() } else { shells.join(", ") }
+                )
+            }),
+        ),
         ("last run", inspection.summary.reason.clone().unwrap_or_else(|| "-".to_string())),
         ("state dir", inspection.state_dir.display().to_string()),
         ("run dir", inspection.run_dir.display().to_string()),

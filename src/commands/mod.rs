@@ -3,6 +3,7 @@
 pub mod completions;
 pub mod create;
 pub mod diff;
+pub mod direnv;
 pub mod doctor;
 pub mod inspect;
 pub mod list;
@@ -15,3 +16,4 @@ pub mod start;
 pub mod stop;
 pub mod supervise;
 pub mod templates;
+pub mod up;

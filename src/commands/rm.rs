@@ -75,6 +75,7 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
         .with_context(|| format!("cannot move {} aside", paths.vm_dir(name).display()))?;
     sync_dir(&paths.state_dir)?;
     std::fs::remove_dir_all(&trash).with_context(|| format!("cannot delete {}", trash.display()))?;
+    let _ = std::fs::remove_file(paths.up_lock(name));
     let run_dir = paths.vm_run_dir(name);
     if run_dir.exists() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot delete {}", run_dir.display()))?;

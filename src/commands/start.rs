@@ -83,9 +83,14 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
     let mut command = Command::new(std::env::current_exe().context("cannot find the mvm binary")?);
     command.args(["supervise", name.as_str()]).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
-    // SAFETY: setsid is async-signal-safe; it detaches the supervisor from our terminal.
+    // SAFETY: setsid and close_range/fcntl are async-signal-safe; the supervisor leaves our
+    // terminal's session and holds none of our caller's descriptors.
     unsafe {
-        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
+        command.pre_exec(|| {
+            nix::unistd::setsid()?;
+            close_inherited_fds_on_exec();
+            Ok(())
+        });
     }
     let mut supervisor = command.spawn().context("cannot spawn the supervisor")?;
     let run_lock = paths.run_lock(name);
@@ -126,6 +131,22 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         ))
         .into()),
         Err(_) => Err(failure(paths, name)),
+    }
+}
+
+/// Marks every descriptor above stderr close-on-exec. The supervisor outlives `mvm start`;
+/// holding a pipe it inherited (the write end of a shell's `$(…)`, or of direnv's) would
+/// keep its reader waiting for as long as the VM runs. Called between fork and exec.
+fn close_inherited_fds_on_exec() {
+    use nix::libc;
+    // SAFETY: close_range only changes descriptor flags of this (forked) process.
+    let marked = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if marked != 0 {
+        // Kernels before 5.11: mark them one by one.
+        for fd in 3..4096 {
+            // SAFETY: fcntl on a descriptor that may not exist fails harmlessly with EBADF.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
     }
 }
 

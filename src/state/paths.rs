@@ -53,6 +53,11 @@ impl Paths {
         self.state_dir.join(".create.lock")
     }
 
+    /// The lock `mvm up` holds while it creates and starts VM `name`.
+    pub fn up_lock(&self, name: &VmName) -> PathBuf {
+        self.run_dir.join(format!(".up-{name}.lock"))
+    }
+
     /// A VM's persistent directory.
     pub fn vm_dir(&self, name: &VmName) -> PathBuf {
         self.state_dir.join(name.as_str())

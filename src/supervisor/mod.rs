@@ -4,13 +4,15 @@
 //! the hypervisor as its child and waits. However the hypervisor ends (stop, guest
 //! power-off, crash, `kill -9`), it tears everything down and records why in
 //! `status.json`. SIGTERM asks for a graceful stop (the agent powers the guest off; after
-//! the timeout, the hypervisor is killed); SIGUSR1 kills at once.
+//! the timeout, the hypervisor is killed); SIGUSR1 kills at once. A VM that `mvm up`
+//! started also stops itself once no shell holding a lease has been in its project for
+//! the idle time (`state::lease`).
 
 pub mod launch;
 pub mod processes;
 
 use std::path::Path;
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -23,6 +25,7 @@ use crate::config::vm::Hypervisor;
 use crate::name::VmName;
 use crate::net::host::HostNet;
 use crate::output::unix_now;
+use crate::state::lease::IdleClock;
 use crate::state::lock::RunLock;
 use crate::state::status::{Phase, RuntimeStatus};
 use crate::state::{store, Paths};
@@ -33,6 +36,10 @@ use processes::Processes;
 pub const STOP_TIMEOUT_FILE: &str = "stop-timeout";
 /// The default graceful-stop timeout.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the supervisor looks at the VM's leases (auto-stop, `mvm up`).
+const LEASE_POLL: Duration = Duration::from_secs(1);
+/// The ending recorded for a stop asked for by `mvm stop`.
+const STOPPED_BY_MVM_STOP: &str = "stopped by mvm stop";
 /// Files of the runtime dir that outlive the supervisor.
 pub const KEPT_RUNTIME_FILES: [&str; 2] = ["lock", crate::state::status::STATUS_FILE];
 
@@ -178,37 +185,51 @@ fn run(
         }
     });
 
-    let mut stop_requested = None;
+    let project = launch.config.project.as_ref().map(|project| project.path.clone());
+    let mut idle = IdleClock::default();
+    // Once a stop was asked for: until when the guest may take, and why it stops.
+    let mut stop: Option<(Instant, String)> = None;
     loop {
-        let event = match stop_requested {
-            Some(deadline) => match events.0.recv_timeout(deadline - Instant::now().min(deadline)) {
+        let event = match &stop {
+            Some((deadline, _)) => match events.0.recv_timeout(*deadline - Instant::now().min(*deadline)) {
                 Ok(event) => event,
                 Err(_) => {
                     log!("graceful stop timed out; killing {program}");
                     let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);
-                    stop_requested = Some(Instant::now() + Duration::from_secs(3600));
+                    stop = stop.map(|(_, reason)| (Instant::now() + Duration::from_secs(3600), reason));
                     continue;
                 }
             },
-            None => events.0.recv().context("event channel closed")?,
+            None => match events.0.recv_timeout(LEASE_POLL) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(reason) = idle.tick(&run_dir, project.as_deref(), Instant::now()) {
+                        log!("{reason}: powering off");
+                        request_power_off(&launch);
+                        stop = Some((Instant::now() + DEFAULT_STOP_TIMEOUT, reason));
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => bail!("event channel closed"),
+            },
         };
         match event {
             Event::HypervisorExited(exit) => {
-                return Ok(classify_exit(&launch, exit, stop_requested.is_some()));
+                return Ok(classify_exit(&launch, exit, stop.map(|(_, reason)| reason)));
             }
             Event::Signal(signal) if signal == nix::libc::SIGUSR1 => {
                 log!("forced stop: killing {program}");
                 let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);
-                stop_requested.get_or_insert(Instant::now() + Duration::from_secs(3600));
+                stop.get_or_insert((Instant::now() + Duration::from_secs(3600), STOPPED_BY_MVM_STOP.into()));
             }
-            Event::Signal(_) if stop_requested.is_none() => {
+            Event::Signal(_) if stop.is_none() => {
                 let timeout = std::fs::read_to_string(run_dir.join(STOP_TIMEOUT_FILE))
                     .ok()
                     .and_then(|text| text.trim().parse().ok())
                     .map_or(DEFAULT_STOP_TIMEOUT, Duration::from_secs);
                 log!("graceful stop requested (timeout {} s)", timeout.as_secs());
                 request_power_off(&launch);
-                stop_requested = Some(Instant::now() + timeout);
+                stop = Some((Instant::now() + timeout, STOPPED_BY_MVM_STOP.into()));
             }
             Event::Signal(_) => {}
         }
@@ -230,25 +251,25 @@ fn request_power_off(launch: &Launch) {
 }
 
 /// Tells how the run ended from the hypervisor's exit and the console.
-fn classify_exit(launch: &Launch, exit: std::process::ExitStatus, stop_requested: bool) -> Ending {
+fn classify_exit(launch: &Launch, exit: std::process::ExitStatus, stop_reason: Option<String>) -> Ending {
     let console = launch::log_tail(&launch.spec.console_log, 40);
-    if exit.success() && !stop_requested && console.contains(crate::guest::init::REBOOT_MARKER) {
+    if exit.success() && stop_reason.is_none() && console.contains(crate::guest::init::REBOOT_MARKER) {
         return Ending::Reboot;
     }
-    let (phase, reason) = classify_end(launch, exit, stop_requested, &console);
+    let (phase, reason) = classify_end(launch, exit, stop_reason, &console);
     Ending::Ended(phase, reason)
 }
 
 fn classify_end(
     launch: &Launch,
     exit: std::process::ExitStatus,
-    stop_requested: bool,
+    stop_reason: Option<String>,
     console: &str,
 ) -> (Phase, String) {
     use std::os::unix::process::ExitStatusExt;
     let program = launch.hypervisor.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if let Some(signal) = exit.signal() {
-        let phase = if stop_requested { Phase::Stopped } else { Phase::Crashed };
+        let phase = if stop_reason.is_some() { Phase::Stopped } else { Phase::Crashed };
         return (phase, format!("{program} was killed by signal {signal}"));
     }
     if let Some(line) =
@@ -256,10 +277,10 @@ fn classify_end(
     {
         return (Phase::Crashed, format!("the guest failed: {}", line.trim()));
     }
-    match exit.code() {
-        Some(0) if stop_requested => (Phase::Stopped, "stopped by mvm stop".to_string()),
-        Some(0) => (Phase::Stopped, "the guest powered off".to_string()),
-        code => (
+    match (exit.code(), stop_reason) {
+        (Some(0), Some(reason)) => (Phase::Stopped, reason),
+        (Some(0), None) => (Phase::Stopped, "the guest powered off".to_string()),
+        (code, _) => (
             Phase::Crashed,
             format!(
                 "{program} exited with status {}; its log ends with:\n{}",

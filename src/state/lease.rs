@@ -1,0 +1,199 @@
+//! Leases: which shells use a VM that `mvm up` started, so the VM can stop by itself once
+//! none of them is left in its project (direnv has no unload hook to tell us).
+//!
+//! A lease is `RUN_DIR/leases/PID` holding the process's start time (so a recycled PID is
+//! not mistaken for the shell). `mvm up` writes `RUN_DIR/auto-stop` with the idle time
+//! when it starts the VM; the supervisor then asks [`IdleClock::tick`] every second.
+//! Both live in the runtime dir, so they vanish with the VM.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::state::atomic::write_atomic;
+
+/// The directory of lease files inside a VM's runtime dir.
+pub const LEASE_DIR: &str = "leases";
+/// The file whose presence (holding the idle time in seconds) turns auto-stop on.
+pub const AUTO_STOP_FILE: &str = "auto-stop";
+
+/// A process's identity: its PID and its start time in clock ticks since boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessId {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+impl ProcessId {
+    /// The process `pid` as it is now, if it exists.
+    pub fn of(pid: u32) -> Option<ProcessId> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some(ProcessId { pid, start_time: stat_field(&stat, 22)?.parse().ok()? })
+    }
+
+    /// Whether this very process still runs (same PID and start time).
+    pub fn is_alive(&self) -> bool {
+        ProcessId::of(self.pid) == Some(*self)
+    }
+
+    /// The process's working directory.
+    pub fn cwd(&self) -> Option<PathBuf> {
+        std::fs::read_link(format!("/proc/{}/cwd", self.pid)).ok()
+    }
+}
+
+/// Field `n` (1-based, as in proc(5)) of a `/proc/PID/stat` line; the command name in
+/// field 2 may contain spaces and parentheses, so fields after it are counted from its end.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(n.checked_sub(3)?)
+}
+
+/// The parent PID of `pid` and its command name.
+fn parent_and_comm(pid: u32) -> Option<(u32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let comm = stat[stat.find('(')? + 1..stat.rfind(')')?].to_string();
+    Some((stat_field(&stat, 4)?.parse().ok()?, comm))
+}
+
+/// The shell a lease is for: the parent of the nearest `direnv` among our ancestors (the
+/// interactive shell whose prompt hook ran direnv); without one, our parent, looking
+/// through `sudo`.
+pub fn calling_shell() -> Option<ProcessId> {
+    let parent = nix::unistd::getppid().as_raw() as u32;
+    let mut pid = parent;
+    for _ in 0..16 {
+        let Some((ppid, comm)) = parent_and_comm(pid) else { break };
+        if comm == "direnv" {
+            return ProcessId::of(ppid);
+        }
+        if ppid <= 1 {
+            break;
+        }
+        pid = ppid;
+    }
+    match parent_and_comm(parent) {
+        Some((ppid, comm)) if comm == "sudo" => ProcessId::of(ppid),
+        _ => ProcessId::of(parent),
+    }
+}
+
+/// Records a lease for `holder` in `run_dir`.
+pub fn take(run_dir: &Path, holder: ProcessId) -> anyhow::Result<()> {
+    let dir = run_dir.join(LEASE_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_atomic(&dir.join(holder.pid.to_string()), holder.start_time.to_string().as_bytes())
+}
+
+/// Turns auto-stop on: the VM stops once no lease holder has been in the project for `idle`.
+pub fn enable_auto_stop(run_dir: &Path, idle: Duration) -> anyhow::Result<()> {
+    write_atomic(&run_dir.join(AUTO_STOP_FILE), idle.as_secs().to_string().as_bytes())
+}
+
+/// The idle time after which the VM stops, when auto-stop is on.
+pub fn auto_stop(run_dir: &Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(run_dir.join(AUTO_STOP_FILE)).ok()?;
+    text.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// The live lease holders; the leases of processes that ended are removed.
+pub fn holders(run_dir: &Path) -> Vec<ProcessId> {
+    let dir = run_dir.join(LEASE_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    let mut alive = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let holder = entry.file_name().to_str().and_then(|pid| pid.parse().ok()).and_then(|pid| {
+            let start_time = std::fs::read_to_string(entry.path()).ok()?.trim().parse().ok()?;
+            Some(ProcessId { pid, start_time })
+        });
+        match holder {
+            Some(holder) if holder.is_alive() => alive.push(holder),
+            _ => {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    alive
+}
+
+/// Whether some lease holder is alive with its working directory inside `project` (or,
+/// for a VM without a project, alive at all).
+pub fn in_use(run_dir: &Path, project: Option<&Path>) -> bool {
+    holders(run_dir).iter().any(|holder| match project {
+        Some(project) => holder.cwd().is_some_and(|cwd| cwd.starts_with(project)),
+        None => true,
+    })
+}
+
+/// Measures how long a VM has gone unused, for the supervisor.
+#[derive(Debug, Default)]
+pub struct IdleClock {
+    idle_since: Option<Instant>,
+}
+
+impl IdleClock {
+    /// Called periodically: why the VM should stop now, if it should.
+    pub fn tick(&mut self, run_dir: &Path, project: Option<&Path>, now: Instant) -> Option<String> {
+        let idle = auto_stop(run_dir)?;
+        if in_use(run_dir, project) {
+            self.idle_since = None;
+            return None;
+        }
+        let since = *self.idle_since.get_or_insert(now);
+        (now.duration_since(since) >= idle).then(|| {
+            let place = project.map_or(String::new(), |p| format!(" in {}", p.display()));
+            format!("stopped after {} with no shell{place}", humantime::format_duration(idle))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_stat_fields_past_a_command_with_spaces() {
+        let stat = "42 (my (odd) cmd) S 7 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1000";
+        assert_eq!(stat_field(stat, 4), Some("7"));
+        assert_eq!(stat_field(stat, 22), Some("987654"));
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_recycled_pid_is_not() {
+        let me = ProcessId::of(std::process::id()).unwrap();
+        assert!(me.is_alive());
+        assert!(!ProcessId { start_time: me.start_time + 1, ..me }.is_alive());
+        assert_eq!(me.cwd().unwrap(), std::env::current_dir().unwrap());
+    }
+
+    #[test]
+    fn the_clock_runs_only_while_no_holder_is_inside_the_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let run_dir = dir.path();
+        let inside = std::env::current_dir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        let start = Instant::now();
+        let mut clock = IdleClock::default();
+        assert_eq!(
+            clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(99)),
+            None,
+            "auto-stop is off"
+        );
+
+        enable_auto_stop(run_dir, Duration::from_secs(10)).unwrap();
+        take(run_dir, ProcessId::of(std::process::id()).unwrap()).unwrap();
+        std::fs::write(run_dir.join(LEASE_DIR).join("999999999"), "5").unwrap();
+        assert_eq!(clock.tick(run_dir, Some(&inside), start), None);
+        assert!(!run_dir.join(LEASE_DIR).join("999999999").exists(), "a dead holder's lease is dropped");
+
+        // The holder's cwd is outside `elsewhere`: the clock starts, and stops the VM at 10 s.
+        assert_eq!(clock.tick(run_dir, Some(&elsewhere), start), None);
+        assert_eq!(clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(9)), None);
+        // Back inside, the clock resets.
+        assert_eq!(clock.tick(run_dir, Some(&inside), start + Duration::from_secs(9)), None);
+        assert_eq!(clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(10)), None);
+        let reason = clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(20)).unwrap();
+        assert!(reason.contains("stopped after 10s with no shell in"), "{reason}");
+    }
+}

@@ -18,6 +18,7 @@ pub mod host;
 pub mod name;
 pub mod net;
 pub mod output;
+pub mod project_env;
 pub mod spec;
 pub mod state;
 pub mod supervisor;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::config::vm::VmConfig;
 use crate::name::VmName;
 use crate::output::print_json;
+use crate::project_env;
 use crate::state::lease;
 use crate::state::{store, Paths};
 use crate::view::{processes_of, summary_of, ProcessView, VmSummary};
@@ -41,6 +42,24 @@ struct Inspection {
 struct AutoStop {
     idle_seconds: u64,
     shells: Vec<u32>,
+}
+
+/// Where the project's environment comes from, and whether it is ready.
+fn environment_of(inspection: &Inspection) -> String {
+    let Some(project) = &inspection.config.project else { return "none".into() };
+    let Some(kind) = project_env::detect(&project.path) else { return "none".into() };
+    let source = format!("{} ({})", kind.program(), project.path.display());
+    match project_env::cached(&inspection.state_dir, &inspection.config) {
+        Some(environment) => format!(
+            "{source}: {} variables, {} processes",
+            environment.variables.len(),
+            environment.processes.len()
+        ),
+        None if which::which(kind.program()).is_err() => {
+            format!("{source}: {} is not installed", kind.program())
+        }
+        None => format!("{source}: made at the next start or shell"),
+    }
 }
 
 /// Runs `mvm inspect`.
@@ -123,6 +142,7 @@ fn text_fields(inspection: &Inspection) -> Vec<(&'static str, String)> {
             ),
         ),
         ("created", humantime::format_rfc3339_seconds(created).to_string()),
+        ("environment", environment_of(inspection)),
         (
             "auto-stop",
             inspection.auto_stop.as_ref().map_or("no".to_string(), |auto| {

@@ -1,5 +1,6 @@
 //! `mvm shell`: a login shell in the VM, or one command with its exit code.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use crate::agent::{client, session};
 use crate::config::vm::VmConfig;
 use crate::error::UserError;
 use crate::name::VmName;
+use crate::project_env;
 use crate::spec::EnvVar;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
@@ -51,14 +53,28 @@ pub fn run(args: ShellArgs, paths: &Paths) -> anyhow::Result<i32> {
         super::start::start(paths, &name, true, Duration::from_secs(120))
             .with_context(|| format!("cannot start VM '{name}'"))?;
     }
-    let request = request(&config, &args)?;
+    let environment = project_env::resolve(&paths.vm_dir(&name), &config, &project_env::HostTools);
+    if let Some(warning) = environment.warning().filter(|_| std::io::stderr().is_terminal()) {
+        eprintln!("warning: {warning}");
+    }
+    let project_variables = match environment {
+        project_env::Outcome::Ready(environment) => environment.variables,
+        _ => BTreeMap::new(),
+    };
+    let request = request(&config, &project_variables, &args)?;
     let stream = client::connect(&paths.vm_run_dir(&name).join("vsock.sock"), Duration::from_secs(5))
         .with_context(|| format!("cannot reach the agent of VM '{name}'"))?;
     let status = session::run(stream, request)?;
     Ok(status.shell_code())
 }
 
-fn request(config: &VmConfig, args: &ShellArgs) -> anyhow::Result<ExecRequest> {
+/// The session request: the caller's terminal variables, then the project environment's,
+/// the VM's `[env]` and `--env`, each over the ones before.
+fn request(
+    config: &VmConfig,
+    project_variables: &BTreeMap<String, String>,
+    args: &ShellArgs,
+) -> anyhow::Result<ExecRequest> {
     let user = crate::host::user::invoking_user();
     let tty = args.tty || (args.command.is_empty() && std::io::stdin().is_terminal());
     let (rows, cols) = session::terminal_size().unwrap_or((24, 80));
@@ -68,7 +84,7 @@ fn request(config: &VmConfig, args: &ShellArgs) -> anyhow::Result<ExecRequest> {
             env.push((key.to_string(), value));
         }
     }
-    env.extend(config.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(project_variables.iter().chain(&config.env).map(|(k, v)| (k.clone(), v.clone())));
     for text in &args.env {
         let var: EnvVar = text.parse()?;
         env.push((var.key, var.value));

@@ -10,6 +10,7 @@ use clap::Args;
 use crate::config::host::HostConfig;
 use crate::error::UserError;
 use crate::name::VmName;
+use crate::project_env;
 use crate::state::lock::{FileLock, RunLock};
 use crate::state::status::RuntimeStatus;
 use crate::state::store::{self, RunState};
@@ -73,6 +74,11 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
     let prepared = Launch::prepare(paths, &host, &config)?;
     if let Some(warning) = &prepared.accel_warning {
         eprintln!("{warning}");
+    }
+    // Made here, as the invoking user and before the supervisor, which only reads the cache.
+    let environment = project_env::resolve(&paths.vm_dir(name), &config, &project_env::HostTools);
+    if let Some(warning) = environment.warning() {
+        eprintln!("warning: {warning}");
     }
     let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
     if store::run_state(paths, name)? == RunState::Running {

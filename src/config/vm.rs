@@ -242,7 +242,7 @@ impl VmConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::net::addr::AddressPool;
 

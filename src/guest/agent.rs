@@ -111,7 +111,7 @@ fn build_command(request: &ExecRequest) -> Command {
     };
     command.env_clear();
     command
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("PATH", crate::guest::GUEST_PATH)
         .env("HOME", &home)
         .env("USER", &user)
         .env("LOGNAME", &user)

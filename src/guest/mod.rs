@@ -7,6 +7,9 @@ pub mod init;
 pub mod processes;
 pub mod reaper;
 
+/// The guest's `PATH` for sessions and processes (a project environment's comes first).
+pub const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Whether this process is the guest's init (PID 1).
 pub fn is_guest_init() -> bool {
     std::process::id() == 1

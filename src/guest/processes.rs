@@ -68,7 +68,7 @@ fn keep_running(process: &Process) {
             .args(["-c", &process.command])
             .current_dir(process.workdir.as_deref().unwrap_or("/"))
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PATH", crate::guest::GUEST_PATH)
             .env("HOME", "/root")
             .envs(&process.env)
             .stdin(Stdio::null())

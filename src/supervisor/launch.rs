@@ -90,7 +90,11 @@ impl Launch {
         }
         let run_dir = paths.vm_run_dir(&config.name);
         let vm_dir = paths.vm_dir(&config.name);
-        let (shares, overlays, guest) = plan_shares(config, &vm_dir, &run_dir);
+        let (shares, overlays, mut guest) = plan_shares(config, &vm_dir, &run_dir);
+        if let Some(environment) = crate::project_env::cached(&vm_dir, config) {
+            let workdir = config.project.as_ref().map_or("/".into(), |p| p.path.display().to_string());
+            environment.apply_to(&mut guest.processes, &config.env, &workdir);
+        }
         let network = GuestNetwork {
             address: config.network.address,
             prefix: config.network.subnet.prefix(),

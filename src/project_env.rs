@@ -422,6 +422,47 @@ mod tests {
     }
 
     #[test]
+    fn a_flake_dev_shell_comes_from_nix_print_dev_env() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("flake.nix"),
+            "{ outputs = _: { devShells.x86_64-linux.default = 1; }; }",
+        )
+        .unwrap();
+        let tools = FakeTools { installed: true, calls: RefCell::default() };
+        let Outcome::Ready(env) = resolve(&dir.path().join("vm"), &vm_with_project(dir.path()), &tools)
+        else {
+            panic!("not ready")
+        };
+        assert_eq!((env.kind, env.processes.len()), (Kind::Nix, 0));
+        assert_eq!(env.variables["GREETING"], "from devenv");
+        let calls = tools.calls.borrow();
+        assert_eq!(calls.len(), 1);
+        assert!(
+            calls[0].starts_with("nix --extra-experimental-features nix-command flakes print-dev-env --json")
+        );
+    }
+
+    #[test]
+    fn a_failing_tool_is_reported_with_its_message() {
+        struct Failing;
+        impl Tools for Failing {
+            fn output(&self, _: &str, _: &[&str], _: &Path) -> anyhow::Result<Option<String>> {
+                anyhow::bail!("error: attribute 'devShells' missing")
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("devenv.nix"), "{ }").unwrap();
+        let outcome = resolve(&dir.path().join("vm"), &vm_with_project(dir.path()), &Failing);
+        let warning = outcome.warning().unwrap();
+        assert!(
+            warning.contains("`devenv print-dev-env --json` failed") && warning.contains("devShells"),
+            "{warning}"
+        );
+        assert!(!dir.path().join("vm").join(CACHE_DIR).exists(), "a failure is not cached");
+    }
+
+    #[test]
     fn without_the_tool_it_says_so() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("devenv.nix"), "{ }").unwrap();

@@ -183,6 +183,14 @@ fn run(bench: &Bench) {
         })
         .collect();
     line("mvm shell web -- true (TCG guest)", &shells, "ms");
+    let ups: Vec<f64> = (0..20)
+        .map(|_| {
+            let start = Instant::now();
+            bench.ok(&["up", "web", "--export"]);
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    line("mvm up web, already running (a cd into the project)", &ups, "ms");
     match ssh_round_trips(bench) {
         Some(ssh) => {
             line("ssh root@guest true (the host's sshd, in the guest)", &ssh, "ms");

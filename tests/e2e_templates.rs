@@ -73,16 +73,17 @@ fn create_from_template(lab: &Lab, name: &str, template: &str, project: Option<&
     lab.mvm(&["start", name]).ok();
 }
 
-fn ready(test: &str, programs: &[&str]) -> bool {
-    programs.iter().all(|program| support::require_program(test, program))
+/// The lab for `test`, when the programs its template runs are installed on the host.
+fn lab_for(test: &str, programs: &[&str]) -> Option<(std::sync::MutexGuard<'static, ()>, Lab)> {
+    if !programs.iter().all(|program| support::require_program(test, program)) {
+        return None;
+    }
+    begin(test)
 }
 
 #[test]
 fn node_template_serves_npm_start() {
-    if !ready("node_template_serves_npm_start", &["node", "npm"]) {
-        return;
-    }
-    let Some((_serial, lab)) = begin("node_template_serves_npm_start") else { return };
+    let Some((_serial, lab)) = lab_for("node_template_serves_npm_start", &["node", "npm"]) else { return };
     let project = lab.sandbox.mkdir("shop");
     std::fs::write(project.join("package.json"), r#"{"name":"shop","scripts":{"start":"node server.js"}}"#)
         .unwrap();
@@ -101,14 +102,8 @@ fn node_template_serves_npm_start() {
 
 #[test]
 fn django_template_migrates_and_serves() {
-    if !ready("django_template_migrates_and_serves", &["curl"]) {
-        return;
-    }
-    let Some((_serial, lab)) = begin("django_template_migrates_and_serves") else { return };
-    if !Path::new("/usr/bin/django-admin").exists() {
-        support::skip("django_template_migrates_and_serves", "python3-django is not installed");
-        return;
-    }
+    let test = "django_template_migrates_and_serves";
+    let Some((_serial, lab)) = lab_for(test, &["curl", "/usr/bin/django-admin"]) else { return };
     let project = django_project(&lab, "blog");
     create_from_template(&lab, "blog", "django", Some(&project));
     let port = host_port(&lab, "blog", 8000);
@@ -123,10 +118,8 @@ fn django_template_migrates_and_serves() {
 
 #[test]
 fn postgres_template_serves_and_keeps_its_data() {
-    if !ready("postgres_template_serves_and_keeps_its_data", &["psql"]) {
-        return;
-    }
-    let Some((_serial, lab)) = begin("postgres_template_serves_and_keeps_its_data") else { return };
+    let test = "postgres_template_serves_and_keeps_its_data";
+    let Some((_serial, lab)) = lab_for(test, &["psql"]) else { return };
     create_from_template(&lab, "db", "postgres", None);
     let port = host_port(&lab, "db", 5432);
     assert_eq!(psql(&lab, "db", &port, "select 40 + 2"), "42");
@@ -142,14 +135,8 @@ fn postgres_template_serves_and_keeps_its_data() {
 
 #[test]
 fn django_postgres_template_runs_both_services() {
-    if !ready("django_postgres_template_runs_both_services", &["curl", "psql"]) {
-        return;
-    }
-    let Some((_serial, lab)) = begin("django_postgres_template_runs_both_services") else { return };
-    if !Path::new("/usr/bin/django-admin").exists() {
-        support::skip("django_postgres_template_runs_both_services", "python3-django is not installed");
-        return;
-    }
+    let test = "django_postgres_template_runs_both_services";
+    let Some((_serial, lab)) = lab_for(test, &["curl", "psql", "/usr/bin/django-admin"]) else { return };
     let project = django_project(&lab, "app");
     let settings = project.join("mysite/settings.py");
     let mut text = std::fs::read_to_string(&settings).unwrap();

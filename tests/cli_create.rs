@@ -264,3 +264,29 @@ fn unprivileged_users_get_needs_root_or_unreadable_errors() {
         .fails(USAGE, &["not readable"]);
     assert!(sandbox.vm_dirs().is_empty());
 }
+
+#[test]
+fn templates_are_listed_shown_and_checked() {
+    let sandbox = Sandbox::new();
+    let listed = sandbox.mvm(&["templates"]).ok().to_string();
+    for name in ["node", "django", "postgres", "django-postgres"] {
+        assert!(listed.lines().any(|line| line.starts_with(name)), "{listed}");
+    }
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(sandbox.mvm(&["templates", "--json"]).ok()).unwrap();
+    let postgres = json.iter().find(|t| t["name"] == "postgres").unwrap();
+    assert_eq!(postgres["ports"], serde_json::json!(["5432"]));
+    assert_eq!(postgres["volumes"], serde_json::json!(["pgdata:/var/lib/mvm/postgresql"]));
+    assert!(sandbox.mvm(&["templates", "node"]).ok().contains("exec npm start"));
+    sandbox.mvm(&["templates", "rails"]).fails(3, &["there is no template \"rails\"", "known templates: "]);
+    sandbox.mvm(&["create", "web", "--template", "rails"]).fails(3, &["there is no template"]);
+    assert!(sandbox.vm_dirs().is_empty());
+
+    let made = sandbox.mvm(&["create", "db", "--template", "postgres", "--memory", "2G"]).ok().to_string();
+    assert!(made.contains("2G memory") && made.contains("→ guest port 5432"), "{made}");
+    assert!(made.contains("runs process 'postgres'"), "{made}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(sandbox.mvm(&["inspect", "db", "--json"]).ok()).unwrap();
+    assert_eq!(inspect["config"]["env"]["PGUSER"], "postgres");
+    assert_eq!(inspect["config"]["volumes"][0]["name"], "pgdata");
+}

@@ -173,4 +173,10 @@ fn up_outside_a_project_says_what_is_wrong() {
         .fails(3, &["/nonexistent/dir cannot be used"]);
     sandbox.mvm(&["up", "Bad_Name", "--no-lease"]).fails(2, &["invalid VM name"]);
     sandbox.mvm(&["direnv", "Bad_Name"]).fails(2, &["invalid VM name"]);
+    if support::require_root("up_outside_a_project_says_what_is_wrong") {
+        let project = sandbox.mkdir("web");
+        let as_nobody = sandbox.mvm_as(65534, &["up", "--project", project.to_str().unwrap()]);
+        as_nobody.fails(6, &["needs root", "sudo mvm up"]);
+        assert!(sandbox.vm_dirs().is_empty(), "nothing was created");
+    }
 }

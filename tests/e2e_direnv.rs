@@ -146,8 +146,16 @@ fn direnv_starts_the_vm_once_and_it_stops_when_no_shell_is_left() {
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(state_of(&lab, "todo-app"), "running");
 
-    // A's shell ends too: after the idle time the VM powers itself off.
+    // An `mvm shell` session run from outside the project keeps the VM while it lasts.
+    let mut session =
+        lab.command(&["shell", "todo-app", "--", "sleep", "8"]).current_dir("/").spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    // A's shell ends too: once the session is over and the idle time has passed, the VM
+    // powers itself off.
     a.send("exit");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(state_of(&lab, "todo-app"), "running", "the session holds the VM");
+    assert!(session.wait().unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(90);
     while state_of(&lab, "todo-app") == "running" {
         assert!(Instant::now() < deadline, "the VM did not stop by itself");

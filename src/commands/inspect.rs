@@ -72,7 +72,7 @@ pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
     let running = summary.state == crate::view::VmState::Running;
     let auto_stop = lease::auto_stop(&run_dir).filter(|_| running).map(|idle| AutoStop {
         idle_seconds: idle.as_secs(),
-        shells: lease::holders(&run_dir).iter().map(|holder| holder.pid).collect(),
+        shells: lease::holders(&run_dir).iter().map(|(holder, _)| holder.pid).collect(),
     });
     let inspection =
         Inspection { summary, processes, auto_stop, config, state_dir: paths.vm_dir(&name), run_dir };

@@ -15,6 +15,7 @@ use crate::error::UserError;
 use crate::name::VmName;
 use crate::project_env;
 use crate::spec::EnvVar;
+use crate::state::lease::{self, ProcessId};
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
 
@@ -64,7 +65,16 @@ pub fn run(args: ShellArgs, paths: &Paths) -> anyhow::Result<i32> {
     let request = request(&config, &project_variables, &args)?;
     let stream = client::connect(&paths.vm_run_dir(&name).join("vsock.sock"), Duration::from_secs(5))
         .with_context(|| format!("cannot reach the agent of VM '{name}'"))?;
-    let status = session::run(stream, request)?;
+    // While the session lasts, a VM that stops when idle (`mvm up`) is in use.
+    let run_dir = paths.vm_run_dir(&name);
+    let session_lease = lease::auto_stop(&run_dir)
+        .and(ProcessId::of(std::process::id()))
+        .filter(|me| lease::take(&run_dir, *me, lease::Scope::Anywhere).is_ok());
+    let status = session::run(stream, request);
+    if let Some(me) = session_lease {
+        lease::release(&run_dir, me);
+    }
+    let status = status?;
     Ok(status.shell_code())
 }
 

@@ -138,7 +138,7 @@ pub fn up(paths: &Paths, name: &VmName, project: &Path, args: &UpArgs) -> anyhow
     }
     if !args.no_lease {
         if let Some(shell) = lease::calling_shell() {
-            lease::take(&run_dir, shell)?;
+            lease::take(&run_dir, shell, lease::Scope::Project)?;
         }
     }
     Ok(outcome)

@@ -2,7 +2,8 @@
 //! none of them is left in its project (direnv has no unload hook to tell us).
 //!
 //! A lease is `RUN_DIR/leases/PID` holding the process's start time (so a recycled PID is
-//! not mistaken for the shell). `mvm up` writes `RUN_DIR/auto-stop` with the idle time
+//! not mistaken for the shell) and, for an `mvm shell` session, the word `anywhere`: a
+//! session keeps the VM in use wherever its caller's directory is. `mvm up` writes `RUN_DIR/auto-stop` with the idle time
 //! when it starts the VM; the supervisor then asks [`IdleClock::tick`] every second.
 //! Both live in the runtime dir, so they vanish with the VM.
 
@@ -79,11 +80,29 @@ pub fn calling_shell() -> Option<ProcessId> {
     }
 }
 
+/// Where a lease holder must be to keep the VM in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// With its working directory inside the project (a shell that entered it).
+    Project,
+    /// Anywhere, for as long as it lives (an `mvm shell` session).
+    Anywhere,
+}
+
 /// Records a lease for `holder` in `run_dir`.
-pub fn take(run_dir: &Path, holder: ProcessId) -> anyhow::Result<()> {
+pub fn take(run_dir: &Path, holder: ProcessId, scope: Scope) -> anyhow::Result<()> {
     let dir = run_dir.join(LEASE_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_atomic(&dir.join(holder.pid.to_string()), holder.start_time.to_string().as_bytes())
+    let text = match scope {
+        Scope::Project => holder.start_time.to_string(),
+        Scope::Anywhere => format!("{} anywhere", holder.start_time),
+    };
+    write_atomic(&dir.join(holder.pid.to_string()), text.as_bytes())
+}
+
+/// Drops `holder`'s lease, if it has one.
+pub fn release(run_dir: &Path, holder: ProcessId) {
+    let _ = std::fs::remove_file(run_dir.join(LEASE_DIR).join(holder.pid.to_string()));
 }
 
 /// Turns auto-stop on: the VM stops once no lease holder has been in the project for `idle`.
@@ -97,18 +116,21 @@ pub fn auto_stop(run_dir: &Path) -> Option<Duration> {
     text.trim().parse().ok().map(Duration::from_secs)
 }
 
-/// The live lease holders; the leases of processes that ended are removed.
-pub fn holders(run_dir: &Path) -> Vec<ProcessId> {
+/// The live lease holders with their scopes; the leases of processes that ended are removed.
+pub fn holders(run_dir: &Path) -> Vec<(ProcessId, Scope)> {
     let dir = run_dir.join(LEASE_DIR);
     let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
     let mut alive = Vec::new();
     for entry in entries.filter_map(Result::ok) {
         let holder = entry.file_name().to_str().and_then(|pid| pid.parse().ok()).and_then(|pid| {
-            let start_time = std::fs::read_to_string(entry.path()).ok()?.trim().parse().ok()?;
-            Some(ProcessId { pid, start_time })
+            let text = std::fs::read_to_string(entry.path()).ok()?;
+            let mut words = text.split_whitespace();
+            let start_time = words.next()?.parse().ok()?;
+            let scope = if words.next() == Some("anywhere") { Scope::Anywhere } else { Scope::Project };
+            Some((ProcessId { pid, start_time }, scope))
         });
         match holder {
-            Some(holder) if holder.is_alive() => alive.push(holder),
+            Some((holder, scope)) if holder.is_alive() => alive.push((holder, scope)),
             _ => {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -117,12 +139,12 @@ pub fn holders(run_dir: &Path) -> Vec<ProcessId> {
     alive
 }
 
-/// Whether some lease holder is alive with its working directory inside `project` (or,
-/// for a VM without a project, alive at all).
+/// Whether some lease holder is alive where it counts: a session anywhere, a shell with
+/// its working directory inside `project` (or anywhere, for a VM without a project).
 pub fn in_use(run_dir: &Path, project: Option<&Path>) -> bool {
-    holders(run_dir).iter().any(|holder| match project {
-        Some(project) => holder.cwd().is_some_and(|cwd| cwd.starts_with(project)),
-        None => true,
+    holders(run_dir).iter().any(|(holder, scope)| match (scope, project) {
+        (Scope::Project, Some(project)) => holder.cwd().is_some_and(|cwd| cwd.starts_with(project)),
+        _ => true,
     })
 }
 
@@ -182,7 +204,8 @@ mod tests {
         );
 
         enable_auto_stop(run_dir, Duration::from_secs(10)).unwrap();
-        take(run_dir, ProcessId::of(std::process::id()).unwrap()).unwrap();
+        let me = ProcessId::of(std::process::id()).unwrap();
+        take(run_dir, me, Scope::Project).unwrap();
         std::fs::write(run_dir.join(LEASE_DIR).join("999999999"), "5").unwrap();
         assert_eq!(clock.tick(run_dir, Some(&inside), start), None);
         assert!(!run_dir.join(LEASE_DIR).join("999999999").exists(), "a dead holder's lease is dropped");
@@ -193,7 +216,13 @@ mod tests {
         // Back inside, the clock resets.
         assert_eq!(clock.tick(run_dir, Some(&inside), start + Duration::from_secs(9)), None);
         assert_eq!(clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(10)), None);
-        let reason = clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(20)).unwrap();
+        // A session keeps it in use wherever it is.
+        take(run_dir, me, Scope::Anywhere).unwrap();
+        assert_eq!(clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(30)), None);
+        release(run_dir, me);
+        assert!(holders(run_dir).is_empty());
+        assert_eq!(clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(30)), None);
+        let reason = clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(40)).unwrap();
         assert!(reason.contains("stopped after 10s with no shell in"), "{reason}");
     }
 }

@@ -14,9 +14,12 @@
 //! `devenv.lock`, `flake.nix`, `flake.lock`), so an unchanged project costs four small
 //! reads. `mvm shell` runs inside it; the guest init gives it to every process, and
 //! devenv's processes become the VM's processes (a `[[processes]]` entry of the same name
-//! in `vm.toml` wins). Without the tool on the host, mvm says so and the VM works without.
+//! in `vm.toml` wins). The tools are looked for on `PATH` and in the user's and the
+//! system's Nix profiles (`sudo` drops those from `PATH`). Without the tool on the host,
+//! mvm says so and the VM works without.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::vm::{Process, RestartPolicy, VmConfig};
 use crate::guest::GUEST_PATH;
+use crate::host::user::InvokingUser;
 use crate::state::atomic::write_atomic;
 
 /// The files whose contents decide a devenv project's environment.
@@ -147,17 +151,16 @@ pub trait Tools {
     fn output(&self, program: &str, args: &[&str], dir: &Path) -> anyhow::Result<Option<String>>;
 }
 
-/// The tools on this host's `PATH`, run as the invoking user.
+/// The tools on this host, run as the invoking user.
 pub struct HostTools;
 
 impl Tools for HostTools {
     fn output(&self, program: &str, args: &[&str], dir: &Path) -> anyhow::Result<Option<String>> {
-        let Ok(path) = which::which(program) else { return Ok(None) };
-        let user = crate::host::user::invoking_user();
+        let (user, home, search) = invoking_user_and_search_path();
+        let Ok(path) = which::which_in(program, Some(&search), dir) else { return Ok(None) };
         let mut command = Command::new(path);
-        command.args(args).current_dir(dir).stdin(std::process::Stdio::null());
+        command.args(args).current_dir(dir).env("PATH", &search).stdin(std::process::Stdio::null());
         if nix::unistd::getuid().is_root() && user.uid != 0 {
-            let home = nix::unistd::User::from_uid(user.uid.into()).ok().flatten().map(|u| u.dir);
             command.uid(user.uid).gid(user.gid);
             if let Some(home) = home {
                 command.env("HOME", home);
@@ -172,6 +175,36 @@ impl Tools for HostTools {
         }
         Ok(Some(String::from_utf8_lossy(&output.stdout).into_owned()))
     }
+}
+
+impl HostTools {
+    /// Whether the program that makes `kind`'s environment is on this host.
+    pub fn has(kind: Kind) -> bool {
+        let (_, _, search) = invoking_user_and_search_path();
+        which::which_in(kind.program(), Some(search), "/").is_ok()
+    }
+}
+
+/// The invoking user, their home directory, and where their tools are looked for.
+fn invoking_user_and_search_path() -> (InvokingUser, Option<PathBuf>, OsString) {
+    let user = crate::host::user::invoking_user();
+    let home = nix::unistd::User::from_uid(user.uid.into()).ok().flatten().map(|u| u.dir);
+    let search = tool_search_path(std::env::var_os("PATH"), home.as_deref(), &user.name);
+    (user, home, search)
+}
+
+/// Where devenv and nix are looked for: `PATH`, then the Nix profiles of the invoking user
+/// and of the system, which `sudo`'s `secure_path` leaves out.
+fn tool_search_path(path: Option<OsString>, home: Option<&Path>, user: &str) -> OsString {
+    let mut dirs: Vec<PathBuf> = path.map(|path| std::env::split_paths(&path).collect()).unwrap_or_default();
+    if let Some(home) = home {
+        dirs.push(home.join(".nix-profile/bin"));
+        dirs.push(home.join(".local/state/nix/profile/bin"));
+    }
+    dirs.push(PathBuf::from(format!("/etc/profiles/per-user/{user}/bin")));
+    dirs.push(PathBuf::from("/nix/var/nix/profiles/default/bin"));
+    dirs.push(PathBuf::from("/run/current-system/sw/bin"));
+    std::env::join_paths(dirs).unwrap_or_default()
 }
 
 /// The hash of the files that define the environment of `project`.
@@ -372,6 +405,22 @@ mod tests {
             assert!(!variables.contains_key(absent), "{absent}");
         }
         assert!(parse_print_dev_env("export PATH=/x").is_err());
+    }
+
+    #[test]
+    fn tools_are_also_looked_for_in_nix_profiles() {
+        let search = tool_search_path(Some("/usr/bin:/bin".into()), Some(Path::new("/home/ann")), "ann");
+        let dirs: Vec<PathBuf> = std::env::split_paths(&search).collect();
+        let expected = [
+            "/usr/bin",
+            "/bin",
+            "/home/ann/.nix-profile/bin",
+            "/home/ann/.local/state/nix/profile/bin",
+            "/etc/profiles/per-user/ann/bin",
+            "/nix/var/nix/profiles/default/bin",
+            "/run/current-system/sw/bin",
+        ];
+        assert_eq!(dirs, expected.map(PathBuf::from));
     }
 
     #[test]

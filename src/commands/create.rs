@@ -125,7 +125,7 @@ pub fn create(
         Some(reference) => Some(Catalog::beside(&paths.config_file).get(reference)?),
         None => None,
     };
-    let request = validate(args, template.as_ref(), host, limits)?;
+    let mut request = validate(args, template.as_ref(), host, limits)?;
     check_socket_paths_fit(paths, &request.name)?;
     create_state_dir(&paths.state_dir)?;
 
@@ -137,7 +137,6 @@ pub fn create(
     }
     remove_stale_staging_dirs(paths)?;
     let existing = store::list(paths)?;
-    let mut request = request;
     choose_host_ports(&mut request.ports, &existing)?;
     check_host_ports_free(&request.ports, &existing)?;
     let used: BTreeSet<u32> =

@@ -55,7 +55,7 @@ fn environment_of(inspection: &Inspection) -> String {
             environment.variables.len(),
             environment.processes.len()
         ),
-        None if which::which(kind.program()).is_err() => {
+        None if !project_env::HostTools::has(kind) => {
             format!("{source}: {} is not installed", kind.program())
         }
         None => format!("{source}: made at the next start or shell"),
@@ -67,9 +67,9 @@ pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
     let config = store::load(paths, &name)?;
     let summary = summary_of(paths, &name)?;
-    let processes = processes_of(paths, &config, summary.state == crate::view::VmState::Running);
-    let run_dir = paths.vm_run_dir(&name);
     let running = summary.state == crate::view::VmState::Running;
+    let processes = processes_of(paths, &config, running);
+    let run_dir = paths.vm_run_dir(&name);
     let auto_stop = lease::auto_stop(&run_dir).filter(|_| running).map(|idle| AutoStop {
         idle_seconds: idle.as_secs(),
         shells: lease::holders(&run_dir).iter().map(|(holder, _)| holder.pid).collect(),

@@ -55,6 +55,7 @@ pub fn run(args: UpArgs, paths: &Paths) -> anyhow::Result<i32> {
     };
     let project = std::fs::canonicalize(&project).map_err(|error| {
         UserError::not_found(format!("project directory {} cannot be used: {error}", project.display()))
+            .hint("run mvm up inside the project, or give its directory with --project DIR")
     })?;
     let name = match &args.name {
         Some(name) => name.parse()?,

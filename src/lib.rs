@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod failpoint;
+pub mod fs;
 pub mod generate;
 pub mod guest;
 pub mod host;

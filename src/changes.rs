@@ -6,11 +6,15 @@
 //! metadata-only change) is not a change. Only the upper layer is walked, so a large
 //! project with few changes is read fast.
 
+use std::fs::Metadata;
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Serialize;
+
+use crate::fs::{Kind, Tree};
 
 /// How a path differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -39,177 +43,231 @@ pub struct Change {
     pub kind: ChangeKind,
 }
 
-fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+/// The most of one file `diff --patch` reads on either side.
+pub const PATCH_CAP: u64 = 1 << 20;
+
+fn is_whiteout(meta: &Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
-fn is_opaque(dir: &Path) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"].iter().any(|name| xattr_is_y(dir, name))
+/// A VM's overlay: the upper layer the guest wrote (hostile) over the project (which
+/// a guest with `--mount rw` once may have written too). Both are read and written only
+/// beneath their roots, never through a symlink ([`crate::fs`]).
+pub struct Layers {
+    upper: Tree,
+    lower: Tree,
+    /// Who owns the project: what `apply` gives the files it writes.
+    owner: (u32, u32),
 }
 
-fn xattr_is_y(path: &Path, name: &str) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let (Ok(path), Ok(name)) =
-        (std::ffi::CString::new(path.as_os_str().as_bytes()), std::ffi::CString::new(name))
-    else {
-        return false;
-    };
-    let mut value = [0u8; 2];
-    // SAFETY: both strings are NUL-terminated and live across the call; the buffer's
-    // length is passed with it.
-    let size =
-        unsafe { nix::libc::lgetxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-    size == 1 && value[0] == b'y'
+/// What `apply` did with one change beyond copying it, for the user to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyNote {
+    /// A FIFO, socket or device node: never brought to the project.
+    SkippedSpecial(PathBuf),
+    /// Setuid/setgid bits the guest set, dropped.
+    DroppedPrivilegeBits(PathBuf),
 }
 
-/// The changes of `upper` against `lower`, sorted by path.
-pub fn changes(upper: &Path, lower: &Path) -> anyhow::Result<Vec<Change>> {
-    let mut found = Vec::new();
-    if upper.is_dir() {
-        walk(upper, lower, Path::new(""), &mut found)?;
-    }
-    found.sort();
-    Ok(found)
-}
-
-fn walk(upper: &Path, lower: &Path, relative: &Path, found: &mut Vec<Change>) -> anyhow::Result<()> {
-    let dir = upper.join(relative);
-    if is_opaque(&dir) {
-        for entry in read_sorted(&lower.join(relative)) {
-            let inner = relative.join(entry.file_name());
-            if !upper.join(&inner).exists() {
-                found.push(Change { path: inner, kind: ChangeKind::Deleted });
+impl std::fmt::Display for ApplyNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyNote::SkippedSpecial(path) => {
+                write!(f, "skipped {}: a FIFO, socket or device node", path.display())
+            }
+            ApplyNote::DroppedPrivilegeBits(path) => {
+                write!(f, "dropped the setuid/setgid bits of {}", path.display())
             }
         }
     }
-    for entry in read_sorted(&dir) {
-        let inner = relative.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(upper.join(&inner))?;
-        let below = std::fs::symlink_metadata(lower.join(&inner)).ok();
-        if is_whiteout(&meta) {
-            if below.is_some() {
-                found.push(Change { path: inner, kind: ChangeKind::Deleted });
-            }
-        } else if meta.is_dir() {
-            if below.as_ref().is_some_and(|b| !b.is_dir()) {
-                found.push(Change { path: inner.clone(), kind: ChangeKind::Changed });
-            } else if below.is_none() {
-                found.push(Change { path: inner.clone(), kind: ChangeKind::Added });
-            }
-            walk(upper, lower, &inner, found)?;
-        } else {
-            match below {
-                None => found.push(Change { path: inner, kind: ChangeKind::Added }),
-                Some(_) if !same_content(&upper.join(&inner), &lower.join(&inner))? => {
-                    found.push(Change { path: inner, kind: ChangeKind::Changed })
+}
+
+impl Layers {
+    /// The layers at `upper` and `lower`; `None` when the VM has no upper layer yet.
+    pub fn open(upper: &Path, lower: &Path) -> anyhow::Result<Option<Layers>> {
+        let upper = match Tree::open(upper) {
+            Ok(tree) => tree,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let lower = Tree::open(lower)?;
+        let root = lower.metadata(Path::new(""))?.context("the project vanished")?;
+        Ok(Some(Layers { upper, lower, owner: (root.uid(), root.gid()) }))
+    }
+
+    /// The changes of the upper layer against the project, sorted by path.
+    pub fn changes(&self) -> anyhow::Result<Vec<Change>> {
+        let mut found = Vec::new();
+        self.walk(Path::new(""), &mut found)?;
+        found.sort();
+        Ok(found)
+    }
+
+    fn walk(&self, relative: &Path, found: &mut Vec<Change>) -> anyhow::Result<()> {
+        let opaque = ["trusted.overlay.opaque", "user.overlay.opaque"]
+            .iter()
+            .any(|name| self.upper.dir_xattr(relative, name).ok().flatten().as_deref() == Some(b"y"));
+        if opaque {
+            for entry in self.lower.entries(relative).unwrap_or_default() {
+                let inner = relative.join(&entry.name);
+                if self.upper.metadata(&inner)?.is_none() {
+                    found.push(Change { path: inner, kind: ChangeKind::Deleted });
                 }
-                Some(_) => {}
             }
         }
-    }
-    Ok(())
-}
-
-fn read_sorted(dir: &Path) -> Vec<std::fs::DirEntry> {
-    let mut entries: Vec<_> =
-        std::fs::read_dir(dir).map(|e| e.filter_map(Result::ok).collect()).unwrap_or_default();
-    entries.sort_by_key(|entry| entry.file_name());
-    entries
-}
-
-fn same_content(a: &Path, b: &Path) -> anyhow::Result<bool> {
-    let (meta_a, meta_b) = (std::fs::symlink_metadata(a)?, std::fs::symlink_metadata(b)?);
-    if meta_a.file_type().is_symlink() || meta_b.file_type().is_symlink() {
-        return Ok(std::fs::read_link(a).ok() == std::fs::read_link(b).ok());
-    }
-    if meta_a.len() != meta_b.len() || meta_a.permissions().mode() != meta_b.permissions().mode() {
-        return Ok(false);
-    }
-    Ok(std::fs::read(a)? == std::fs::read(b)?)
-}
-
-/// A unified diff of `change` for text files (`None` for binary or directories).
-pub fn patch(change: &Change, upper: &Path, lower: &Path) -> Option<String> {
-    let read = |root: &Path| -> Option<String> {
-        match change.kind {
-            ChangeKind::Added if root == lower => Some(String::new()),
-            ChangeKind::Deleted if root == upper => Some(String::new()),
-            _ => {
-                let path = root.join(&change.path);
-                if path.is_dir() {
-                    return None;
+        for entry in self.upper.entries(relative)? {
+            let inner = relative.join(&entry.name);
+            let below = self.lower.metadata(&inner)?;
+            let meta = &entry.meta;
+            if is_whiteout(meta) {
+                if below.is_some() {
+                    found.push(Change { path: inner, kind: ChangeKind::Deleted });
                 }
-                String::from_utf8(std::fs::read(path).ok()?).ok()
-            }
-        }
-    };
-    let (old, new) = (read(lower)?, read(upper)?);
-    let name = change.path.display().to_string();
-    Some(
-        similar::TextDiff::from_lines(&old, &new)
-            .unified_diff()
-            .header(&format!("a/{name}"), &format!("b/{name}"))
-            .to_string(),
-    )
-}
-
-/// A path whose project copy changed after the VM made its own (a conflict for `apply`).
-pub fn conflicts_with_host(change: &Change, upper: &Path, lower: &Path) -> bool {
-    let (Ok(ours), Ok(theirs)) = (
-        std::fs::symlink_metadata(upper.join(&change.path)),
-        std::fs::symlink_metadata(lower.join(&change.path)),
-    ) else {
-        return false;
-    };
-    // The upper copy's birth is when the guest first wrote the path.
-    let copied_at = ours.created().or_else(|_| ours.modified()).ok();
-    let host_changed = theirs.modified().ok();
-    matches!((copied_at, host_changed), (Some(copied), Some(changed)) if changed > copied)
-}
-
-/// Brings `change` from the upper layer into the project.
-pub fn apply(change: &Change, upper: &Path, lower: &Path) -> anyhow::Result<()> {
-    let (source, target) = (upper.join(&change.path), lower.join(&change.path));
-    match change.kind {
-        ChangeKind::Deleted => {
-            let meta = std::fs::symlink_metadata(&target);
-            if meta.as_ref().is_ok_and(|m| m.is_dir()) {
-                std::fs::remove_dir_all(&target)
+            } else if meta.is_dir() {
+                match &below {
+                    Some(below) if !below.is_dir() => {
+                        found.push(Change { path: inner.clone(), kind: ChangeKind::Changed })
+                    }
+                    None => found.push(Change { path: inner.clone(), kind: ChangeKind::Added }),
+                    Some(_) => {}
+                }
+                self.walk(&inner, found)?;
             } else {
-                std::fs::remove_file(&target)
-            }
-            .with_context(|| format!("cannot delete {}", target.display()))
-        }
-        ChangeKind::Added | ChangeKind::Changed => {
-            let meta = std::fs::symlink_metadata(&source)?;
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            if let Ok(existing) = std::fs::symlink_metadata(&target) {
-                if existing.is_dir() && !meta.is_dir() {
-                    std::fs::remove_dir_all(&target)?;
-                } else if !existing.is_dir() && (meta.is_dir() || meta.file_type().is_symlink()) {
-                    std::fs::remove_file(&target)?;
+                match below {
+                    None => found.push(Change { path: inner, kind: ChangeKind::Added }),
+                    Some(below) if !self.same_content(&inner, meta, &below)? => {
+                        found.push(Change { path: inner, kind: ChangeKind::Changed })
+                    }
+                    Some(_) => {}
                 }
             }
-            if meta.is_dir() {
-                std::fs::create_dir_all(&target)?;
-            } else if meta.file_type().is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(&source)?, &target)?;
-            } else {
-                // Write through a temp file so a reader never sees half a file.
-                let temp = target.with_file_name(format!(
-                    ".{}.mvm-apply",
-                    target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-                ));
-                std::fs::copy(&source, &temp)?;
-                std::fs::rename(&temp, &target)?;
+        }
+        Ok(())
+    }
+
+    fn same_content(&self, relative: &Path, ours: &Metadata, theirs: &Metadata) -> anyhow::Result<bool> {
+        match (Kind::of(ours), Kind::of(theirs)) {
+            (Kind::Symlink, Kind::Symlink) => {
+                Ok(self.upper.read_link(relative)? == self.lower.read_link(relative)?)
             }
-            let _ = std::os::unix::fs::lchown(&target, Some(meta.uid()), Some(meta.gid()));
-            Ok(())
+            (Kind::File, Kind::File)
+                if ours.len() == theirs.len() && ours.permissions().mode() == theirs.permissions().mode() =>
+            {
+                let (mut a, mut b) = (self.upper.open_file(relative)?, self.lower.open_file(relative)?);
+                same_bytes(&mut a, &mut b)
+            }
+            _ => Ok(false),
         }
     }
-    .with_context(|| format!("cannot apply {}", change.path.display()))
+
+    /// One side of a patch: text, a symlink's target, or `None` (binary, large, other).
+    fn side(&self, tree: &Tree, relative: &Path) -> Option<String> {
+        let Some(meta) = tree.metadata(relative).ok()? else { return Some(String::new()) };
+        match Kind::of(&meta) {
+            Kind::Symlink => Some(format!("symlink -> {}\n", tree.read_link(relative).ok()?.display())),
+            Kind::File if meta.len() <= PATCH_CAP => {
+                String::from_utf8(tree.read(relative, PATCH_CAP).ok()?).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// A unified diff of `change` for text files and symlinks (a symlink shows as its
+    /// target text, never as the file it points at); `None` for anything else.
+    pub fn patch(&self, change: &Change) -> Option<String> {
+        let old = match change.kind {
+            ChangeKind::Added => String::new(),
+            _ => self.side(&self.lower, &change.path)?,
+        };
+        let new = match change.kind {
+            ChangeKind::Deleted => String::new(),
+            _ => self.side(&self.upper, &change.path)?,
+        };
+        let name = change.path.display().to_string();
+        Some(
+            similar::TextDiff::from_lines(&old, &new)
+                .unified_diff()
+                .header(&format!("a/{name}"), &format!("b/{name}"))
+                .to_string(),
+        )
+    }
+
+    /// Whether the project's copy of `change` changed after the VM made its own.
+    pub fn conflicts_with_host(&self, change: &Change) -> bool {
+        let (Ok(Some(ours)), Ok(Some(theirs))) =
+            (self.upper.metadata(&change.path), self.lower.metadata(&change.path))
+        else {
+            return false;
+        };
+        // The upper copy's birth is when the guest first wrote the path.
+        let copied_at = ours.created().or_else(|_| ours.modified()).ok();
+        let host_changed = theirs.modified().ok();
+        matches!((copied_at, host_changed), (Some(copied), Some(changed)) if changed > copied)
+    }
+
+    /// Brings `change` into the project: symlinks as symlinks, files with the project
+    /// owner's ids and without setuid/setgid bits; FIFOs, sockets and devices are
+    /// skipped. Nothing is written through a symlink of the project.
+    pub fn apply(&self, change: &Change) -> anyhow::Result<Option<ApplyNote>> {
+        self.apply_one(change).with_context(|| format!("cannot apply {}", change.path.display()))
+    }
+
+    fn apply_one(&self, change: &Change) -> anyhow::Result<Option<ApplyNote>> {
+        let path = &change.path;
+        if change.kind == ChangeKind::Deleted {
+            self.lower.remove(path)?;
+            return Ok(None);
+        }
+        let meta = self.upper.metadata(path)?.with_context(|| format!("{} vanished", path.display()))?;
+        let kind = Kind::of(&meta);
+        if kind == Kind::Special {
+            return Ok(Some(ApplyNote::SkippedSpecial(path.clone())));
+        }
+        let owner = Some(self.owner);
+        if let Some(parent) = path.parent() {
+            self.lower.create_dir_all(parent, 0o755, owner)?;
+        }
+        if let Some(existing) = self.lower.metadata(path)? {
+            let existing = Kind::of(&existing);
+            if (existing == Kind::Dir) != (kind == Kind::Dir) || kind == Kind::Symlink {
+                self.lower.remove(path)?;
+            }
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        let safe_mode = mode & !0o6000;
+        match kind {
+            Kind::Dir => self.lower.create_dir_all(path, safe_mode, owner)?,
+            Kind::Symlink => self.lower.symlink(path, &self.upper.read_link(path)?, owner)?,
+            _ => self.lower.write_file(path, &mut self.upper.open_file(path)?, safe_mode, owner)?,
+        }
+        Ok((mode != safe_mode).then(|| ApplyNote::DroppedPrivilegeBits(path.clone())))
+    }
+
+    /// Drops `change` from the upper layer (the VM must be stopped).
+    pub fn discard(&self, change: &Change) -> anyhow::Result<()> {
+        self.upper.remove(&change.path).with_context(|| format!("cannot discard {}", change.path.display()))
+    }
+}
+
+fn same_bytes(a: &mut impl Read, b: &mut impl Read) -> anyhow::Result<bool> {
+    let (mut left, mut right) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = a.read(&mut left)?;
+        if n == 0 {
+            return Ok(b.read(&mut right[..1])? == 0);
+        }
+        let mut filled = 0;
+        while filled < n {
+            let m = b.read(&mut right[filled..n])?;
+            if m == 0 {
+                return Ok(false);
+            }
+            filled += m;
+        }
+        if left[..n] != right[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 /// Whether `path` is selected by `filters` (no filters select everything; a filter selects
@@ -220,6 +278,8 @@ pub fn selected(path: &Path, filters: &[PathBuf]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::symlink;
+
     use super::*;
 
     fn layers() -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -230,7 +290,13 @@ mod tests {
         std::fs::write(lower.join("src/main.rs"), "fn main() {}\n").unwrap();
         std::fs::write(lower.join("same.txt"), "same\n").unwrap();
         std::fs::create_dir_all(upper.join("src")).unwrap();
+        std::fs::create_dir_all(dir.path().join("host")).unwrap();
+        std::fs::write(dir.path().join("host/secret"), "HOST SECRET\n").unwrap();
         (dir, upper, lower)
+    }
+
+    fn open(upper: &Path, lower: &Path) -> Layers {
+        Layers::open(upper, lower).unwrap().unwrap()
     }
 
     #[test]
@@ -239,7 +305,8 @@ mod tests {
         std::fs::write(upper.join("README"), "two\n").unwrap();
         std::fs::write(upper.join("same.txt"), "same\n").unwrap();
         std::fs::write(upper.join("src/new.rs"), "// new\n").unwrap();
-        let found = changes(&upper, &lower).unwrap();
+        let layers = open(&upper, &lower);
+        let found = layers.changes().unwrap();
         assert_eq!(
             found,
             [
@@ -247,7 +314,7 @@ mod tests {
                 Change { path: "src/new.rs".into(), kind: ChangeKind::Added },
             ]
         );
-        let patch = patch(&found[0], &upper, &lower).unwrap();
+        let patch = layers.patch(&found[0]).unwrap();
         assert!(
             patch.contains("--- a/README") && patch.contains("-one") && patch.contains("+two"),
             "{patch}"
@@ -260,20 +327,108 @@ mod tests {
         std::fs::write(upper.join("README"), "two\n").unwrap();
         std::fs::create_dir_all(upper.join("docs")).unwrap();
         std::fs::write(upper.join("docs/guide.md"), "guide\n").unwrap();
-        let found = changes(&upper, &lower).unwrap();
+        let layers = open(&upper, &lower);
+        let found = layers.changes().unwrap();
         let docs: Vec<&Change> = found.iter().filter(|c| selected(&c.path, &["docs".into()])).collect();
         assert_eq!(docs.len(), 2, "{found:?}");
         for change in &found {
-            apply(change, &upper, &lower).unwrap();
+            assert_eq!(layers.apply(change).unwrap(), None);
         }
         assert_eq!(std::fs::read_to_string(lower.join("README")).unwrap(), "two\n");
         assert_eq!(std::fs::read_to_string(lower.join("docs/guide.md")).unwrap(), "guide\n");
-        assert!(changes(&upper, &lower).unwrap().is_empty());
+        assert!(layers.changes().unwrap().is_empty());
     }
 
     #[test]
-    fn nothing_upper_means_no_changes() {
+    fn nothing_upper_means_no_layers() {
         let (dir, _upper, lower) = layers();
-        assert!(changes(&dir.path().join("none"), &lower).unwrap().is_empty());
+        assert!(Layers::open(&dir.path().join("none"), &lower).unwrap().is_none());
+    }
+
+    /// A guest-made symlink to a host file: the patch shows the link, not the file.
+    #[test]
+    fn patch_shows_a_symlink_as_its_target_text() {
+        let (dir, upper, lower) = layers();
+        let secret = dir.path().join("host/secret");
+        symlink(&secret, upper.join("README")).unwrap();
+        symlink(&secret, upper.join("leak")).unwrap();
+        let layers = open(&upper, &lower);
+        let found = layers.changes().unwrap();
+        assert_eq!(found.len(), 2, "{found:?}");
+        for change in &found {
+            let patch = layers.patch(change).unwrap();
+            assert!(!patch.contains("HOST SECRET"), "{patch}");
+            assert!(patch.contains(&format!("+symlink -> {}", secret.display())), "{patch}");
+        }
+    }
+
+    /// Apply copies a symlink as a symlink, never the file it points at.
+    #[test]
+    fn apply_copies_symlinks_as_symlinks() {
+        let (dir, upper, lower) = layers();
+        let secret = dir.path().join("host/secret");
+        symlink(&secret, upper.join("leak")).unwrap();
+        let layers = open(&upper, &lower);
+        for change in layers.changes().unwrap() {
+            layers.apply(&change).unwrap();
+        }
+        assert_eq!(std::fs::read_link(lower.join("leak")).unwrap(), secret);
+    }
+
+    /// The project has a symlink to a host directory; the guest made a real directory of
+    /// that name in its layer. Applying a file beneath it must not write into the host.
+    #[test]
+    fn apply_never_writes_through_a_symlinked_project_directory() {
+        let (dir, upper, lower) = layers();
+        let host = dir.path().join("host");
+        symlink(&host, lower.join("config")).unwrap();
+        std::fs::create_dir(upper.join("config")).unwrap();
+        std::fs::write(upper.join("config/secret"), "pwned\n").unwrap();
+        let layers = open(&upper, &lower);
+        let evil = Change { path: "config/secret".into(), kind: ChangeKind::Added };
+        assert!(layers.changes().unwrap().contains(&evil));
+        let error = layers.apply(&evil).unwrap_err();
+        assert!(format!("{error:#}").contains("config"), "{error:#}");
+        assert_eq!(std::fs::read_to_string(host.join("secret")).unwrap(), "HOST SECRET\n");
+        let deleted = Change { path: "config/secret".into(), kind: ChangeKind::Deleted };
+        let _ = layers.apply(&deleted);
+        assert!(host.join("secret").exists(), "deleted through the symlink");
+        // Applying the whole change replaces the symlink with the guest's directory.
+        for change in layers.changes().unwrap() {
+            layers.apply(&change).unwrap();
+        }
+        assert!(std::fs::symlink_metadata(lower.join("config")).unwrap().is_dir());
+        assert_eq!(std::fs::read_to_string(host.join("secret")).unwrap(), "HOST SECRET\n");
+    }
+
+    /// Setuid/setgid bits are dropped, special files skipped, and what is written gets
+    /// the project owner's ids, whoever owned the guest's copy.
+    #[test]
+    fn apply_gives_no_privilege() {
+        let (_dir, upper, lower) = layers();
+        std::fs::write(upper.join("tool"), "#!/bin/sh\n").unwrap();
+        nix::unistd::mkfifo(&upper.join("pipe"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let owner = if nix::unistd::Uid::effective().is_root() {
+            std::os::unix::fs::chown(&lower, Some(4321), Some(4322)).unwrap();
+            std::os::unix::fs::chown(upper.join("tool"), Some(0), Some(0)).unwrap();
+            (4321, 4322)
+        } else {
+            let meta = std::fs::metadata(&lower).unwrap();
+            (meta.uid(), meta.gid())
+        };
+        std::fs::set_permissions(upper.join("tool"), std::fs::Permissions::from_mode(0o6755)).unwrap();
+        let layers = open(&upper, &lower);
+        let mut notes = Vec::new();
+        for change in layers.changes().unwrap() {
+            notes.extend(layers.apply(&change).unwrap());
+        }
+        assert_eq!(
+            notes,
+            [ApplyNote::SkippedSpecial("pipe".into()), ApplyNote::DroppedPrivilegeBits("tool".into())]
+        );
+        let meta = std::fs::metadata(lower.join("tool")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+        assert_eq!((meta.uid(), meta.gid()), owner);
+        assert!(std::fs::symlink_metadata(lower.join("pipe")).is_err());
     }
 }

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use crate::config::vm::{Process, RestartPolicy, VmConfig};
 use crate::guest::GUEST_PATH;
 use crate::host::user::InvokingUser;
-use crate::state::atomic::write_atomic;
+use crate::state::atomic::write_private;
 
 /// The files whose contents decide a devenv project's environment.
 const DEVENV_FILES: [&str; 5] = ["devenv.nix", "devenv.yaml", "devenv.lock", "flake.nix", "flake.lock"];
@@ -253,7 +253,7 @@ pub fn resolve(vm_dir: &Path, config: &VmConfig, tools: &dyn Tools) -> Outcome {
     let _ = std::fs::remove_dir_all(&dir);
     let stored = std::fs::create_dir_all(&dir)
         .map_err(anyhow::Error::from)
-        .and_then(|()| write_atomic(&cache_file(vm_dir, &key), &serde_json::to_vec(&env)?));
+        .and_then(|()| write_private(&cache_file(vm_dir, &key), &serde_json::to_vec(&env)?));
     if let Err(error) = stored {
         return Outcome::Failed(kind, format!("cannot cache it in {}: {error:#}", dir.display()));
     }

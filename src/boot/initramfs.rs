@@ -200,6 +200,8 @@ fn remove_other_images(cache_dir: &Path, keep: &Path) {
 pub fn write_boot_image(base: &Path, extra: &[(&str, &[u8])], out: &Path) -> anyhow::Result<()> {
     std::fs::copy(base, out)
         .with_context(|| format!("cannot copy {} to {}", base.display(), out.display()))?;
+    // It carries the VM's environment (`[env]`): root's alone.
+    std::fs::set_permissions(out, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let file = std::fs::OpenOptions::new().append(true).open(out)?;
     let mut cpio = CpioWriter::new(BufWriter::new(file));
     for (name, data) in extra {

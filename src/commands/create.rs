@@ -398,6 +398,8 @@ fn remove_stale_staging_dirs(paths: &Paths) -> anyhow::Result<()> {
 fn write_vm_dir(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     let staging = paths.state_dir.join(format!("{STAGING_PREFIX}{}-{}", config.name, std::process::id()));
     std::fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    // Private: vm.toml holds [env], and the guest's trees are nobody else's business.
+    std::fs::set_permissions(&staging, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     for dir in ["log", "volumes"] {
         std::fs::create_dir(staging.join(dir))
             .with_context(|| format!("cannot create {}", staging.join(dir).display()))?;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::changes::{self, Change};
+use crate::changes::{self, Change, Layers};
 use crate::config::vm::{MountMode, VmConfig};
 use crate::error::UserError;
 use crate::name::VmName;
@@ -82,32 +82,44 @@ fn filters(config: &VmConfig, given: &[PathBuf]) -> Vec<PathBuf> {
         .collect()
 }
 
-fn selected_changes(
-    paths: &Paths,
-    name: &VmName,
-    given: &[PathBuf],
-) -> anyhow::Result<(PathBuf, PathBuf, Vec<Change>)> {
+/// The changes `given` selects; layers are `None` (and there are no changes) when the
+/// VM never had an upper layer.
+struct Selection {
+    layers: Option<Layers>,
+    project: PathBuf,
+    found: Vec<Change>,
+}
+
+fn selected_changes(paths: &Paths, name: &VmName, given: &[PathBuf]) -> anyhow::Result<Selection> {
     let config = store::load(paths, name)?;
-    let (upper, lower) = layers(paths, &config)?;
+    let (upper, project) = layers(paths, &config)?;
     let filters = filters(&config, given);
-    let found = changes::changes(&upper, &lower)?
-        .into_iter()
-        .filter(|change| changes::selected(&change.path, &filters))
-        .collect();
-    Ok((upper, lower, found))
+    let layers = Layers::open(&upper, &project)?;
+    let found = match &layers {
+        Some(layers) => {
+            layers.changes()?.into_iter().filter(|change| changes::selected(&change.path, &filters)).collect()
+        }
+        None => Vec::new(),
+    };
+    Ok(Selection { layers, project, found })
 }
 
 /// Runs `mvm diff`.
 pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
-    let (upper, lower, found) = selected_changes(paths, &name, &args.paths)?;
+    let Selection { layers, found, .. } = selected_changes(paths, &name, &args.paths)?;
     if args.json {
         print_json(&found)?;
     } else if args.patch {
         for change in &found {
-            match changes::patch(change, &upper, &lower) {
+            match layers.as_ref().and_then(|layers| layers.patch(change)) {
                 Some(patch) => print!("{patch}"),
-                None => println!("Binary or directory {} {:?}", change.path.display(), change.kind),
+                None => println!(
+                    "{} {}: a directory, binary, special or larger than {} MiB file",
+                    change.kind.mark(),
+                    change.path.display(),
+                    changes::PATCH_CAP >> 20
+                ),
             }
         }
     } else {
@@ -121,10 +133,10 @@ pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
 /// Runs `mvm apply`.
 pub fn run_apply(args: ApplyArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
-    let (upper, lower, found) = selected_changes(paths, &name, &args.paths)?;
+    let Selection { layers, project, found } = selected_changes(paths, &name, &args.paths)?;
     let conflicts: Vec<String> = found
         .iter()
-        .filter(|change| changes::conflicts_with_host(change, &upper, &lower))
+        .filter(|change| layers.as_ref().is_some_and(|layers| layers.conflicts_with_host(change)))
         .map(|change| change.path.display().to_string())
         .collect();
     if !conflicts.is_empty() && !args.force {
@@ -135,14 +147,18 @@ pub fn run_apply(args: ApplyArgs, paths: &Paths) -> anyhow::Result<i32> {
         .hint(format!("compare with `mvm diff --patch {name}`, then apply with --force or pick other paths"))
         .into());
     }
-    for change in &found {
-        changes::apply(change, &upper, &lower)?;
+    if let Some(layers) = &layers {
+        for change in &found {
+            if let Some(note) = layers.apply(change)? {
+                eprintln!("note: {note}");
+            }
+        }
     }
     println!(
         "applied {} change{} to {}",
         found.len(),
         if found.len() == 1 { "" } else { "s" },
-        lower.display()
+        project.display()
     );
     Ok(0)
 }
@@ -157,15 +173,11 @@ pub fn run_discard(args: DiscardArgs, paths: &Paths) -> anyhow::Result<i32> {
             ))
             .into());
     }
-    let (upper, _, found) = selected_changes(paths, &name, &args.paths)?;
-    for change in &found {
-        let path = upper.join(&change.path);
-        let removed = match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
-            Ok(_) => std::fs::remove_file(&path),
-            Err(_) => Ok(()),
-        };
-        removed.map_err(|error| anyhow::anyhow!("cannot discard {}: {error}", change.path.display()))?;
+    let Selection { layers, found, .. } = selected_changes(paths, &name, &args.paths)?;
+    if let Some(layers) = &layers {
+        for change in &found {
+            layers.discard(change)?;
+        }
     }
     println!("discarded {} change{}", found.len(), if found.len() == 1 { "" } else { "s" });
     Ok(0)

@@ -16,7 +16,7 @@ use crate::error::UserError;
 use crate::name::VmName;
 use crate::net::addr::VmNetwork;
 use crate::spec::{MemorySize, PortForward, Volume};
-use crate::state::atomic::write_atomic;
+use crate::state::atomic::write_private;
 
 /// The file name of a VM's config inside its state directory.
 pub const VM_CONFIG_FILE: &str = "vm.toml";
@@ -235,9 +235,9 @@ impl VmConfig {
         toml::to_string(self).expect("a VmConfig always serializes")
     }
 
-    /// Writes the config to `path` atomically.
+    /// Writes the config to `path` atomically, readable by root only (`[env]` may hold tokens).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        write_atomic(path, self.to_toml().as_bytes())
+        write_private(path, self.to_toml().as_bytes())
     }
 }
 

@@ -82,10 +82,7 @@ fn checked(relative: &Path) -> io::Result<&Path> {
     if relative.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
         Ok(relative)
     } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} leaves the tree", relative.display()),
-        ))
+        Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} leaves the tree", relative.display())))
     }
 }
 
@@ -101,7 +98,9 @@ fn open_beneath(dir: BorrowedFd, relative: &Path, flags: OFlag, mode: Mode) -> i
     };
     if !NO_OPENAT2.load(Ordering::Relaxed) {
         let how = OpenHow::new().flags(flags).mode(mode).resolve(
-            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
         );
         match openat2(dir, relative, how) {
             Err(Errno::ENOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),

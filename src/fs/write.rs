@@ -28,7 +28,9 @@ pub enum CopyOutcome {
 fn split(relative: &Path) -> io::Result<(&Path, &OsStr)> {
     match (relative.parent(), relative.file_name()) {
         (Some(parent), Some(name)) => Ok((parent, name)),
-        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no entry", relative.display()))),
+        _ => {
+            Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} names no entry", relative.display())))
+        }
     }
 }
 
@@ -83,7 +85,13 @@ impl Tree {
 
     /// Replaces file `relative` with the bytes of `content`, written to a temp file
     /// beside it (created here, never reused) and renamed over it. The parent must exist.
-    pub fn write_file(&self, relative: &Path, content: &mut dyn Read, mode: u32, owner: Owner) -> io::Result<()> {
+    pub fn write_file(
+        &self,
+        relative: &Path,
+        content: &mut dyn Read,
+        mode: u32,
+        owner: Owner,
+    ) -> io::Result<()> {
         let (parent, name) = split(relative)?;
         let dir = self.parent_fd(parent)?;
         let temp = format!(".{}.mvm-{}", name.to_string_lossy(), std::process::id());

@@ -11,13 +11,23 @@ use anyhow::Context;
 
 /// Replaces `path` with `content` atomically (mode 0644).
 pub fn write_atomic(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    write_atomic_with_mode(path, content, 0o644)
+}
+
+/// Replaces `path` with `content` atomically, readable by its owner only (mode 0600):
+/// for records that may hold secrets (`vm.toml`'s `[env]`, environment caches).
+pub fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    write_atomic_with_mode(path, content, 0o600)
+}
+
+fn write_atomic_with_mode(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().with_context(|| format!("{} has no parent directory", path.display()))?;
     let mut temp = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     temp.write_all(content)
-        .and_then(|()| temp.as_file().set_permissions(Permissions::from_mode(0o644)))
+        .and_then(|()| temp.as_file().set_permissions(Permissions::from_mode(mode)))
         .and_then(|()| temp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", temp.path().display()))?;
     temp.persist(path).with_context(|| format!("cannot replace {}", path.display()))?;
@@ -45,6 +55,15 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
+    }
+
+    #[test]
+    fn private_records_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.toml");
+        write_private(&path, b"[env]\nTOKEN = \"x\"").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -285,15 +285,26 @@ pub fn plan_shares(
 
 /// Reads the last `lines` lines of a log file (for error messages).
 pub fn log_tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let tail = std::fs::File::open(path).and_then(|mut file| crate::fs::read_tail(&mut file, 64 * 1024));
+    let text = String::from_utf8_lossy(&tail.unwrap_or_default()).into_owned();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Makes sure the directories a launch writes into exist.
+/// Makes sure the directories a launch writes into exist. The VM's `etc/` and `var/`
+/// are the guest's after create: only what is missing is added, beneath them.
 pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     let vm_dir = paths.vm_dir(&config.name);
-    crate::state::seed::seed_root(&vm_dir, Path::new("/etc"))?;
+    if std::fs::symlink_metadata(vm_dir.join("etc")).is_err() {
+        crate::state::seed::seed_etc(&vm_dir, Path::new("/etc"))?;
+    }
+    crate::state::seed::repair_var(&vm_dir)?;
+    // Private, also for VMs made before state was: `vm.toml` holds [env].
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&vm_dir, std::fs::Permissions::from_mode(0o700))?;
+    let record = paths.vm_config(&config.name);
+    std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", record.display()))?;
     for dir in [vm_dir.join("log"), paths.vm_run_dir(&config.name)] {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }

@@ -1,10 +1,11 @@
 //! What `list` and `inspect` show about a VM: one summary type, so the table, the JSON
 //! and `inspect` cannot disagree. The JSON field names are a stable interface.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::fs::{Tree, RECORD_CAP};
 use crate::name::VmName;
 use crate::spec::PortForward;
 use crate::state::status::{Phase, RuntimeStatus};
@@ -123,9 +124,14 @@ pub fn summary_of(paths: &Paths, name: &VmName) -> anyhow::Result<VmSummary> {
     Ok(VmSummary::of(paths, &VmEntry { name: name.to_string(), config: Ok(config) }))
 }
 
-/// Where the guest's process logs and states appear on the host (the VM's `var/log/mvm`).
-pub fn process_dir(paths: &Paths, name: &VmName) -> PathBuf {
-    paths.vm_dir(name).join("var/log/mvm")
+/// The VM's `var/`, written by the guest: read only through [`Tree`].
+pub fn guest_var(paths: &Paths, name: &VmName) -> std::io::Result<Tree> {
+    Tree::open(&paths.vm_dir(name).join("var"))
+}
+
+/// Where the guest's process logs and states are, beneath its `var/`.
+pub fn process_file(process: &str, extension: &str) -> PathBuf {
+    Path::new("log/mvm").join(format!("{process}.{extension}"))
 }
 
 /// A declared process and, while the VM runs, its state.
@@ -139,7 +145,7 @@ pub struct ProcessView {
 
 /// The processes of `config`, with states read from the guest when `running`.
 pub fn processes_of(paths: &Paths, config: &crate::config::vm::VmConfig, running: bool) -> Vec<ProcessView> {
-    let dir = process_dir(paths, &config.name);
+    let var = running.then(|| guest_var(paths, &config.name).ok()).flatten();
     config
         .processes
         .iter()
@@ -147,9 +153,9 @@ pub fn processes_of(paths: &Paths, config: &crate::config::vm::VmConfig, running
             name: process.name.clone(),
             command: process.command.clone(),
             restart: process.restart,
-            state: running
-                .then(|| std::fs::read(dir.join(format!("{}.state", process.name))).ok())
-                .flatten()
+            state: var
+                .as_ref()
+                .and_then(|var| var.read(&process_file(&process.name, "state"), RECORD_CAP).ok())
                 .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
         })
         .collect()

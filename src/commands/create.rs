@@ -33,6 +33,9 @@ pub struct CreateArgs {
     /// the other options add to it or override it
     #[arg(long, short = 't', value_name = "TEMPLATE")]
     pub template: Option<String>,
+    /// Set by `mvm up`: no privileged host ports, whoever runs it
+    #[arg(skip)]
+    pub via_up: bool,
     /// Project directory, seen in the guest at the same absolute path
     #[arg(long, value_name = "DIR")]
     pub project: Option<PathBuf>,
@@ -137,8 +140,10 @@ pub fn create(
     }
     remove_stale_staging_dirs(paths)?;
     let existing = store::list(paths)?;
-    choose_host_ports(&mut request.ports, &existing)?;
-    check_host_ports_free(&request.ports, &existing)?;
+    // Through `mvm up` (what an .envrc runs) nobody is "really root".
+    let allow_privileged = crate::host::is_root() && !args.via_up;
+    choose_host_ports(&mut request.ports, &existing, allow_privileged)?;
+    check_host_ports_free(&request.ports, &existing, allow_privileged)?;
     let used: BTreeSet<u32> =
         existing.iter().filter_map(|vm| vm.config.as_ref().ok()).map(|config| config.network.index).collect();
     let pool = host.address_pool()?;
@@ -359,22 +364,32 @@ fn create_state_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Gives each forward with host port 0 a host port: the guest's number when it is free.
-fn choose_host_ports(ports: &mut [PortForward], existing: &[store::VmEntry]) -> anyhow::Result<()> {
+fn choose_host_ports(
+    ports: &mut [PortForward],
+    existing: &[store::VmEntry],
+    allow_privileged: bool,
+) -> anyhow::Result<()> {
     for i in 0..ports.len() {
         if ports[i].host == 0 {
             let chosen: Vec<PortForward> = ports.iter().filter(|port| port.host != 0).copied().collect();
-            ports[i].host = store::pick_host_port(existing, &chosen, ports[i])?;
+            ports[i].host = store::pick_host_port(existing, &chosen, ports[i], allow_privileged)?;
         }
     }
     Ok(())
 }
 
-/// Refuses host ports that another VM already forwards.
-fn check_host_ports_free(ports: &[PortForward], existing: &[store::VmEntry]) -> Result<(), UserError> {
+/// Refuses host ports that another VM forwards, a host process holds, or that are
+/// privileged when `allow_privileged` is not set.
+fn check_host_ports_free(
+    ports: &[PortForward],
+    existing: &[store::VmEntry],
+    allow_privileged: bool,
+) -> Result<(), UserError> {
     for port in ports {
         if let Some(owner) = store::host_port_forwarder(existing, port, None) {
             return Err(store::port_forwarded_by(port, owner));
         }
+        store::check_host_port(port, allow_privileged)?;
     }
     Ok(())
 }

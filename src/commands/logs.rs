@@ -1,11 +1,13 @@
 //! `mvm logs`: a VM's serial console (or another of its logs), optionally followed.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
 use crate::error::UserError;
+use crate::fs::Tree;
 use crate::name::VmName;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
@@ -34,19 +36,24 @@ pub struct LogsArgs {
     pub process: Option<String>,
 }
 
+/// The most of a log printed without `--follow` (its end), and the size at which the
+/// supervisor rotates the console.
+pub const LOG_CAP: u64 = 10 << 20;
+
 /// Runs `mvm logs`.
 pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
     let config = store::load(paths, &name)?;
-    let (path, file_name) = match &args.process {
+    // Process logs are in the guest's `var/`; the others in the VM's own `log/`, which
+    // the hypervisor writes. Both are read beneath their directory, regular files only.
+    let (tree, relative) = match &args.process {
         Some(process) => {
             if !config.processes.iter().any(|p| &p.name == process) {
                 return Err(UserError::not_found(format!("VM '{name}' declares no process {process:?}"))
                     .hint(format!("`mvm inspect {name}` lists its processes"))
                     .into());
             }
-            let file_name = format!("{process}.log");
-            (crate::view::process_dir(paths, &name).join(&file_name), file_name)
+            (crate::view::guest_var(paths, &name)?, crate::view::process_file(process, "log"))
         }
         None => {
             let file_name = match args.source {
@@ -54,23 +61,27 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {
                 LogSource::Supervisor => "supervisor.log",
                 LogSource::Hypervisor => "hypervisor.log",
             };
-            (paths.vm_dir(&name).join("log").join(file_name), file_name.to_string())
+            (Tree::open(&paths.vm_dir(&name).join("log"))?, PathBuf::from(file_name))
         }
     };
-    let mut file = match std::fs::File::open(&path) {
-        Ok(file) => file,
-        Err(_) if !args.follow => {
-            return Err(UserError::not_found(format!("VM '{name}' has no {file_name} yet"))
-                .hint(format!("start it with `mvm start {name}`"))
-                .into())
-        }
-        Err(_) => loop {
-            if let Ok(file) = std::fs::File::open(&path) {
-                break file;
+    let shown = relative.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let running = || store::run_state(paths, &name).is_ok_and(|state| state == RunState::Running);
+    let mut file = loop {
+        match tree.open_file(&relative) {
+            Ok(file) => break file,
+            Err(error) if !crate::fs::is_absent(&error) || error.kind() == ErrorKind::InvalidInput => {
+                return Err(anyhow::Error::from(error).context(format!("cannot read VM '{name}''s {shown}")))
             }
-            std::thread::sleep(Duration::from_millis(100));
-        },
+            Err(_) if !args.follow || !running() => {
+                return Err(UserError::not_found(format!("VM '{name}' has no {shown} yet"))
+                    .hint(format!("start it with `mvm start {name}`"))
+                    .into())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
     };
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(crate::fs::data_start(&file, len.saturating_sub(LOG_CAP))?))?;
     let mut out = std::io::stdout().lock();
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
@@ -80,17 +91,15 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {
             continue;
         }
         out.flush()?;
-        if !args.follow {
-            return Ok(0);
-        }
-        if store::run_state(paths, &name)? != RunState::Running {
+        if !args.follow || !running() {
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(100));
-        // A new boot truncates the console; start over from its beginning.
-        if file.stream_position()? > std::fs::metadata(&path).map_or(0, |m| m.len()) {
-            file = std::fs::File::open(&path)?;
-            file.seek(SeekFrom::Start(0))?;
+        // A new boot (or a rotation) truncates the log; start over from its beginning.
+        let now = tree.open_file(&relative).and_then(|file| file.metadata()).map_or(0, |meta| meta.len());
+        if file.stream_position()? > now {
+            file = tree.open_file(&relative)?;
+            file.seek(SeekFrom::Start(crate::fs::data_start(&file, 0)?))?;
         }
     }
 }

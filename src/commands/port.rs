@@ -9,7 +9,6 @@ use crate::config::vm::VmConfig;
 use crate::error::UserError;
 use crate::name::VmName;
 use crate::net::host::HostNet;
-use crate::net::ports::{self, PortUse};
 use crate::output::{self, print_json, print_table};
 use crate::spec::{HostPortSelector, PortForward};
 use crate::state::lock::FileLock;
@@ -82,7 +81,7 @@ pub fn add(paths: &Paths, name: &VmName, mut forward: PortForward) -> anyhow::Re
     let mut config = store::load(paths, name)?;
     let vms = store::list(paths)?;
     if forward.host == 0 {
-        forward.host = store::pick_host_port(&vms, &config.ports, forward)?;
+        forward.host = store::pick_host_port(&vms, &config.ports, forward, crate::host::is_root())?;
     }
     if let Some(existing) =
         config.ports.iter().find(|p| p.host == forward.host && p.protocol == forward.protocol)
@@ -97,15 +96,7 @@ pub fn add(paths: &Paths, name: &VmName, mut forward: PortForward) -> anyhow::Re
     if let Some(owner) = store::host_port_forwarder(&vms, &forward, Some(name)) {
         return Err(store::port_forwarded_by(&forward, owner).into());
     }
-    if let PortUse::Taken(owner) = ports::host_port_use(forward.host, forward.protocol) {
-        let by = owner.map_or("a host process".to_string(), |o| format!("process {} ({})", o.pid, o.command));
-        return Err(UserError::conflict(format!(
-            "host port {}/{} is already in use by {by}",
-            forward.host, forward.protocol
-        ))
-        .hint("stop that process, or pick another host port (0 picks a free one)")
-        .into());
-    }
+    store::check_host_port(&forward, crate::host::is_root())?;
     let previous = config.clone();
     config.ports.push(forward);
     let applied = save_and_apply(paths, &previous, &config)?;

@@ -70,6 +70,15 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
             .hint(format!("run `sudo mvm start {name}`"))
             .into());
     }
+    // The forwards are DNAT rules, not sockets: a host listener on one would be shadowed.
+    for forward in &config.ports {
+        store::check_host_port(forward, true).map_err(|error| {
+            error.hint(format!(
+                "stop that process, or drop the forward with `mvm port {name} --rm {}`",
+                forward.host
+            ))
+        })?;
+    }
     let host = HostConfig::load(&paths.config_file)?;
     let prepared = Launch::prepare(paths, &host, &config)?;
     if let Some(warning) = &prepared.accel_warning {

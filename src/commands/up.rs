@@ -123,6 +123,7 @@ pub fn up(paths: &Paths, name: &VmName, project: &Path, args: &UpArgs) -> anyhow
         let request = CreateArgs {
             name: name.to_string(),
             template: args.template.clone(),
+            via_up: true,
             project: Some(project.to_path_buf()),
             root: "host".into(),
             ..CreateArgs::default()

@@ -29,13 +29,19 @@ fn send(sender: &Sender, frame: &Frame) -> bool {
     frame.write_to(&mut *sender.lock().expect("agent connection")).is_ok()
 }
 
-/// Accepts connections forever; `power_off` is called for a `PowerOff` request.
-pub fn serve(power_off: fn() -> !) -> anyhow::Result<()> {
+/// Binds and listens on the agent's vsock port. The init calls this before any guest
+/// program runs, so none can take the port and read what a user types into `mvm shell`.
+pub fn listen_on_port() -> anyhow::Result<OwnedFd> {
     let listener = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
         .context("cannot open a vsock socket")?;
     bind(listener.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_PORT))
         .context("cannot bind vsock port 1024")?;
     listen(&listener, Backlog::new(64).expect("valid backlog")).context("cannot listen on vsock")?;
+    Ok(listener)
+}
+
+/// Accepts connections on `listener` forever; `power_off` is called for a `PowerOff` request.
+pub fn serve(listener: OwnedFd, power_off: fn() -> !) -> ! {
     loop {
         let Ok(fd) = accept(listener.as_raw_fd()) else { continue };
         // SAFETY: `accept` returned a new descriptor that nothing else owns.

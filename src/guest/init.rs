@@ -33,18 +33,16 @@ const NEW_ROOT: &str = "/newroot";
 /// Runs the guest; never returns.
 pub fn main() -> ! {
     let started = Instant::now();
-    if let Err(error) = boot() {
-        eprintln!("mvm-init: boot failed: {error:#}");
-        power_off();
-    }
-    eprintln!("{READY_MARKER} after {} ms in init", started.elapsed().as_millis());
-    std::thread::spawn(serve_initctl);
-    std::thread::spawn(|| {
-        if let Err(error) = agent::serve(power_off) {
-            eprintln!("mvm-init: agent failed: {error:#}");
+    let listener = match boot() {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("mvm-init: boot failed: {error:#}");
             power_off();
         }
-    });
+    };
+    eprintln!("{READY_MARKER} after {} ms in init", started.elapsed().as_millis());
+    std::thread::spawn(serve_initctl);
+    std::thread::spawn(move || agent::serve(listener, power_off));
     reaper::reap_forever()
 }
 
@@ -90,7 +88,9 @@ fn serve_initctl() {
     }
 }
 
-fn boot() -> anyhow::Result<()> {
+/// Brings the guest up; returns the agent's listening socket, bound before any declared
+/// process started.
+fn boot() -> anyhow::Result<std::os::fd::OwnedFd> {
     mount_kernel_filesystems()?;
     load_modules()?;
     let config: GuestConfig = serde_json::from_slice(
@@ -107,8 +107,9 @@ fn boot() -> anyhow::Result<()> {
     if let Some(network) = GuestNetwork::from_cmdline(&cmdline) {
         configure_network(&network)?;
     }
+    let listener = agent::listen_on_port()?;
     processes::start_all(config.processes);
-    Ok(())
+    Ok(listener)
 }
 
 fn mount_fs(

@@ -66,8 +66,11 @@ pub fn args(spec: &LaunchSpec, accel: Accel, vhost_vsock: &Path) -> Vec<String> 
         format!("socket,id=vs0,path={}", vhost_vsock.display()),
         "-device".to_string(),
         "vhost-user-vsock-device,chardev=vs0".to_string(),
+        // Appending, so the supervisor can cap the log by truncating it under QEMU.
+        "-chardev".to_string(),
+        format!("file,id=console,path={},append=on", spec.console_log.display()),
         "-serial".to_string(),
-        format!("file:{}", spec.console_log.display()),
+        "chardev:console".to_string(),
         "-qmp".to_string(),
         format!("unix:{},server=on,wait=off", spec.control_socket.display()),
     ]);
@@ -141,7 +144,7 @@ pub(crate) mod tests {
              -netdev tap,id=n0,ifname=mvmtap0,script=no,downscript=no \
              -device virtio-net-device,netdev=n0,mac=02:6d:76:00:00:00 \
              -chardev socket,id=vs0,path=/run/mvm/web/vhost-vsock.sock -device vhost-user-vsock-device,chardev=vs0 \
-             -serial file:/var/lib/microvms/web/log/console.log \
+             -chardev file,id=console,path=/var/lib/microvms/web/log/console.log,append=on -serial chardev:console \
              -qmp unix:/run/mvm/web/qmp.sock,server=on,wait=off"
         );
     }

@@ -35,6 +35,10 @@ fn overlay_rw_ro_persistence_volumes_and_review() {
         std::fs::write(project.join("gone.txt"), "delete me\n").unwrap();
         projects.push(project);
     }
+    // The invoking user (nobody, below) owns their projects, as a developer does.
+    for project in &projects[1..3] {
+        std::os::unix::fs::chown(project, Some(65534), Some(65534)).unwrap();
+    }
     let arg = |i: usize| projects[i].to_str().unwrap().to_string();
     lab.mvm(&["create", "eph", "--project", &arg(0)]).ok();
     lab.mvm(&["create", "keep", "--project", &arg(1), "--persist", "--volume", "data:/srv/data"]).ok();
@@ -78,7 +82,8 @@ fn overlay_rw_ro_persistence_volumes_and_review() {
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
     lab.mvm(&["discard", "keep", "sub"]).fails(4, &["is running"]);
 
-    // rw: the guest's write lands in the project, owned by the invoking user.
+    // rw: the guest's write lands in the project, owned by the project's owner (the
+    // invoking user), even when guest root wrote it.
     std::fs::set_permissions(&projects[2], std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let rw_file = projects[2].join("by-guest.txt");
     let write = lab
@@ -91,6 +96,9 @@ fn overlay_rw_ro_persistence_volumes_and_review() {
     assert!(write.status.success(), "{}", String::from_utf8_lossy(&write.stderr));
     let meta = std::fs::metadata(&rw_file).expect("the guest's write reached the project");
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    lab.sh("rwp", &format!("echo root > {}/by-root.txt", arg(2))).ok();
+    let meta = std::fs::metadata(projects[2].join("by-root.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "guest root left a host-root file");
     lab.mvm(&["diff", "rwp"]).fails(2, &["--mount rw"]);
 
     // ro: writes fail in the guest.

@@ -12,7 +12,7 @@ use crate::name::VmName;
 use crate::output::print_json;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
-use crate::supervisor::launch::plan_shares;
+use crate::supervisor::launch::project_overlay;
 
 /// Arguments of `mvm diff`.
 #[derive(Debug, Clone, Args)]
@@ -65,10 +65,7 @@ fn layers(paths: &Paths, config: &VmConfig) -> anyhow::Result<(PathBuf, PathBuf)
         ))
         .into());
     }
-    let (_, overlays, _) = plan_shares(config, &paths.vm_dir(&config.name), &paths.vm_run_dir(&config.name));
-    let overlay = overlays
-        .into_iter()
-        .find(|overlay| overlay.lower == project.path)
+    let overlay = project_overlay(config, &paths.vm_dir(&config.name), &paths.vm_run_dir(&config.name))
         .expect("an overlay project has an overlay");
     Ok((overlay.upper, project.path.clone()))
 }

@@ -150,4 +150,17 @@ impl Tree {
             Err(error) => Err(self.context(relative, errno(error))),
         }
     }
+
+    /// Gives `relative` (never what a symlink there points at) the owner `uid`:`gid`.
+    pub fn set_owner(&self, relative: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        let fd = self.open_raw(relative, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
+        fchownat(
+            fd.as_fd(),
+            "",
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|error| self.context(relative, errno(error)))
+    }
 }

@@ -3,6 +3,7 @@
 //! this out first so that a missing kernel, binary or project is a clear error before any
 //! process is spawned; the supervisor works it out again and acts on it.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -16,7 +17,7 @@ use crate::host::binaries::Tool;
 use crate::host::kvm::{self, KvmSupport};
 use crate::state::Paths;
 use crate::vmm::qemu::Accel;
-use crate::vmm::{kernel_cmdline, LaunchSpec, Share};
+use crate::vmm::{kernel_cmdline, GuestIds, LaunchSpec, Share, VOLUME_ID_BASE};
 
 /// An overlay the supervisor mounts on the host before the shares start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +66,11 @@ impl Launch {
             Hypervisor::CloudHypervisor => None,
         };
         let (accel, accel_warning) = choose_accel(&kvm::detect(Path::new("/")), host);
+        let mut project_owner = (0, 0);
         if let Some(project) = &config.project {
+            if let Ok(meta) = std::fs::metadata(&project.path) {
+                project_owner = (meta.uid(), meta.gid());
+            }
             if !project.path.is_dir() {
                 return Err(UserError::not_found(format!(
                     "the project directory {} has vanished",
@@ -90,7 +95,7 @@ impl Launch {
         }
         let run_dir = paths.vm_run_dir(&config.name);
         let vm_dir = paths.vm_dir(&config.name);
-        let (shares, overlays, mut guest) = plan_shares(config, &vm_dir, &run_dir);
+        let (shares, overlays, mut guest) = plan_shares(config, &vm_dir, &run_dir, project_owner);
         if let Some(environment) = crate::project_env::cached(&vm_dir, config) {
             let workdir = config.project.as_ref().map_or("/".into(), |p| p.path.display().to_string());
             environment.apply_to(&mut guest.processes, &config.env, &workdir);
@@ -198,29 +203,49 @@ fn host_dns() -> Vec<std::net::Ipv4Addr> {
     }
 }
 
-/// The shares, host-side overlays and guest mount plan of `config`.
+/// Where a non-persistent project overlay keeps its layers, under the VM's state dir;
+/// removed at every stop and before every start.
+pub const SCRATCH_LAYERS: &str = "scratch";
+
+/// The host-side overlay of `config`'s project, when it is mounted `overlay`.
+pub fn project_overlay(config: &VmConfig, vm_dir: &Path, run_dir: &Path) -> Option<Overlay> {
+    let project = config.project.as_ref().filter(|project| project.mount == MountMode::Overlay)?;
+    // On the state disk, never in /run (memory): the guest decides its size.
+    let layers = if project.persist { vm_dir.to_path_buf() } else { vm_dir.join(SCRATCH_LAYERS) };
+    Some(Overlay {
+        lower: project.path.clone(),
+        upper: layers.join("upper"),
+        work: layers.join("work"),
+        merged: run_dir.join("project"),
+    })
+}
+
+/// The shares, host-side overlays and guest mount plan of `config`. What the guest
+/// writes into its project belongs to `project_owner` (uid, gid) on the host.
 pub fn plan_shares(
     config: &VmConfig,
     vm_dir: &Path,
     run_dir: &Path,
+    project_owner: (u32, u32),
 ) -> (Vec<Share>, Vec<Overlay>, GuestConfig) {
     let socket = |tag: &str| run_dir.join(format!("fs-{tag}.sock"));
-    let share = |tag: &str, dir: PathBuf, read_only: bool| Share {
+    let share = |tag: &str, dir: PathBuf, read_only: bool, ids: GuestIds| Share {
         tag: tag.to_string(),
         socket: socket(tag),
         dir,
         read_only,
+        ids,
     };
     let mut shares = Vec::new();
     let mut overlays = Vec::new();
     let root = match &config.root {
         RootModel::Host => {
-            shares.push(share("usr", PathBuf::from("/usr"), true));
-            shares.push(share("etc", vm_dir.join("etc"), false));
-            shares.push(share("var", vm_dir.join("var"), false));
+            shares.push(share("usr", PathBuf::from("/usr"), true, GuestIds::AsIs));
+            shares.push(share("etc", vm_dir.join("etc"), false, GuestIds::AsIs));
+            shares.push(share("var", vm_dir.join("var"), false, GuestIds::AsIs));
             let nix = Path::new("/nix/store").is_dir();
             if nix {
-                shares.push(share("nix", PathBuf::from("/nix/store"), true));
+                shares.push(share("nix", PathBuf::from("/nix/store"), true, GuestIds::AsIs));
             }
             GuestRoot::Host { nix }
         }
@@ -232,28 +257,23 @@ pub fn plan_shares(
                 work: vm_dir.join("root/work"),
                 merged: merged.clone(),
             });
-            shares.push(share("root", merged, false));
+            shares.push(share("root", merged, false, GuestIds::AsIs));
             GuestRoot::Dir
         }
     };
     let mut mounts = Vec::new();
     if let Some(project) = &config.project {
-        let dir = match project.mount {
-            MountMode::Overlay => {
-                let layers = if project.persist { vm_dir.to_path_buf() } else { run_dir.join("overlay") };
-                let merged = run_dir.join("project");
-                overlays.push(Overlay {
-                    lower: project.path.clone(),
-                    upper: layers.join("upper"),
-                    work: layers.join("work"),
-                    merged: merged.clone(),
-                });
+        let dir = match project_overlay(config, vm_dir, run_dir) {
+            Some(overlay) => {
+                let merged = overlay.merged.clone();
+                overlays.push(overlay);
                 merged
             }
-            MountMode::Rw | MountMode::Ro => project.path.clone(),
+            None => project.path.clone(),
         };
         let read_only = project.mount == MountMode::Ro;
-        shares.push(share("project", dir, read_only));
+        let (uid, gid) = project_owner;
+        shares.push(share("project", dir, read_only, GuestIds::Squash { uid, gid }));
         mounts.push(GuestMount {
             tag: "project".into(),
             path: project.path.display().to_string(),
@@ -262,7 +282,8 @@ pub fn plan_shares(
     }
     for volume in &config.volumes {
         let tag = format!("vol-{}", volume.name);
-        shares.push(share(&tag, vm_dir.join("volumes").join(&volume.name), false));
+        let ids = GuestIds::Shift { base: VOLUME_ID_BASE };
+        shares.push(share(&tag, vm_dir.join("volumes").join(&volume.name), false, ids));
         mounts.push(GuestMount { tag, path: volume.guest_path.display().to_string(), read_only: false });
     }
     let default_workdir = config.project.as_ref().map_or("/".to_string(), |p| p.path.display().to_string());
@@ -291,6 +312,38 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Moves a volume's owners into the range its guest ids are shifted to
+/// ([`GuestIds::Shift`]): the volume itself on its first start, and everything in it when
+/// it was written before volumes were shifted (a guest id below [`crate::vmm::SHIFTED_IDS`]
+/// at its root). Walked beneath the volume, never through a symlink.
+pub fn shift_volume_ids(volume: &Path) -> anyhow::Result<()> {
+    let tree = crate::fs::Tree::open(volume)?;
+    let root = tree.metadata(Path::new(""))?.context("the volume vanished")?;
+    if root.uid() >= VOLUME_ID_BASE {
+        return Ok(());
+    }
+    let shift = |id: u32| if id < crate::vmm::SHIFTED_IDS { VOLUME_ID_BASE + id } else { id };
+    let mut pending = vec![PathBuf::new()];
+    while let Some(dir) = pending.pop() {
+        for entry in tree.entries(&dir)? {
+            let path = dir.join(&entry.name);
+            tree.set_owner(&path, shift(entry.meta.uid()), shift(entry.meta.gid()))?;
+            if entry.meta.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    tree.set_owner(Path::new(""), shift(root.uid()), shift(root.gid()))
+        .with_context(|| format!("cannot shift the owners of {}", volume.display()))
+}
+
+/// Drops a non-persistent overlay's layers (the guest's; removed without following
+/// anything in them).
+pub fn remove_scratch_layers(vm_dir: &Path) -> anyhow::Result<()> {
+    let Ok(vm) = crate::fs::Tree::open(vm_dir) else { return Ok(()) };
+    vm.remove(Path::new(SCRATCH_LAYERS)).with_context(|| format!("cannot remove {SCRATCH_LAYERS} of {}", vm_dir.display()))
+}
+
 /// Makes sure the directories a launch writes into exist. The VM's `etc/` and `var/`
 /// are the guest's after create: only what is missing is added, beneath them.
 pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
@@ -299,6 +352,10 @@ pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
         crate::state::seed::seed_etc(&vm_dir, Path::new("/etc"))?;
     }
     crate::state::seed::repair_var(&vm_dir)?;
+    remove_scratch_layers(&vm_dir)?;
+    for volume in &config.volumes {
+        shift_volume_ids(&vm_dir.join("volumes").join(&volume.name))?;
+    }
     // Private, also for VMs made before state was: `vm.toml` holds [env].
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&vm_dir, std::fs::Permissions::from_mode(0o700))?;
@@ -343,6 +400,7 @@ mod tests {
             &config(MountMode::Overlay, false),
             Path::new("/state/web"),
             Path::new("/run/mvm/web"),
+            (1000, 100),
         );
         let tags: Vec<&str> = shares.iter().map(|s| s.tag.as_str()).collect();
         assert_eq!(&tags[..3], ["usr", "etc", "var"]);
@@ -354,14 +412,20 @@ mod tests {
             overlays,
             [Overlay {
                 lower: "/src/web".into(),
-                upper: "/run/mvm/web/overlay/upper".into(),
-                work: "/run/mvm/web/overlay/work".into(),
+                upper: "/state/web/scratch/upper".into(),
+                work: "/state/web/scratch/work".into(),
                 merged: "/run/mvm/web/project".into(),
             }]
         );
         assert_eq!(guest.mounts[0].path, "/src/web");
         assert_eq!(guest.mounts[1].path, "/data");
         assert!(shares.iter().find(|s| s.tag == "usr").unwrap().read_only);
+        // The guest's writes carry no host privilege: the project stays its owner's,
+        // volumes get shifted ids.
+        assert_eq!(project.ids, GuestIds::Squash { uid: 1000, gid: 100 });
+        let volume = shares.iter().find(|s| s.tag == "vol-data").unwrap();
+        assert_eq!(volume.ids, GuestIds::Shift { base: VOLUME_ID_BASE });
+        assert_eq!(shares.iter().find(|s| s.tag == "etc").unwrap().ids, GuestIds::AsIs);
     }
 
     #[test]
@@ -370,17 +434,47 @@ mod tests {
             &config(MountMode::Overlay, true),
             Path::new("/state/web"),
             Path::new("/run/mvm/web"),
+            (1000, 100),
         );
         assert_eq!(overlays[0].upper, Path::new("/state/web/upper"));
         assert_eq!(overlays[0].work, Path::new("/state/web/work"));
         for (mode, read_only) in [(MountMode::Rw, false), (MountMode::Ro, true)] {
             let (shares, overlays, guest) =
-                plan_shares(&config(mode, false), Path::new("/state/web"), Path::new("/run/mvm/web"));
+                plan_shares(&config(mode, false), Path::new("/state/web"), Path::new("/run/mvm/web"), (0, 0));
             assert!(overlays.is_empty());
             let project = shares.iter().find(|s| s.tag == "project").unwrap();
             assert_eq!((project.dir.as_path(), project.read_only), (Path::new("/src/web"), read_only));
             assert_eq!(guest.mounts[0].read_only, read_only);
         }
+    }
+
+    /// A volume written before ids were shifted is shifted once, beneath itself only.
+    #[test]
+    fn volume_owners_are_shifted_once_and_never_through_a_symlink() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIP volume_owners_are_shifted_once: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("data");
+        std::fs::create_dir_all(volume.join("pg")).unwrap();
+        std::fs::write(volume.join("pg/PG_VERSION"), "15").unwrap();
+        std::os::unix::fs::chown(volume.join("pg"), Some(104), Some(110)).unwrap();
+        let outside = dir.path().join("host-file");
+        std::fs::write(&outside, "host").unwrap();
+        std::os::unix::fs::symlink(&outside, volume.join("link")).unwrap();
+        shift_volume_ids(&volume).unwrap();
+        let owner = |path: &Path| {
+            let meta = std::fs::symlink_metadata(path).unwrap();
+            (meta.uid(), meta.gid())
+        };
+        assert_eq!(owner(&volume), (VOLUME_ID_BASE, VOLUME_ID_BASE));
+        assert_eq!(owner(&volume.join("pg")), (VOLUME_ID_BASE + 104, VOLUME_ID_BASE + 110));
+        assert_eq!(owner(&volume.join("pg/PG_VERSION")), (VOLUME_ID_BASE, VOLUME_ID_BASE));
+        assert_eq!(owner(&volume.join("link")), (VOLUME_ID_BASE, VOLUME_ID_BASE));
+        assert_eq!(owner(&outside), (0, 0), "shifted through the symlink");
+        shift_volume_ids(&volume).unwrap();
+        assert_eq!(owner(&volume.join("pg")), (VOLUME_ID_BASE + 104, VOLUME_ID_BASE + 110));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod launch;
 pub mod processes;
+pub mod sandbox;
 
 use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -147,6 +148,7 @@ fn run(
         processes::mount_overlay(overlay)?;
     }
     let log_dir = paths.vm_dir(name).join("log");
+    let filter = sandbox::no_privilege_filter()?;
     for share in &launch.spec.shares {
         let log = log_dir.join(format!("virtiofsd-{}.log", share.tag));
         processes.spawn(
@@ -154,11 +156,12 @@ fn run(
             &launch.virtiofsd,
             &crate::vmm::virtiofsd::args(share),
             &log,
+            (!share.read_only).then(|| filter.clone()),
         )?;
     }
     if let Some(vhost_vsock) = &launch.vhost_vsock {
         let args = crate::vmm::qemu::vhost_vsock_args(&launch.vhost_vsock_socket, &launch.spec);
-        processes.spawn("vhost-device-vsock", vhost_vsock, &args, &log_dir.join("vhost-device-vsock.log"))?;
+        processes.spawn("vhost-device-vsock", vhost_vsock, &args, &log_dir.join("vhost-device-vsock.log"), None)?;
     }
     let mut sockets: Vec<&Path> = launch.spec.shares.iter().map(|s| s.socket.as_path()).collect();
     if launch.vhost_vsock.is_some() {
@@ -343,6 +346,9 @@ fn teardown(
     let run_dir = paths.vm_run_dir(name);
     for merged in ["project", "root"] {
         note(processes::unmount_if_mounted(&run_dir.join(merged)));
+    }
+    if !processes::is_mount_point(&run_dir.join("project")) {
+        note(launch::remove_scratch_layers(&paths.vm_dir(name)));
     }
     if let Some(config) = network_up {
         note(

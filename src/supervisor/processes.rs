@@ -36,9 +36,21 @@ fn command(program: &Path, args: &[String], log: &Path) -> anyhow::Result<Comman
 }
 
 impl Processes {
-    /// Starts `program` with output to `log`, remembered as `label`.
-    pub fn spawn(&mut self, label: &str, program: &Path, args: &[String], log: &Path) -> anyhow::Result<()> {
-        let child = command(program, args, log)?
+    /// Starts `program` with output to `log`, remembered as `label`; under `filter`
+    /// when one is given (see `sandbox`).
+    pub fn spawn(
+        &mut self,
+        label: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        filter: Option<seccompiler::BpfProgram>,
+    ) -> anyhow::Result<()> {
+        let mut command = command(program, args, log)?;
+        if let Some(filter) = filter {
+            crate::supervisor::sandbox::confine(&mut command, filter);
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start {label} ({})", program.display()))?;
         self.children.push((label.to_string(), child, log.to_path_buf()));

@@ -18,7 +18,31 @@ pub struct Share {
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub read_only: bool,
+    /// What the guest's user and group ids become on the host.
+    pub ids: GuestIds,
 }
+
+/// How the ids of what a guest writes become host ids (virtiofsd's `--translate-uid`
+/// and `--translate-gid`, done by virtiofsd itself, with no user namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestIds {
+    /// Unchanged: read-only shares, and the VM's own `etc/` and `var/`, which live in a
+    /// state dir only root can enter.
+    AsIs,
+    /// Every guest id becomes this host user and group: the project, whose files stay
+    /// its owner's whoever wrote them in the guest (guest root included).
+    Squash { uid: u32, gid: u32 },
+    /// Guest ids `0..65536` are host ids `base..base + 65536`, both ways, so an owner
+    /// round-trips (PostgreSQL's data directory stays `postgres`'s); any other guest id
+    /// is refused. Volumes: nothing in them is owned by a real host user.
+    Shift { base: u32 },
+}
+
+/// The host ids volumes' guest ids are shifted to: 0x7000_0000, past systemd's
+/// container range (0x80000–0x6FFFFFFF) and below its foreign range (0x7FFE0000).
+pub const VOLUME_ID_BASE: u32 = 0x7000_0000;
+/// How many guest ids a shifted share maps.
+pub const SHIFTED_IDS: u32 = 65_536;
 
 /// Everything a hypervisor needs to launch a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,9 @@
 //! virtiofsd (the Rust one, 1.x) command lines: one daemon per share, serving exactly one
-//! VMM connection and exiting when it ends.
+//! VMM connection and exiting when it ends. A writable share's daemon also translates the
+//! guest's ids ([`GuestIds`]) and runs under mvm's seccomp filter
+//! (`supervisor::sandbox`), so nothing the guest writes carries host privilege.
 
-use crate::vmm::Share;
+use crate::vmm::{GuestIds, Share, SHIFTED_IDS};
 
 /// The argv (without the program) that serves `share`.
 pub fn args(share: &Share) -> Vec<String> {
@@ -16,6 +18,20 @@ pub fn args(share: &Share) -> Vec<String> {
     if share.read_only {
         args.push("--readonly".to_string());
     }
+    for kind in ["uid", "gid"] {
+        let translations = match share.ids {
+            GuestIds::AsIs => vec![],
+            GuestIds::Squash { uid, gid } => {
+                let to = if kind == "uid" { uid } else { gid };
+                vec![format!("squash-guest:0:{to}:{}", u32::MAX)]
+            }
+            GuestIds::Shift { base } => vec![
+                format!("map:0:{base}:{SHIFTED_IDS}"),
+                format!("forbid-guest:{SHIFTED_IDS}:{}", u32::MAX - SHIFTED_IDS),
+            ],
+        };
+        args.extend(translations.into_iter().map(|t| format!("--translate-{kind}={t}")));
+    }
     args
 }
 
@@ -23,16 +39,20 @@ pub fn args(share: &Share) -> Vec<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn exact_argv() {
-        let share = Share {
+    fn share(read_only: bool, ids: GuestIds) -> Share {
+        Share {
             tag: "usr".into(),
             dir: "/usr".into(),
             socket: "/run/mvm/web/fs-usr.sock".into(),
-            read_only: true,
-        };
+            read_only,
+            ids,
+        }
+    }
+
+    #[test]
+    fn exact_argv() {
         assert_eq!(
-            args(&share),
+            args(&share(true, GuestIds::AsIs)),
             [
                 "--socket-path=/run/mvm/web/fs-usr.sock",
                 "--shared-dir=/usr",
@@ -41,6 +61,25 @@ mod tests {
                 "--inode-file-handles=never",
                 "--log-level=error",
                 "--readonly"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_project_is_squashed_to_its_owner_and_a_volume_shifted() {
+        let squashed = args(&share(false, GuestIds::Squash { uid: 1000, gid: 100 }));
+        assert_eq!(
+            squashed[6..],
+            ["--translate-uid=squash-guest:0:1000:4294967295", "--translate-gid=squash-guest:0:100:4294967295"]
+        );
+        let shifted = args(&share(false, GuestIds::Shift { base: 0x7000_0000 }));
+        assert_eq!(
+            shifted[6..],
+            [
+                "--translate-uid=map:0:1879048192:65536",
+                "--translate-uid=forbid-guest:65536:4294901759",
+                "--translate-gid=map:0:1879048192:65536",
+                "--translate-gid=forbid-guest:65536:4294901759",
             ]
         );
     }

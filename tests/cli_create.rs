@@ -290,3 +290,49 @@ fn templates_are_listed_shown_and_checked() {
     assert_eq!(inspect["config"]["env"]["PGUSER"], "postgres");
     assert_eq!(inspect["config"]["volumes"][0]["name"], "pgdata");
 }
+
+/// Through sudo, paths on the command line are opened with the invoking user's rights:
+/// root's own files cannot become a VM's project, kernel or template, and a parse error
+/// never quotes a file the user could not read.
+#[test]
+fn through_sudo_paths_are_opened_with_the_users_rights() {
+    if !support::require_root("through_sudo_paths_are_opened_with_the_users_rights") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    std::fs::set_permissions(sandbox.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let output = sandbox
+            .command(args)
+            .env("SUDO_UID", "65534")
+            .env("SUDO_GID", "65534")
+            .env("SUDO_USER", "nobody")
+            .output()
+            .unwrap();
+        support::Run::from_output(output)
+    };
+    let private = sandbox.mkdir("private");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let p = private.to_str().unwrap();
+    as_nobody(&["create", "a", "--project", p]).fails(USAGE, &["not readable"]);
+    let readonly = sandbox.mkdir("readonly");
+    std::fs::set_permissions(&readonly, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = readonly.to_str().unwrap();
+    as_nobody(&["create", "b", "--project", r, "--mount", "rw"])
+        .fails(USAGE, &["not writable", "--mount overlay"]);
+    let secret_toml = sandbox.root().join("secret.toml");
+    std::fs::write(&secret_toml, "password = TOPSECRET-LINE\n").unwrap();
+    std::fs::set_permissions(&secret_toml, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = as_nobody(&["create", "c", "--template", secret_toml.to_str().unwrap()]);
+    out.fails(NOT_FOUND, &["cannot read template file", "Permission denied"]);
+    assert!(!out.stderr.contains("TOPSECRET"), "{}", out.stderr);
+    let kernel = sandbox.root().join("vmlinuz");
+    std::fs::write(&kernel, "kernel").unwrap();
+    std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o600)).unwrap();
+    as_nobody(&["create", "d", "--kernel", kernel.to_str().unwrap()]).fails(NOT_FOUND, &["cannot be read"]);
+    assert!(sandbox.vm_dirs().is_empty());
+    // Root itself (no SUDO_UID) may use all of them, and so may the user, once they can.
+    sandbox.mvm(&["create", "e", "--project", p, "--kernel", kernel.to_str().unwrap()]).ok();
+    as_nobody(&["create", "f", "--project", r]).ok();
+}

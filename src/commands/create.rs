@@ -17,6 +17,7 @@ use crate::config::template::{Catalog, Template};
 use crate::config::vm::{Hypervisor, MountMode, Process, Project, RootModel, VmConfig};
 use crate::error::UserError;
 use crate::failpoint;
+use crate::host::user::with_rights_of_invoking_user;
 use crate::name::VmName;
 use crate::spec::{self, EnvVar, MemorySize, PortForward, Volume};
 use crate::state::atomic::sync_dir;
@@ -253,22 +254,40 @@ fn validate(
             .into());
     }
     let project = match &args.project {
-        Some(dir) => Some(Project { path: check_directory(dir, "--project")?, mount, persist: args.persist }),
+        Some(dir) => {
+            let path = check_directory(dir, "--project", mount == MountMode::Rw)?;
+            Some(Project { path, mount, persist: args.persist })
+        }
         None => None,
     };
     let root = match args.root.parse::<RootModel>() {
-        Ok(RootModel::Dir(dir)) => RootModel::Dir(check_directory(&dir, "--root")?),
+        Ok(RootModel::Dir(dir)) => RootModel::Dir(check_directory(&dir, "--root", false)?),
         Ok(RootModel::Host) => RootModel::Host,
         Err(why) => {
             return Err(UserError::usage(why).hint("use --root host or an absolute directory").into())
         }
     };
     let kernel = match &args.kernel {
-        Some(path) if path.is_file() => Some(absolute(path)?),
         Some(path) => {
-            return Err(UserError::not_found(format!("--kernel {} is not a file", path.display()))
-                .hint("give the path of a bzImage or vmlinux, or drop --kernel to use the host's")
-                .into())
+            // Opened as the invoking user: a kernel they cannot read is not theirs to boot.
+            let readable =
+                with_rights_of_invoking_user(|| std::fs::File::open(path).and_then(|f| f.metadata()))?;
+            match readable {
+                Ok(meta) if meta.is_file() => Some(absolute(path)?),
+                Err(error) if error.kind() != ErrorKind::NotFound => {
+                    return Err(UserError::not_found(format!(
+                        "--kernel {} cannot be read: {error}",
+                        path.display()
+                    ))
+                    .hint("give the path of a bzImage or vmlinux you can read, or drop --kernel")
+                    .into())
+                }
+                _ => {
+                    return Err(UserError::not_found(format!("--kernel {} is not a file", path.display()))
+                        .hint("give the path of a bzImage or vmlinux, or drop --kernel to use the host's")
+                        .into())
+                }
+            }
         }
         None => None,
     };
@@ -303,8 +322,15 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::fs::canonicalize(path).with_context(|| format!("cannot resolve {}", path.display()))
 }
 
-/// Checks that `dir` is an existing, readable directory; returns its canonical path.
-fn check_directory(dir: &Path, flag: &str) -> anyhow::Result<PathBuf> {
+/// Checks, with the invoking user's rights, that `dir` is an existing directory they can
+/// read (and write, when `writable`); returns its canonical path.
+fn check_directory(dir: &Path, flag: &str, writable: bool) -> anyhow::Result<PathBuf> {
+    with_rights_of_invoking_user(|| check_directory_as_caller(dir, flag, writable))?
+}
+
+fn check_directory_as_caller(dir: &Path, flag: &str, writable: bool) -> anyhow::Result<PathBuf> {
+    use nix::fcntl::{AtFlags, AT_FDCWD};
+    use nix::unistd::{faccessat, AccessFlags};
     let shown = dir.display();
     let metadata = match std::fs::metadata(dir) {
         Ok(metadata) => metadata,
@@ -324,10 +350,16 @@ fn check_directory(dir: &Path, flag: &str) -> anyhow::Result<PathBuf> {
             .hint("give the directory itself, not a file in it")
             .into());
     }
-    let readable = nix::unistd::access(dir, nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK);
-    if readable.is_err() || std::fs::read_dir(dir).is_err() {
+    // AT_EACCESS: checked with this thread's file-system ids, not the process's real ones.
+    let access = |mode| faccessat(AT_FDCWD, dir, mode, AtFlags::AT_EACCESS).is_ok();
+    if !access(AccessFlags::R_OK | AccessFlags::X_OK) || std::fs::read_dir(dir).is_err() {
         return Err(UserError::usage(format!("{flag} {shown} is not readable"))
             .hint("check the directory's permissions (it needs read and search access)")
+            .into());
+    }
+    if writable && !access(AccessFlags::W_OK) {
+        return Err(UserError::usage(format!("{flag} {shown} is not writable, and --mount rw writes to it"))
+            .hint("use --mount overlay (the default) to work on a copy, or a directory you own")
             .into());
     }
     absolute(dir)

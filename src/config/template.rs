@@ -130,9 +130,12 @@ impl Catalog {
     fn read(&self, reference: &str) -> anyhow::Result<(String, Source, String)> {
         if reference.contains('/') || reference.ends_with(".toml") {
             let path = PathBuf::from(reference);
-            let text = std::fs::read_to_string(&path).map_err(|error| {
-                UserError::not_found(format!("cannot read template file {}: {error}", path.display()))
-            })?;
+            // Read with the invoking user's rights, so that a parse error can never quote
+            // a file they could not read.
+            let text = crate::host::user::with_rights_of_invoking_user(|| std::fs::read_to_string(&path))?
+                .map_err(|error| {
+                    UserError::not_found(format!("cannot read template file {}: {error}", path.display()))
+                })?;
             let name = path.file_stem().map_or(reference.to_string(), |s| s.to_string_lossy().into_owned());
             return Ok((name, Source::File(path), text));
         }

@@ -187,6 +187,17 @@ impl Tree {
         }
     }
 
+    /// The error for `relative` being of `kind` where `wanted` was expected.
+    fn wrong_kind(&self, relative: &Path, kind: Kind, wanted: &str) -> io::Error {
+        let shown = self.path.join(relative);
+        let what = match kind {
+            Kind::Symlink => "a symlink, which mvm does not follow here".to_string(),
+            Kind::Special => "a FIFO, socket or device, which mvm does not open".to_string(),
+            _ => format!("not {wanted}"),
+        };
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{} is {what}", shown.display()))
+    }
+
     /// `lstat` of `relative`: a symlink is reported as one, never followed. `None` when
     /// nothing is there (or a symlink stands on the way to it).
     pub fn metadata(&self, relative: &Path) -> io::Result<Option<Metadata>> {
@@ -201,13 +212,10 @@ impl Tree {
     pub fn open_file(&self, relative: &Path) -> io::Result<File> {
         let fd = self.open_raw(relative, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;
         let meta = File::from(fd.try_clone()?).metadata()?;
-        if Kind::of(&meta) != Kind::File {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a regular file", self.path.join(relative).display()),
-            ));
+        match Kind::of(&meta) {
+            Kind::File => reopen_for_reading(&fd),
+            kind => Err(self.wrong_kind(relative, kind, "a regular file")),
         }
-        reopen_for_reading(&fd)
     }
 
     /// The whole regular file `relative`, refused when larger than `cap` bytes.

@@ -69,14 +69,10 @@ impl Tree {
                     chown_fd(&made, owner)?;
                     fchmod(made.as_fd(), Mode::from_bits_truncate(mode)).map_err(errno)?;
                 }
-                Err(nix::errno::Errno::EEXIST) => {
-                    if self.metadata(&done)?.map(|meta| Kind::of(&meta)) != Some(Kind::Dir) {
-                        return Err(io::Error::new(
-                            io::ErrorKind::AlreadyExists,
-                            format!("{} is not a directory", self.path.join(&done).display()),
-                        ));
-                    }
-                }
+                Err(nix::errno::Errno::EEXIST) => match self.metadata(&done)?.map(|meta| Kind::of(&meta)) {
+                    Some(Kind::Dir) => {}
+                    kind => return Err(self.wrong_kind(&done, kind.unwrap_or(Kind::Special), "a directory")),
+                },
                 Err(error) => return Err(self.context(&done, errno(error))),
             }
         }

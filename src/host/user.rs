@@ -1,6 +1,9 @@
 //! The user mvm acts for: the one who ran `sudo mvm …` (from `SUDO_UID`, `SUDO_GID`,
 //! `SUDO_USER`), else the caller. `mvm shell` runs as this user in the guest, with the
-//! same uid and gid, so files it writes into the project belong to them.
+//! same uid and gid, so files it writes into the project belong to them; paths they name
+//! on the command line are opened with their rights, not root's ([`with_rights_of`]).
+
+use anyhow::Context;
 
 /// A user on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +47,49 @@ fn name_of(uid: u32) -> String {
     nix::unistd::User::from_uid(uid.into()).ok().flatten().map_or_else(|| uid.to_string(), |user| user.name)
 }
 
+/// Runs `action` with the file-system rights of the invoking user: on a thread of its
+/// own whose fsuid, fsgid and supplementary groups are theirs, so the kernel checks every
+/// open as it would for them (root's capabilities to bypass those checks are dropped with
+/// the fsuid). Without sudo, or for root, `action` runs as it is.
+pub fn with_rights_of_invoking_user<T: Send>(action: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    let user = invoking_user();
+    if user.uid == 0 || !nix::unistd::geteuid().is_root() {
+        return Ok(action());
+    }
+    with_rights_of(&user, action)
+}
+
+/// Runs `action` on a thread with `user`'s file-system rights (the caller must be root).
+pub fn with_rights_of<T: Send>(user: &InvokingUser, action: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    let groups: Vec<nix::libc::gid_t> = std::ffi::CString::new(user.name.clone())
+        .ok()
+        .and_then(|name| nix::unistd::getgrouplist(&name, user.gid.into()).ok())
+        .map_or_else(|| vec![user.gid], |groups| groups.iter().map(|gid| gid.as_raw()).collect());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // Raw system calls: each changes this thread only (glibc's wrappers of
+                // setgroups would change every thread of the process).
+                // SAFETY: the pointer and length describe `groups`, alive across the call;
+                // setfsgid and setfsuid take plain integers.
+                let switched = unsafe {
+                    nix::libc::syscall(nix::libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0 && {
+                        nix::libc::syscall(nix::libc::SYS_setfsgid, user.gid);
+                        nix::libc::syscall(nix::libc::SYS_setfsuid, user.uid);
+                        // Each returns the previous value: asking again with -1 reads it.
+                        nix::libc::syscall(nix::libc::SYS_setfsuid, u32::MAX) == i64::from(user.uid)
+                            && nix::libc::syscall(nix::libc::SYS_setfsgid, u32::MAX) == i64::from(user.gid)
+                    }
+                };
+                anyhow::ensure!(switched, "cannot take the rights of user {} ({})", user.name, user.uid);
+                Ok(action())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("a thread acting for user {} panicked", user.name))?
+    })
+    .context("cannot act with the invoking user's rights")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +101,28 @@ mod tests {
         // Only root's SUDO_* variables count.
         assert_eq!(from_parts(1000, 1000, Some("0".into()), Some("0".into()), None).uid, 1000);
         assert_eq!(from_parts(0, 0, None, None, None).name, "root");
+    }
+
+    #[test]
+    fn paths_are_opened_with_the_users_rights() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP paths_are_opened_with_the_users_rights: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = (dir.path().join("private"), dir.path().join("public"));
+        std::fs::write(&private, "root's").unwrap();
+        std::fs::write(&public, "anyone's").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nobody = InvokingUser { name: "nobody".into(), uid: 65534, gid: 65534 };
+        let read =
+            |path: &std::path::Path| with_rights_of(&nobody, || std::fs::read_to_string(path)).unwrap();
+        assert_eq!(read(&public).unwrap(), "anyone's");
+        assert_eq!(read(&private).unwrap_err().kind(), std::io::ErrorKind::PermissionDenied);
+        // The calling thread keeps root's rights.
+        assert_eq!(std::fs::read_to_string(&private).unwrap(), "root's");
     }
 }

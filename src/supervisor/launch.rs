@@ -341,7 +341,8 @@ pub fn shift_volume_ids(volume: &Path) -> anyhow::Result<()> {
 /// anything in them).
 pub fn remove_scratch_layers(vm_dir: &Path) -> anyhow::Result<()> {
     let Ok(vm) = crate::fs::Tree::open(vm_dir) else { return Ok(()) };
-    vm.remove(Path::new(SCRATCH_LAYERS)).with_context(|| format!("cannot remove {SCRATCH_LAYERS} of {}", vm_dir.display()))
+    vm.remove(Path::new(SCRATCH_LAYERS))
+        .with_context(|| format!("cannot remove {SCRATCH_LAYERS} of {}", vm_dir.display()))
 }
 
 /// Makes sure the directories a launch writes into exist. The VM's `etc/` and `var/`

@@ -161,7 +161,13 @@ fn run(
     }
     if let Some(vhost_vsock) = &launch.vhost_vsock {
         let args = crate::vmm::qemu::vhost_vsock_args(&launch.vhost_vsock_socket, &launch.spec);
-        processes.spawn("vhost-device-vsock", vhost_vsock, &args, &log_dir.join("vhost-device-vsock.log"), None)?;
+        processes.spawn(
+            "vhost-device-vsock",
+            vhost_vsock,
+            &args,
+            &log_dir.join("vhost-device-vsock.log"),
+            None,
+        )?;
     }
     let mut sockets: Vec<&Path> = launch.spec.shares.iter().map(|s| s.socket.as_path()).collect();
     if launch.vhost_vsock.is_some() {

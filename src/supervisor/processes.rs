@@ -50,9 +50,8 @@ impl Processes {
         if let Some(filter) = filter {
             crate::supervisor::sandbox::confine(&mut command, filter);
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {label} ({})", program.display()))?;
+        let child =
+            command.spawn().with_context(|| format!("cannot start {label} ({})", program.display()))?;
         self.children.push((label.to_string(), child, log.to_path_buf()));
         Ok(())
     }

@@ -57,7 +57,8 @@ pub fn no_privilege_filter() -> anyhow::Result<BpfProgram> {
         rules.insert(syscall, node_rules);
     }
     let arch = std::env::consts::ARCH.try_into().context("seccomp does not support this architecture")?;
-    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)?;
+    let filter =
+        SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)?;
     BpfProgram::try_from(filter).context("cannot compile the seccomp filter")
 }
 
@@ -95,7 +96,9 @@ mod tests {
              mknod dev c 1 3 2>/dev/null || echo device-refused; mkfifo pipe && echo fifo-ok",
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        for expected in ["plain-ok", "suid-refused", "sgid-refused", "sgid-dir-refused", "device-refused", "fifo-ok"] {
+        for expected in
+            ["plain-ok", "suid-refused", "sgid-refused", "sgid-dir-refused", "device-refused", "fifo-ok"]
+        {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }
         use std::os::unix::fs::PermissionsExt;

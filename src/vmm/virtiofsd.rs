@@ -70,7 +70,10 @@ mod tests {
         let squashed = args(&share(false, GuestIds::Squash { uid: 1000, gid: 100 }));
         assert_eq!(
             squashed[6..],
-            ["--translate-uid=squash-guest:0:1000:4294967295", "--translate-gid=squash-guest:0:100:4294967295"]
+            [
+                "--translate-uid=squash-guest:0:1000:4294967295",
+                "--translate-gid=squash-guest:0:100:4294967295"
+            ]
         );
         let shifted = args(&share(false, GuestIds::Shift { base: 0x7000_0000 }));
         assert_eq!(

@@ -332,7 +332,13 @@ fn through_sudo_paths_are_opened_with_the_users_rights() {
     std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o600)).unwrap();
     as_nobody(&["create", "d", "--kernel", kernel.to_str().unwrap()]).fails(NOT_FOUND, &["cannot be read"]);
     assert!(sandbox.vm_dirs().is_empty());
-    // Root itself (no SUDO_UID) may use all of them, and so may the user, once they can.
+    // Guest root would read all of `/` as host root: through sudo, only one's own directory.
+    as_nobody(&["create", "g", "--project", "/"]).fails(USAGE, &["belongs to uid 0", "your own directories"]);
+    as_nobody(&["create", "h", "--project", r]).fails(USAGE, &["belongs to uid 0"]);
+    assert!(sandbox.vm_dirs().is_empty());
+    // Root itself (no SUDO_UID) may use all of them, and so may the user their own.
     sandbox.mvm(&["create", "e", "--project", p, "--kernel", kernel.to_str().unwrap()]).ok();
-    as_nobody(&["create", "f", "--project", r]).ok();
+    let mine = sandbox.mkdir("mine");
+    std::os::unix::fs::chown(&mine, Some(65534), Some(65534)).unwrap();
+    as_nobody(&["create", "f", "--project", mine.to_str().unwrap(), "--mount", "rw"]).ok();
 }

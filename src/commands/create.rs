@@ -325,7 +325,22 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 /// Checks, with the invoking user's rights, that `dir` is an existing directory they can
 /// read (and write, when `writable`); returns its canonical path.
 fn check_directory(dir: &Path, flag: &str, writable: bool) -> anyhow::Result<PathBuf> {
-    with_rights_of_invoking_user(|| check_directory_as_caller(dir, flag, writable))?
+    let path = with_rights_of_invoking_user(|| check_directory_as_caller(dir, flag, writable))??;
+    // Guest root reads everything in a share as host root sees it: through sudo, only a
+    // directory of the invoking user's own may become one (not `/`, not someone's home).
+    let user = crate::host::user::invoking_user();
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&path)?);
+    if crate::host::is_root() && user.uid != 0 && owner != user.uid {
+        return Err(UserError::usage(format!(
+            "{flag} {} belongs to uid {owner}, not to you ({}, uid {}): through sudo, mvm shares only your own directories",
+            path.display(),
+            user.name,
+            user.uid
+        ))
+        .hint("use a directory you own, or create the VM as root itself")
+        .into());
+    }
+    Ok(path)
 }
 
 fn check_directory_as_caller(dir: &Path, flag: &str, writable: bool) -> anyhow::Result<PathBuf> {

@@ -82,12 +82,21 @@ impl Kind {
     }
 }
 
+/// The most of one defining file (`devenv.nix`, `flake.lock`, …) mvm reads.
+const DEFINITION_CAP: u64 = 16 << 20;
+
+/// The regular file `file` of `project`, read beneath it: a guest with `--mount rw` may
+/// have planted a symlink or a FIFO there, which count as no file.
+fn definition(project: &Path, file: &str) -> Option<Vec<u8>> {
+    crate::fs::Tree::open(project).ok()?.read(Path::new(file), DEFINITION_CAP).ok()
+}
+
 /// The kind of environment `project` declares, if any.
 pub fn detect(project: &Path) -> Option<Kind> {
-    if project.join("devenv.nix").is_file() {
+    if definition(project, "devenv.nix").is_some() {
         return Some(Kind::Devenv);
     }
-    let flake = std::fs::read_to_string(project.join("flake.nix")).ok()?;
+    let flake = String::from_utf8(definition(project, "flake.nix")?).ok()?;
     flake.contains("devShell").then_some(Kind::Nix)
 }
 
@@ -212,12 +221,12 @@ pub fn cache_key(project: &Path) -> String {
     let mut hasher = Sha256::new();
     for file in DEVENV_FILES {
         hasher.update(file.as_bytes());
-        match std::fs::read(project.join(file)) {
-            Ok(bytes) => {
+        match definition(project, file) {
+            Some(bytes) => {
                 hasher.update((bytes.len() as u64).to_le_bytes());
                 hasher.update(&bytes);
             }
-            Err(_) => hasher.update(u64::MAX.to_le_bytes()),
+            None => hasher.update(u64::MAX.to_le_bytes()),
         }
     }
     hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
@@ -445,6 +454,14 @@ mod tests {
         assert_eq!(detect(dir.path()), Some(Kind::Nix));
         std::fs::write(dir.path().join("devenv.nix"), "{ pkgs, ... }: { }").unwrap();
         assert_eq!(detect(dir.path()), Some(Kind::Devenv));
+        // What a guest with `--mount rw` plants is no definition: a FIFO never blocks.
+        std::fs::remove_file(dir.path().join("devenv.nix")).unwrap();
+        std::fs::remove_file(dir.path().join("flake.nix")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("devenv.nix"), nix::sys::stat::Mode::from_bits_truncate(0o644))
+            .unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", dir.path().join("flake.nix")).unwrap();
+        assert_eq!(detect(dir.path()), None);
+        cache_key(dir.path());
     }
 
     #[test]

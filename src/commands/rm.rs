@@ -74,7 +74,10 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
     std::fs::rename(paths.vm_dir(name), &trash)
         .with_context(|| format!("cannot move {} aside", paths.vm_dir(name).display()))?;
     sync_dir(&paths.state_dir)?;
-    std::fs::remove_dir_all(&trash).with_context(|| format!("cannot delete {}", trash.display()))?;
+    // The guest's trees are in it: removed beneath it, never through a symlink.
+    crate::fs::Tree::open(&paths.state_dir)
+        .and_then(|state| state.remove(trash.strip_prefix(&paths.state_dir).expect("the trash is in state")))
+        .with_context(|| format!("cannot delete {}", trash.display()))?;
     let _ = std::fs::remove_file(paths.up_lock(name));
     let run_dir = paths.vm_run_dir(name);
     if run_dir.exists() {

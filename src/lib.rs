@@ -16,6 +16,7 @@ pub mod fs;
 pub mod generate;
 pub mod guest;
 pub mod host;
+pub mod log_cap;
 pub mod name;
 pub mod net;
 pub mod output;

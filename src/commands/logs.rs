@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::error::UserError;
 use crate::fs::Tree;
+use crate::log_cap::LOG_CAP;
 use crate::name::VmName;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
@@ -35,10 +36,6 @@ pub struct LogsArgs {
     #[arg(long, value_name = "NAME", conflicts_with = "source")]
     pub process: Option<String>,
 }
-
-/// The most of a log printed without `--follow` (its end), and the size at which the
-/// supervisor rotates the console.
-pub const LOG_CAP: u64 = 10 << 20;
 
 /// Runs `mvm logs`.
 pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {

@@ -41,8 +41,19 @@ fn running() -> &'static Mutex<HashMap<String, u32>> {
 /// Starts every process on a thread of its own.
 pub fn start_all(processes: Vec<Process>) {
     let _ = std::fs::create_dir_all(LOG_DIR);
+    let logs: Vec<String> =
+        processes.iter().map(|process| format!("{LOG_DIR}/{}.log", process.name)).collect();
     for process in processes {
         std::thread::spawn(move || keep_running(&process));
+    }
+    if !logs.is_empty() {
+        std::thread::spawn(move || loop {
+            // A chatty dev server must not fill the host's disk through /var.
+            for log in &logs {
+                let _ = crate::log_cap::cap_log(std::path::Path::new(log), crate::log_cap::LOG_CAP);
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        });
     }
 }
 

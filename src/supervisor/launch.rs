@@ -66,23 +66,24 @@ impl Launch {
             Hypervisor::CloudHypervisor => None,
         };
         let (accel, accel_warning) = choose_accel(&kvm::detect(Path::new("/")), host);
-        let mut project_owner = (0, 0);
-        if let Some(project) = &config.project {
-            if let Ok(meta) = std::fs::metadata(&project.path) {
-                project_owner = (meta.uid(), meta.gid());
-            }
-            if !project.path.is_dir() {
-                return Err(UserError::not_found(format!(
-                    "the project directory {} has vanished",
-                    project.path.display()
-                ))
-                .hint(format!(
-                    "restore it, or remove the VM with `mvm rm {}` and create it again",
-                    config.name
-                ))
-                .into());
-            }
-        }
+        // What the guest writes into the project becomes its owner's.
+        let project_owner = match &config.project {
+            Some(project) => match std::fs::metadata(&project.path) {
+                Ok(meta) if meta.is_dir() => (meta.uid(), meta.gid()),
+                _ => {
+                    return Err(UserError::not_found(format!(
+                        "the project directory {} has vanished",
+                        project.path.display()
+                    ))
+                    .hint(format!(
+                        "restore it, or remove the VM with `mvm rm {}` and create it again",
+                        config.name
+                    ))
+                    .into())
+                }
+            },
+            None => (0, 0),
+        };
         if let RootModel::Dir(dir) = &config.root {
             if !dir.is_dir() {
                 return Err(UserError::not_found(format!(

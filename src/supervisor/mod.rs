@@ -212,7 +212,11 @@ fn run(
             None => match events.0.recv_timeout(LEASE_POLL) {
                 Ok(event) => event,
                 Err(RecvTimeoutError::Timeout) => {
-                    cap_log(&launch.spec.console_log, crate::commands::logs::LOG_CAP);
+                    if let Err(error) =
+                        crate::log_cap::cap_log(&launch.spec.console_log, crate::log_cap::LOG_CAP)
+                    {
+                        log!("cannot rotate {}: {error}", launch.spec.console_log.display());
+                    }
                     if let Some(reason) = idle.tick(&run_dir, project.as_deref(), Instant::now()) {
                         log!("{reason}: powering off");
                         request_power_off(&launch);
@@ -243,23 +247,6 @@ fn run(
             }
             Event::Signal(_) => {}
         }
-    }
-}
-
-/// Keeps a log the guest fills (the console) under `cap`: past it, the log is copied to
-/// `NAME.1` (replacing the last copy) and truncated, so it never holds more than twice
-/// the cap. QEMU appends, so it writes on at the new end; a writer that does not append
-/// leaves a hole before its next line, which takes no disk and readers skip.
-pub fn cap_log(path: &Path, cap: u64) {
-    if std::fs::metadata(path).map_or(true, |meta| meta.len() <= cap) {
-        return;
-    }
-    let mut rotated = path.as_os_str().to_owned();
-    rotated.push(".1");
-    let copied = std::fs::copy(path, &rotated);
-    let truncated = std::fs::OpenOptions::new().write(true).open(path).and_then(|file| file.set_len(0));
-    if let Err(error) = copied.and(truncated) {
-        log!("cannot rotate {}: {error}", path.display());
     }
 }
 
@@ -382,23 +369,5 @@ pub fn clean_run_dir(run_dir: &Path) {
         } else {
             let _ = std::fs::remove_file(&path);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_log_past_its_cap_is_rotated_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("console.log");
-        std::fs::write(&log, "x".repeat(100)).unwrap();
-        cap_log(&log, 200);
-        assert_eq!(std::fs::metadata(&log).unwrap().len(), 100, "rotated under the cap");
-        std::fs::write(&log, "y".repeat(300)).unwrap();
-        cap_log(&log, 200);
-        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
-        assert_eq!(std::fs::read(dir.path().join("console.log.1")).unwrap().len(), 300);
     }
 }

@@ -36,6 +36,15 @@ impl ChangeKind {
     }
 }
 
+/// `path` as text safe for a terminal: control characters (escape sequences a guest put
+/// in a file name to hide lines of a review) are shown escaped.
+pub fn printable(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    text.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
+}
+
 /// One changed path, relative to the project.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Change {
@@ -73,10 +82,10 @@ impl std::fmt::Display for ApplyNote {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ApplyNote::SkippedSpecial(path) => {
-                write!(f, "skipped {}: a FIFO, socket or device node", path.display())
+                write!(f, "skipped {}: a FIFO, socket or device node", printable(path))
             }
             ApplyNote::DroppedPrivilegeBits(path) => {
-                write!(f, "dropped the setuid/setgid bits of {}", path.display())
+                write!(f, "dropped the setuid/setgid bits of {}", printable(path))
             }
         }
     }
@@ -164,7 +173,7 @@ impl Layers {
     fn side(&self, tree: &Tree, relative: &Path) -> Option<String> {
         let Some(meta) = tree.metadata(relative).ok()? else { return Some(String::new()) };
         match Kind::of(&meta) {
-            Kind::Symlink => Some(format!("symlink -> {}\n", tree.read_link(relative).ok()?.display())),
+            Kind::Symlink => Some(format!("symlink -> {}\n", printable(&tree.read_link(relative).ok()?))),
             Kind::File if meta.len() <= PATCH_CAP => {
                 String::from_utf8(tree.read(relative, PATCH_CAP).ok()?).ok()
             }
@@ -183,7 +192,7 @@ impl Layers {
             ChangeKind::Deleted => String::new(),
             _ => self.side(&self.upper, &change.path)?,
         };
-        let name = change.path.display().to_string();
+        let name = printable(&change.path);
         Some(
             similar::TextDiff::from_lines(&old, &new)
                 .unified_diff()
@@ -209,7 +218,7 @@ impl Layers {
     /// owner's ids and without setuid/setgid bits; FIFOs, sockets and devices are
     /// skipped. Nothing is written through a symlink of the project.
     pub fn apply(&self, change: &Change) -> anyhow::Result<Option<ApplyNote>> {
-        self.apply_one(change).with_context(|| format!("cannot apply {}", change.path.display()))
+        self.apply_one(change).with_context(|| format!("cannot apply {}", printable(&change.path)))
     }
 
     fn apply_one(&self, change: &Change) -> anyhow::Result<Option<ApplyNote>> {
@@ -218,7 +227,7 @@ impl Layers {
             self.lower.remove(path)?;
             return Ok(None);
         }
-        let meta = self.upper.metadata(path)?.with_context(|| format!("{} vanished", path.display()))?;
+        let meta = self.upper.metadata(path)?.with_context(|| format!("{} vanished", printable(path)))?;
         let kind = Kind::of(&meta);
         if kind == Kind::Special {
             return Ok(Some(ApplyNote::SkippedSpecial(path.clone())));
@@ -233,19 +242,20 @@ impl Layers {
                 self.lower.remove(path)?;
             }
         }
+        // No setuid, setgid or sticky bit, and nothing writable by every user.
         let mode = meta.permissions().mode() & 0o7777;
-        let safe_mode = mode & !0o6000;
+        let safe_mode = mode & 0o775;
         match kind {
             Kind::Dir => self.lower.create_dir_all(path, safe_mode, owner)?,
             Kind::Symlink => self.lower.symlink(path, &self.upper.read_link(path)?, owner)?,
-            _ => self.lower.write_file(path, &mut self.upper.open_file(path)?, safe_mode, owner)?,
+            _ => self.lower.write_file(path, &self.upper.open_file(path)?, safe_mode, owner)?,
         }
-        Ok((mode != safe_mode).then(|| ApplyNote::DroppedPrivilegeBits(path.clone())))
+        Ok((mode & 0o6000 != 0).then(|| ApplyNote::DroppedPrivilegeBits(path.clone())))
     }
 
     /// Drops `change` from the upper layer (the VM must be stopped).
     pub fn discard(&self, change: &Change) -> anyhow::Result<()> {
-        self.upper.remove(&change.path).with_context(|| format!("cannot discard {}", change.path.display()))
+        self.upper.remove(&change.path).with_context(|| format!("cannot discard {}", printable(&change.path)))
     }
 }
 
@@ -337,6 +347,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(lower.join("README")).unwrap(), "two\n");
         assert_eq!(std::fs::read_to_string(lower.join("docs/guide.md")).unwrap(), "guide\n");
         assert!(layers.changes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn names_print_without_their_escape_sequences() {
+        assert_eq!(printable(Path::new("a\x1b[2Kb\n")), "a\\u{1b}[2Kb\\n");
+        assert_eq!(printable(Path::new("src/ünïcode.rs")), "src/ünïcode.rs");
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub enum Outcome {
     ToolMissing(Kind),
     /// The tool failed; its message.
     Failed(Kind, String),
+    /// Declared, but in a project the guest writes (`--mount rw`): mvm does not evaluate
+    /// guest-written Nix on the host.
+    GuestWritable(Kind),
     Ready(ProjectEnv),
 }
 
@@ -137,6 +140,11 @@ impl Outcome {
                 "`{}` failed, so the VM runs without the project's environment: {message}",
                 command_line(*kind).join(" ")
             )),
+            Outcome::GuestWritable(kind) => Some(format!(
+                "the project has {} but is mounted rw, so the guest can rewrite it; mvm does not \
+                 evaluate it on the host and the VM runs without its environment (use --mount overlay)",
+                kind.marker()
+            )),
             Outcome::Undeclared | Outcome::Ready(_) => None,
         }
     }
@@ -152,20 +160,23 @@ fn command_line(kind: Kind) -> Vec<&'static str> {
     }
 }
 
-/// Runs the host's tools. The real one runs them as the invoking user; tests give
-/// outputs in the tools' documented formats (neither tool can be installed on CI).
+/// Runs the host's tools. The real one runs them as the owner of the project they
+/// evaluate; tests give outputs in the tools' documented formats (devenv cannot be
+/// installed on CI).
 pub trait Tools {
     /// `program args` run in `dir`: `Ok(None)` when the program is not installed, its
     /// stdout on success, an error with its stderr otherwise.
     fn output(&self, program: &str, args: &[&str], dir: &Path) -> anyhow::Result<Option<String>>;
 }
 
-/// The tools on this host, run as the invoking user.
+/// The tools on this host, run as the owner of the project: its Nix is their code,
+/// never run with more rights than theirs (root starting a developer's VM included).
 pub struct HostTools;
 
 impl Tools for HostTools {
     fn output(&self, program: &str, args: &[&str], dir: &Path) -> anyhow::Result<Option<String>> {
-        let (user, home, search) = invoking_user_and_search_path();
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir)?);
+        let (user, home, search) = user_and_search_path(owner);
         let Ok(path) = which::which_in(program, Some(&search), dir) else { return Ok(None) };
         let mut command = Command::new(path);
         command.args(args).current_dir(dir).env("PATH", &search).stdin(std::process::Stdio::null());
@@ -189,15 +200,19 @@ impl Tools for HostTools {
 impl HostTools {
     /// Whether the program that makes `kind`'s environment is on this host.
     pub fn has(kind: Kind) -> bool {
-        let (_, _, search) = invoking_user_and_search_path();
+        let (_, _, search) = user_and_search_path(crate::host::user::invoking_user().uid);
         which::which_in(kind.program(), Some(search), "/").is_ok()
     }
 }
 
-/// The invoking user, their home directory, and where their tools are looked for.
-fn invoking_user_and_search_path() -> (InvokingUser, Option<PathBuf>, OsString) {
-    let user = crate::host::user::invoking_user();
-    let home = nix::unistd::User::from_uid(user.uid.into()).ok().flatten().map(|u| u.dir);
+/// User `uid`, their home directory, and where their tools are looked for.
+fn user_and_search_path(uid: u32) -> (InvokingUser, Option<PathBuf>, OsString) {
+    let account = nix::unistd::User::from_uid(uid.into()).ok().flatten();
+    let user = match &account {
+        Some(account) => InvokingUser { name: account.name.clone(), uid, gid: account.gid.as_raw() },
+        None => InvokingUser { name: uid.to_string(), uid, gid: uid },
+    };
+    let home = account.map(|account| account.dir);
     let search = tool_search_path(std::env::var_os("PATH"), home.as_deref(), &user.name);
     (user, home, search)
 }
@@ -247,8 +262,12 @@ pub fn cached(vm_dir: &Path, config: &VmConfig) -> Option<ProjectEnv> {
 /// The environment of VM `config`'s project: from the cache, else made by the tools and
 /// cached (older entries are dropped).
 pub fn resolve(vm_dir: &Path, config: &VmConfig, tools: &dyn Tools) -> Outcome {
-    let Some(project) = config.project.as_ref().map(|p| &p.path) else { return Outcome::Undeclared };
+    let Some(declared) = config.project.as_ref() else { return Outcome::Undeclared };
+    let project = &declared.path;
     let Some(kind) = detect(project) else { return Outcome::Undeclared };
+    if declared.mount == crate::config::vm::MountMode::Rw {
+        return Outcome::GuestWritable(kind);
+    }
     if let Some(env) = cached(vm_dir, config) {
         return Outcome::Ready(env);
     }
@@ -526,6 +545,21 @@ mod tests {
             "{warning}"
         );
         assert!(!dir.path().join("vm").join(CACHE_DIR).exists(), "a failure is not cached");
+    }
+
+    /// In an `rw` project the guest can rewrite devenv.nix: it is never evaluated on the host.
+    #[test]
+    fn a_guest_writable_project_is_not_evaluated() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("devenv.nix"), "{ env.LEAK = builtins.readFile /etc/shadow; }")
+            .unwrap();
+        let tools = FakeTools { installed: true, calls: RefCell::default() };
+        let mut config = vm_with_project(dir.path());
+        config.project.as_mut().unwrap().mount = crate::config::vm::MountMode::Rw;
+        let outcome = resolve(&dir.path().join("vm"), &config, &tools);
+        assert_eq!(outcome, Outcome::GuestWritable(Kind::Devenv));
+        assert!(tools.calls.borrow().is_empty(), "a tool ran: {:?}", tools.calls.borrow());
+        assert!(outcome.warning().unwrap().contains("mounted rw"));
     }
 
     #[test]

@@ -42,7 +42,8 @@ impl ExitStatus {
     pub fn shell_code(self) -> i32 {
         match self {
             ExitStatus::Code(code) => code,
-            ExitStatus::Signal(signal) => 128 + signal,
+            // The guest sends the number: clamp it to what a shell could report.
+            ExitStatus::Signal(signal) => 128 + signal.clamp(0, 127),
         }
     }
 }

@@ -114,14 +114,14 @@ pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
                 None => println!(
                     "{} {}: a directory, binary, special or larger than {} MiB file",
                     change.kind.mark(),
-                    change.path.display(),
+                    changes::printable(&change.path),
                     changes::PATCH_CAP >> 20
                 ),
             }
         }
     } else {
         for change in &found {
-            println!("{} {}", change.kind.mark(), change.path.display());
+            println!("{} {}", change.kind.mark(), changes::printable(&change.path));
         }
     }
     Ok(0)
@@ -134,7 +134,7 @@ pub fn run_apply(args: ApplyArgs, paths: &Paths) -> anyhow::Result<i32> {
     let conflicts: Vec<String> = found
         .iter()
         .filter(|change| layers.as_ref().is_some_and(|layers| layers.conflicts_with_host(change)))
-        .map(|change| change.path.display().to_string())
+        .map(|change| changes::printable(&change.path))
         .collect();
     if !conflicts.is_empty() && !args.force {
         return Err(UserError::conflict(format!(

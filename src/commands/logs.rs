@@ -43,14 +43,14 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {
     let config = store::load(paths, &name)?;
     // Process logs are in the guest's `var/`; the others in the VM's own `log/`, which
     // the hypervisor writes. Both are read beneath their directory, regular files only.
-    let (tree, relative) = match &args.process {
+    let (dir, relative) = match &args.process {
         Some(process) => {
             if !config.processes.iter().any(|p| &p.name == process) {
                 return Err(UserError::not_found(format!("VM '{name}' declares no process {process:?}"))
                     .hint(format!("`mvm inspect {name}` lists its processes"))
                     .into());
             }
-            (crate::view::guest_var(paths, &name)?, crate::view::process_file(process, "log"))
+            (paths.vm_dir(&name).join("var"), crate::view::process_file(process, "log"))
         }
         None => {
             let file_name = match args.source {
@@ -58,15 +58,16 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {
                 LogSource::Supervisor => "supervisor.log",
                 LogSource::Hypervisor => "hypervisor.log",
             };
-            (Tree::open(&paths.vm_dir(&name).join("log"))?, PathBuf::from(file_name))
+            (paths.vm_dir(&name).join("log"), PathBuf::from(file_name))
         }
     };
     let shown = relative.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let running = || store::run_state(paths, &name).is_ok_and(|state| state == RunState::Running);
+    let open = || Tree::open(&dir).and_then(|tree| tree.open_file(&relative));
     let mut file = loop {
-        match tree.open_file(&relative) {
+        match open() {
             Ok(file) => break file,
-            Err(error) if !crate::fs::is_absent(&error) || error.kind() == ErrorKind::InvalidInput => {
+            Err(error) if error.kind() != ErrorKind::NotFound => {
                 return Err(anyhow::Error::from(error).context(format!("cannot read VM '{name}''s {shown}")))
             }
             Err(_) if !args.follow || !running() => {
@@ -80,6 +81,11 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(crate::fs::data_start(&file, len.saturating_sub(LOG_CAP))?))?;
     let mut out = std::io::stdout().lock();
+    if !args.follow {
+        // At most the cap, however fast the guest appends meanwhile.
+        std::io::copy(&mut file.take(LOG_CAP), &mut out)?;
+        return Ok(0);
+    }
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let n = file.read(&mut buffer)?;
@@ -88,14 +94,14 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {
             continue;
         }
         out.flush()?;
-        if !args.follow || !running() {
+        if !running() {
             return Ok(0);
         }
         std::thread::sleep(Duration::from_millis(100));
         // A new boot (or a rotation) truncates the log; start over from its beginning.
-        let now = tree.open_file(&relative).and_then(|file| file.metadata()).map_or(0, |meta| meta.len());
+        let now = open().and_then(|file| file.metadata()).map_or(0, |meta| meta.len());
         if file.stream_position()? > now {
-            file = tree.open_file(&relative)?;
+            file = open()?;
             file.seek(SeekFrom::Start(crate::fs::data_start(&file, 0)?))?;
         }
     }

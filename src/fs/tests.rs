@@ -76,7 +76,12 @@ fn creates_and_writes_only_beneath() {
     assert!(tree.create_dir_all(Path::new("tmp"), 0o1777, None).is_err());
     assert!(tree.create_dir_all(Path::new("tmp/x"), 0o1777, None).is_err());
     assert_eq!(host_mode(&dir), 0o755, "the host directory's mode changed");
-    assert!(tree.write_file(Path::new("tmp/secret"), &mut &b"pwned"[..], 0o644, None).is_err());
+    let source = |bytes: &[u8]| {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        file
+    };
+    assert!(tree.write_file(Path::new("tmp/secret"), &source(b"pwned"), 0o644, None).is_err());
     assert_eq!(std::fs::read(dir.path().join("host/secret")).unwrap(), b"HOST SECRET");
 
     tree.create_dir_all(Path::new("a/b"), 0o1777, None).unwrap();
@@ -84,12 +89,31 @@ fn creates_and_writes_only_beneath() {
     assert_eq!(mode & 0o7777, 0o1777);
     // A symlink at the file's own name is replaced, not written through.
     symlink(dir.path().join("host/secret"), dir.path().join("tree/a/b/f")).unwrap();
-    tree.write_file(Path::new("a/b/f"), &mut &b"new"[..], 0o640, None).unwrap();
+    tree.write_file(Path::new("a/b/f"), &source(b"new"), 0o640, None).unwrap();
     assert_eq!(std::fs::read(dir.path().join("tree/a/b/f")).unwrap(), b"new");
     assert_eq!(std::fs::read(dir.path().join("host/secret")).unwrap(), b"HOST SECRET");
     let meta = std::fs::symlink_metadata(dir.path().join("tree/a/b/f")).unwrap();
     assert!(meta.is_file());
     assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+}
+
+/// A guest's huge sparse file is copied as holes, at once.
+#[test]
+fn a_sparse_file_is_copied_sparse() {
+    let (dir, tree) = setup();
+    let sparse = File::create(dir.path().join("sparse")).unwrap();
+    sparse.set_len(1 << 40).unwrap();
+    std::io::Write::write_all(&mut &sparse, b"head").unwrap();
+    let started = std::time::Instant::now();
+    tree.write_file(Path::new("copy"), &File::open(dir.path().join("sparse")).unwrap(), 0o644, None).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "the holes were copied as zeros");
+    let copy = std::fs::metadata(dir.path().join("tree/copy")).unwrap();
+    assert_eq!(copy.len(), 1 << 40);
+    use std::os::unix::fs::MetadataExt;
+    assert!(copy.blocks() < 1024, "{} blocks", copy.blocks());
+    let mut head = [0u8; 4];
+    std::io::Read::read_exact(&mut File::open(dir.path().join("tree/copy")).unwrap(), &mut head).unwrap();
+    assert_eq!(&head, b"head");
 }
 
 #[test]
@@ -100,6 +124,25 @@ fn removes_a_symlink_not_what_it_points_at() {
     assert!(!dir.path().join("tree/log").exists());
     assert_eq!(std::fs::read(dir.path().join("host/secret")).unwrap(), b"HOST SECRET");
     tree.remove(Path::new("log")).unwrap();
+}
+
+/// A guest can nest directories past PATH_MAX and past the open-file limit; removing
+/// them still works, one level open at a time.
+#[test]
+fn removes_a_tree_deeper_than_any_path() {
+    let (dir, tree) = setup();
+    let root = dir.path().join("tree/deep");
+    std::fs::create_dir(&root).unwrap();
+    let mut current = File::open(&root).unwrap();
+    for _ in 0..3000 {
+        nix::sys::stat::mkdirat(current.as_fd(), "d", Mode::from_bits_truncate(0o755)).unwrap();
+        std::fs::write(format!("/proc/self/fd/{}/f", current.as_raw_fd()), "x").unwrap();
+        let next = openat(current.as_fd(), "d", OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        current = File::from(next);
+    }
+    drop(current);
+    tree.remove(Path::new("deep")).unwrap();
+    assert!(!root.exists());
 }
 
 #[test]

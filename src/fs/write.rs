@@ -4,8 +4,10 @@
 //! never one copied from the guest.
 
 use std::ffi::OsStr;
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::fcntl::{openat, renameat, AtFlags, OFlag};
@@ -79,15 +81,10 @@ impl Tree {
         Ok(())
     }
 
-    /// Replaces file `relative` with the bytes of `content`, written to a temp file
-    /// beside it (created here, never reused) and renamed over it. The parent must exist.
-    pub fn write_file(
-        &self,
-        relative: &Path,
-        content: &mut dyn Read,
-        mode: u32,
-        owner: Owner,
-    ) -> io::Result<()> {
+    /// Replaces file `relative` with a copy of `source`, written to a temp file beside it
+    /// (created here, never reused) and renamed over it. The parent must exist. Holes stay
+    /// holes: a guest's sparse exabyte file costs no disk and no time.
+    pub fn write_file(&self, relative: &Path, source: &File, mode: u32, owner: Owner) -> io::Result<()> {
         let (parent, name) = split(relative)?;
         let dir = self.parent_fd(parent)?;
         let temp = format!(".{}.mvm-{}", name.to_string_lossy(), std::process::id());
@@ -99,8 +96,7 @@ impl Tree {
         )
         .map_err(|error| self.context(&parent.join(&temp), errno(error)))?;
         let written = (|| {
-            let mut file = std::fs::File::from(fd.try_clone()?);
-            io::copy(content, &mut file)?;
+            copy_sparse(source, &File::from(fd.try_clone()?))?;
             chown_fd(&fd, owner)?;
             fchmod(fd.as_fd(), Mode::from_bits_truncate(mode)).map_err(errno)?;
             renameat(dir.as_fd(), temp.as_str(), dir.as_fd(), name).map_err(errno)
@@ -130,17 +126,18 @@ impl Tree {
     }
 
     /// Removes `relative` (a directory with everything in it); nothing there is no error.
+    /// Directories are emptied by descriptor, one level open at a time, so no depth a
+    /// guest builds (past `PATH_MAX`, past the limit on open files) stops a removal.
     pub fn remove(&self, relative: &Path) -> io::Result<()> {
         let Some(meta) = self.metadata(relative)? else { return Ok(()) };
         let (parent, name) = split(relative)?;
-        if Kind::of(&meta) == Kind::Dir {
-            for entry in self.entries(relative)? {
-                self.remove(&relative.join(&entry.name))?;
-            }
-        }
         let dir = self.parent_fd(parent)?;
-        let flag =
-            if Kind::of(&meta) == Kind::Dir { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
+        let flag = if Kind::of(&meta) == Kind::Dir {
+            empty_tree(&dir, name).map_err(|error| self.context(relative, error))?;
+            UnlinkatFlags::RemoveDir
+        } else {
+            UnlinkatFlags::NoRemoveDir
+        };
         match unlinkat(dir.as_fd(), name, flag) {
             Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
             Err(error) => Err(self.context(relative, errno(error))),
@@ -158,5 +155,85 @@ impl Tree {
             AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .map_err(|error| self.context(relative, errno(error)))
+    }
+}
+
+/// Copies `source` into the empty `target`, data segment by data segment.
+fn copy_sparse(source: &File, target: &File) -> io::Result<()> {
+    use nix::unistd::{lseek, Whence};
+    let len = source.metadata()?.len();
+    let mut offset = 0u64;
+    while offset < len {
+        let data = match lseek(source.as_fd(), offset as i64, Whence::SeekData) {
+            Ok(data) => data as u64,
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(error) => return Err(errno(error)),
+        };
+        let hole = lseek(source.as_fd(), data as i64, Whence::SeekHole).map_or(len, |hole| hole as u64);
+        let (mut from, mut to) = (source, target);
+        from.seek(SeekFrom::Start(data))?;
+        to.seek(SeekFrom::Start(data))?;
+        io::copy(&mut from.take(hole - data), &mut to)?;
+        offset = hole;
+    }
+    target.set_len(len)
+}
+
+/// Opens directory `name` of `dir` for listing, never through a symlink.
+fn open_dir(dir: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    openat(dir.as_fd(), name, flags, Mode::empty()).map_err(errno)
+}
+
+/// The (device, inode) of what `fd` is open on.
+fn identity(fd: &OwnedFd) -> io::Result<(u64, u64)> {
+    let stat = nix::sys::stat::fstat(fd.as_fd()).map_err(errno)?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+/// Removes everything inside directory `name` of `parent`. Goes down into the first
+/// subdirectory left, back up through `..` once it is empty (checking `..` is the
+/// directory it came from), so only one level is open and only names are kept.
+fn empty_tree(parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    // The directories above the current one: their names and identities.
+    let mut above: Vec<(std::ffi::OsString, (u64, u64))> = Vec::new();
+    let mut current = open_dir(parent, name)?;
+    let mut current_name = name.to_os_string();
+    loop {
+        let mut subdirectory = None;
+        // A fresh open each time: a listing's position must start at the beginning.
+        let mut listing = nix::dir::Dir::from_fd(open_dir(&current, OsStr::new("."))?).map_err(errno)?;
+        for entry in listing.iter() {
+            let entry = entry.map_err(errno)?;
+            let bytes = entry.file_name().to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            let child = OsStr::from_bytes(bytes).to_os_string();
+            match unlinkat(current.as_fd(), child.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(nix::errno::Errno::EISDIR) => {
+                    subdirectory = Some(child);
+                    break;
+                }
+                Err(error) => return Err(errno(error)),
+            }
+        }
+        drop(listing);
+        if let Some(child) = subdirectory {
+            let next = open_dir(&current, &child)?;
+            above.push((std::mem::replace(&mut current_name, child), identity(&current)?));
+            current = next;
+            continue;
+        }
+        // Empty: go back up, and remove it there.
+        let Some((parent_name, parent_identity)) = above.pop() else { return Ok(()) };
+        let up = open_dir(&current, OsStr::new(".."))?;
+        if identity(&up)? != parent_identity {
+            return Err(io::Error::other("a directory moved while it was being removed"));
+        }
+        unlinkat(up.as_fd(), current_name.as_os_str(), UnlinkatFlags::RemoveDir).map_err(errno)?;
+        current = up;
+        current_name = parent_name;
     }
 }

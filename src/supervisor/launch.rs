@@ -367,6 +367,9 @@ pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     for dir in [vm_dir.join("log"), paths.vm_run_dir(&config.name)] {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // Others may reach the lock (for `list`) but not list what is there; the overlays
+    // mounted in it are nosuid and nodev besides.
+    std::fs::set_permissions(paths.vm_run_dir(&config.name), std::fs::Permissions::from_mode(0o711))?;
     Ok(())
 }
 

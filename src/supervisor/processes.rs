@@ -121,13 +121,17 @@ pub fn mount_overlay(overlay: &Overlay) -> anyhow::Result<()> {
         overlay.upper.display(),
         overlay.work.display()
     );
-    mount(Some("overlay"), &overlay.merged, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
-        .with_context(|| {
+    // nosuid, nodev: whatever the guest copies up (a setuid file of the lower tree it
+    // rewrote, a device it chmodded) grants nothing to a host user who reaches the mount.
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(Some("overlay"), &overlay.merged, Some("overlay"), flags, Some(options.as_str())).with_context(
+        || {
             format!(
                 "cannot mount an overlay of {} (overlayfs may not support its file system; use --mount rw)",
                 overlay.lower.display()
             )
-        })
+        },
+    )
 }
 
 /// Whether `path` is the root of a mount (its device differs from its parent's).

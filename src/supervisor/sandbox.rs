@@ -6,7 +6,9 @@
 //! and nodes — fail with `EPERM` when the mode has `S_ISUID` or `S_ISGID`, and `mknod`
 //! fails for character and block devices. `openat2` carries its mode inside a struct a
 //! filter cannot read, so it fails too; virtiofsd then falls back to `openat`, whose mode
-//! is an argument. The filter is inherited across `exec` and stacks under virtiofsd's own.
+//! is an argument. A guest id virtiofsd's translation cannot cover (`u32::MAX`, "no
+//! change" to `setresuid`) would leave virtiofsd acting as root: switching to it fails.
+//! The filter is inherited across `exec` and stacks under virtiofsd's own.
 
 use std::collections::BTreeMap;
 
@@ -49,6 +51,10 @@ pub fn no_privilege_filter() -> anyhow::Result<BpfProgram> {
         (libc::SYS_mkdirat, 2),
     ] {
         rules.insert(syscall, privilege_bits(mode_arg)?);
+    }
+    // virtiofsd takes a request's ids with setres[ug]id(-1, id, -1).
+    for syscall in [libc::SYS_setresuid, libc::SYS_setresgid] {
+        rules.insert(syscall, vec![masked(1, u64::from(u32::MAX), u64::from(u32::MAX))?]);
     }
     for (syscall, mode_arg) in [(libc::SYS_mknod, 1), (libc::SYS_mknodat, 2)] {
         let mut node_rules = privilege_bits(mode_arg)?;
@@ -105,6 +111,18 @@ mod tests {
         let mode = std::fs::metadata(dir.path().join("f")).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o755);
         assert!(!dir.path().join("dev").exists() && !dir.path().join("g").exists());
+    }
+
+    #[test]
+    fn the_untranslatable_id_cannot_be_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = confined_sh(
+            dir.path(),
+            "python3 -c 'import os; os.setresuid(-1, 65534, -1); print(\"switched\")'; \
+             python3 -c 'import os; os.setresuid(-1, -1, -1)' 2>/dev/null || echo refused",
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("switched") && text.contains("refused"), "{text}");
     }
 
     #[test]

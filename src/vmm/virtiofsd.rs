@@ -17,6 +17,10 @@ pub fn args(share: &Share) -> Vec<String> {
     ];
     if share.read_only {
         args.push("--readonly".to_string());
+    } else {
+        // Without CAP_FSETID the kernel clears setuid/setgid bits on every write the guest
+        // makes; without CAP_MKNOD no device node can be made.
+        args.push("--modcaps=-fsetid:-mknod".to_string());
     }
     for kind in ["uid", "gid"] {
         let translations = match share.ids {
@@ -71,6 +75,7 @@ mod tests {
         assert_eq!(
             squashed[6..],
             [
+                "--modcaps=-fsetid:-mknod",
                 "--translate-uid=squash-guest:0:1000:4294967295",
                 "--translate-gid=squash-guest:0:100:4294967295"
             ]
@@ -79,6 +84,7 @@ mod tests {
         assert_eq!(
             shifted[6..],
             [
+                "--modcaps=-fsetid:-mknod",
                 "--translate-uid=map:0:1879048192:65536",
                 "--translate-uid=forbid-guest:65536:4294901759",
                 "--translate-gid=map:0:1879048192:65536",

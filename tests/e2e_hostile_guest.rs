@@ -209,3 +209,20 @@ restart = "never"
     lab.assert_nothing_left();
     assert!(Path::new(&p).join("README").exists());
 }
+
+/// Not the guest but a host user: after create, the project's path becomes a symlink to
+/// `/`. A start refuses it instead of sharing `/` (what the VM shares is bound by
+/// descriptor, so a swap after the check changes nothing either).
+#[test]
+fn a_project_path_turned_into_a_symlink_is_refused() {
+    let Some((_serial, lab)) = begin("a_project_path_turned_into_a_symlink_is_refused") else { return };
+    let project = lab.sandbox.mkdir("swapped");
+    let p = project.display().to_string();
+    lab.mvm(&["create", "swap", "--project", &p, "--mount", "rw"]).ok();
+    std::fs::rename(&project, lab.sandbox.root().join("moved")).unwrap();
+    std::os::unix::fs::symlink("/", &project).unwrap();
+    lab.mvm(&["start", "swap"]).fails(3, &["cannot be used", "never follows a symlink"]);
+    assert!(lab.leftover_processes().is_empty());
+    lab.mvm(&["rm", "swap"]).ok();
+    assert!(lab.sandbox.root().join("moved").is_dir(), "the project was touched");
+}

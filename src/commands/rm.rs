@@ -81,6 +81,19 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
     let _ = std::fs::remove_file(paths.up_lock(name));
     let run_dir = paths.vm_run_dir(name);
     if run_dir.exists() {
+        // A crashed supervisor may have left the project bound there: unmount first.
+        crate::supervisor::clean_run_dir(&run_dir);
+        let mounted = std::fs::read_dir(&run_dir)?
+            .filter_map(Result::ok)
+            .any(|entry| crate::supervisor::processes::is_mount_point(&entry.path()));
+        if mounted {
+            return Err(UserError::new(
+                crate::error::ExitCode::Failure,
+                format!("{} still has a mount that would not go away", run_dir.display()),
+            )
+            .hint("see `mvm doctor`, then `mvm doctor --fix`")
+            .into());
+        }
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot delete {}", run_dir.display()))?;
     }
     Ok(())

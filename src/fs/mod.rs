@@ -160,6 +160,18 @@ impl Tree {
         Ok(Tree { fd, path: path.to_path_buf() })
     }
 
+    /// Opens the directory at the absolute `path` with no symlink anywhere on the way:
+    /// for paths that were canonical when mvm recorded them (a project, a root tree), so
+    /// that swapping a component for a symlink later cannot redirect mvm.
+    pub fn open_exact(path: &Path) -> io::Result<Tree> {
+        let relative = path.strip_prefix("/").map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not absolute", path.display()))
+        })?;
+        let mut tree = Tree::open(Path::new("/"))?.subtree(relative)?;
+        tree.path = path.to_path_buf();
+        Ok(tree)
+    }
+
     /// The directory `relative` beneath this tree, as a tree of its own.
     pub fn subtree(&self, relative: &Path) -> io::Result<Tree> {
         let fd = self.open_raw(relative, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
@@ -279,6 +291,12 @@ impl Tree {
         }
         value.truncate(size as usize);
         Ok(Some(value))
+    }
+}
+
+impl AsFd for Tree {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Launch {
     /// Set when `/dev/kvm` exists but cannot run ordinary kernels (only `kvm_pvm`).
     pub accel_warning: Option<String>,
     pub overlays: Vec<Overlay>,
+    /// The recorded directories to bind where the shares and overlays take them from.
+    pub pins: Vec<Pin>,
     pub spec: LaunchSpec,
     pub guest: GuestConfig,
     /// The socket vhost-device-vsock serves QEMU on.
@@ -68,31 +70,15 @@ impl Launch {
         let (accel, accel_warning) = choose_accel(&kvm::detect(Path::new("/")), host);
         // What the guest writes into the project becomes its owner's.
         let project_owner = match &config.project {
-            Some(project) => match std::fs::metadata(&project.path) {
-                Ok(meta) if meta.is_dir() => (meta.uid(), meta.gid()),
-                _ => {
-                    return Err(UserError::not_found(format!(
-                        "the project directory {} has vanished",
-                        project.path.display()
-                    ))
-                    .hint(format!(
-                        "restore it, or remove the VM with `mvm rm {}` and create it again",
-                        config.name
-                    ))
-                    .into())
-                }
-            },
+            Some(project) => {
+                let tree = open_recorded(&project.path, "project", &config.name)?;
+                let meta = tree.metadata(Path::new(""))?.context("the project vanished")?;
+                (meta.uid(), meta.gid())
+            }
             None => (0, 0),
         };
         if let RootModel::Dir(dir) = &config.root {
-            if !dir.is_dir() {
-                return Err(UserError::not_found(format!(
-                    "the root directory {} has vanished",
-                    dir.display()
-                ))
-                .hint("restore it, or create the VM again with another --root")
-                .into());
-            }
+            open_recorded(dir, "root", &config.name)?;
         }
         let run_dir = paths.vm_run_dir(&config.name);
         let vm_dir = paths.vm_dir(&config.name);
@@ -133,6 +119,7 @@ impl Launch {
             accel,
             accel_warning,
             overlays,
+            pins: pins(config, &run_dir),
             spec,
             guest,
             vhost_vsock_socket: run_dir.join("vhost-vsock.sock"),
@@ -204,6 +191,47 @@ fn host_dns() -> Vec<std::net::Ipv4Addr> {
     }
 }
 
+/// Opens directory `path` that VM `name` recorded as its `what` (project or root),
+/// refusing it when a symlink now stands anywhere on its path.
+fn open_recorded(path: &Path, what: &str, name: &crate::name::VmName) -> anyhow::Result<crate::fs::Tree> {
+    crate::fs::Tree::open_exact(path).map_err(|error| {
+        let why =
+            if error.kind() == std::io::ErrorKind::NotFound { "has vanished" } else { "cannot be used" };
+        UserError::not_found(format!("the {what} directory {} {why}: {error}", path.display()))
+            .hint(format!(
+                "restore the directory itself at that path (mvm never follows a symlink there), \
+                 or remove the VM with `mvm rm {name}` and create it again"
+            ))
+            .into()
+    })
+}
+
+/// A directory the VM recorded, bound (`processes::pin_directory`) at a path in its
+/// runtime dir before anything uses it: the shares and overlays see that directory
+/// even if its path is later turned into a symlink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub source: PathBuf,
+    pub at: PathBuf,
+}
+
+/// Where the project is bound in the runtime dir.
+pub const PINNED_PROJECT: &str = "lower";
+/// Where a `--root DIR` tree is bound in the runtime dir.
+pub const PINNED_ROOT: &str = "rootdir";
+
+/// The directories of `config` to pin, in mount order.
+pub fn pins(config: &VmConfig, run_dir: &Path) -> Vec<Pin> {
+    let mut pins = Vec::new();
+    if let RootModel::Dir(dir) = &config.root {
+        pins.push(Pin { source: dir.clone(), at: run_dir.join(PINNED_ROOT) });
+    }
+    if let Some(project) = &config.project {
+        pins.push(Pin { source: project.path.clone(), at: run_dir.join(PINNED_PROJECT) });
+    }
+    pins
+}
+
 /// Where a non-persistent project overlay keeps its layers, under the VM's state dir;
 /// removed at every stop and before every start.
 pub const SCRATCH_LAYERS: &str = "scratch";
@@ -214,7 +242,7 @@ pub fn project_overlay(config: &VmConfig, vm_dir: &Path, run_dir: &Path) -> Opti
     // On the state disk, never in /run (memory): the guest decides its size.
     let layers = if project.persist { vm_dir.to_path_buf() } else { vm_dir.join(SCRATCH_LAYERS) };
     Some(Overlay {
-        lower: project.path.clone(),
+        lower: run_dir.join(PINNED_PROJECT),
         upper: layers.join("upper"),
         work: layers.join("work"),
         merged: run_dir.join("project"),
@@ -250,10 +278,10 @@ pub fn plan_shares(
             }
             GuestRoot::Host { nix }
         }
-        RootModel::Dir(dir) => {
+        RootModel::Dir(_) => {
             let merged = run_dir.join("root");
             overlays.push(Overlay {
-                lower: dir.clone(),
+                lower: run_dir.join(PINNED_ROOT),
                 upper: vm_dir.join("root/upper"),
                 work: vm_dir.join("root/work"),
                 merged: merged.clone(),
@@ -270,7 +298,7 @@ pub fn plan_shares(
                 overlays.push(overlay);
                 merged
             }
-            None => project.path.clone(),
+            None => run_dir.join(PINNED_PROJECT),
         };
         let read_only = project.mount == MountMode::Ro;
         let (uid, gid) = project_owner;
@@ -416,7 +444,7 @@ mod tests {
         assert_eq!(
             overlays,
             [Overlay {
-                lower: "/src/web".into(),
+                lower: "/run/mvm/web/lower".into(),
                 upper: "/state/web/scratch/upper".into(),
                 work: "/state/web/scratch/work".into(),
                 merged: "/run/mvm/web/project".into(),
@@ -448,7 +476,10 @@ mod tests {
                 plan_shares(&config(mode, false), Path::new("/state/web"), Path::new("/run/mvm/web"), (0, 0));
             assert!(overlays.is_empty());
             let project = shares.iter().find(|s| s.tag == "project").unwrap();
-            assert_eq!((project.dir.as_path(), project.read_only), (Path::new("/src/web"), read_only));
+            assert_eq!(
+                (project.dir.as_path(), project.read_only),
+                (Path::new("/run/mvm/web/lower"), read_only)
+            );
             assert_eq!(guest.mounts[0].read_only, read_only);
         }
     }

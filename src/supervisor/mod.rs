@@ -41,6 +41,9 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const LEASE_POLL: Duration = Duration::from_secs(1);
 /// The ending recorded for a stop asked for by `mvm stop`.
 const STOPPED_BY_MVM_STOP: &str = "stopped by mvm stop";
+/// Where mvm mounts in a runtime dir: the overlays first, then the directories they were
+/// made of (the order they are unmounted in).
+const MOUNT_POINTS: [&str; 4] = ["project", "root", launch::PINNED_PROJECT, launch::PINNED_ROOT];
 /// Files of the runtime dir that outlive the supervisor.
 pub const KEPT_RUNTIME_FILES: [&str; 2] = ["lock", crate::state::status::STATUS_FILE];
 
@@ -144,6 +147,9 @@ fn run(
     *network_up = Some(config.clone());
     HostNet::open(paths, &host)?.up(&config)?;
     log!("network up ({} ms)", started.elapsed().as_millis());
+    for pin in &launch.pins {
+        processes::pin_directory(&crate::fs::Tree::open_exact(&pin.source)?, &pin.at)?;
+    }
     for overlay in &launch.overlays {
         processes::mount_overlay(overlay)?;
     }
@@ -337,8 +343,8 @@ fn teardown(
     };
     processes.stop_all(Duration::from_secs(3));
     let run_dir = paths.vm_run_dir(name);
-    for merged in ["project", "root"] {
-        note(processes::unmount_if_mounted(&run_dir.join(merged)));
+    for mounted in MOUNT_POINTS {
+        note(processes::unmount_if_mounted(&run_dir.join(mounted)));
     }
     if !processes::is_mount_point(&run_dir.join("project")) {
         note(launch::remove_scratch_layers(&paths.vm_dir(name)));
@@ -362,9 +368,14 @@ pub fn clean_run_dir(run_dir: &Path) {
         }
         let path = entry.path();
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            // Never delete through a mount that would not go away.
+            // Never delete through a mount that would not go away; where mvm mounts
+            // (a project bound here, above all), remove only the empty mount point.
             if processes::unmount_if_mounted(&path).is_ok() && !processes::is_mount_point(&path) {
-                let _ = std::fs::remove_dir_all(&path);
+                let _ = if MOUNT_POINTS.iter().any(|mount| name == *mount) {
+                    std::fs::remove_dir(&path)
+                } else {
+                    std::fs::remove_dir_all(&path)
+                };
             }
         } else {
             let _ = std::fs::remove_file(&path);

@@ -134,10 +134,49 @@ pub fn mount_overlay(overlay: &Overlay) -> anyhow::Result<()> {
     )
 }
 
-/// Whether `path` is the root of a mount (its device differs from its parent's).
+/// The id of the mount `path` (not followed if a symlink) is on.
+fn mount_id(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buffer = std::mem::MaybeUninit::<nix::libc::statx>::zeroed();
+    // SAFETY: the path is NUL-terminated and the buffer is a statx the kernel fills.
+    let done = unsafe {
+        nix::libc::statx(
+            nix::libc::AT_FDCWD,
+            path.as_ptr(),
+            nix::libc::AT_SYMLINK_NOFOLLOW,
+            nix::libc::STATX_MNT_ID,
+            buffer.as_mut_ptr(),
+        )
+    };
+    // SAFETY: statx succeeded, so it wrote the buffer (zeroed before in any case).
+    let stat = unsafe { buffer.assume_init() };
+    (done == 0 && stat.stx_mask & nix::libc::STATX_MNT_ID != 0).then_some(stat.stx_mnt_id)
+}
+
+/// Whether `path` is the root of a mount: its mount differs from its parent's (a bind
+/// mount of the same file system included), or, where the kernel has no mount ids, its
+/// device does.
 pub fn is_mount_point(path: &Path) -> bool {
     let (Ok(meta), Some(parent)) = (std::fs::symlink_metadata(path), path.parent()) else { return false };
-    std::fs::metadata(parent).is_ok_and(|parent| parent.dev() != meta.dev())
+    match (mount_id(path), mount_id(parent)) {
+        (Some(own), Some(above)) => own != above,
+        _ => std::fs::metadata(parent).is_ok_and(|parent| parent.dev() != meta.dev()),
+    }
+}
+
+/// Bind-mounts the directory `source` is open on at `at` (nosuid, nodev): what the
+/// hypervisor's shares and the overlays use from then on is that directory, whatever
+/// becomes of its path.
+pub fn pin_directory(source: &crate::fs::Tree, at: &Path) -> anyhow::Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    std::fs::create_dir_all(at).with_context(|| format!("cannot create {}", at.display()))?;
+    let by_descriptor = format!("/proc/self/fd/{}", source.as_fd().as_raw_fd());
+    mount(Some(by_descriptor.as_str()), at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .with_context(|| format!("cannot bind {} at {}", source.path().display(), at.display()))?;
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(None::<&str>, at, None::<&str>, flags, None::<&str>)
+        .with_context(|| format!("cannot remount {}", at.display()))
 }
 
 /// Detaches the mount at `path`, if there is one.
@@ -146,4 +185,38 @@ pub fn unmount_if_mounted(path: &Path) -> anyhow::Result<()> {
         umount2(path, MntFlags::MNT_DETACH).with_context(|| format!("cannot unmount {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A project bound in the runtime dir: a mount point on the same file system is seen
+    /// as one (so nothing deletes through it), and turning the project's path into a
+    /// symlink afterwards changes nothing the VM sees.
+    #[test]
+    fn a_pinned_directory_stays_the_one_that_was_opened() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP a_pinned_directory_stays_the_one_that_was_opened: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (project, elsewhere, at) =
+            (dir.path().join("project"), dir.path().join("elsewhere"), dir.path().join("lower"));
+        std::fs::create_dir(&project).unwrap();
+        std::fs::write(project.join("mine"), "project").unwrap();
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("secret"), "elsewhere").unwrap();
+        let tree = crate::fs::Tree::open_exact(&project).unwrap();
+        std::fs::rename(&project, dir.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &project).unwrap();
+        assert!(crate::fs::Tree::open_exact(&project).is_err(), "a symlinked path was opened");
+        pin_directory(&tree, &at).unwrap();
+        assert!(is_mount_point(&at), "a same-file-system bind mount is not seen");
+        assert_eq!(std::fs::read_to_string(at.join("mine")).unwrap(), "project");
+        assert!(!at.join("secret").exists());
+        unmount_if_mounted(&at).unwrap();
+        assert!(!is_mount_point(&at));
+        assert!(dir.path().join("moved/mine").exists());
+    }
 }

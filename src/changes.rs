@@ -39,10 +39,17 @@ impl ChangeKind {
 /// `path` as text safe for a terminal: control characters (escape sequences a guest put
 /// in a file name to hide lines of a review) are shown escaped.
 pub fn printable(path: &Path) -> String {
-    let text = path.to_string_lossy();
-    text.chars()
-        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
-        .collect()
+    escape_unprintable(&path.to_string_lossy(), false)
+}
+
+/// `text` with terminal controls, bidi overrides and zero-width characters escaped
+/// (newlines and tabs kept when `keep_lines`).
+pub fn escape_unprintable(text: &str, keep_lines: bool) -> String {
+    let hidden = |c: char| {
+        (c.is_control() && !(keep_lines && (c == '\n' || c == '\t')))
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    text.chars().map(|c| if hidden(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// One changed path, relative to the project.
@@ -99,7 +106,8 @@ impl Layers {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(error.into()),
         };
-        let lower = Tree::open(lower)?;
+        // The project as recorded: no symlink anywhere on its path redirects `apply`.
+        let lower = Tree::open_exact(lower)?;
         let root = lower.metadata(Path::new(""))?.context("the project vanished")?;
         Ok(Some(Layers { upper, lower, owner: (root.uid(), root.gid()) }))
     }
@@ -353,6 +361,8 @@ mod tests {
     fn names_print_without_their_escape_sequences() {
         assert_eq!(printable(Path::new("a\x1b[2Kb\n")), "a\\u{1b}[2Kb\\n");
         assert_eq!(printable(Path::new("src/ünïcode.rs")), "src/ünïcode.rs");
+        assert_eq!(printable(Path::new("evil\u{202e}txt.exe")), "evil\\u{202e}txt.exe");
+        assert_eq!(escape_unprintable("line\n\tx\x1b[31m", true), "line\n\tx\\u{1b}[31m");
     }
 
     #[test]

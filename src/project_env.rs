@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -88,7 +89,7 @@ const DEFINITION_CAP: u64 = 16 << 20;
 /// The regular file `file` of `project`, read beneath it: a guest with `--mount rw` may
 /// have planted a symlink or a FIFO there, which count as no file.
 fn definition(project: &Path, file: &str) -> Option<Vec<u8>> {
-    crate::fs::Tree::open(project).ok()?.read(Path::new(file), DEFINITION_CAP).ok()
+    crate::fs::Tree::open_exact(project).ok()?.read(Path::new(file), DEFINITION_CAP).ok()
 }
 
 /// The kind of environment `project` declares, if any.
@@ -171,12 +172,14 @@ pub trait Tools {
 
 /// The tools on this host, run as the owner of the project: its Nix is their code,
 /// never run with more rights than theirs (root starting a developer's VM included).
+/// A project root owns runs as the invoking user, so only root runs root's Nix as root.
 pub struct HostTools;
 
 impl Tools for HostTools {
     fn output(&self, program: &str, args: &[&str], dir: &Path) -> anyhow::Result<Option<String>> {
         let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir)?);
-        let (user, home, search) = user_and_search_path(owner);
+        let runner = if owner == 0 { crate::host::user::invoking_user().uid } else { owner };
+        let (user, home, search) = user_and_search_path(runner);
         let Ok(path) = which::which_in(program, Some(&search), dir) else { return Ok(None) };
         let mut command = Command::new(path);
         command.args(args).current_dir(dir).env("PATH", &search).stdin(std::process::Stdio::null());
@@ -272,7 +275,14 @@ pub fn resolve(vm_dir: &Path, config: &VmConfig, tools: &dyn Tools) -> Outcome {
         return Outcome::Ready(env);
     }
     let key = cache_key(project);
-    let env = match make(kind, project, tools) {
+    // The tools run in the directory itself, open with no symlink on its path, whatever
+    // its path turns into meanwhile.
+    let directory = match crate::fs::Tree::open_exact(project) {
+        Ok(directory) => directory,
+        Err(error) => return Outcome::Failed(kind, format!("cannot open {}: {error}", project.display())),
+    };
+    let by_descriptor = PathBuf::from(format!("/proc/self/fd/{}", directory.as_fd().as_raw_fd()));
+    let env = match make(kind, &by_descriptor, tools) {
         Ok(Some(env)) => env,
         Ok(None) => return Outcome::ToolMissing(kind),
         Err(error) => return Outcome::Failed(kind, format!("{error:#}")),

@@ -110,7 +110,7 @@ pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
     } else if args.patch {
         for change in &found {
             match layers.as_ref().and_then(|layers| layers.patch(change)) {
-                Some(patch) => print!("{patch}"),
+                Some(patch) => print!("{}", changes::escape_unprintable(&patch, true)),
                 None => println!(
                     "{} {}: a directory, binary, special or larger than {} MiB file",
                     change.kind.mark(),

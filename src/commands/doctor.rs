@@ -227,10 +227,11 @@ fn stale_run_dirs(paths: &Paths) -> Vec<std::path::PathBuf> {
 /// Empties a stale runtime dir (unmounting what is mounted there); removes it too when
 /// its VM no longer exists.
 fn clean_stale_run_dir(paths: &Paths, dir: &std::path::Path) -> anyhow::Result<()> {
-    clean_run_dir(dir);
     let vm_exists = dir.file_name().is_some_and(|name| paths.state_dir.join(name).is_dir());
-    if !vm_exists {
-        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    if vm_exists {
+        clean_run_dir(dir);
+    } else {
+        crate::supervisor::remove_run_dir(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     }
     Ok(())
 }

@@ -56,16 +56,26 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
             .hint(format!("stop it first with `mvm stop {name}`, or use `mvm rm --force {name}`"))
             .into());
     }
+    let kept = paths.kept_volumes(name);
+    if keep_volumes && kept.exists() {
+        return Err(UserError::conflict(format!(
+            "volumes of an earlier VM '{name}' are already kept in {}",
+            kept.display()
+        ))
+        .hint("move or delete them first")
+        .into());
+    }
+    // First, while nothing is lost yet: a crashed supervisor may have left the project
+    // bound in the runtime dir, which is emptied without ever recursing into a mount.
+    let run_dir = paths.vm_run_dir(name);
+    crate::supervisor::remove_run_dir(&run_dir).map_err(|error| {
+        UserError::new(
+            crate::error::ExitCode::Failure,
+            format!("cannot remove {}: {error}", run_dir.display()),
+        )
+        .hint("a mount there would not go away: see `mvm doctor`, then `mvm doctor --fix`")
+    })?;
     if keep_volumes {
-        let kept = paths.kept_volumes(name);
-        if kept.exists() {
-            return Err(UserError::conflict(format!(
-                "volumes of an earlier VM '{name}' are already kept in {}",
-                kept.display()
-            ))
-            .hint("move or delete them first")
-            .into());
-        }
         std::fs::create_dir_all(kept.parent().expect("kept volumes have a parent"))?;
         std::fs::rename(paths.vm_dir(name).join("volumes"), &kept)
             .with_context(|| format!("cannot keep the volumes in {}", kept.display()))?;
@@ -79,22 +89,5 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
         .and_then(|state| state.remove(trash.strip_prefix(&paths.state_dir).expect("the trash is in state")))
         .with_context(|| format!("cannot delete {}", trash.display()))?;
     let _ = std::fs::remove_file(paths.up_lock(name));
-    let run_dir = paths.vm_run_dir(name);
-    if run_dir.exists() {
-        // A crashed supervisor may have left the project bound there: unmount first.
-        crate::supervisor::clean_run_dir(&run_dir);
-        let mounted = std::fs::read_dir(&run_dir)?
-            .filter_map(Result::ok)
-            .any(|entry| crate::supervisor::processes::is_mount_point(&entry.path()));
-        if mounted {
-            return Err(UserError::new(
-                crate::error::ExitCode::Failure,
-                format!("{} still has a mount that would not go away", run_dir.display()),
-            )
-            .hint("see `mvm doctor`, then `mvm doctor --fix`")
-            .into());
-        }
-        std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot delete {}", run_dir.display()))?;
-    }
     Ok(())
 }

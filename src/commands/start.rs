@@ -81,6 +81,17 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
     }
     let host = HostConfig::load(&paths.config_file)?;
     let prepared = Launch::prepare(paths, &host, &config)?;
+    // Through sudo, as at create: only the invoking user's own project (a directory of
+    // root's renamed into its place since would otherwise be shared with root's rights).
+    let user = crate::host::user::invoking_user();
+    if user.uid != 0 && config.project.is_some() && prepared.project_owner.0 != user.uid {
+        return Err(UserError::usage(format!(
+            "VM '{name}''s project belongs to uid {}, not to you ({}, uid {})",
+            prepared.project_owner.0, user.name, user.uid
+        ))
+        .hint(format!("its owner starts it, or root: `mvm start {name}` as root"))
+        .into());
+    }
     if let Some(warning) = &prepared.accel_warning {
         eprintln!("{warning}");
     }

@@ -43,6 +43,8 @@ pub struct Launch {
     pub overlays: Vec<Overlay>,
     /// The recorded directories to bind where the shares and overlays take them from.
     pub pins: Vec<Pin>,
+    /// The project's owner (uid, gid), whom the guest's writes to it belong to.
+    pub project_owner: (u32, u32),
     pub spec: LaunchSpec,
     pub guest: GuestConfig,
     /// The socket vhost-device-vsock serves QEMU on.
@@ -120,6 +122,7 @@ impl Launch {
             accel_warning,
             overlays,
             pins: pins(config, &run_dir),
+            project_owner,
             spec,
             guest,
             vhost_vsock_socket: run_dir.join("vhost-vsock.sock"),
@@ -213,6 +216,8 @@ fn open_recorded(path: &Path, what: &str, name: &crate::name::VmName) -> anyhow:
 pub struct Pin {
     pub source: PathBuf,
     pub at: PathBuf,
+    /// Only read through (an overlay's lower layer, an `ro` project).
+    pub read_only: bool,
 }
 
 /// Where the project is bound in the runtime dir.
@@ -224,10 +229,11 @@ pub const PINNED_ROOT: &str = "rootdir";
 pub fn pins(config: &VmConfig, run_dir: &Path) -> Vec<Pin> {
     let mut pins = Vec::new();
     if let RootModel::Dir(dir) = &config.root {
-        pins.push(Pin { source: dir.clone(), at: run_dir.join(PINNED_ROOT) });
+        pins.push(Pin { source: dir.clone(), at: run_dir.join(PINNED_ROOT), read_only: true });
     }
     if let Some(project) = &config.project {
-        pins.push(Pin { source: project.path.clone(), at: run_dir.join(PINNED_PROJECT) });
+        let read_only = project.mount != MountMode::Rw;
+        pins.push(Pin { source: project.path.clone(), at: run_dir.join(PINNED_PROJECT), read_only });
     }
     pins
 }
@@ -395,9 +401,9 @@ pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     for dir in [vm_dir.join("log"), paths.vm_run_dir(&config.name)] {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    // Others may reach the lock (for `list`) but not list what is there; the overlays
-    // mounted in it are nosuid and nodev besides.
-    std::fs::set_permissions(paths.vm_run_dir(&config.name), std::fs::Permissions::from_mode(0o711))?;
+    // Root's alone: the project is bound there, past any permission of its parents (the
+    // overlays mounted there are nosuid and nodev besides).
+    std::fs::set_permissions(paths.vm_run_dir(&config.name), std::fs::Permissions::from_mode(0o700))?;
     Ok(())
 }
 

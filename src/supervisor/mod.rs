@@ -148,7 +148,16 @@ fn run(
     HostNet::open(paths, &host)?.up(&config)?;
     log!("network up ({} ms)", started.elapsed().as_millis());
     for pin in &launch.pins {
-        processes::pin_directory(&crate::fs::Tree::open_exact(&pin.source)?, &pin.at)?;
+        processes::pin_directory(&crate::fs::Tree::open_exact(&pin.source)?, &pin.at, pin.read_only)?;
+    }
+    // The shares were planned for the project's owner: the directory now bound must be
+    // theirs still (not another directory renamed into its place meanwhile).
+    if launch.config.project.is_some() {
+        use std::os::unix::fs::MetadataExt;
+        let bound = std::fs::metadata(run_dir.join(launch::PINNED_PROJECT))?;
+        if (bound.uid(), bound.gid()) != launch.project_owner {
+            bail!("the project directory changed owner while the VM was starting");
+        }
     }
     for overlay in &launch.overlays {
         processes::mount_overlay(overlay)?;
@@ -356,6 +365,23 @@ fn teardown(
     }
     clean_run_dir(&run_dir);
     first_error.map_or(Ok(()), Err)
+}
+
+/// Removes a runtime dir that no supervisor holds: unmounts what mvm mounted there and
+/// deletes files and empty mount points one by one, never recursing into a directory
+/// that might be a mount (a project bound there). Nothing there is no error.
+pub fn remove_run_dir(run_dir: &Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(run_dir).is_err() {
+        return Ok(());
+    }
+    clean_run_dir(run_dir);
+    for kept in KEPT_RUNTIME_FILES {
+        match std::fs::remove_file(run_dir.join(kept)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+    }
+    std::fs::remove_dir(run_dir)
 }
 
 /// Removes everything from a runtime dir but the lock and status (stale sockets included).

@@ -165,18 +165,36 @@ pub fn is_mount_point(path: &Path) -> bool {
     }
 }
 
-/// Bind-mounts the directory `source` is open on at `at` (nosuid, nodev): what the
-/// hypervisor's shares and the overlays use from then on is that directory, whatever
-/// becomes of its path.
-pub fn pin_directory(source: &crate::fs::Tree, at: &Path) -> anyhow::Result<()> {
+/// Bind-mounts the directory `source` is open on at `at` (with what is mounted inside
+/// it; nosuid, nodev, private; read-only when `read_only` or when the source is): what
+/// the shares and the overlays use from then on is that directory, whatever becomes of
+/// its path.
+pub fn pin_directory(source: &crate::fs::Tree, at: &Path, read_only: bool) -> anyhow::Result<()> {
+    use nix::sys::statvfs::{fstatvfs, FsFlags};
     use std::os::fd::{AsFd, AsRawFd};
     std::fs::create_dir_all(at).with_context(|| format!("cannot create {}", at.display()))?;
     let by_descriptor = format!("/proc/self/fd/{}", source.as_fd().as_raw_fd());
-    mount(Some(by_descriptor.as_str()), at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some(by_descriptor.as_str()), at, None::<&str>, bind, None::<&str>)
         .with_context(|| format!("cannot bind {} at {}", source.path().display(), at.display()))?;
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(None::<&str>, at, None::<&str>, flags, None::<&str>)
-        .with_context(|| format!("cannot remount {}", at.display()))
+    let settle = || -> anyhow::Result<()> {
+        mount(None::<&str>, at, None::<&str>, MsFlags::MS_PRIVATE | MsFlags::MS_REC, None::<&str>)?;
+        // A remount replaces the mount's flags: keep the source's read-only and noexec.
+        let source_flags = fstatvfs(source.as_fd())?.flags();
+        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if read_only || source_flags.contains(FsFlags::ST_RDONLY) {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        if source_flags.contains(FsFlags::ST_NOEXEC) {
+            flags |= MsFlags::MS_NOEXEC;
+        }
+        mount(None::<&str>, at, None::<&str>, flags, None::<&str>)?;
+        Ok(())
+    };
+    settle().map_err(|error| {
+        let _ = umount2(at, MntFlags::MNT_DETACH);
+        error.context(format!("cannot set up the bind mount at {}", at.display()))
+    })
 }
 
 /// Detaches the mount at `path`, if there is one.
@@ -211,10 +229,11 @@ mod tests {
         std::fs::rename(&project, dir.path().join("moved")).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &project).unwrap();
         assert!(crate::fs::Tree::open_exact(&project).is_err(), "a symlinked path was opened");
-        pin_directory(&tree, &at).unwrap();
+        pin_directory(&tree, &at, true).unwrap();
         assert!(is_mount_point(&at), "a same-file-system bind mount is not seen");
         assert_eq!(std::fs::read_to_string(at.join("mine")).unwrap(), "project");
         assert!(!at.join("secret").exists());
+        assert!(std::fs::write(at.join("new"), "x").is_err(), "a read-only pin is writable");
         unmount_if_mounted(&at).unwrap();
         assert!(!is_mount_point(&at));
         assert!(dir.path().join("moved/mine").exists());

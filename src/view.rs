@@ -83,6 +83,15 @@ impl VmSummary {
             (VmState::Stopped, Some(status)) if status.phase == Phase::Crashed => {
                 (VmState::Crashed, None, status.reason)
             }
+            // No supervisor holds the lock, yet none recorded an end: it was killed.
+            (VmState::Stopped, Some(status)) if status.ended_at.is_none() => (
+                VmState::Crashed,
+                None,
+                Some(format!(
+                    "its supervisor (pid {}) ended without stopping it (killed?); its processes died with it",
+                    status.supervisor_pid
+                )),
+            ),
             (VmState::Stopped, Some(status)) => (state, None, status.reason),
             (state, _) => (state, None, None),
         };

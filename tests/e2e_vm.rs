@@ -133,6 +133,12 @@ fn a_vm_boots_runs_commands_serves_a_port_and_stops_clean() {
     assert_eq!(lab.sh("web", "pwd").ok().trim(), project.canonicalize().unwrap().to_str().unwrap());
     assert_eq!(lab.sh("web", "exit 7").code, 7);
     assert_eq!(lab.sh("web", "kill -9 $$").code, 137);
+    // A missing command and one that cannot be executed, as a shell reports them, every
+    // time (the spawn never races the guest's reaper).
+    for _ in 0..5 {
+        lab.mvm(&["shell", "web", "--", "nosuchcmd"]).fails(127, &["nosuchcmd: command not found"]);
+    }
+    lab.mvm(&["shell", "web", "--", "/etc"]).fails(126, &["/etc: Permission denied"]);
     let streams = lab.sh("web", "echo out; echo err >&2");
     assert_eq!((streams.stdout.as_str(), streams.stderr.as_str()), ("out\n", "err\n"));
     assert_eq!(lab.mvm_with_stdin(&["shell", "web", "--", "cat"], b"piped data\n").ok(), "piped data\n");
@@ -307,6 +313,35 @@ fn vms_are_isolated_reach_the_internet_and_survive_poweroff_and_kill() {
     let console = lab.mvm(&["logs", "b"]);
     assert!(console.ok().contains("mvm-init: ready"), "{}", console.stdout);
     assert_eq!(lab.sh("b", "echo back").ok(), "back\n");
+
+    // kill -9 of b's supervisor (what the OOM killer does): its hypervisor, virtiofsd
+    // and vhost-device-vsock die with it, `list` says crashed and why, `doctor --fix`
+    // removes what it left, and the next start works.
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.sandbox.run_dir().join("b/status.json")).unwrap())
+            .unwrap();
+    let supervisor = status["supervisor_pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(supervisor), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.leftover_processes().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes outlived their supervisor: {:?}",
+            lab.leftover_processes()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let list: serde_json::Value = serde_json::from_str(lab.mvm(&["list", "--json"]).ok()).unwrap();
+    assert_eq!(list[1]["state"], "crashed", "{list}");
+    assert!(
+        list[1]["reason"].as_str().unwrap().contains(&format!("supervisor (pid {supervisor})")),
+        "{list}"
+    );
+    lab.mvm(&["doctor", "--fix"]);
+    lab.assert_nothing_left();
+    assert!(lab.mvm(&["start", "b"]).ok().contains("VM 'b' is up"));
+    assert_eq!(lab.sh("b", "echo again").ok(), "again\n");
     lab.mvm(&["stop", "b"]).ok();
     lab.assert_nothing_left();
 }

@@ -174,7 +174,10 @@ fn spawn_on_terminal(
     command.stdin(Stdio::from(slave.try_clone()?));
     command.stdout(Stdio::from(slave.try_clone()?));
     command.stderr(Stdio::from(slave));
-    let child = command.spawn().context("cannot start the command")?;
+    let child = {
+        let _no_reaping = reaper::spawning();
+        command.spawn()?
+    };
     // The slave's last copy in this process goes with `command`, so the reader sees the end.
     drop(command);
     let master = File::from(pty.master);
@@ -189,7 +192,10 @@ fn spawn_on_terminal(
 
 fn spawn_on_pipes(mut command: Command, sender: &Sender) -> anyhow::Result<Started> {
     command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().context("cannot start the command")?;
+    let mut child = {
+        let _no_reaping = reaper::spawning();
+        command.spawn()?
+    };
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     Ok(Started {
@@ -205,10 +211,27 @@ fn spawn_on_pipes(mut command: Command, sender: &Sender) -> anyhow::Result<Start
 
 fn exec(request: ExecRequest, connection: &mut File, sender: &Sender) -> anyhow::Result<()> {
     let command = build_command(&request);
-    let started = if request.tty {
-        spawn_on_terminal(command, &request, sender)?
+    let spawned = if request.tty {
+        spawn_on_terminal(command, &request, sender)
     } else {
-        spawn_on_pipes(command, sender)?
+        spawn_on_pipes(command, sender)
+    };
+    let started = match spawned {
+        Ok(started) => started,
+        Err(error) => {
+            // As a shell says it: 127 for a command that is not there, 126 for one that
+            // cannot be executed.
+            let io = error.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+            let (code, why) = match io {
+                Some(std::io::ErrorKind::NotFound) => (127, "command not found".to_string()),
+                Some(std::io::ErrorKind::PermissionDenied) => (126, "Permission denied".to_string()),
+                _ => return Err(error.context("cannot start the command")),
+            };
+            let program = request.argv.first().map_or("the shell", String::as_str);
+            send(sender, &Frame::Stderr(format!("mvm: {program}: {why}\n").into_bytes()));
+            send(sender, &Frame::Exit(ExitStatus::Code(code)));
+            return Ok(());
+        }
     };
     let status = reaper::register(started.pid);
     let exited = Arc::new(AtomicBool::new(false));

@@ -91,7 +91,11 @@ fn keep_running(process: &Process) {
             command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(Into::into));
         }
         let started = Instant::now();
-        let status = match command.spawn() {
+        let spawned = {
+            let _no_reaping = reaper::spawning();
+            command.spawn()
+        };
+        let status = match spawned {
             Ok(child) => {
                 let pid = child.id();
                 let status = reaper::register(pid);

@@ -28,10 +28,27 @@ fn log_file(path: &Path) -> anyhow::Result<File> {
         .with_context(|| format!("cannot open log {}", path.display()))
 }
 
+/// A command for one of the VM's processes. It dies with the supervisor: the kernel
+/// sends it SIGKILL when the thread that forked it ends, and every spawn happens on the
+/// supervisor's main thread, which lives as long as the supervisor (an OOM kill or a
+/// `kill -9` of it leaves no hypervisor or virtiofsd running unseen).
 fn command(program: &Path, args: &[String], log: &Path) -> anyhow::Result<Command> {
+    use std::os::unix::process::CommandExt;
     let out = log_file(log)?;
     let mut command = Command::new(program);
     command.args(args).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+    let supervisor = nix::unistd::getpid();
+    // SAFETY: between fork and exec only prctl and getppid, both async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The supervisor may have died before the signal was asked for.
+            if nix::unistd::getppid() != supervisor {
+                return Err(std::io::Error::other("the supervisor is gone"));
+            }
+            Ok(())
+        });
+    }
     Ok(command)
 }
 

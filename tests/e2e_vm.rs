@@ -413,3 +413,28 @@ fn a_directory_tree_boots_as_the_root_with_a_writable_layer() {
     lab.mvm(&["stop", "tiny"]).ok();
     lab.assert_nothing_left();
 }
+
+/// `mvm stop` of a VM still booting stops it at once (it used to wait for the boot to
+/// finish): the guest never gets as far as its ready line, and nothing is left.
+#[test]
+fn a_stop_during_boot_stops_at_once() {
+    let Some((_serial, lab)) = begin("a_stop_during_boot_stops_at_once") else { return };
+    lab.mvm(&["create", "quick"]).ok();
+    let start =
+        lab.command(&["start", "quick"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let run_lock = lab.sandbox.run_dir().join("quick/lock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !mvm::state::lock::RunLock::is_held(&run_lock).unwrap_or(false) {
+        assert!(Instant::now() < deadline, "the supervisor never took its lock");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    lab.mvm(&["stop", "quick"]).ok();
+    let console =
+        std::fs::read_to_string(lab.sandbox.state_dir().join("quick/log/console.log")).unwrap_or_default();
+    assert!(!console.contains("mvm-init: ready"), "the stop waited for the boot:\n{console}");
+    let started = Run::from_output(start.wait_with_output().unwrap());
+    assert_ne!(started.code, 0, "the interrupted start reported success");
+    let list: serde_json::Value = serde_json::from_str(lab.mvm(&["list", "--json"]).ok()).unwrap();
+    assert_eq!(list[0]["state"], "stopped", "{list}");
+    lab.assert_nothing_left();
+}

@@ -136,7 +136,7 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         &paths.vm_run_dir(name).join("vsock.sock"),
         Instant::now() + timeout,
         || RunLock::is_held(&run_lock).unwrap_or(false),
-        || console_says_ready(&console),
+        || launch::guest_ready(&console),
     );
     if let Some(spinner) = spinner {
         spinner.finish_and_clear();
@@ -186,13 +186,4 @@ fn failure(paths: &Paths, name: &VmName) -> anyhow::Error {
     UserError::new(crate::error::ExitCode::Failure, message)
         .hint(format!("see `mvm logs {name}` and {}", paths.vm_dir(name).join("log").display()))
         .into()
-}
-
-/// Whether the console's first MiB (the boot, before any guest program ran) holds the
-/// guest init's ready line.
-fn console_says_ready(console: &std::path::Path) -> bool {
-    use std::io::Read;
-    let mut head = Vec::new();
-    std::fs::File::open(console).and_then(|file| file.take(1 << 20).read_to_end(&mut head)).is_ok()
-        && String::from_utf8_lossy(&head).contains(crate::guest::init::READY_MARKER)
 }

@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 
 use crate::error::UserError;
 use crate::name::VmName;
-use crate::state::lock::{FileLock, RunLock};
+use crate::state::lock::RunLock;
 use crate::state::status::RuntimeStatus;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
@@ -54,7 +54,8 @@ pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> any
             .hint(format!("run `sudo mvm stop {name}`"))
             .into());
     }
-    let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
+    // No lifecycle lock: a start holds it until the guest answers, and a stop must not
+    // wait for the boot it is stopping (the supervisor takes the signal at any phase).
     let run_dir = paths.vm_run_dir(name);
     let status = RuntimeStatus::read(&run_dir).context("the running VM has no status.json")?;
     std::fs::write(run_dir.join(STOP_TIMEOUT_FILE), timeout.as_secs().to_string())?;

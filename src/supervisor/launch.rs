@@ -339,6 +339,15 @@ pub fn plan_shares(
     (shares, overlays, guest)
 }
 
+/// Whether the console's first MiB (the boot, before any guest program ran) holds the
+/// guest init's ready line.
+pub fn guest_ready(console: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(console).and_then(|file| file.take(1 << 20).read_to_end(&mut head)).is_ok()
+        && String::from_utf8_lossy(&head).contains(crate::guest::init::READY_MARKER)
+}
+
 /// Reads the last `lines` lines of a log file (for error messages).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let tail = std::fs::File::open(path).and_then(|mut file| crate::fs::read_tail(&mut file, 64 * 1024));

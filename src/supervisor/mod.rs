@@ -68,6 +68,9 @@ enum Event {
 
 /// Runs the supervisor of VM `name` until the VM ends.
 pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
+    // Before the lock makes this VM "running": a stop signal from then on is an event,
+    // never the default action that would kill the supervisor without a teardown.
+    let events = listen_for_signals()?;
     let run_dir = paths.vm_run_dir(name);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
     let Some(_lock) = RunLock::try_acquire(&paths.run_lock(name))? else {
@@ -87,7 +90,7 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     let (phase, reason) = loop {
         let mut processes = Processes::default();
         let mut network_up = None;
-        let ending = run(paths, name, &mut status, &mut processes, &mut network_up)
+        let ending = run(paths, name, &events, &mut status, &mut processes, &mut network_up)
             .unwrap_or_else(|error| Ending::Ended(Phase::Crashed, format!("{error:#}")));
         status.phase = Phase::Stopping;
         let _ = status.write(&run_dir);
@@ -120,6 +123,7 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
 fn run(
     paths: &Paths,
     name: &VmName,
+    events: &(Receiver<Event>, std::sync::mpsc::Sender<Event>),
     status: &mut RuntimeStatus,
     processes: &mut Processes,
     network_up: &mut Option<crate::config::vm::VmConfig>,
@@ -135,7 +139,6 @@ fn run(
         log!("{warning}");
     }
     let run_dir = paths.vm_run_dir(name);
-    let events = listen_for_signals()?;
 
     let base =
         initramfs::cached_base(&paths.state_dir.join(".cache"), &BaseSpec::for_kernel(&launch.kernel)?)?;
@@ -250,6 +253,12 @@ fn run(
                 log!("forced stop: killing {program}");
                 let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);
                 stop.get_or_insert((Instant::now() + Duration::from_secs(3600), STOPPED_BY_MVM_STOP.into()));
+            }
+            Event::Signal(_) if stop.is_none() && !launch::guest_ready(&launch.spec.console_log) => {
+                // Still booting: nothing in the guest to save, so no reason to wait for it.
+                log!("stop requested during boot: killing {program}");
+                let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);
+                stop = Some((Instant::now() + Duration::from_secs(3600), STOPPED_BY_MVM_STOP.into()));
             }
             Event::Signal(_) if stop.is_none() => {
                 let timeout = std::fs::read_to_string(run_dir.join(STOP_TIMEOUT_FILE))

@@ -283,7 +283,10 @@ fn port_forwards_answer_from_localhost_and_from_outside() {
 fn an_offline_guest_reaches_nothing() {
     root_test!(an_offline_guest_reaches_nothing);
     let mut lab = Lab::new();
-    let vm = lab.create("sealed", |args| args.offline = true);
+    let vm = lab.create("sealed", |args| {
+        args.offline = true;
+        args.ports = vec!["8080:3000".into(), "5353:53/udp".into()];
+    });
     lab.up(&vm);
     let guest = lab.guest(&vm);
     let _tcp = TcpServer::start(&lab.internet, &format!("{INTERNET_IP}:80"));
@@ -292,6 +295,17 @@ fn an_offline_guest_reaches_nothing() {
     assert!(tcp_from(&lab.guests[guest], &format!("{INTERNET_IP}:80")).is_err());
     assert!(udp_from(&lab.guests[guest], &format!("{INTERNET_IP}:53")).is_err());
     assert!(tcp_from(&lab.guests[guest], &format!("{}:9000", vm.network.gateway)).is_err());
+    // Its forwards still answer, from the host's localhost and from outside the host.
+    let _guest_tcp = TcpServer::start(&lab.guests[guest], "0.0.0.0:3000");
+    let _guest_udp = udp_server(&lab.guests[guest], "0.0.0.0:53");
+    for (from, target) in [(&lab.host, "127.0.0.1"), (&lab.internet, HOST_UPLINK_IP)] {
+        let tcp = tcp_from(from, &format!("{target}:8080"));
+        assert!(tcp.as_ref().is_ok_and(|reply| reply.starts_with("peer=")), "tcp via {target}: {tcp:?}");
+        let udp = udp_from(from, &format!("{target}:5353"));
+        assert!(udp.as_ref().is_ok_and(|reply| reply.starts_with("peer=")), "udp via {target}: {udp:?}");
+    }
+    // And it still reaches nothing itself.
+    assert!(tcp_from(&lab.guests[guest], &format!("{INTERNET_IP}:80")).is_err());
 }
 
 #[test]

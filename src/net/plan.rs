@@ -174,7 +174,9 @@ pub fn vm_rules(vm: &VmFirewall, host: &HostNetwork) -> Vec<Rule> {
     let guest = vm.network.address;
     let mut rules = Vec::new();
     let egress = if vm.offline {
-        format!("-i {bridge} {tag} -j DROP")
+        // Only what the guest starts: replies to forwarded ingress (ESTABLISHED) still
+        // pass the shared rules, from outside the host as from its localhost.
+        format!("-i {bridge} -m conntrack --ctstate NEW {tag} -j DROP")
     } else {
         match &host.uplink {
             Some(uplink) => format!("-i {bridge} -o {uplink} {tag} -j ACCEPT"),
@@ -254,7 +256,7 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "-A MVM-FORWARD -i mvmbr1 -m comment --comment \"mvm:web\" -j DROP",
+                "-A MVM-FORWARD -i mvmbr1 -m conntrack --ctstate NEW -m comment --comment \"mvm:web\" -j DROP",
                 "-A MVM-INPUT -i mvmbr1 -m comment --comment \"mvm:web\" -j ACCEPT",
             ]
         );

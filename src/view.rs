@@ -84,14 +84,17 @@ impl VmSummary {
                 (VmState::Crashed, None, status.reason)
             }
             // No supervisor holds the lock, yet none recorded an end: it was killed.
-            (VmState::Stopped, Some(status)) if status.ended_at.is_none() => (
-                VmState::Crashed,
-                None,
-                Some(format!(
-                    "its supervisor (pid {}) ended without stopping it (killed?); its processes died with it",
-                    status.supervisor_pid
-                )),
-            ),
+            (VmState::Stopped, Some(status)) if status.ended_at.is_none() => {
+                let left = crate::supervisor::orphans::find(&paths.vm_run_dir(&config.name));
+                let fate = match left.len() {
+                    0 => "its processes died with it".to_string(),
+                    n => format!("{n} of its processes still run: `mvm stop {}` ends them", config.name),
+                };
+                let supervisor = status.supervisor_pid;
+                let reason =
+                    format!("its supervisor (pid {supervisor}) ended without stopping it (killed?); {fate}");
+                (VmState::Crashed, None, Some(reason))
+            }
             (VmState::Stopped, Some(status)) => (state, None, status.reason),
             (state, _) => (state, None, None),
         };

@@ -227,6 +227,8 @@ fn stale_run_dirs(paths: &Paths) -> Vec<std::path::PathBuf> {
 /// Empties a stale runtime dir (unmounting what is mounted there); removes it too when
 /// its VM no longer exists.
 fn clean_stale_run_dir(paths: &Paths, dir: &std::path::Path) -> anyhow::Result<()> {
+    // Processes that outlived their supervisor go first: they hold the mounts.
+    crate::supervisor::orphans::kill_all(&crate::supervisor::orphans::find(dir));
     let vm_exists = dir.file_name().is_some_and(|name| paths.state_dir.join(name).is_dir());
     if vm_exists {
         clean_run_dir(dir);

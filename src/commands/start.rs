@@ -104,6 +104,18 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
     if store::run_state(paths, name)? == RunState::Running {
         return Ok(Started::AlreadyRunning);
     }
+    // Never a second hypervisor beside one that outlived its supervisor.
+    let left = crate::supervisor::orphans::find(&paths.vm_run_dir(name));
+    if let Some(first) = left.first() {
+        return Err(UserError::conflict(format!(
+            "{} process(es) of VM '{name}' outlived its supervisor (pid {}: {})",
+            left.len(),
+            first.pid,
+            first.cmdline
+        ))
+        .hint(format!("`mvm stop {name}` ends them; then start it again"))
+        .into());
+    }
     launch::ensure_dirs(paths, &config)?;
     let log = paths.vm_dir(name).join("log/supervisor.log");
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;

@@ -45,14 +45,22 @@ pub fn run(args: StopArgs, paths: &Paths) -> anyhow::Result<i32> {
 
 /// Stops VM `name`; returns false if it was not running.
 pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> anyhow::Result<bool> {
-    store::load(paths, name)?;
+    let config = store::load(paths, name)?;
+    let needs_root = || -> anyhow::Error {
+        UserError::needs_root("stopping a VM needs root").hint(format!("run `sudo mvm stop {name}`")).into()
+    };
     if store::run_state(paths, name)? != RunState::Running {
-        return Ok(false);
+        let left = crate::supervisor::orphans::find(&paths.vm_run_dir(name));
+        if left.is_empty() {
+            return Ok(false);
+        }
+        if !crate::host::is_root() {
+            return Err(needs_root());
+        }
+        return end_orphans(paths, &config, &left).map(|()| true);
     }
     if !crate::host::is_root() {
-        return Err(UserError::needs_root("stopping a VM needs root")
-            .hint(format!("run `sudo mvm stop {name}`"))
-            .into());
+        return Err(needs_root());
     }
     // No lifecycle lock: a start holds it until the guest answers, and a stop must not
     // wait for the boot it is stopping (the supervisor takes the signal at any phase).
@@ -74,4 +82,28 @@ pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> any
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(true)
+}
+
+/// Ends the processes of VM `config` that outlived its supervisor, then removes what the
+/// supervisor would have: its mounts, runtime files, links and rules.
+fn end_orphans(
+    paths: &Paths,
+    config: &crate::config::vm::VmConfig,
+    left: &[crate::supervisor::orphans::Orphan],
+) -> anyhow::Result<()> {
+    eprintln!("ending {} process(es) that outlived VM '{}''s supervisor", left.len(), config.name);
+    if !crate::supervisor::orphans::kill_all(left) {
+        anyhow::bail!("some processes of VM '{}' would not die", config.name);
+    }
+    let run_dir = paths.vm_run_dir(&config.name);
+    crate::supervisor::clean_run_dir(&run_dir);
+    let host = crate::config::host::HostConfig::load(&paths.config_file)?;
+    crate::net::host::HostNet::open(paths, &host)?.down(config)?;
+    if let Some(mut status) = RuntimeStatus::read(&run_dir) {
+        status.phase = crate::state::status::Phase::Crashed;
+        status.ended_at = Some(crate::output::unix_now());
+        status.reason = Some("its supervisor died; `mvm stop` ended the processes it left".into());
+        status.write(&run_dir)?;
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 //! the idle time (`state::lease`).
 
 pub mod launch;
+pub mod orphans;
 pub mod processes;
 pub mod sandbox;
 
@@ -216,6 +217,8 @@ fn run(
     let mut idle = IdleClock::default();
     // Once a stop was asked for: until when the guest may take, and why it stops.
     let mut stop: Option<(Instant, String)> = None;
+    // Set when a helper (virtiofsd, vhost-device-vsock) ended under the running VM.
+    let mut helper_failure: Option<String> = None;
     loop {
         let event = match &stop {
             Some((deadline, _)) => match events.0.recv_timeout(*deadline - Instant::now().min(*deadline)) {
@@ -230,6 +233,26 @@ fn run(
             None => match events.0.recv_timeout(LEASE_POLL) {
                 Ok(event) => event,
                 Err(RecvTimeoutError::Timeout) => {
+                    // A share's or vsock's backend gone leaves a guest that hangs on it:
+                    // end the VM, saying which one went.
+                    if let Some(ended) = processes.first_ended() {
+                        // A guest's power-off disconnects the backends as the hypervisor
+                        // exits: give that exit a moment to arrive first.
+                        match events.0.recv_timeout(Duration::from_secs(2)) {
+                            Ok(Event::HypervisorExited(exit)) => {
+                                return Ok(classify_exit(&launch, exit, stop.map(|(_, reason)| reason)));
+                            }
+                            Ok(other) => {
+                                let _ = events.1.send(other);
+                            }
+                            Err(_) => {}
+                        }
+                        log!("{ended}: killing {program}");
+                        let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);
+                        helper_failure = Some(format!("{ended}, so the VM was stopped"));
+                        stop = Some((Instant::now() + Duration::from_secs(3600), String::new()));
+                        continue;
+                    }
                     if let Err(error) =
                         crate::log_cap::cap_log(&launch.spec.console_log, crate::log_cap::LOG_CAP)
                     {
@@ -247,6 +270,9 @@ fn run(
         };
         match event {
             Event::HypervisorExited(exit) => {
+                if let Some(reason) = helper_failure {
+                    return Ok(Ending::Ended(Phase::Crashed, reason));
+                }
                 return Ok(classify_exit(&launch, exit, stop.map(|(_, reason)| reason)));
             }
             Event::Signal(signal) if signal == nix::libc::SIGUSR1 => {

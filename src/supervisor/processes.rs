@@ -97,6 +97,13 @@ impl Processes {
         }
     }
 
+    /// The first helper that has ended, said as "LABEL exited (STATUS)".
+    pub fn first_ended(&mut self) -> Option<String> {
+        self.children.iter_mut().find_map(|(label, child, _)| {
+            child.try_wait().ok().flatten().map(|status| format!("{label} exited ({status})"))
+        })
+    }
+
     /// SIGTERM to every helper, SIGKILL to those still alive after `grace`; all reaped.
     pub fn stop_all(&mut self, grace: Duration) {
         for (_, child, _) in &self.children {

@@ -1,0 +1,104 @@
+//! A VM's processes found without its supervisor: the hypervisor, each virtiofsd and
+//! vhost-device-vsock all name a socket in the VM's runtime dir on their command line.
+//! With the parent-death signal they die with the supervisor; this finds any that did
+//! not (a supervisor killed before it could ask for the signal, a helper that reset it),
+//! so that `list` never calls such a VM stopped, `start` never adds a second hypervisor,
+//! and `stop` and `doctor --fix` can end them.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// A process of the VM whose runtime dir is `run_dir`: its pid and command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    pub pid: i32,
+    pub cmdline: String,
+}
+
+/// Whether `cmdline` (arguments joined by spaces) names a socket in `run_dir`.
+pub fn names_a_socket_of(cmdline: &str, run_dir: &Path) -> bool {
+    let dir = run_dir.display().to_string();
+    ["fs-", "qmp.sock", "api.sock", "vsock.sock", "vhost-vsock.sock"]
+        .iter()
+        .any(|socket| cmdline.contains(&format!("{dir}/{socket}")))
+}
+
+/// Every process whose command line names a socket of `run_dir`.
+pub fn find(run_dir: &Path) -> Vec<Orphan> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let own = std::process::id() as i32;
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != own)
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string();
+            names_a_socket_of(&cmdline, run_dir).then_some(Orphan { pid, cmdline })
+        })
+        .collect()
+}
+
+/// Kills `orphans` with SIGKILL and waits (up to 5 s) until they are gone.
+pub fn kill_all(orphans: &[Orphan]) -> bool {
+    for orphan in orphans {
+        let _ = kill(Pid::from_raw(orphan.pid), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while orphans.iter().any(|orphan| kill(Pid::from_raw(orphan.pid), None).is_ok() && !is_zombie(orphan.pid))
+    {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_process_is_known_by_its_sockets() {
+        let run = Path::new("/run/mvm/web");
+        assert!(names_a_socket_of("qemu-system-x86_64 -qmp unix:/run/mvm/web/qmp.sock,server=on", run));
+        assert!(names_a_socket_of("virtiofsd --socket-path=/run/mvm/web/fs-usr.sock --shared-dir=/usr", run));
+        assert!(!names_a_socket_of("virtiofsd --socket-path=/run/mvm/web2/fs-usr.sock", run));
+        assert!(!names_a_socket_of("ls /run/mvm/web/", run));
+    }
+
+    #[test]
+    fn finds_and_kills_a_process_naming_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("web");
+        let disguise = format!("qemu -qmp unix:{}/qmp.sock", run.display());
+        let mut child = std::process::Command::new("bash")
+            .args(["-c", &format!("exec -a '{disguise}' sleep 1000")])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let found = loop {
+            let found = find(&run);
+            if !found.is_empty() || Instant::now() > deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].pid, child.id() as i32);
+        assert!(kill_all(&found));
+        assert!(child.wait().unwrap().code().is_none(), "not killed");
+        assert!(find(&run).is_empty());
+    }
+}

@@ -168,7 +168,7 @@ _mvm() {
                     return 0
                     ;;
                 --hypervisor)
-                    COMPREPLY=($(compgen -W "cloud-hypervisor qemu" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "auto cloud-hypervisor qemu" -- "${cur}"))
                     return 0
                     ;;
                 --kernel)

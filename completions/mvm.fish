@@ -56,7 +56,8 @@ rw\t'The guest writes straight into the project'
 ro\t'The guest can only read the project'"
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l volume -d 'A persistent volume mounted in the guest (repeatable)' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l env -d 'An environment variable for the guest (repeatable)' -r
-complete -c mvm -n "__fish_mvm_using_subcommand create" -l hypervisor -d 'The VMM that runs the VM [default: cloud-hypervisor, or the host config\'s]' -r -f -a "cloud-hypervisor\t''
+complete -c mvm -n "__fish_mvm_using_subcommand create" -l hypervisor -d 'The VMM that runs the VM [default: auto (cloud-hypervisor where hardware KVM works and it is installed, else QEMU), or the host config\'s]' -r -f -a "auto\t'cloud-hypervisor where hardware KVM works and it is installed, else QEMU (with TCG where KVM cannot run guests): chosen at every start'
+cloud-hypervisor\t''
 qemu\t''"
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l kernel -d 'Kernel image to boot [default: the host\'s]' -r -F
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l root -d 'Root file system: the host\'s /usr read-only, or a directory tree' -r

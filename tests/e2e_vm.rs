@@ -438,3 +438,32 @@ fn a_stop_during_boot_stops_at_once() {
     assert_eq!(list[0]["state"], "stopped", "{list}");
     lab.assert_nothing_left();
 }
+
+/// `auto` (the default) runs what this host can run and says which and why in one line;
+/// an explicit cloud-hypervisor where KVM cannot run it fails at once, exit 5.
+#[test]
+fn auto_picks_the_hypervisor_this_host_can_run() {
+    let Some((_serial, lab)) = begin("auto_picks_the_hypervisor_this_host_can_run") else { return };
+    lab.mvm(&["create", "auto", "--hypervisor", "auto"]).ok();
+    let started = lab.mvm(&["start", "auto"]);
+    started.ok();
+    let kvm = mvm::host::kvm::detect(std::path::Path::new("/"));
+    let expected = if !kvm.can_accelerate() {
+        "hypervisor: qemu with TCG (auto: "
+    } else if which::which("cloud-hypervisor").is_ok() {
+        "hypervisor: cloud-hypervisor (auto: hardware KVM works)"
+    } else {
+        "hypervisor: qemu (auto: cloud-hypervisor is not installed)"
+    };
+    assert!(started.stderr.lines().any(|line| line.starts_with(expected)), "{}", started.stderr);
+    let inspect = lab.mvm(&["inspect", "auto"]).ok().to_string();
+    assert!(inspect.contains("auto → "), "{inspect}");
+    lab.mvm(&["stop", "auto"]).ok();
+    if !kvm.can_accelerate() {
+        lab.mvm(&["create", "ch", "--hypervisor", "cloud-hypervisor"]).ok();
+        let before = Instant::now();
+        lab.mvm(&["start", "ch"]).fails(5, &["cloud-hypervisor needs hardware KVM", "--hypervisor auto"]);
+        assert!(before.elapsed() < Duration::from_secs(10), "it waited instead of failing at once");
+    }
+    lab.assert_nothing_left();
+}

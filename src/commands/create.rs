@@ -62,7 +62,7 @@ pub struct CreateArgs {
     /// An environment variable for the guest (repeatable)
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// The VMM that runs the VM [default: cloud-hypervisor, or the host config's]
+    /// The VMM that runs the VM [default: auto (cloud-hypervisor where hardware KVM works and it is installed, else QEMU), or the host config's]
     #[arg(long, value_enum)]
     pub hypervisor: Option<Hypervisor>,
     /// Kernel image to boot [default: the host's]

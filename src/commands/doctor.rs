@@ -109,6 +109,7 @@ pub fn checks(paths: &Paths, root: &Path) -> Vec<Check> {
     let kvm = kvm::detect(root);
     checks.push(kvm_check(&kvm));
     checks.extend(tool_checks(&host, &kvm));
+    checks.push(hypervisor_check(&host, &kvm));
     checks.push(kernel_check(&host, root));
     checks.push(state_dir_check(&paths.state_dir));
     checks
@@ -279,6 +280,20 @@ fn kvm_check(kvm: &KvmSupport) -> Check {
     }
 }
 
+/// What `defaults.hypervisor` (`auto` unless set) runs on this host, and why.
+fn hypervisor_check(host: &HostConfig, kvm: &KvmSupport) -> Check {
+    let installed = Tool::CloudHypervisor.find(&host.paths).is_ok();
+    match crate::host::kvm::choose_hypervisor(host.defaults.hypervisor, kvm, installed) {
+        Ok((_, why)) => Check::ok("hypervisor", why.trim_start_matches("hypervisor: ").to_string()),
+        Err(error) => Check::problem(
+            "hypervisor",
+            Status::Error,
+            error.to_string(),
+            error.hint_text().unwrap_or_default().to_string(),
+        ),
+    }
+}
+
 fn tool_checks(host: &HostConfig, kvm: &KvmSupport) -> Vec<Check> {
     let found = |tool: Tool| tool.find(&host.paths);
     let have_qemu = found(Tool::Qemu).is_ok();
@@ -289,14 +304,16 @@ fn tool_checks(host: &HostConfig, kvm: &KvmSupport) -> Vec<Check> {
             Err(error) => {
                 let status = match tool {
                     Tool::Virtiofsd | Tool::Iptables => Status::Error,
-                    Tool::Qemu if host.defaults.hypervisor == Hypervisor::Qemu => Status::Error,
+                    Tool::Qemu if host.defaults.hypervisor == Hypervisor::Qemu || !kvm.can_accelerate() => {
+                        Status::Error
+                    }
                     Tool::CloudHypervisor if !have_qemu => Status::Error,
                     _ => Status::Warn,
                 };
                 let mut hint = error.hint_text().unwrap_or_default().to_string();
                 if tool == Tool::CloudHypervisor && !kvm.can_accelerate() {
                     hint = "cloud-hypervisor needs hardware KVM, which this host lacks; \
-                            set defaults.hypervisor = \"qemu\" in /etc/mvm/config.toml"
+                            the default hypervisor (auto) uses QEMU here"
                         .to_string();
                 }
                 Check::problem(tool.program(), status, error.to_string(), hint)

@@ -33,6 +33,8 @@ struct Inspection {
     processes: Vec<ProcessView>,
     /// Set when `mvm up` started the VM: it stops after this idle time.
     auto_stop: Option<AutoStop>,
+    /// The hypervisor a start on this host runs (what `auto` picks), and why.
+    hypervisor_choice: String,
     state_dir: PathBuf,
     run_dir: PathBuf,
 }
@@ -62,6 +64,17 @@ fn environment_of(inspection: &Inspection) -> String {
     }
 }
 
+/// What a start of `config` runs on this host, and why (or why it cannot).
+fn hypervisor_choice(paths: &Paths, config: &VmConfig) -> String {
+    let host = crate::config::host::HostConfig::load(&paths.config_file).unwrap_or_default();
+    let installed = crate::host::binaries::Tool::CloudHypervisor.find(&host.paths).is_ok();
+    let kvm = crate::host::kvm::detect(std::path::Path::new("/"));
+    match crate::host::kvm::choose_hypervisor(config.hypervisor, &kvm, installed) {
+        Ok((_, why)) => why.trim_start_matches("hypervisor: ").to_string(),
+        Err(error) => format!("none: {error}"),
+    }
+}
+
 /// Runs `mvm inspect`.
 pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
@@ -74,8 +87,16 @@ pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
         idle_seconds: idle.as_secs(),
         shells: lease::holders(&run_dir).iter().map(|(holder, _)| holder.pid).collect(),
     });
-    let inspection =
-        Inspection { summary, processes, auto_stop, config, state_dir: paths.vm_dir(&name), run_dir };
+    let hypervisor_choice = hypervisor_choice(paths, &config);
+    let inspection = Inspection {
+        summary,
+        processes,
+        auto_stop,
+        hypervisor_choice,
+        config,
+        state_dir: paths.vm_dir(&name),
+        run_dir,
+    };
     if args.json {
         print_json(&inspection)?;
     } else {
@@ -101,7 +122,7 @@ fn text_fields(inspection: &Inspection) -> Vec<(&'static str, String)> {
     vec![
         ("name", config.name.to_string()),
         ("state", inspection.summary.state.as_str().to_string()),
-        ("hypervisor", config.hypervisor.to_string()),
+        ("hypervisor", format!("{} → {}", config.hypervisor, inspection.hypervisor_choice)),
         ("cpus", config.cpus.to_string()),
         ("memory", config.memory().to_string()),
         ("root", config.root.to_string()),

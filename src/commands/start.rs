@@ -92,6 +92,9 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         .hint(format!("its owner starts it, or root: `mvm start {name}` as root"))
         .into());
     }
+    if config.hypervisor == crate::config::vm::Hypervisor::Auto {
+        eprintln!("{}", prepared.vmm_choice);
+    }
     if let Some(warning) = &prepared.accel_warning {
         eprintln!("{warning}");
     }

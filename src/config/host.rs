@@ -7,7 +7,7 @@
 //! uplink = "eth0"          # default: the interface of the default route
 //!
 //! [defaults]
-//! hypervisor = "cloud-hypervisor"
+//! hypervisor = "auto"      # or "cloud-hypervisor", "qemu"
 //! cpus = 2
 //! memory = "1G"
 //! accel = "auto"           # QEMU: auto, kvm or tcg
@@ -74,12 +74,7 @@ pub struct Defaults {
 
 impl Default for Defaults {
     fn default() -> Self {
-        Defaults {
-            hypervisor: Hypervisor::CloudHypervisor,
-            cpus: 2,
-            memory: MemorySize::from_mib(1024),
-            accel: None,
-        }
+        Defaults { hypervisor: Hypervisor::Auto, cpus: 2, memory: MemorySize::from_mib(1024), accel: None }
     }
 }
 

@@ -25,7 +25,10 @@ pub const VM_CONFIG_FILE: &str = "vm.toml";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Hypervisor {
+    /// cloud-hypervisor where hardware KVM works and it is installed, else QEMU (with TCG
+    /// where KVM cannot run guests): chosen at every start.
     #[default]
+    Auto,
     CloudHypervisor,
     Qemu,
 }
@@ -33,6 +36,7 @@ pub enum Hypervisor {
 impl fmt::Display for Hypervisor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Hypervisor::Auto => "auto",
             Hypervisor::CloudHypervisor => "cloud-hypervisor",
             Hypervisor::Qemu => "qemu",
         })

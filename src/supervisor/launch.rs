@@ -10,14 +10,14 @@ use anyhow::Context;
 
 use crate::boot::kernel::{self, Kernel};
 use crate::config::host::HostConfig;
-use crate::config::vm::{Hypervisor, MountMode, RootModel, VmConfig};
+use crate::config::vm::{MountMode, RootModel, VmConfig};
 use crate::error::UserError;
 use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot};
 use crate::host::binaries::Tool;
 use crate::host::kvm::{self, KvmSupport};
 use crate::state::Paths;
 use crate::vmm::qemu::Accel;
-use crate::vmm::{kernel_cmdline, GuestIds, LaunchSpec, Share, VOLUME_ID_BASE};
+use crate::vmm::{kernel_cmdline, GuestIds, LaunchSpec, Share, Vmm, VOLUME_ID_BASE};
 
 /// An overlay the supervisor mounts on the host before the shares start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,9 @@ pub struct Launch {
     pub config: VmConfig,
     pub kernel: Kernel,
     pub hypervisor: PathBuf,
+    /// Which hypervisor that is (what `auto` chose), and the line that says why.
+    pub vmm: Vmm,
+    pub vmm_choice: String,
     pub virtiofsd: PathBuf,
     /// vhost-device-vsock, for QEMU.
     pub vhost_vsock: Option<PathBuf>,
@@ -59,17 +62,20 @@ impl Launch {
             config.kernel.as_deref().or(host.paths.kernel.as_deref()),
             &crate::host::kernel_release(),
         )?;
-        let hypervisor_tool = match config.hypervisor {
-            Hypervisor::CloudHypervisor => Tool::CloudHypervisor,
-            Hypervisor::Qemu => Tool::Qemu,
+        let kvm = kvm::detect(Path::new("/"));
+        let cloud_hypervisor_installed = Tool::CloudHypervisor.find(&host.paths).is_ok();
+        let (vmm, vmm_choice) = kvm::choose_hypervisor(config.hypervisor, &kvm, cloud_hypervisor_installed)?;
+        let hypervisor_tool = match vmm {
+            Vmm::CloudHypervisor => Tool::CloudHypervisor,
+            Vmm::Qemu => Tool::Qemu,
         };
         let hypervisor = hypervisor_tool.find(&host.paths)?;
         let virtiofsd = Tool::Virtiofsd.find(&host.paths)?;
-        let vhost_vsock = match config.hypervisor {
-            Hypervisor::Qemu => Some(Tool::VhostDeviceVsock.find(&host.paths)?),
-            Hypervisor::CloudHypervisor => None,
+        let vhost_vsock = match vmm {
+            Vmm::Qemu => Some(Tool::VhostDeviceVsock.find(&host.paths)?),
+            Vmm::CloudHypervisor => None,
         };
-        let (accel, accel_warning) = choose_accel(&kvm::detect(Path::new("/")), host);
+        let (accel, accel_warning) = choose_accel(&kvm, host);
         // What the guest writes into the project becomes its owner's.
         let project_owner = match &config.project {
             Some(project) => {
@@ -95,16 +101,16 @@ impl Launch {
             gateway: config.network.gateway,
             dns: host_dns(),
         };
-        let control = match config.hypervisor {
-            Hypervisor::CloudHypervisor => "api.sock",
-            Hypervisor::Qemu => "qmp.sock",
+        let control = match vmm {
+            Vmm::CloudHypervisor => "api.sock",
+            Vmm::Qemu => "qmp.sock",
         };
         let spec = LaunchSpec {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
             kernel: kernel.image.clone(),
             initramfs: run_dir.join("boot.cpio"),
-            cmdline: kernel_cmdline(&guest_cmdline(&network, config.hypervisor, accel)),
+            cmdline: kernel_cmdline(&guest_cmdline(&network, vmm, accel)),
             shares,
             tap: config.network.tap.clone(),
             mac: config.network.mac.clone(),
@@ -116,6 +122,8 @@ impl Launch {
             config: config.clone(),
             kernel,
             hypervisor,
+            vmm,
+            vmm_choice,
             virtiofsd,
             vhost_vsock,
             accel,
@@ -131,17 +139,17 @@ impl Launch {
 
     /// The hypervisor's argv (without the program).
     pub fn hypervisor_args(&self) -> Vec<String> {
-        match self.config.hypervisor {
-            Hypervisor::CloudHypervisor => crate::vmm::cloud_hypervisor::args(&self.spec),
-            Hypervisor::Qemu => crate::vmm::qemu::args(&self.spec, self.accel, &self.vhost_vsock_socket),
+        match self.vmm {
+            Vmm::CloudHypervisor => crate::vmm::cloud_hypervisor::args(&self.spec),
+            Vmm::Qemu => crate::vmm::qemu::args(&self.spec, self.accel, &self.vhost_vsock_socket),
         }
     }
 }
 
 /// The mvm-specific part of the kernel command line: the network, and what TCG needs.
-fn guest_cmdline(network: &GuestNetwork, hypervisor: Hypervisor, accel: Accel) -> String {
+fn guest_cmdline(network: &GuestNetwork, vmm: Vmm, accel: Accel) -> String {
     let mut cmdline = network.to_cmdline();
-    if hypervisor == Hypervisor::Qemu && accel == Accel::Tcg {
+    if vmm == Vmm::Qemu && accel == Accel::Tcg {
         if let Some(args) = crate::vmm::qemu::tcg_kernel_args() {
             cmdline.push(' ');
             cmdline.push_str(&args);
@@ -426,7 +434,7 @@ mod tests {
         VmConfig {
             name: "web".parse().unwrap(),
             created_at: 0,
-            hypervisor: Hypervisor::Qemu,
+            hypervisor: crate::config::vm::Hypervisor::Qemu,
             cpus: 1,
             memory_mib: 512,
             root: RootModel::Host,

@@ -23,7 +23,6 @@ use nix::unistd::Pid;
 
 use crate::boot::initramfs::{self, BaseSpec, GUEST_CONFIG};
 use crate::config::host::HostConfig;
-use crate::config::vm::Hypervisor;
 use crate::name::VmName;
 use crate::net::host::HostNet;
 use crate::output::unix_now;
@@ -31,6 +30,7 @@ use crate::state::lease::IdleClock;
 use crate::state::lock::RunLock;
 use crate::state::status::{Phase, RuntimeStatus};
 use crate::state::{store, Paths};
+use crate::vmm::Vmm;
 use launch::Launch;
 use processes::Processes;
 
@@ -136,6 +136,7 @@ fn run(
     let config = store::load(paths, name)?;
     launch::ensure_dirs(paths, &config)?;
     let launch = Launch::prepare(paths, &host, &config)?;
+    log!("{}", launch.vmm_choice);
     if let Some(warning) = &launch.accel_warning {
         log!("{warning}");
     }
@@ -305,9 +306,9 @@ fn request_power_off(launch: &Launch) {
     if crate::agent::client::power_off(&launch.spec.vsock_socket).is_ok() {
         return;
     }
-    let result = match launch.config.hypervisor {
-        Hypervisor::CloudHypervisor => crate::vmm::api_client::power_button(&launch.spec.control_socket),
-        Hypervisor::Qemu => crate::vmm::qmp::execute(&launch.spec.control_socket, "system_powerdown"),
+    let result = match launch.vmm {
+        Vmm::CloudHypervisor => crate::vmm::api_client::power_button(&launch.spec.control_socket),
+        Vmm::Qemu => crate::vmm::qmp::execute(&launch.spec.control_socket, "system_powerdown"),
     };
     if let Err(error) = result {
         log!("cannot ask the guest to power off: {error:#}");

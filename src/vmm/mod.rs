@@ -11,6 +11,23 @@ pub mod virtiofsd;
 
 use std::path::PathBuf;
 
+/// The virtual machine monitor a launch runs: what `Hypervisor::Auto` resolves to on
+/// this host (`host::kvm::choose_hypervisor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vmm {
+    CloudHypervisor,
+    Qemu,
+}
+
+impl std::fmt::Display for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Vmm::CloudHypervisor => "cloud-hypervisor",
+            Vmm::Qemu => "qemu",
+        })
+    }
+}
+
 /// One virtio-fs share: its tag, host directory and vhost-user socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {

@@ -171,3 +171,111 @@ fn processes_that_outlive_their_supervisor_are_seen_refused_and_ended() {
     assert!(vm["reason"].as_str().unwrap().contains("`mvm stop` ended"), "{vm}");
     lab.assert_nothing_left();
 }
+
+/// A host reboot empties /run: a stopped VM whose runtime dir is gone starts as before.
+#[test]
+fn a_wiped_runtime_dir_does_not_stop_the_next_start() {
+    let Some((_serial, lab)) = begin("a_wiped_runtime_dir_does_not_stop_the_next_start") else { return };
+    lab.mvm(&["create", "w"]).ok();
+    lab.mvm(&["start", "w"]).ok();
+    lab.mvm(&["stop", "w"]).ok();
+    std::fs::remove_dir_all(lab.sandbox.run_dir()).unwrap();
+    assert_eq!(row(&lab, "w")["state"], "stopped");
+    lab.mvm(&["start", "w"]).ok();
+    assert_eq!(lab.sh("w", "echo after-reboot").ok(), "after-reboot\n");
+    lab.mvm(&["stop", "w"]).ok();
+    lab.assert_nothing_left();
+}
+
+/// Two starts and a stop at the same moment end with one VM, started once (or stopped),
+/// and a start racing an rm never leaves half a VM.
+#[test]
+fn racing_starts_stops_and_rm_leave_one_truth() {
+    let Some((_serial, lab)) = begin("racing_starts_stops_and_rm_leave_one_truth") else { return };
+    lab.mvm(&["create", "r"]).ok();
+    let spawn =
+        |args: &[&str]| lab.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let racers = [spawn(&["start", "r"]), spawn(&["start", "r"]), spawn(&["stop", "r"])];
+    let runs: Vec<support::Run> = racers
+        .into_iter()
+        .map(|child| support::Run::from_output(child.wait_with_output().unwrap()))
+        .collect();
+    let hypervisors = orphans::find(&lab.sandbox.run_dir().join("r"))
+        .iter()
+        .filter(|process| process.cmdline.contains("qmp.sock"))
+        .count();
+    assert!(hypervisors <= 1, "{hypervisors} hypervisors for one VM: {runs:?}");
+    let state = row(&lab, "r")["state"].as_str().unwrap().to_string();
+    assert!(state == "running" || state == "stopped", "{state}: {runs:?}");
+    assert_eq!(hypervisors == 1, state == "running", "{runs:?}");
+    lab.mvm(&["stop", "r"]).ok();
+    lab.assert_nothing_left();
+    // A start while rm runs: either the VM is gone entirely, or it runs whole.
+    let (start, rm) = (spawn(&["start", "r"]), spawn(&["rm", "--force", "r"]));
+    let (start, rm) = (
+        support::Run::from_output(start.wait_with_output().unwrap()),
+        support::Run::from_output(rm.wait_with_output().unwrap()),
+    );
+    let listed: serde_json::Value = serde_json::from_str(lab.mvm(&["list", "--json"]).ok()).unwrap();
+    match listed.as_array().unwrap().as_slice() {
+        [] => assert!(!lab.sandbox.state_dir().join("r").exists(), "{start:?} {rm:?}"),
+        [vm] => {
+            assert!(vm["state"] == "running" || vm["state"] == "stopped", "{vm} {start:?} {rm:?}");
+            assert!(lab.sandbox.state_dir().join("r/vm.toml").is_file());
+            let _ = lab.mvm(&["rm", "--force", "r"]);
+        }
+        more => panic!("{more:?}"),
+    }
+    lab.mvm(&["doctor", "--fix"]);
+    lab.assert_nothing_left();
+}
+
+/// A state disk that fills up: a create fails clearly and leaves no VM; a start fails
+/// clearly and leaves nothing running; `vm.toml` is never half-written.
+#[test]
+fn a_full_state_disk_fails_clearly_and_loses_nothing() {
+    let Some((_serial, lab)) = begin("a_full_state_disk_fails_clearly_and_loses_nothing") else { return };
+    let state = lab.sandbox.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    let mount = |size: &str| {
+        let done = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", state.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(done.success());
+    };
+    let unmount = || {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&state).status();
+    };
+    mount("1m");
+    let created = lab.mvm(&["create", "full"]);
+    let listed = lab.mvm(&["list", "--json"]).ok().to_string();
+    unmount();
+    created.fails(1, &["No space left on device"]);
+    assert_eq!(listed.trim(), "[]", "a failed create left a VM");
+    mount("64m");
+    lab.mvm(&["create", "full"]).ok();
+    let toml = std::fs::read_to_string(state.join("full/vm.toml")).unwrap();
+    // Fill what is left, then start.
+    let filler = state.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=64k"])
+        .stderr(Stdio::null())
+        .status();
+    let started = lab.mvm(&["start", "full"]);
+    assert_ne!(started.code, 0, "a start on a full disk succeeded: {started:?}");
+    assert!(
+        started.stderr.contains("No space left") || started.stderr.contains("error:"),
+        "{}",
+        started.stderr
+    );
+    assert_eq!(std::fs::read_to_string(state.join("full/vm.toml")).unwrap(), toml, "vm.toml changed");
+    assert!(orphans::find(&lab.sandbox.run_dir().join("full")).is_empty());
+    std::fs::remove_file(&filler).unwrap();
+    lab.mvm(&["doctor", "--fix"]);
+    lab.mvm(&["start", "full"]).ok();
+    lab.mvm(&["stop", "full"]).ok();
+    lab.mvm(&["rm", "full"]).ok();
+    unmount();
+    lab.assert_nothing_left();
+}

@@ -79,7 +79,8 @@ fn main() {
     time_runs("mvm list --json", |_| mvm(&paths, &["list", "--json"]));
     time_runs("mvm create (one more VM)", |i| mvm(&paths, &["create", &format!("new{i}")]));
 
-    // `mvm diff` of a 10,000-file project: nothing changed, then 100 files changed.
+    // `mvm diff` of a 10,000-file project: nothing changed, 100 files changed, then 1,000
+    // changed with their patches.
     let big = dir.path().join("big");
     for i in 0..10_000 {
         let sub = big.join(format!("d{}", i / 100));
@@ -103,4 +104,16 @@ fn main() {
         std::fs::write(sub.join(format!("f{}.txt", i * 100)), "changed\n").unwrap();
     }
     time_runs("mvm diff, 10,000-file project, 100 changed", |_| mvm(&paths, &["diff", "big"]));
+    // The case that matters: 1,000 of the 10,000 files changed, read as a patch.
+    for i in 0..1_000 {
+        let sub = upper.join(format!("d{}", i / 10));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("f{}.txt", (i / 10) * 100 + i % 10)), format!("changed {i}\n"))
+            .unwrap();
+    }
+    time_runs("mvm diff --patch, 10,000-file project, 1,000 changed", |_| {
+        let mut command = mvm(&paths, &["diff", "--patch", "big"]);
+        command.stdout(std::process::Stdio::null());
+        command
+    });
 }

@@ -184,7 +184,7 @@ fn run(bench: &Bench) {
     line("plain qemu boot of the same kernel to a trivial /init", &bare, "s");
     println!(
         "{:<52} {:.2}",
-        "ratio mvm start / bare boot (medians)",
+        "ratio mvm start / plain boot (medians)",
         median(starts.clone()) / median(bare.clone())
     );
 

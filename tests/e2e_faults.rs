@@ -130,6 +130,37 @@ fn the_fault_matrix() {
         let outcome = settle(&lab, "f", target);
         matrix.push(format!("{:<22} starting  → start fails, crashed: {outcome}", target.label()));
     }
+    // Stopping: the supervisor and the hypervisor die while `mvm stop` waits.
+    for target in [Target::Supervisor, Target::Hypervisor] {
+        lab.mvm(&["start", "f"]).ok();
+        let pid = target.pid(&lab, "f");
+        let stop = lab.command(&["stop", "f"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // The guest may power off before the kill lands: then the row says so.
+        let landed =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+                .is_ok();
+        let stopped = support::Run::from_output(stop.wait_with_output().unwrap());
+        wait_until("the VM's processes to end", Duration::from_secs(30), || {
+            orphans::find(&lab.sandbox.run_dir().join("f")).is_empty()
+        });
+        let vm = row(&lab, "f");
+        assert_ne!(vm["state"], "running", "{vm}");
+        lab.mvm(&["doctor", "--fix"]);
+        lab.assert_nothing_left();
+        let outcome =
+            format!("stop exits {}, {}: {}", stopped.code, vm["state"], vm["reason"].as_str().unwrap_or(""));
+        matrix.push(format!("{:<22} stopping  → {}", target.label(), outcome.lines().next().unwrap_or("")));
+    }
+    // Inside the guest: its init (and the agent, a thread of it) cannot be killed.
+    lab.mvm(&["start", "f"]).ok();
+    let _ = lab.sh("f", "kill -9 1");
+    assert_eq!(lab.sh("f", "echo still").ok(), "still\n");
+    matrix.push(format!(
+        "{:<22} running   → ignored: the kernel protects PID 1; the VM answers",
+        "guest init, agent"
+    ));
+    lab.mvm(&["stop", "f"]).ok();
     // And the VM still works.
     lab.mvm(&["start", "f"]).ok();
     assert_eq!(lab.sh("f", "echo fine").ok(), "fine\n");

@@ -148,8 +148,13 @@ fn the_fault_matrix() {
         assert_ne!(vm["state"], "running", "{vm}");
         lab.mvm(&["doctor", "--fix"]);
         lab.assert_nothing_left();
-        let outcome =
-            format!("stop exits {}, {}: {}", stopped.code, vm["state"], vm["reason"].as_str().unwrap_or(""));
+        let outcome = format!(
+            "{}stop exits {}, {}: {}",
+            if landed { "" } else { "(ended before the kill) " },
+            stopped.code,
+            vm["state"],
+            vm["reason"].as_str().unwrap_or("")
+        );
         matrix.push(format!("{:<22} stopping  → {}", target.label(), outcome.lines().next().unwrap_or("")));
     }
     // Inside the guest: its init (and the agent, a thread of it) cannot be killed.

@@ -17,15 +17,12 @@ use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
-
-pub use write::CopyOutcome;
 
 /// Set once `openat2` turned out to be missing (kernels before 5.6).
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
@@ -301,7 +298,7 @@ impl AsFd for Tree {
 }
 
 /// Whether `error` means "nothing there" (including a symlink or a non-directory on the way).
-pub fn is_absent(error: &io::Error) -> bool {
+fn is_absent(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::NotFound
         || error.raw_os_error() == Some(Errno::ENOTDIR as i32)
         || error.kind() == io::ErrorKind::InvalidInput
@@ -326,12 +323,6 @@ pub fn data_start(file: &File, from: u64) -> io::Result<u64> {
         Err(Errno::ENXIO) => Ok(file.metadata()?.len()),
         Err(_) => Ok(from),
     }
-}
-
-/// Whether a file of `meta` is a FIFO, socket or device (never opened).
-pub fn is_special(meta: &Metadata) -> bool {
-    let file_type = meta.file_type();
-    file_type.is_fifo() || file_type.is_socket() || file_type.is_block_device() || file_type.is_char_device()
 }
 
 #[cfg(test)]

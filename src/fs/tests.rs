@@ -55,7 +55,7 @@ fn a_fifo_or_device_is_refused_without_blocking() {
     nix::unistd::mkfifo(&dir.path().join("tree/log/fifo.log"), Mode::from_bits_truncate(0o644)).unwrap();
     let error = tree.read(Path::new("log/fifo.log"), 100).unwrap_err();
     assert!(error.to_string().contains("FIFO"), "{error}");
-    assert!(is_special(&tree.metadata(Path::new("log/fifo.log")).unwrap().unwrap()));
+    assert_eq!(Kind::of(&tree.metadata(Path::new("log/fifo.log")).unwrap().unwrap()), Kind::Special);
 }
 
 #[test]

@@ -19,14 +19,6 @@ use super::{errno, open_beneath, Kind, Tree};
 /// The owner mvm gives what it writes: `None` keeps the writer's (root's).
 pub type Owner = Option<(u32, u32)>;
 
-/// What happened to one entry a copy was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyOutcome {
-    Copied,
-    /// A FIFO, socket or device node: not copied.
-    SkippedSpecial,
-}
-
 fn split(relative: &Path) -> io::Result<(&Path, &OsStr)> {
     match (relative.parent(), relative.file_name()) {
         (Some(parent), Some(name)) => Ok((parent, name)),

@@ -191,11 +191,11 @@ fn processes_that_outlive_their_supervisor_are_seen_refused_and_ended() {
         r#"{"phase":"running","supervisor_pid":999999,"hypervisor_pid":null,"started_at":1,"ended_at":null,"reason":null}"#,
     )
     .unwrap();
-    let disguise = format!("qemu-system-x86_64 -qmp unix:{}/qmp.sock,server=on", run_dir.display());
-    let mut leftover = std::process::Command::new("bash")
-        .args(["-c", &format!("exec -a '{disguise}' sleep 1000")])
-        .spawn()
-        .unwrap();
+    let script = format!(
+        "exec -a qemu-system-x86_64 /usr/bin/python3 -c 'import time; time.sleep(1000)' -qmp unix:{}/qmp.sock,server=on",
+        run_dir.display()
+    );
+    let mut leftover = std::process::Command::new("bash").args(["-c", &script]).spawn().unwrap();
     wait_until("the leftover to run", Duration::from_secs(5), || !orphans::find(&run_dir).is_empty());
     let vm = row(&lab, "o");
     assert_eq!(vm["state"], "crashed", "{vm}");

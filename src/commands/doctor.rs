@@ -228,10 +228,18 @@ fn stale_run_dirs(paths: &Paths) -> Vec<std::path::PathBuf> {
 /// Empties a stale runtime dir (unmounting what is mounted there); removes it too when
 /// its VM no longer exists.
 fn clean_stale_run_dir(paths: &Paths, dir: &std::path::Path) -> anyhow::Result<()> {
+    let vm_dir = dir.file_name().map(|name| paths.state_dir.join(name)).filter(|vm_dir| vm_dir.is_dir());
+    // No start of that VM meanwhile (its fresh helpers would look like survivors).
+    let _lifecycle = match &vm_dir {
+        Some(vm_dir) => Some(crate::state::lock::FileLock::exclusive(&vm_dir.join(".lifecycle.lock"))?),
+        None => None,
+    };
+    if RunLock::is_held(&dir.join("lock"))? {
+        return Ok(());
+    }
     // Processes that outlived their supervisor go first: they hold the mounts.
     crate::supervisor::orphans::kill_all(&crate::supervisor::orphans::find(dir));
-    let vm_exists = dir.file_name().is_some_and(|name| paths.state_dir.join(name).is_dir());
-    if vm_exists {
+    if vm_dir.is_some() {
         clean_run_dir(dir);
     } else {
         crate::supervisor::remove_run_dir(dir).with_context(|| format!("cannot remove {}", dir.display()))?;

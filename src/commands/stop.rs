@@ -10,7 +10,7 @@ use nix::unistd::Pid;
 
 use crate::error::UserError;
 use crate::name::VmName;
-use crate::state::lock::RunLock;
+use crate::state::lock::{FileLock, RunLock};
 use crate::state::status::RuntimeStatus;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
@@ -49,26 +49,32 @@ pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> any
     let needs_root = || -> anyhow::Error {
         UserError::needs_root("stopping a VM needs root").hint(format!("run `sudo mvm stop {name}`")).into()
     };
+    let run_dir = paths.vm_run_dir(name);
     if store::run_state(paths, name)? != RunState::Running {
-        let left = crate::supervisor::orphans::find(&paths.vm_run_dir(name));
-        if left.is_empty() {
+        // A supervisor that died left no record of an end: whatever survived it, and its
+        // mounts, links and rules, are this stop's to remove.
+        let died = RuntimeStatus::read(&run_dir).is_some_and(|status| status.ended_at.is_none());
+        if !died && crate::supervisor::orphans::find(&run_dir).is_empty() {
             return Ok(false);
         }
         if !crate::host::is_root() {
             return Err(needs_root());
         }
-        return end_orphans(paths, &config, &left).map(|()| true);
+        // No start may begin meanwhile (its helpers would look like survivors).
+        let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
+        if store::run_state(paths, name)? != RunState::Running {
+            return end_orphans(paths, &config, &crate::supervisor::orphans::find(&run_dir)).map(|()| true);
+        }
     }
     if !crate::host::is_root() {
         return Err(needs_root());
     }
     // No lifecycle lock: a start holds it until the guest answers, and a stop must not
     // wait for the boot it is stopping (the supervisor takes the signal at any phase).
-    let run_dir = paths.vm_run_dir(name);
-    let status = RuntimeStatus::read(&run_dir).context("the running VM has no status.json")?;
+    let supervisor = live_supervisor(&run_dir, name)?;
     std::fs::write(run_dir.join(STOP_TIMEOUT_FILE), timeout.as_secs().to_string())?;
     let signal = if force { Signal::SIGUSR1 } else { Signal::SIGTERM };
-    kill(Pid::from_raw(status.supervisor_pid as i32), signal).context("cannot signal the supervisor")?;
+    kill(Pid::from_raw(supervisor as i32), signal).context("cannot signal the supervisor")?;
     let deadline = Instant::now() + timeout + Duration::from_secs(10);
     while RunLock::is_held(&paths.run_lock(name))? {
         if Instant::now() > deadline {
@@ -84,6 +90,27 @@ pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> any
     Ok(true)
 }
 
+/// The pid of VM `name`'s live supervisor: the one `status.json` names once the new run
+/// has written it (a start may still be on its way there) and whose command line is
+/// `mvm supervise NAME`, so no stale pid ever gets the signal.
+fn live_supervisor(run_dir: &std::path::Path, name: &VmName) -> anyhow::Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = RuntimeStatus::read(run_dir).filter(|status| status.ended_at.is_none()) {
+            let cmdline =
+                std::fs::read(format!("/proc/{}/cmdline", status.supervisor_pid)).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|byte| *byte == 0).collect();
+            if args.windows(2).any(|pair| pair[0] == b"supervise" && pair[1] == name.as_str().as_bytes()) {
+                return Ok(status.supervisor_pid);
+            }
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("VM '{name}' runs, but its supervisor cannot be found from {}", run_dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Ends the processes of VM `config` that outlived its supervisor, then removes what the
 /// supervisor would have: its mounts, runtime files, links and rules.
 fn end_orphans(
@@ -91,12 +118,15 @@ fn end_orphans(
     config: &crate::config::vm::VmConfig,
     left: &[crate::supervisor::orphans::Orphan],
 ) -> anyhow::Result<()> {
-    eprintln!("ending {} process(es) that outlived VM '{}''s supervisor", left.len(), config.name);
+    if !left.is_empty() {
+        eprintln!("ending {} process(es) that outlived VM '{}''s supervisor", left.len(), config.name);
+    }
     if !crate::supervisor::orphans::kill_all(left) {
         anyhow::bail!("some processes of VM '{}' would not die", config.name);
     }
     let run_dir = paths.vm_run_dir(&config.name);
     crate::supervisor::clean_run_dir(&run_dir);
+    crate::supervisor::launch::remove_scratch_layers(&paths.vm_dir(&config.name))?;
     let host = crate::config::host::HostConfig::load(&paths.config_file)?;
     crate::net::host::HostNet::open(paths, &host)?.down(config)?;
     if let Some(mut status) = RuntimeStatus::read(&run_dir) {

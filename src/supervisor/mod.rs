@@ -218,6 +218,8 @@ fn run(
     let mut idle = IdleClock::default();
     // Once a stop was asked for: until when the guest may take, and why it stops.
     let mut stop: Option<(Instant, String)> = None;
+    // Whether the guest reached its ready line (kept: the console is rotated later).
+    let mut ready = false;
     // Set when a helper (virtiofsd, vhost-device-vsock) ended under the running VM.
     let mut helper_failure: Option<String> = None;
     loop {
@@ -234,19 +236,26 @@ fn run(
             None => match events.0.recv_timeout(LEASE_POLL) {
                 Ok(event) => event,
                 Err(RecvTimeoutError::Timeout) => {
+                    ready = ready || launch::guest_ready(&launch.spec.console_log);
                     // A share's or vsock's backend gone leaves a guest that hangs on it:
                     // end the VM, saying which one went.
                     if let Some(ended) = processes.first_ended() {
                         // A guest's power-off disconnects the backends as the hypervisor
                         // exits: give that exit a moment to arrive first.
-                        match events.0.recv_timeout(Duration::from_secs(2)) {
-                            Ok(Event::HypervisorExited(exit)) => {
-                                return Ok(classify_exit(&launch, exit, stop.map(|(_, reason)| reason)));
+                        let grace = Instant::now() + Duration::from_secs(2);
+                        let mut signals = Vec::new();
+                        while let Ok(event) =
+                            events.0.recv_timeout(grace.saturating_duration_since(Instant::now()))
+                        {
+                            match event {
+                                Event::HypervisorExited(exit) => {
+                                    return Ok(classify_exit(&launch, exit, stop.map(|(_, reason)| reason)));
+                                }
+                                signal => signals.push(signal),
                             }
-                            Ok(other) => {
-                                let _ = events.1.send(other);
-                            }
-                            Err(_) => {}
+                        }
+                        for signal in signals {
+                            let _ = events.1.send(signal);
                         }
                         log!("{ended}: killing {program}");
                         let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);
@@ -281,7 +290,9 @@ fn run(
                 let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);
                 stop.get_or_insert((Instant::now() + Duration::from_secs(3600), STOPPED_BY_MVM_STOP.into()));
             }
-            Event::Signal(_) if stop.is_none() && !launch::guest_ready(&launch.spec.console_log) => {
+            Event::Signal(_)
+                if stop.is_none() && !(ready || launch::guest_ready(&launch.spec.console_log)) =>
+            {
                 // Still booting: nothing in the guest to save, so no reason to wait for it.
                 log!("stop requested during boot: killing {program}");
                 let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);

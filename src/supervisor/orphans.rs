@@ -26,7 +26,15 @@ pub fn names_a_socket_of(cmdline: &str, run_dir: &Path) -> bool {
         .any(|socket| cmdline.contains(&format!("{dir}/{socket}")))
 }
 
-/// Every process whose command line names a socket of `run_dir`.
+/// Whether `argv0` is one of the programs a VM is made of (not, say, a `socat` or an
+/// `strace` someone pointed at one of its sockets).
+pub fn is_vm_program(argv0: &str) -> bool {
+    let program = argv0.rsplit('/').next().unwrap_or(argv0);
+    program.starts_with("qemu-system-")
+        || ["cloud-hypervisor", "virtiofsd", "vhost-device-vsock"].contains(&program)
+}
+
+/// Every VM program whose command line names a socket of `run_dir`.
 pub fn find(run_dir: &Path) -> Vec<Orphan> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let own = std::process::id() as i32;
@@ -36,8 +44,9 @@ pub fn find(run_dir: &Path) -> Vec<Orphan> {
         .filter(|pid| *pid != own)
         .filter_map(|pid| {
             let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let argv0 = String::from_utf8_lossy(raw.split(|byte| *byte == 0).next()?).into_owned();
             let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string();
-            names_a_socket_of(&cmdline, run_dir).then_some(Orphan { pid, cmdline })
+            (is_vm_program(&argv0) && names_a_socket_of(&cmdline, run_dir)).then_some(Orphan { pid, cmdline })
         })
         .collect()
 }
@@ -76,17 +85,18 @@ mod tests {
         assert!(names_a_socket_of("virtiofsd --socket-path=/run/mvm/web/fs-usr.sock --shared-dir=/usr", run));
         assert!(!names_a_socket_of("virtiofsd --socket-path=/run/mvm/web2/fs-usr.sock", run));
         assert!(!names_a_socket_of("ls /run/mvm/web/", run));
+        assert!(is_vm_program("/usr/bin/qemu-system-x86_64") && is_vm_program("virtiofsd"));
+        assert!(!is_vm_program("socat") && !is_vm_program("/usr/bin/strace"));
     }
 
     #[test]
     fn finds_and_kills_a_process_naming_a_socket() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("web");
-        let disguise = format!("qemu -qmp unix:{}/qmp.sock", run.display());
-        let mut child = std::process::Command::new("bash")
-            .args(["-c", &format!("exec -a '{disguise}' sleep 1000")])
-            .spawn()
-            .unwrap();
+        let socket = format!("unix:{}/qmp.sock", run.display());
+        // What looks like a QEMU of that VM; a socat at the same socket does not count.
+        let mut child = disguised("qemu-system-x86_64", &socket);
+        let mut bystander = disguised("socat", &socket);
         let deadline = Instant::now() + Duration::from_secs(5);
         let found = loop {
             let found = find(&run);
@@ -100,5 +110,15 @@ mod tests {
         assert!(kill_all(&found));
         assert!(child.wait().unwrap().code().is_none(), "not killed");
         assert!(find(&run).is_empty());
+        assert!(bystander.try_wait().unwrap().is_none(), "a bystander was killed");
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
+    }
+
+    /// A sleeping process whose argv[0] is `program` and whose arguments name `socket`.
+    pub(crate) fn disguised(program: &str, socket: &str) -> std::process::Child {
+        let script =
+            format!("exec -a {program} /usr/bin/python3 -c 'import time; time.sleep(1000)' -qmp {socket}");
+        std::process::Command::new("bash").args(["-c", &script]).spawn().unwrap()
     }
 }

@@ -297,6 +297,25 @@ impl AsFd for Tree {
     }
 }
 
+/// The id of the mount `fd` is on (`None` where the kernel has no mount ids).
+pub fn mount_id(fd: BorrowedFd) -> Option<u64> {
+    let mut buffer = std::mem::MaybeUninit::<nix::libc::statx>::zeroed();
+    // SAFETY: the descriptor is open, the empty path is NUL-terminated, and the buffer
+    // is a statx the kernel fills.
+    let done = unsafe {
+        nix::libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            nix::libc::AT_EMPTY_PATH,
+            nix::libc::STATX_MNT_ID,
+            buffer.as_mut_ptr(),
+        )
+    };
+    // SAFETY: zeroed before, and filled by statx when it succeeded.
+    let stat = unsafe { buffer.assume_init() };
+    (done == 0 && stat.stx_mask & nix::libc::STATX_MNT_ID != 0).then_some(stat.stx_mnt_id)
+}
+
 /// Whether `error` means "nothing there" (including a symlink or a non-directory on the way).
 fn is_absent(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::NotFound

@@ -177,26 +177,6 @@ fn open_dir(dir: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
     openat(dir.as_fd(), name, flags, Mode::empty()).map_err(errno)
 }
 
-/// The id of the mount `fd` is on (`None` where the kernel has no mount ids).
-fn mount_of(fd: &OwnedFd) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    let mut buffer = std::mem::MaybeUninit::<nix::libc::statx>::zeroed();
-    // SAFETY: the descriptor is open, the empty path is NUL-terminated, and the buffer
-    // is a statx the kernel fills.
-    let done = unsafe {
-        nix::libc::statx(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            nix::libc::AT_EMPTY_PATH,
-            nix::libc::STATX_MNT_ID,
-            buffer.as_mut_ptr(),
-        )
-    };
-    // SAFETY: zeroed before, and filled by statx when it succeeded.
-    let stat = unsafe { buffer.assume_init() };
-    (done == 0 && stat.stx_mask & nix::libc::STATX_MNT_ID != 0).then_some(stat.stx_mnt_id)
-}
-
 /// The (device, inode) of what `fd` is open on.
 fn identity(fd: &OwnedFd) -> io::Result<(u64, u64)> {
     let stat = nix::sys::stat::fstat(fd.as_fd()).map_err(errno)?;
@@ -212,7 +192,7 @@ fn empty_tree(parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
     let mut current = open_dir(parent, name)?;
     let mut current_name = name.to_os_string();
     // Never into another file system or mount: what is mounted there is not the tree's.
-    let (top_device, top_mount) = (identity(&current)?.0, mount_of(&current));
+    let (top_device, top_mount) = (identity(&current)?.0, super::mount_id(current.as_fd()));
     loop {
         let mut subdirectory = None;
         // A fresh open each time: a listing's position must start at the beginning.
@@ -236,7 +216,7 @@ fn empty_tree(parent: &OwnedFd, name: &OsStr) -> io::Result<()> {
         drop(listing);
         if let Some(child) = subdirectory {
             let next = open_dir(&current, &child)?;
-            if identity(&next)?.0 != top_device || mount_of(&next) != top_mount {
+            if identity(&next)?.0 != top_device || super::mount_id(next.as_fd()) != top_mount {
                 return Err(io::Error::other(format!("{} is a mount point", child.to_string_lossy())));
             }
             above.push((std::mem::replace(&mut current_name, child), identity(&current)?));

@@ -160,22 +160,9 @@ pub fn mount_overlay(overlay: &Overlay) -> anyhow::Result<()> {
 
 /// The id of the mount `path` (not followed if a symlink) is on.
 fn mount_id(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut buffer = std::mem::MaybeUninit::<nix::libc::statx>::zeroed();
-    // SAFETY: the path is NUL-terminated and the buffer is a statx the kernel fills.
-    let done = unsafe {
-        nix::libc::statx(
-            nix::libc::AT_FDCWD,
-            path.as_ptr(),
-            nix::libc::AT_SYMLINK_NOFOLLOW,
-            nix::libc::STATX_MNT_ID,
-            buffer.as_mut_ptr(),
-        )
-    };
-    // SAFETY: statx succeeded, so it wrote the buffer (zeroed before in any case).
-    let stat = unsafe { buffer.assume_init() };
-    (done == 0 && stat.stx_mask & nix::libc::STATX_MNT_ID != 0).then_some(stat.stx_mnt_id)
+    let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).ok()?;
+    crate::fs::mount_id(std::os::fd::AsFd::as_fd(&fd))
 }
 
 /// Whether `path` is the root of a mount: its mount differs from its parent's (a bind

@@ -14,6 +14,7 @@ use crate::commands::{
     port::PortArgs,
     restart::RestartArgs,
     rm::RmArgs,
+    setup::SetupArgs,
     shell::ShellArgs,
     start::StartArgs,
     stop::StopArgs,
@@ -84,6 +85,8 @@ pub enum Command {
     Templates(TemplatesArgs),
     /// Check that this host can run VMs
     Doctor(DoctorArgs),
+    /// Prepare this host once so that a group's members use mvm without root
+    Setup(SetupArgs),
     /// Print a shell completion script
     Completions(CompletionsArgs),
     /// Run a VM's supervisor (started by `mvm start`)

@@ -20,6 +20,7 @@ pub mod log_cap;
 pub mod name;
 pub mod net;
 pub mod output;
+pub mod privileged;
 pub mod project_env;
 pub mod spec;
 pub mod state;
@@ -52,6 +53,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Up(args) => commands::up::run(args, &paths),
         Command::Direnv(args) => commands::direnv::run(args),
         Command::Doctor(args) => commands::doctor::run(args, &paths),
+        Command::Setup(args) => commands::setup::run(args, &paths),
         Command::Completions(args) => commands::completions::run(args),
     }
 }

@@ -21,6 +21,7 @@ use crate::host::user::with_rights_of_invoking_user;
 use crate::name::VmName;
 use crate::spec::{self, EnvVar, MemorySize, PortForward, Volume};
 use crate::state::atomic::sync_dir;
+use crate::state::claims;
 use crate::state::lock::FileLock;
 use crate::state::store::{self, STAGING_PREFIX};
 use crate::state::Paths;
@@ -145,20 +146,41 @@ pub fn create(
     let allow_privileged = crate::host::is_root() && !args.via_up;
     choose_host_ports(&mut request.ports, &existing, allow_privileged)?;
     check_host_ports_free(&request.ports, &existing, allow_privileged)?;
-    let used: BTreeSet<u32> =
-        existing.iter().filter_map(|vm| vm.config.as_ref().ok()).map(|config| config.network.index).collect();
-    let pool = host.address_pool()?;
-    let network = (0..pool.capacity())
-        .find(|index| !used.contains(index))
-        .and_then(|index| pool.vm(index))
-        .ok_or_else(|| {
-        UserError::conflict(format!("the address pool {} is full ({} VMs)", pool.network(), pool.capacity()))
-            .hint("remove unused VMs, or set a larger network.pool in /etc/mvm/config.toml")
-    })?;
-
+    let network = claim_index(paths, host, &existing, &request.name)?;
     let config = request.into_config(network);
-    write_vm_dir(paths, &config)?;
+    write_vm_dir(paths, &config).inspect_err(|_| claims::release(&paths.state_dir, &config.name))?;
     Ok(config)
+}
+
+/// Claims the lowest free network index for VM `name` (`state::claims`): free of every
+/// claim, and of every VM this caller can read (those made before claims were).
+fn claim_index(
+    paths: &Paths,
+    host: &HostConfig,
+    existing: &[store::VmEntry],
+    name: &VmName,
+) -> anyhow::Result<crate::net::addr::VmNetwork> {
+    let me = nix::unistd::geteuid().as_raw();
+    let mut used: BTreeSet<u32> =
+        existing.iter().filter_map(|vm| vm.config.as_ref().ok()).map(|config| config.network.index).collect();
+    for (index, holder, owner) in claims::all(&paths.state_dir) {
+        let gone = holder.parse::<VmName>().map_or(true, |holder| !store::exists(paths, &holder));
+        if gone && (owner == me || me == 0) {
+            // Left by a VM removed without `mvm rm`: ours to give up.
+            let _ = std::fs::remove_file(paths.state_dir.join(claims::CLAIMS_DIR).join(index.to_string()));
+        } else {
+            used.insert(index);
+        }
+    }
+    let pool = host.address_pool()?;
+    for index in (0..pool.capacity()).filter(|index| !used.contains(index)) {
+        if claims::claim(&paths.state_dir, index, name)? {
+            return pool.vm(index).context("an index of the pool has no network");
+        }
+    }
+    Err(UserError::conflict(format!("the address pool {} is full ({} VMs)", pool.network(), pool.capacity()))
+        .hint("remove unused VMs, or set a larger network.pool in /etc/mvm/config.toml")
+        .into())
 }
 
 /// A create request that passed every check that needs no lock.
@@ -401,11 +423,12 @@ fn check_socket_paths_fit(paths: &Paths, name: &VmName) -> Result<(), UserError>
 fn create_state_dir(dir: &Path) -> anyhow::Result<()> {
     match std::fs::create_dir_all(dir) {
         Ok(()) => Ok(()),
-        Err(error) if error.kind() == ErrorKind::PermissionDenied => {
-            Err(UserError::needs_root(format!("cannot create {}: permission denied", dir.display()))
-                .hint("run mvm as root (sudo), or set MVM_STATE_DIR to a directory you own")
-                .into())
-        }
+        Err(error) if error.kind() == ErrorKind::PermissionDenied => Err(UserError::needs_root(format!(
+            "cannot create {}: permission denied",
+            dir.display()
+        ))
+        .hint("run `sudo mvm setup` once (then join its group), or set MVM_STATE_DIR to a directory you own")
+        .into()),
         Err(error) => Err(error).with_context(|| format!("cannot create {}", dir.display())),
     }
 }

@@ -65,7 +65,8 @@ fn layers(paths: &Paths, config: &VmConfig) -> anyhow::Result<(PathBuf, PathBuf)
         ))
         .into());
     }
-    let overlay = project_overlay(config, &paths.vm_dir(&config.name), &paths.vm_run_dir(&config.name))
+    let (vm_dir, run_dir) = (paths.vm_dir(&config.name), paths.vm_run_dir(&config.name));
+    let overlay = project_overlay(config, &vm_dir, &run_dir, crate::supervisor::launch::RunAs::Root)
         .expect("an overlay project has an overlay");
     Ok((overlay.upper, project.path.clone()))
 }

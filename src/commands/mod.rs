@@ -11,6 +11,7 @@ pub mod logs;
 pub mod port;
 pub mod restart;
 pub mod rm;
+pub mod setup;
 pub mod shell;
 pub mod start;
 pub mod stop;

@@ -4,11 +4,9 @@
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::host::HostConfig;
 use crate::config::vm::VmConfig;
 use crate::error::UserError;
 use crate::name::VmName;
-use crate::net::host::HostNet;
 use crate::output::{self, print_json, print_table};
 use crate::spec::{HostPortSelector, PortForward};
 use crate::state::lock::FileLock;
@@ -130,9 +128,7 @@ fn save_and_apply(paths: &Paths, previous: &VmConfig, config: &VmConfig) -> anyh
     if store::run_state(paths, &config.name)? != RunState::Running {
         return Ok(false);
     }
-    let applied = HostConfig::load(&paths.config_file)
-        .and_then(|host| HostNet::open(paths, &host))
-        .and_then(|mut net| net.update_rules(config));
+    let applied = crate::privileged::client::host_network(paths).update_rules(config);
     if let Err(error) = applied {
         previous.save(&paths.vm_config(&config.name))?;
         return Err(error.context("the change was not applied, and vm.toml is unchanged"));

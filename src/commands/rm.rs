@@ -89,5 +89,6 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
         .and_then(|state| state.remove(trash.strip_prefix(&paths.state_dir).expect("the trash is in state")))
         .with_context(|| format!("cannot delete {}", trash.display()))?;
     let _ = std::fs::remove_file(paths.up_lock(name));
+    crate::state::claims::release(&paths.state_dir, name);
     Ok(())
 }

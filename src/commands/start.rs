@@ -65,10 +65,16 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
     if store::run_state(paths, name)? == RunState::Running {
         return Ok(Started::AlreadyRunning);
     }
-    if !crate::host::is_root() {
-        return Err(UserError::needs_root("starting a VM needs root (bridges, taps, iptables, mounts)")
-            .hint(format!("run `sudo mvm start {name}`"))
-            .into());
+    // A VM's processes run as the user it belongs to: root starts only root's VMs.
+    let owner = store::owner(paths, name).unwrap_or(0);
+    if owner != nix::unistd::geteuid().as_raw() {
+        let user =
+            nix::unistd::User::from_uid(owner.into()).ok().flatten().map_or(owner.to_string(), |u| u.name);
+        return Err(UserError::usage(format!(
+            "VM '{name}' belongs to {user}, whose user runs its processes"
+        ))
+        .hint(format!("start it as them: `sudo -u {user} mvm start {name}`"))
+        .into());
     }
     // The forwards are DNAT rules, not sockets: a host listener on one would be shadowed.
     for forward in &config.ports {

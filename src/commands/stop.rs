@@ -46,9 +46,6 @@ pub fn run(args: StopArgs, paths: &Paths) -> anyhow::Result<i32> {
 /// Stops VM `name`; returns false if it was not running.
 pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> anyhow::Result<bool> {
     let config = store::load(paths, name)?;
-    let needs_root = || -> anyhow::Error {
-        UserError::needs_root("stopping a VM needs root").hint(format!("run `sudo mvm stop {name}`")).into()
-    };
     let run_dir = paths.vm_run_dir(name);
     if store::run_state(paths, name)? != RunState::Running {
         // A supervisor that died left no record of an end: whatever survived it, and its
@@ -57,17 +54,11 @@ pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> any
         if !died && crate::supervisor::orphans::find(&run_dir).is_empty() {
             return Ok(false);
         }
-        if !crate::host::is_root() {
-            return Err(needs_root());
-        }
         // No start may begin meanwhile (its helpers would look like survivors).
         let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
         if store::run_state(paths, name)? != RunState::Running {
             return end_orphans(paths, &config, &crate::supervisor::orphans::find(&run_dir)).map(|()| true);
         }
-    }
-    if !crate::host::is_root() {
-        return Err(needs_root());
     }
     // No lifecycle lock: a start holds it until the guest answers, and a stop must not
     // wait for the boot it is stopping (the supervisor takes the signal at any phase).
@@ -127,8 +118,7 @@ fn end_orphans(
     let run_dir = paths.vm_run_dir(&config.name);
     crate::supervisor::clean_run_dir(&run_dir);
     crate::supervisor::launch::remove_scratch_layers(&paths.vm_dir(&config.name))?;
-    let host = crate::config::host::HostConfig::load(&paths.config_file)?;
-    crate::net::host::HostNet::open(paths, &host)?.down(config)?;
+    crate::privileged::client::host_network(paths).down(config)?;
     if let Some(mut status) = RuntimeStatus::read(&run_dir) {
         status.phase = crate::state::status::Phase::Crashed;
         status.ended_at = Some(crate::output::unix_now());

@@ -109,11 +109,6 @@ fn vm_for(paths: &Paths, project: &Path) -> anyhow::Result<VmName> {
 
 /// Creates VM `name` if missing and starts it if stopped, then leases it to the calling shell.
 pub fn up(paths: &Paths, name: &VmName, project: &Path, args: &UpArgs) -> anyhow::Result<Up> {
-    if !crate::host::is_root() {
-        return Err(UserError::needs_root("bringing a VM up needs root (bridges, taps, iptables, mounts)")
-            .hint("run `sudo mvm up`; `mvm direnv` writes .envrc lines that do")
-            .into());
-    }
     std::fs::create_dir_all(&paths.run_dir)
         .with_context(|| format!("cannot create {}", paths.run_dir.display()))?;
     let _up = FileLock::exclusive(&paths.up_lock(name))?;

@@ -131,6 +131,27 @@ impl FirewallState {
         names
     }
 
+    /// The VMs (other than `except`) whose rules forward host port `forward.host`.
+    pub fn forwarders(&self, forward: &crate::spec::PortForward, except: &str) -> Vec<String> {
+        let (proto, port) = (forward.protocol, forward.host);
+        let mut names: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|rule| rule.table == Table::Nat && rule.chain == "MVM-OUTPUT")
+            .filter(|rule| {
+                rule.spec.starts_with(&format!("-p {proto} "))
+                    && rule.spec.contains(&format!("--dport {port} "))
+            })
+            .filter_map(|rule| {
+                let rest = rule.spec.split("--comment \"mvm:").nth(1)?;
+                Some(rest.split('"').next()?.to_string())
+            })
+            .filter(|name| name != except)
+            .collect();
+        names.dedup();
+        names
+    }
+
     /// Every rule of mvm's (jumps included), as `iptables-save` lines per table.
     pub fn rules(&self) -> &[Rule] {
         &self.rules

@@ -28,6 +28,9 @@ pub struct HostNet {
     netlink: Netlink,
     firewall: Box<dyn FirewallBackend>,
     host: HostNetwork,
+    /// The user whose VM this is, when not root's: its tap is theirs, and no link of
+    /// another user's is touched.
+    tap_owner: Option<u32>,
     _lock: FileLock,
 }
 
@@ -55,13 +58,33 @@ impl HostNet {
             netlink: Netlink::open()?,
             firewall,
             host: HostNetwork { pool: config.network.pool, uplink: config.network.uplink.clone() },
+            tap_owner: None,
             _lock: lock,
         })
+    }
+
+    /// Acts for user `uid`'s VM: its tap becomes theirs, and a tap of the same name
+    /// that belongs to someone else is neither used nor removed.
+    pub fn for_user(mut self, uid: u32) -> HostNet {
+        self.tap_owner = Some(uid);
+        self
+    }
+
+    /// Refuses a tap `name` that exists and is not this caller's.
+    fn check_tap_owner(&self, name: &str) -> anyhow::Result<()> {
+        let Some(uid) = self.tap_owner else { return Ok(()) };
+        if self.netlink.link(name)?.is_some() && tap::owner(name) != Some(uid) {
+            return Err(UserError::conflict(format!("tap {name} exists and is not yours"))
+                .hint("another VM has this index; `sudo mvm doctor --fix` removes leftovers")
+                .into());
+        }
+        Ok(())
     }
 
     /// Brings VM `vm`'s bridge, tap and rules up (idempotent).
     pub fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
         self.check_pool()?;
+        self.check_tap_owner(&vm.network.tap)?;
         sysctl::set("net.ipv4.ip_forward", "1")?;
         let network = &vm.network;
         let bridge = match self.netlink.link(&network.bridge)? {
@@ -75,7 +98,7 @@ impl HostNet {
         sysctl::set_interface("ipv4", &network.bridge, "route_localnet", "1")?;
         self.netlink.set_address(bridge.index, network.gateway, network.subnet.prefix())?;
         self.netlink.set_up(bridge.index)?;
-        tap::create_persistent_tap(&network.tap)?;
+        tap::create_persistent_tap(&network.tap, self.tap_owner)?;
         let tap = self.require_link(&network.tap)?;
         sysctl::set_interface("ipv6", &network.tap, "disable_ipv6", "1")?;
         if tap.controller != Some(bridge.index) {
@@ -89,12 +112,28 @@ impl HostNet {
 
     /// Converges VM `vm`'s firewall rules to its config (after a port change).
     pub fn update_rules(&mut self, vm: &VmConfig) -> anyhow::Result<bool> {
+        // Two DNATs of one port would let the first VM take the other's connections.
+        let state = FirewallState::read(self.firewall.as_mut())?;
+        for forward in &vm.ports {
+            if let Some(other) = state.forwarders(forward, vm.name.as_str()).first() {
+                return Err(UserError::conflict(format!(
+                    "host port {}/{} is forwarded to VM '{other}' already",
+                    forward.host, forward.protocol
+                ))
+                .hint(format!(
+                    "pick another host port: `mvm port {} --rm {}` and add a free one",
+                    vm.name, forward.host
+                ))
+                .into());
+            }
+        }
         firewall::converge_vm(self.firewall.as_mut(), &self.host, &VmFirewall::of(vm))
             .with_context(|| format!("cannot set up firewall rules for VM '{}'", vm.name))
     }
 
     /// Removes VM `vm`'s tap, bridge and rules; whatever is already gone is skipped.
     pub fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.check_tap_owner(&vm.network.tap)?;
         self.remove_rules(vm.name.as_str())?;
         self.delete_links(&[&vm.network.tap, &vm.network.bridge])
     }

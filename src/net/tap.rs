@@ -18,9 +18,14 @@ nix::ioctl_write_int_bad!(
     tun_set_persist,
     nix::request_code_write!(b'T', 203, std::mem::size_of::<libc::c_int>())
 );
+nix::ioctl_write_int_bad!(
+    tun_set_owner,
+    nix::request_code_write!(b'T', 204, std::mem::size_of::<libc::c_int>())
+);
 
-/// Creates persistent tap `name` (or attaches to an existing one of the same kind).
-pub fn create_persistent_tap(name: &str) -> anyhow::Result<()> {
+/// Creates persistent tap `name` (or attaches to an existing one of the same kind); with
+/// an `owner`, that user's hypervisor may attach to it without privileges.
+pub fn create_persistent_tap(name: &str, owner: Option<u32>) -> anyhow::Result<()> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         bail!("interface name {name:?} does not fit {} bytes", libc::IFNAMSIZ - 1);
     }
@@ -43,5 +48,16 @@ pub fn create_persistent_tap(name: &str) -> anyhow::Result<()> {
     // SAFETY: the descriptor is now bound to the tap; TUNSETPERSIST takes a plain integer.
     unsafe { tun_set_persist(tun.as_raw_fd(), 1) }
         .with_context(|| format!("cannot make tap {name} persistent"))?;
+    if let Some(uid) = owner {
+        // SAFETY: as above; TUNSETOWNER takes a plain integer (the uid).
+        unsafe { tun_set_owner(tun.as_raw_fd(), uid as libc::c_int) }
+            .with_context(|| format!("cannot give tap {name} to uid {uid}"))?;
+    }
     Ok(())
+}
+
+/// The user tap `name` belongs to (`None`: no tap of that name, or one without an owner).
+pub fn owner(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/owner")).ok()?;
+    text.trim().parse::<i64>().ok().and_then(|uid| u32::try_from(uid).ok())
 }

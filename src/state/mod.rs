@@ -2,6 +2,7 @@
 //! injected roots, atomic writes, locks, and the catalogue of VMs on disk.
 
 pub mod atomic;
+pub mod claims;
 pub mod lease;
 pub mod lock;
 pub mod paths;

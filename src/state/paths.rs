@@ -39,6 +39,15 @@ impl Paths {
         }
     }
 
+    /// The installed roots, whatever the environment says (for the setuid helper).
+    pub fn installed() -> Paths {
+        Paths {
+            state_dir: DEFAULT_STATE_DIR.into(),
+            run_dir: DEFAULT_RUN_DIR.into(),
+            config_file: DEFAULT_CONFIG.into(),
+        }
+    }
+
     /// Roots under one directory (for tests and benchmarks).
     pub fn under(root: &Path) -> Paths {
         Paths {
@@ -56,6 +65,12 @@ impl Paths {
     /// The lock `mvm up` holds while it creates and starts VM `name`.
     pub fn up_lock(&self, name: &VmName) -> PathBuf {
         self.run_dir.join(format!(".up-{name}.lock"))
+    }
+
+    /// This user's cache (the initramfs base): one per user, since each user's VMs
+    /// must trust only what that user made.
+    pub fn user_cache(&self) -> PathBuf {
+        self.state_dir.join(".cache").join(format!("uid-{}", nix::unistd::geteuid()))
     }
 
     /// A VM's persistent directory.
@@ -82,6 +97,31 @@ impl Paths {
     pub fn run_lock(&self, name: &VmName) -> PathBuf {
         self.vm_run_dir(name).join("lock")
     }
+}
+
+/// Makes directory `path` this user's own (mode `mode`) if missing; if it exists, it must
+/// be a directory (not a symlink) that belongs to this user, since one user can make a
+/// directory in a shared root under a name another user's VM will use.
+pub fn own_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => return Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error).with_context(|| format!("cannot create {}", path.display())),
+    }
+    let meta = std::fs::symlink_metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(crate::error::UserError::conflict(format!(
+            "{} is not a directory of yours (uid {me}); it belongs to uid {}",
+            path.display(),
+            meta.uid()
+        ))
+        .hint("someone made it in your VM's place; root can remove it")
+        .into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -44,6 +44,11 @@ pub fn list(paths: &Paths) -> anyhow::Result<Vec<VmEntry>> {
         if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
+        // Another user's VM is theirs alone: not even its name is listed.
+        use std::os::unix::fs::MetadataExt;
+        if !entry.metadata().is_ok_and(|meta| may_manage(meta.uid())) {
+            continue;
+        }
         let config = match name.parse::<VmName>() {
             Ok(vm_name) => {
                 VmConfig::load(&paths.vm_config(&vm_name), &vm_name).map_err(|error| format!("{error:#}"))
@@ -67,10 +72,30 @@ pub fn no_such_vm(name: &VmName) -> UserError {
         .hint(format!("`mvm list` shows the VMs; `mvm create {name}` makes this one"))
 }
 
-/// Loads the config of VM `name`, with a not-found error if there is no such VM.
+/// The uid VM `name` belongs to (its directory's owner), if it exists.
+pub fn owner(paths: &Paths, name: &VmName) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(paths.vm_dir(name)).ok().filter(|meta| meta.is_dir()).map(|meta| meta.uid())
+}
+
+/// Whether this process may act on a VM that `owner` owns: root on any, a user on theirs.
+pub fn may_manage(owner: u32) -> bool {
+    let me = nix::unistd::geteuid().as_raw();
+    me == 0 || me == owner
+}
+
+/// Loads the config of VM `name`, with a not-found error if there is no such VM, and a
+/// needs-root one if it is another user's.
 pub fn load(paths: &Paths, name: &VmName) -> anyhow::Result<VmConfig> {
-    if !exists(paths, name) {
+    let Some(owner) = owner(paths, name) else {
         return Err(no_such_vm(name).into());
+    };
+    if !may_manage(owner) {
+        let user =
+            nix::unistd::User::from_uid(owner.into()).ok().flatten().map_or(owner.to_string(), |u| u.name);
+        return Err(UserError::needs_root(format!("VM '{name}' belongs to {user}, not to you"))
+            .hint("only its owner (or root) can use it")
+            .into());
     }
     VmConfig::load(&paths.vm_config(name), name).with_context(|| format!("VM '{name}' is broken")).map_err(
         |error| {

@@ -28,6 +28,29 @@ pub struct Overlay {
     pub merged: PathBuf,
 }
 
+/// Who a VM's processes run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAs {
+    /// Root: the project is pinned by a bind mount, overlays are mounted on the host,
+    /// and virtiofsd translates the guest's ids (`GuestIds::Squash`, `Shift`).
+    Root,
+    /// The VM's owner, with no privilege: each virtiofsd runs in a user namespace of its
+    /// own (where an overlay is mounted for it), with `GuestIds::Owner`.
+    User { uid: u32, gid: u32 },
+}
+
+impl RunAs {
+    /// This process's.
+    pub fn this_process() -> RunAs {
+        let uid = nix::unistd::geteuid().as_raw();
+        if uid == 0 {
+            RunAs::Root
+        } else {
+            RunAs::User { uid, gid: nix::unistd::getegid().as_raw() }
+        }
+    }
+}
+
 /// Everything needed to launch one VM.
 #[derive(Debug, Clone)]
 pub struct Launch {
@@ -44,6 +67,8 @@ pub struct Launch {
     /// Set when `/dev/kvm` exists but cannot run ordinary kernels (only `kvm_pvm`).
     pub accel_warning: Option<String>,
     pub overlays: Vec<Overlay>,
+    /// Who the VM's processes run as.
+    pub run_as: RunAs,
     /// The recorded directories to bind where the shares and overlays take them from.
     pub pins: Vec<Pin>,
     /// The project's owner (uid, gid), whom the guest's writes to it belong to.
@@ -90,7 +115,8 @@ impl Launch {
         }
         let run_dir = paths.vm_run_dir(&config.name);
         let vm_dir = paths.vm_dir(&config.name);
-        let (shares, overlays, mut guest) = plan_shares(config, &vm_dir, &run_dir, project_owner);
+        let run_as = RunAs::this_process();
+        let (shares, overlays, mut guest) = plan_shares(config, &vm_dir, &run_dir, project_owner, run_as);
         if let Some(environment) = crate::project_env::cached(&vm_dir, config) {
             let workdir = config.project.as_ref().map_or("/".into(), |p| p.path.display().to_string());
             environment.apply_to(&mut guest.processes, &config.env, &workdir);
@@ -129,7 +155,9 @@ impl Launch {
             accel,
             accel_warning,
             overlays,
-            pins: pins(config, &run_dir),
+            run_as,
+            // A user's processes see what the user sees: nothing to pin against.
+            pins: if run_as == RunAs::Root { pins(config, &run_dir) } else { Vec::new() },
             project_owner,
             spec,
             guest,
@@ -250,27 +278,41 @@ pub fn pins(config: &VmConfig, run_dir: &Path) -> Vec<Pin> {
 /// removed at every stop and before every start.
 pub const SCRATCH_LAYERS: &str = "scratch";
 
-/// The host-side overlay of `config`'s project, when it is mounted `overlay`.
-pub fn project_overlay(config: &VmConfig, vm_dir: &Path, run_dir: &Path) -> Option<Overlay> {
+/// The overlay of `config`'s project, when it is mounted `overlay`.
+pub fn project_overlay(config: &VmConfig, vm_dir: &Path, run_dir: &Path, run_as: RunAs) -> Option<Overlay> {
     let project = config.project.as_ref().filter(|project| project.mount == MountMode::Overlay)?;
     // On the state disk, never in /run (memory): the guest decides its size.
     let layers = if project.persist { vm_dir.to_path_buf() } else { vm_dir.join(SCRATCH_LAYERS) };
     Some(Overlay {
-        lower: run_dir.join(PINNED_PROJECT),
+        lower: lower(run_as, &project.path, run_dir, PINNED_PROJECT),
         upper: layers.join("upper"),
         work: layers.join("work"),
         merged: run_dir.join("project"),
     })
 }
 
-/// The shares, host-side overlays and guest mount plan of `config`. What the guest
-/// writes into its project belongs to `project_owner` (uid, gid) on the host.
+/// Where a recorded directory is read from: root reads its pin, a user the directory.
+fn lower(run_as: RunAs, recorded: &Path, run_dir: &Path, pinned: &str) -> PathBuf {
+    match run_as {
+        RunAs::Root => run_dir.join(pinned),
+        RunAs::User { .. } => recorded.to_path_buf(),
+    }
+}
+
+/// The shares, overlays and guest mount plan of `config`. What the guest writes into its
+/// project belongs to `project_owner` (uid, gid) on the host.
 pub fn plan_shares(
     config: &VmConfig,
     vm_dir: &Path,
     run_dir: &Path,
     project_owner: (u32, u32),
+    run_as: RunAs,
 ) -> (Vec<Share>, Vec<Overlay>, GuestConfig) {
+    // Under a user, every share is theirs; the guest's own trees look root's.
+    let ids = |root_ids: GuestIds| match run_as {
+        RunAs::Root => root_ids,
+        RunAs::User { .. } => GuestIds::Owner { shown_as: (0, 0) },
+    };
     let socket = |tag: &str| run_dir.join(format!("fs-{tag}.sock"));
     let share = |tag: &str, dir: PathBuf, read_only: bool, ids: GuestIds| Share {
         tag: tag.to_string(),
@@ -283,40 +325,44 @@ pub fn plan_shares(
     let mut overlays = Vec::new();
     let root = match &config.root {
         RootModel::Host => {
-            shares.push(share("usr", PathBuf::from("/usr"), true, GuestIds::AsIs));
-            shares.push(share("etc", vm_dir.join("etc"), false, GuestIds::AsIs));
-            shares.push(share("var", vm_dir.join("var"), false, GuestIds::AsIs));
+            shares.push(share("usr", PathBuf::from("/usr"), true, ids(GuestIds::AsIs)));
+            shares.push(share("etc", vm_dir.join("etc"), false, ids(GuestIds::AsIs)));
+            shares.push(share("var", vm_dir.join("var"), false, ids(GuestIds::AsIs)));
             let nix = Path::new("/nix/store").is_dir();
             if nix {
-                shares.push(share("nix", PathBuf::from("/nix/store"), true, GuestIds::AsIs));
+                shares.push(share("nix", PathBuf::from("/nix/store"), true, ids(GuestIds::AsIs)));
             }
             GuestRoot::Host { nix }
         }
-        RootModel::Dir(_) => {
+        RootModel::Dir(dir) => {
             let merged = run_dir.join("root");
             overlays.push(Overlay {
-                lower: run_dir.join(PINNED_ROOT),
+                lower: lower(run_as, dir, run_dir, PINNED_ROOT),
                 upper: vm_dir.join("root/upper"),
                 work: vm_dir.join("root/work"),
                 merged: merged.clone(),
             });
-            shares.push(share("root", merged, false, GuestIds::AsIs));
+            shares.push(share("root", merged, false, ids(GuestIds::AsIs)));
             GuestRoot::Dir
         }
     };
     let mut mounts = Vec::new();
     if let Some(project) = &config.project {
-        let dir = match project_overlay(config, vm_dir, run_dir) {
+        let dir = match project_overlay(config, vm_dir, run_dir, run_as) {
             Some(overlay) => {
                 let merged = overlay.merged.clone();
                 overlays.push(overlay);
                 merged
             }
-            None => run_dir.join(PINNED_PROJECT),
+            None => lower(run_as, &project.path, run_dir, PINNED_PROJECT),
         };
         let read_only = project.mount == MountMode::Ro;
         let (uid, gid) = project_owner;
-        shares.push(share("project", dir, read_only, GuestIds::Squash { uid, gid }));
+        let project_ids = match run_as {
+            RunAs::Root => GuestIds::Squash { uid, gid },
+            RunAs::User { .. } => GuestIds::Owner { shown_as: project_owner },
+        };
+        shares.push(share("project", dir, read_only, project_ids));
         mounts.push(GuestMount {
             tag: "project".into(),
             path: project.path.display().to_string(),
@@ -325,8 +371,8 @@ pub fn plan_shares(
     }
     for volume in &config.volumes {
         let tag = format!("vol-{}", volume.name);
-        let ids = GuestIds::Shift { base: VOLUME_ID_BASE };
-        shares.push(share(&tag, vm_dir.join("volumes").join(&volume.name), false, ids));
+        let volume_ids = ids(GuestIds::Shift { base: VOLUME_ID_BASE });
+        shares.push(share(&tag, vm_dir.join("volumes").join(&volume.name), false, volume_ids));
         mounts.push(GuestMount { tag, path: volume.guest_path.display().to_string(), read_only: false });
     }
     let default_workdir = config.project.as_ref().map_or("/".to_string(), |p| p.path.display().to_string());
@@ -406,8 +452,11 @@ pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     }
     crate::state::seed::repair_var(&vm_dir)?;
     remove_scratch_layers(&vm_dir)?;
-    for volume in &config.volumes {
-        shift_volume_ids(&vm_dir.join("volumes").join(&volume.name))?;
+    // Under a user the volumes stay theirs (`GuestIds::Owner`).
+    if RunAs::this_process() == RunAs::Root {
+        for volume in &config.volumes {
+            shift_volume_ids(&vm_dir.join("volumes").join(&volume.name))?;
+        }
     }
     // Private, also for VMs made before state was: `vm.toml` holds [env].
     use std::os::unix::fs::PermissionsExt;
@@ -415,12 +464,15 @@ pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     let record = paths.vm_config(&config.name);
     std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot make {} private", record.display()))?;
-    for dir in [vm_dir.join("log"), paths.vm_run_dir(&config.name)] {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    // Root's alone: the project is bound there, past any permission of its parents (the
-    // overlays mounted there are nosuid and nodev besides).
-    std::fs::set_permissions(paths.vm_run_dir(&config.name), std::fs::Permissions::from_mode(0o700))?;
+    std::fs::create_dir_all(vm_dir.join("log"))
+        .with_context(|| format!("cannot create {}", vm_dir.join("log").display()))?;
+    std::fs::create_dir_all(&paths.run_dir)
+        .with_context(|| format!("cannot create {}", paths.run_dir.display()))?;
+    // Its owner's alone: the project is bound there, past any permission of its parents
+    // (the overlays mounted there are nosuid and nodev besides).
+    let run_dir = paths.vm_run_dir(&config.name);
+    crate::state::paths::own_dir(&run_dir, 0o700)?;
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))?;
     Ok(())
 }
 
@@ -457,6 +509,7 @@ mod tests {
             Path::new("/state/web"),
             Path::new("/run/mvm/web"),
             (1000, 100),
+            RunAs::Root,
         );
         let tags: Vec<&str> = shares.iter().map(|s| s.tag.as_str()).collect();
         assert_eq!(&tags[..3], ["usr", "etc", "var"]);
@@ -491,12 +544,18 @@ mod tests {
             Path::new("/state/web"),
             Path::new("/run/mvm/web"),
             (1000, 100),
+            RunAs::Root,
         );
         assert_eq!(overlays[0].upper, Path::new("/state/web/upper"));
         assert_eq!(overlays[0].work, Path::new("/state/web/work"));
         for (mode, read_only) in [(MountMode::Rw, false), (MountMode::Ro, true)] {
-            let (shares, overlays, guest) =
-                plan_shares(&config(mode, false), Path::new("/state/web"), Path::new("/run/mvm/web"), (0, 0));
+            let (shares, overlays, guest) = plan_shares(
+                &config(mode, false),
+                Path::new("/state/web"),
+                Path::new("/run/mvm/web"),
+                (0, 0),
+                RunAs::Root,
+            );
             assert!(overlays.is_empty());
             let project = shares.iter().find(|s| s.tag == "project").unwrap();
             assert_eq!(

@@ -12,6 +12,7 @@ pub mod launch;
 pub mod orphans;
 pub mod processes;
 pub mod sandbox;
+pub mod userns;
 
 use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -24,14 +25,13 @@ use nix::unistd::Pid;
 use crate::boot::initramfs::{self, BaseSpec, GUEST_CONFIG};
 use crate::config::host::HostConfig;
 use crate::name::VmName;
-use crate::net::host::HostNet;
 use crate::output::unix_now;
 use crate::state::lease::IdleClock;
 use crate::state::lock::RunLock;
 use crate::state::status::{Phase, RuntimeStatus};
 use crate::state::{store, Paths};
 use crate::vmm::Vmm;
-use launch::Launch;
+use launch::{Launch, RunAs};
 use processes::Processes;
 
 /// The file `mvm stop` writes the graceful-stop timeout (seconds) into before SIGTERM.
@@ -73,7 +73,9 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     // never the default action that would kill the supervisor without a teardown.
     let events = listen_for_signals()?;
     let run_dir = paths.vm_run_dir(name);
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    std::fs::create_dir_all(&paths.run_dir)
+        .with_context(|| format!("cannot create {}", paths.run_dir.display()))?;
+    crate::state::paths::own_dir(&run_dir, 0o700)?;
     let Some(_lock) = RunLock::try_acquire(&paths.run_lock(name))? else {
         bail!("VM '{name}' already has a supervisor");
     };
@@ -142,40 +144,53 @@ fn run(
     }
     let run_dir = paths.vm_run_dir(name);
 
-    let base =
-        initramfs::cached_base(&paths.state_dir.join(".cache"), &BaseSpec::for_kernel(&launch.kernel)?)?;
+    let base = {
+        let cache = paths.user_cache();
+        std::fs::create_dir_all(cache.parent().expect("the cache has a parent"))?;
+        crate::state::paths::own_dir(&cache, 0o700)?;
+        initramfs::cached_base(&cache, &BaseSpec::for_kernel(&launch.kernel)?)?
+    };
     let guest = serde_json::to_vec(&launch.guest)?;
     initramfs::write_boot_image(&base, &[(GUEST_CONFIG, &guest)], &launch.spec.initramfs)?;
     log!("boot image ready ({} ms)", started.elapsed().as_millis());
 
     // Recorded first: a bring-up that fails half-way is torn down like a finished one.
     *network_up = Some(config.clone());
-    HostNet::open(paths, &host)?.up(&config)?;
+    crate::privileged::client::host_network(paths).up(&config)?;
     log!("network up ({} ms)", started.elapsed().as_millis());
     for pin in &launch.pins {
         processes::pin_directory(&crate::fs::Tree::open_exact(&pin.source)?, &pin.at, pin.read_only)?;
     }
     // The shares were planned for the project's owner: the directory now bound must be
     // theirs still (not another directory renamed into its place meanwhile).
-    if launch.config.project.is_some() {
+    if launch.config.project.is_some() && launch.run_as == RunAs::Root {
         use std::os::unix::fs::MetadataExt;
         let bound = std::fs::metadata(run_dir.join(launch::PINNED_PROJECT))?;
         if (bound.uid(), bound.gid()) != launch.project_owner {
             bail!("the project directory changed owner while the VM was starting");
         }
     }
-    for overlay in &launch.overlays {
-        processes::mount_overlay(overlay)?;
+    if launch.run_as == RunAs::Root {
+        for overlay in &launch.overlays {
+            processes::mount_overlay(overlay)?;
+        }
     }
     let log_dir = paths.vm_dir(name).join("log");
     let filter = sandbox::no_privilege_filter()?;
     for share in &launch.spec.shares {
         let log = log_dir.join(format!("virtiofsd-{}.log", share.tag));
+        let namespace = match launch.run_as {
+            RunAs::Root => None,
+            RunAs::User { uid, gid } => {
+                Some(((uid, gid), launch.overlays.iter().find(|overlay| overlay.merged == share.dir)))
+            }
+        };
         processes.spawn(
             &format!("virtiofsd[{}]", share.tag),
             &launch.virtiofsd,
             &crate::vmm::virtiofsd::args(share),
             &log,
+            namespace,
             (!share.read_only).then(|| filter.clone()),
         )?;
     }
@@ -186,6 +201,7 @@ fn run(
             vhost_vsock,
             &args,
             &log_dir.join("vhost-device-vsock.log"),
+            None,
             None,
         )?;
     }
@@ -406,9 +422,7 @@ fn teardown(
         note(launch::remove_scratch_layers(&paths.vm_dir(name)));
     }
     if let Some(config) = network_up {
-        note(
-            HostConfig::load(&paths.config_file).and_then(|host| HostNet::open(paths, &host)?.down(&config)),
-        );
+        note(crate::privileged::client::host_network(paths).down(&config));
     }
     clean_run_dir(&run_dir);
     first_error.map_or(Ok(()), Err)

@@ -53,17 +53,22 @@ fn command(program: &Path, args: &[String], log: &Path) -> anyhow::Result<Comman
 }
 
 impl Processes {
-    /// Starts `program` with output to `log`, remembered as `label`; under `filter`
-    /// when one is given (see `sandbox`).
+    /// Starts `program` with output to `log`, remembered as `label`: in a user namespace
+    /// of its own where `namespace` says so (see `userns`), and under `filter` when one
+    /// is given (see `sandbox`).
     pub fn spawn(
         &mut self,
         label: &str,
         program: &Path,
         args: &[String],
         log: &Path,
+        namespace: Option<((u32, u32), Option<&Overlay>)>,
         filter: Option<seccompiler::BpfProgram>,
     ) -> anyhow::Result<()> {
         let mut command = command(program, args, log)?;
+        if let Some((owner, overlay)) = namespace {
+            crate::supervisor::userns::enter(&mut command, owner, overlay)?;
+        }
         if let Some(filter) = filter {
             crate::supervisor::sandbox::confine(&mut command, filter);
         }
@@ -133,18 +138,7 @@ pub fn mount_overlay(overlay: &Overlay) -> anyhow::Result<()> {
     for dir in [&overlay.upper, &overlay.work, &overlay.merged] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    for dir in [&overlay.lower, &overlay.upper, &overlay.work] {
-        let text = dir.to_string_lossy();
-        if text.contains([',', ':', '\\']) {
-            bail!("{} contains ',', ':' or '\\', which overlayfs cannot take; use --mount rw", dir.display());
-        }
-    }
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        overlay.lower.display(),
-        overlay.upper.display(),
-        overlay.work.display()
-    );
+    let options = overlay_options(overlay)?;
     // nosuid, nodev: whatever the guest copies up (a setuid file of the lower tree it
     // rewrote, a device it chmodded) grants nothing to a host user who reaches the mount.
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -156,6 +150,23 @@ pub fn mount_overlay(overlay: &Overlay) -> anyhow::Result<()> {
             )
         },
     )
+}
+
+/// overlayfs's mount options for `overlay`; refused when a path holds a character
+/// overlayfs would read as a separator.
+pub fn overlay_options(overlay: &Overlay) -> anyhow::Result<String> {
+    for dir in [&overlay.lower, &overlay.upper, &overlay.work] {
+        let text = dir.to_string_lossy();
+        if text.contains([',', ':', '\\']) {
+            bail!("{} contains ',', ':' or '\\', which overlayfs cannot take; use --mount rw", dir.display());
+        }
+    }
+    Ok(format!(
+        "lowerdir={},upperdir={},workdir={}",
+        overlay.lower.display(),
+        overlay.upper.display(),
+        overlay.work.display()
+    ))
 }
 
 /// The id of the mount `path` (not followed if a symlink) is on.

@@ -53,7 +53,17 @@ pub enum GuestIds {
     /// round-trips (PostgreSQL's data directory stays `postgres`'s); any other guest id
     /// is refused. Volumes: nothing in them is owned by a real host user.
     Shift { base: u32 },
+    /// A user's VM (no root anywhere): virtiofsd runs in a user namespace of its own in
+    /// which that user is id 0 and no other host id exists. Whatever the guest writes
+    /// belongs to the user; what the user owns looks owned by `shown_as` (uid, gid) to
+    /// the guest (root for the VM's own trees, the user themself for the project), and
+    /// what no id of the namespace owns (root's `/usr`) looks root's.
+    Owner { shown_as: (u32, u32) },
 }
+
+/// The id the kernel shows a user namespace for a host id it does not map
+/// (`/proc/sys/kernel/overflowuid`).
+pub const OVERFLOW_ID: u32 = 65534;
 
 /// The host ids volumes' guest ids are shifted to: 0x7000_0000, past systemd's
 /// container range (0x80000–0x6FFFFFFF) and below its foreign range (0x7FFE0000).

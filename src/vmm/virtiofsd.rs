@@ -3,7 +3,7 @@
 //! guest's ids ([`GuestIds`]) and runs under mvm's seccomp filter
 //! (`supervisor::sandbox`), so nothing the guest writes carries host privilege.
 
-use crate::vmm::{GuestIds, Share, SHIFTED_IDS};
+use crate::vmm::{GuestIds, Share, OVERFLOW_ID, SHIFTED_IDS};
 
 /// The argv (without the program) that serves `share`.
 pub fn args(share: &Share) -> Vec<String> {
@@ -28,6 +28,15 @@ pub fn args(share: &Share) -> Vec<String> {
             GuestIds::Squash { uid, gid } => {
                 let to = if kind == "uid" { uid } else { gid };
                 vec![format!("squash-guest:0:{to}:{}", u32::MAX)]
+            }
+            GuestIds::Owner { shown_as: (uid, gid) } => {
+                let shown = if kind == "uid" { uid } else { gid };
+                let mut translations =
+                    vec![format!("squash-guest:0:0:{}", u32::MAX), format!("host:{OVERFLOW_ID}:0:1")];
+                if shown != 0 {
+                    translations.push(format!("host:0:{shown}:1"));
+                }
+                translations
             }
             GuestIds::Shift { base } => vec![
                 format!("map:0:{base}:{SHIFTED_IDS}"),
@@ -91,5 +100,25 @@ mod tests {
                 "--translate-gid=forbid-guest:65536:4294901759",
             ]
         );
+    }
+
+    /// A user's VM: the guest's every id is the namespace's root (the user); the user
+    /// shows as the project's uid, and root's files (unmapped) as root's.
+    #[test]
+    fn a_users_share_squashes_to_the_namespace_root() {
+        let project = args(&share(false, GuestIds::Owner { shown_as: (1000, 100) }));
+        assert_eq!(
+            project[7..],
+            [
+                "--translate-uid=squash-guest:0:0:4294967295",
+                "--translate-uid=host:65534:0:1",
+                "--translate-uid=host:0:1000:1",
+                "--translate-gid=squash-guest:0:0:4294967295",
+                "--translate-gid=host:65534:0:1",
+                "--translate-gid=host:0:100:1",
+            ]
+        );
+        let etc = args(&share(false, GuestIds::Owner { shown_as: (0, 0) }));
+        assert_eq!(etc.iter().filter(|arg| arg.contains("host:0:")).count(), 0);
     }
 }

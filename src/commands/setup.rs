@@ -1,0 +1,267 @@
+//! `sudo mvm setup`: the one time root is needed. Afterwards the members of mvm's group
+//! run their own VMs as themselves (`privileged`): setup makes the group, gives it the
+//! state and runtime roots (sticky, so no member removes another's entries), installs
+//! mvm and its setuid helper, writes a default host config, and claims the network index
+//! of every VM made before claims existed. Every step looks before it acts, so running it
+//! again changes nothing; `--undo` takes the group's access and the helper away again
+//! (VMs, config and the installed `mvm` stay).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::error::UserError;
+use crate::state::Paths;
+
+/// Arguments of `mvm setup`.
+#[derive(Debug, Clone, Args)]
+pub struct SetupArgs {
+    /// The group whose members may use mvm without root (made if missing)
+    #[arg(long, default_value = "mvm")]
+    pub group: String,
+    /// Reverse it: remove the helper and the group's access
+    #[arg(long)]
+    pub undo: bool,
+}
+
+/// Where setup puts things; the real host's, or a test's.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub paths: Paths,
+    /// Where `mvm` is installed.
+    pub binary: PathBuf,
+    /// Where the setuid helper is installed.
+    pub helper: PathBuf,
+    /// The tmpfiles.d entry that makes the runtime root again at boot.
+    pub tmpfiles: PathBuf,
+}
+
+impl Target {
+    /// The host's own places, for the roots in `paths`.
+    pub fn host(paths: &Paths) -> Target {
+        Target {
+            paths: paths.clone(),
+            binary: "/usr/local/bin/mvm".into(),
+            helper: crate::privileged::HELPER_PATH.into(),
+            tmpfiles: "/etc/tmpfiles.d/mvm.conf".into(),
+        }
+    }
+}
+
+/// The mode of the shared roots: the group may make entries, no one may remove another's.
+const SHARED_DIR_MODE: u32 = 0o1770;
+/// The helper's mode: setuid root, runnable by the group only.
+const HELPER_MODE: u32 = 0o4750;
+
+/// Runs `mvm setup`.
+pub fn run(args: SetupArgs, paths: &Paths) -> anyhow::Result<i32> {
+    if !crate::host::is_root() {
+        return Err(UserError::needs_root("mvm setup changes the host").hint("run `sudo mvm setup`").into());
+    }
+    let target = Target::host(paths);
+    let changes = if args.undo { undo(&target, &args.group)? } else { setup(&target, &args.group)? };
+    for change in &changes {
+        println!("{change}");
+    }
+    if changes.is_empty() {
+        println!("nothing to change");
+    }
+    if !args.undo {
+        println!(
+            "members of group '{}' now use mvm without sudo (add one: `sudo usermod -aG {} USER`, then log in again)",
+            args.group, args.group
+        );
+    }
+    Ok(0)
+}
+
+/// What setup would still change on this host (for `doctor`); empty once it ran.
+pub fn pending(target: &Target, group: &str) -> Vec<String> {
+    let mut pending = Vec::new();
+    let Some(gid) = group_id(group) else {
+        return vec![format!("group '{group}' does not exist")];
+    };
+    for dir in shared_dirs(&target.paths) {
+        if !has_owner_mode(&dir, 0, gid, SHARED_DIR_MODE, true) {
+            pending.push(format!("{} is not root:{group} {SHARED_DIR_MODE:o}", dir.display()));
+        }
+    }
+    if !has_owner_mode(&target.helper, 0, gid, HELPER_MODE, false) {
+        pending.push(format!("{} is not installed setuid for group '{group}'", target.helper.display()));
+    }
+    pending
+}
+
+/// The directories group members create entries in.
+fn shared_dirs(paths: &Paths) -> Vec<PathBuf> {
+    let state = &paths.state_dir;
+    vec![
+        state.clone(),
+        state.join(".cache"),
+        state.join(crate::state::claims::CLAIMS_DIR),
+        state.join(".kept-volumes"),
+        paths.run_dir.clone(),
+    ]
+}
+
+fn has_owner_mode(path: &Path, uid: u32, gid: u32, mode: u32, dir: bool) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|meta| {
+        meta.uid() == uid && meta.gid() == gid && meta.mode() & 0o7777 == mode && meta.is_dir() == dir
+    })
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(name).ok().flatten().map(|group| group.gid.as_raw())
+}
+
+/// Prepares the host; returns what it changed.
+pub fn setup(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
+    let mut changes = Vec::new();
+    let gid = match group_id(group) {
+        Some(gid) => gid,
+        None => {
+            run_tool(Command::new("groupadd").args(["--system", group]))?;
+            changes.push(format!("made group '{group}'"));
+            group_id(group).with_context(|| format!("group '{group}' is missing after groupadd"))?
+        }
+    };
+    for dir in shared_dirs(&target.paths) {
+        if !has_owner_mode(&dir, 0, gid, SHARED_DIR_MODE, true) {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            set_owner_mode(&dir, gid, SHARED_DIR_MODE)?;
+            changes.push(format!("{} is root:{group} {SHARED_DIR_MODE:o}", dir.display()));
+        }
+    }
+    let create_lock = target.paths.create_lock();
+    if !has_owner_mode(&create_lock, 0, gid, 0o660, false) {
+        crate::state::lock::FileLock::exclusive(&create_lock)?;
+        set_owner_mode(&create_lock, gid, 0o660)?;
+        changes.push(format!("{} is root:{group} 660", create_lock.display()));
+    }
+    let boot_entry = format!("d {} {SHARED_DIR_MODE:o} root {group} -\n", target.paths.run_dir.display());
+    if std::fs::read_to_string(&target.tmpfiles).ok().as_deref() != Some(boot_entry.as_str()) {
+        install_file(&target.tmpfiles, boot_entry.as_bytes(), 0o644, 0)?;
+        changes.push(format!(
+            "{} makes {} at boot",
+            target.tmpfiles.display(),
+            target.paths.run_dir.display()
+        ));
+    }
+    if !target.paths.config_file.exists() {
+        install_file(&target.paths.config_file, DEFAULT_CONFIG.as_bytes(), 0o644, 0)?;
+        changes.push(format!("wrote the default host config {}", target.paths.config_file.display()));
+    }
+    let me = std::env::current_exe().context("cannot find the mvm binary")?;
+    let binary = std::fs::read(&me)?;
+    if std::fs::read(&target.binary).ok().as_deref() != Some(binary.as_slice()) {
+        install_file(&target.binary, &binary, 0o755, 0)?;
+        changes.push(format!("installed {}", target.binary.display()));
+    }
+    let helper = me.with_file_name("mvm-helper");
+    if !helper.is_file() {
+        bail!("{} is missing: build it with `cargo build` beside mvm", helper.display());
+    }
+    let installed = std::fs::read(&target.helper).ok();
+    if installed.as_deref() != Some(std::fs::read(&helper)?.as_slice())
+        || !has_owner_mode(&target.helper, 0, gid, HELPER_MODE, false)
+    {
+        install_file(&target.helper, &std::fs::read(&helper)?, HELPER_MODE, gid)?;
+        changes.push(format!("installed {} (setuid root, group '{group}' only)", target.helper.display()));
+    }
+    changes.extend(claim_old_vms(&target.paths)?);
+    Ok(changes)
+}
+
+/// Reverses [`setup`]; returns what it changed.
+pub fn undo(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
+    let mut changes = Vec::new();
+    for file in [&target.helper, &target.tmpfiles] {
+        if std::fs::symlink_metadata(file).is_ok() {
+            std::fs::remove_file(file).with_context(|| format!("cannot remove {}", file.display()))?;
+            changes.push(format!("removed {}", file.display()));
+        }
+    }
+    if let Some(dir) = target.helper.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    for dir in shared_dirs(&target.paths) {
+        if std::fs::symlink_metadata(&dir).is_ok_and(|meta| meta.gid() != 0 || meta.mode() & 0o7777 != 0o755)
+        {
+            set_owner_mode(&dir, 0, 0o755)?;
+            changes.push(format!("{} is root's again", dir.display()));
+        }
+    }
+    if group_id(group).is_some() {
+        run_tool(Command::new("groupdel").arg(group))?;
+        changes.push(format!("removed group '{group}'"));
+    }
+    Ok(changes)
+}
+
+/// Claims the index of every VM that has none (made before claims existed), for the
+/// VM's owner.
+fn claim_old_vms(paths: &Paths) -> anyhow::Result<Vec<String>> {
+    let claimed: Vec<String> =
+        crate::state::claims::all(&paths.state_dir).into_iter().map(|(_, name, _)| name).collect();
+    let mut changes = Vec::new();
+    for entry in crate::state::store::list(paths)? {
+        let Ok(config) = entry.config else { continue };
+        if claimed.contains(&entry.name) {
+            continue;
+        }
+        let index = config.network.index;
+        if crate::state::claims::claim(&paths.state_dir, index, &config.name)? {
+            let owner = crate::state::store::owner(paths, &config.name).unwrap_or(0);
+            let claim = paths.state_dir.join(crate::state::claims::CLAIMS_DIR).join(index.to_string());
+            std::os::unix::fs::chown(&claim, Some(owner), Some(0))?;
+            changes.push(format!("claimed index {index} for VM '{}'", config.name));
+        }
+    }
+    Ok(changes)
+}
+
+fn set_owner_mode(path: &Path, gid: u32, mode: u32) -> anyhow::Result<()> {
+    // chown first: it clears the setuid bit.
+    std::os::unix::fs::chown(path, Some(0), Some(gid))
+        .with_context(|| format!("cannot chown {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+/// Writes `content` to `path` atomically, root:`gid` with `mode` (set before the rename,
+/// so the file is never there with other rights).
+fn install_file(path: &Path, content: &[u8], mode: u32, gid: u32) -> anyhow::Result<()> {
+    let dir = path.parent().context("an installed file has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let temp = tempfile::NamedTempFile::new_in(dir)?;
+    std::fs::write(temp.path(), content)?;
+    set_owner_mode(temp.path(), gid, mode)?;
+    temp.persist(path).with_context(|| format!("cannot install {}", path.display()))?;
+    Ok(())
+}
+
+fn run_tool(command: &mut Command) -> anyhow::Result<()> {
+    let output = command.output().with_context(|| format!("cannot run {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+/// The host config `setup` writes when there is none: every key at its default.
+const DEFAULT_CONFIG: &str = "\
+# mvm host config (see `man mvm`). Every key is optional; these are the defaults.
+
+[network]
+# pool = \"10.200.0.0/16\"
+# subnet_prefix = 24
+# uplink = \"eth0\"
+
+[defaults]
+# hypervisor = \"auto\"
+# cpus = 2
+# memory = \"1G\"
+";

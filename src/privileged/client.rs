@@ -1,0 +1,128 @@
+//! How mvm asks for the privileged operations: root does them in-process; anyone else
+//! runs the setuid helper (`HELPER_PATH`, or `MVM_HELPER`: pointing it elsewhere gains
+//! nothing, since only the installed file is setuid).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
+
+use crate::config::host::HostConfig;
+use crate::config::vm::VmConfig;
+use crate::error::UserError;
+use crate::net::host::HostNet;
+use crate::privileged::{Request, HELPER_PATH};
+use crate::state::Paths;
+
+/// The privileged operations on a VM's host network.
+pub trait HostNetwork {
+    /// Bridge, tap and rules up (idempotent).
+    fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()>;
+    /// Rules converged to the VM's record.
+    fn update_rules(&mut self, vm: &VmConfig) -> anyhow::Result<()>;
+    /// Tap, bridge and rules removed.
+    fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()>;
+}
+
+/// The way this process gets them: in-process as root, else through the helper.
+pub fn host_network(paths: &Paths) -> Box<dyn HostNetwork> {
+    if nix::unistd::geteuid().is_root() {
+        Box::new(InProcess { paths: paths.clone() })
+    } else {
+        Box::new(Helper { program: helper_path() })
+    }
+}
+
+/// The helper's path: `MVM_HELPER`, else where `mvm setup` installs it.
+pub fn helper_path() -> PathBuf {
+    std::env::var_os("MVM_HELPER")
+        .filter(|path| !path.is_empty())
+        .map_or_else(|| HELPER_PATH.into(), PathBuf::from)
+}
+
+/// Root's way: the work itself, under the network lock.
+struct InProcess {
+    paths: Paths,
+}
+
+impl InProcess {
+    fn open(&self) -> anyhow::Result<HostNet> {
+        HostNet::open(&self.paths, &HostConfig::load(&self.paths.config_file)?)
+    }
+}
+
+impl HostNetwork for InProcess {
+    fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.open()?.up(vm)
+    }
+
+    fn update_rules(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.open()?.update_rules(vm).map(drop)
+    }
+
+    fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.open()?.down(vm)
+    }
+}
+
+/// A user's way: one run of the setuid helper per request.
+pub struct Helper {
+    pub program: PathBuf,
+}
+
+impl Helper {
+    /// Runs the helper for `request`; its error message becomes this one.
+    pub fn ask(&self, request: &Request) -> anyhow::Result<()> {
+        let output = Command::new(&self.program)
+            .args(request.to_args())
+            .env_clear()
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|error| self.unusable(&error))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        let message = String::from_utf8_lossy(&output.stderr);
+        let message = message.trim().trim_start_matches("mvm-helper: ").trim_start_matches("error: ");
+        let code = match output.status.code() {
+            Some(code) if code == crate::error::ExitCode::NeedsRoot as i32 => {
+                crate::error::ExitCode::NeedsRoot
+            }
+            Some(code) if code == crate::error::ExitCode::Conflict as i32 => crate::error::ExitCode::Conflict,
+            _ => crate::error::ExitCode::Failure,
+        };
+        Err(UserError::new(code, format!("{request}: {message}")).into())
+    }
+
+    fn unusable(&self, error: &std::io::Error) -> anyhow::Error {
+        let program = self.program.display();
+        match error.kind() {
+            std::io::ErrorKind::NotFound => {
+                UserError::needs_root(format!("{program} is missing: mvm is not set up for use without root"))
+                    .hint("run `sudo mvm setup` once (or use sudo)")
+                    .into()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                UserError::needs_root(format!("you may not run {program}: you are not in mvm's group"))
+                    .hint("ask an admin to `sudo usermod -aG mvm $USER` (then log in again), or use sudo")
+                    .into()
+            }
+            _ => anyhow::Error::new(std::io::Error::new(error.kind(), error.to_string()))
+                .context(format!("cannot run {program}")),
+        }
+    }
+}
+
+impl HostNetwork for Helper {
+    fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.ask(&Request::NetworkUp(vm.name.clone())).context("cannot bring the VM's network up")
+    }
+
+    fn update_rules(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.ask(&Request::NetworkRules(vm.name.clone())).context("cannot update the VM's firewall rules")
+    }
+
+    fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.ask(&Request::NetworkDown(vm.name.clone())).context("cannot take the VM's network down")
+    }
+}

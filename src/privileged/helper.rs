@@ -1,0 +1,139 @@
+//! The helper's side: check a request against its caller, then act.
+//!
+//! The caller is the real uid the kernel started the helper with. What it acts on comes
+//! from two files root trusts and one the caller owns: the host config (which must be
+//! root's and writable by no one else), the index claim (`state::claims`, which must be
+//! the caller's and name the VM) and the VM's `vm.toml` (in a VM directory that must be
+//! the caller's; read beneath the state root without following any symlink, size
+//! capped). From the record it takes only the index, the forwards and the network
+//! switches; the bridge, tap, subnet and addresses are derived again from the index and
+//! the host's pool, so no record can name another VM's links. Forwards of a host port
+//! below 1024, or of one another VM forwards, are refused; a tap of another user's is
+//! never used or removed (`net::host`).
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::config::host::HostConfig;
+use crate::config::vm::VmConfig;
+use crate::error::UserError;
+use crate::name::VmName;
+use crate::net::host::HostNet;
+use crate::privileged::Request;
+use crate::state::{claims, store, Paths};
+
+/// The largest `vm.toml` the helper reads.
+const RECORD_CAP: u64 = 1 << 20;
+
+/// Carries out `request` for the user `caller` (uid), under the roots `paths`.
+pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()> {
+    let host = trusted_host_config(&paths.config_file)?;
+    let vm = verified_record(paths, &host, request.vm(), caller)?;
+    let open = || -> anyhow::Result<HostNet> {
+        let net = HostNet::open(paths, &host)?;
+        Ok(if caller == 0 { net } else { net.for_user(caller) })
+    };
+    match request {
+        Request::NetworkUp(_) => open()?.up(&vm),
+        Request::NetworkRules(_) => open()?.update_rules(&vm).map(drop),
+        Request::NetworkDown(_) => open()?.down(&vm),
+    }
+}
+
+/// The host config, when root alone can have written it (and every directory above it).
+pub fn trusted_host_config(path: &Path) -> anyhow::Result<HostConfig> {
+    let untrusted = |why: String| -> anyhow::Error {
+        UserError::usage(format!("{} is not trusted: {why}", path.display()))
+            .hint("it must be root's and writable by no one else: `sudo chown root: FILE; sudo chmod go-w FILE`")
+            .into()
+    };
+    let mut dir = path.parent();
+    while let Some(current) = dir {
+        let meta = std::fs::symlink_metadata(current)
+            .with_context(|| format!("cannot read {}", current.display()))?;
+        if meta.uid() != 0 || (meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0) {
+            return Err(untrusted(format!("{} may be changed by a user", current.display())));
+        }
+        dir = current.parent();
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(HostConfig::default()),
+        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(untrusted("it is not a regular file of root's, writable by root alone".into()));
+    }
+    let mut text = String::new();
+    file.take(RECORD_CAP).read_to_string(&mut text)?;
+    HostConfig::parse(&text).with_context(|| format!("invalid host config {}", path.display()))
+}
+
+/// VM `name`'s record, checked to be `caller`'s, with its network derived again from
+/// its index and the host's pool.
+pub fn verified_record(
+    paths: &Paths,
+    host: &HostConfig,
+    name: &VmName,
+    caller: u32,
+) -> anyhow::Result<VmConfig> {
+    let state = crate::fs::Tree::open_exact(&paths.state_dir)
+        .with_context(|| format!("cannot open {}", paths.state_dir.display()))?;
+    let Some(dir) = state.metadata(Path::new(name.as_str()))?.filter(|meta| meta.is_dir()) else {
+        return Err(store::no_such_vm(name).into());
+    };
+    let not_yours = |what: &str| -> anyhow::Error {
+        UserError::needs_root(format!("VM '{name}''s {what} is not yours"))
+            .hint("only its owner (or root) can start, stop or forward ports of a VM")
+            .into()
+    };
+    if caller != 0 && dir.uid() != caller {
+        return Err(not_yours("directory"));
+    }
+    let file =
+        state.subtree(Path::new(name.as_str()))?.open_file(Path::new(crate::config::vm::VM_CONFIG_FILE))?;
+    if caller != 0 && file.metadata()?.uid() != caller {
+        return Err(not_yours("vm.toml"));
+    }
+    let mut text = String::new();
+    file.take(RECORD_CAP).read_to_string(&mut text)?;
+    let mut vm = VmConfig::parse(&text).with_context(|| format!("VM '{name}''s vm.toml is corrupt"))?;
+    if &vm.name != name {
+        return Err(UserError::usage(format!("VM '{name}''s vm.toml names another VM")).into());
+    }
+    let index = vm.network.index;
+    vm.network = host
+        .address_pool()?
+        .vm(index)
+        .with_context(|| format!("VM '{name}''s index {index} is outside the address pool"))?;
+    if caller != 0 {
+        match claims::holder(&paths.state_dir, index) {
+            Some((holder, owner)) if holder == name.as_str() && owner == caller => {}
+            _ => {
+                return Err(UserError::conflict(format!(
+                    "VM '{name}''s network index {index} is not claimed for it by you"
+                ))
+                .hint(format!("remove the VM and create it again: `mvm rm {name}`"))
+                .into())
+            }
+        }
+        if let Some(forward) = vm.ports.iter().find(|forward| forward.host < store::FIRST_UNPRIVILEGED_PORT) {
+            return Err(UserError::needs_root(format!(
+                "host port {} is below {}: only root forwards those",
+                forward.host,
+                store::FIRST_UNPRIVILEGED_PORT
+            ))
+            .into());
+        }
+    }
+    Ok(vm)
+}

@@ -1,0 +1,99 @@
+//! The privileged part: what a group member's VM needs from root, and nothing else.
+//!
+//! After `sudo mvm setup`, mvm runs as the developer; the hypervisor and every virtiofsd
+//! run as them too. Three things still need root — a bridge and tap for the VM, its
+//! firewall rules, and removing them — and cross into `mvm-helper`, a small setuid-root
+//! program only members of mvm's group may run (mode 4750, group `mvm`). It takes one
+//! request from a closed set ([`Request`]), knows its caller by the real uid the kernel
+//! gives it, and derives everything it does from the VM's record and the root-owned host
+//! config: never from its arguments, environment or anything else the caller chose
+//! (`helper`). Root itself skips the helper and does the same work in-process
+//! (`client`).
+
+pub mod client;
+pub mod helper;
+
+use std::fmt;
+
+use crate::error::UserError;
+use crate::name::VmName;
+
+/// Where `sudo mvm setup` installs the helper.
+pub const HELPER_PATH: &str = "/usr/local/libexec/mvm/mvm-helper";
+
+/// Everything the helper does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Bring the VM's bridge, tap (owned by the caller) and firewall rules up.
+    NetworkUp(VmName),
+    /// Converge the VM's firewall rules to its record (after `mvm port`).
+    NetworkRules(VmName),
+    /// Remove the VM's tap, bridge and rules.
+    NetworkDown(VmName),
+}
+
+impl Request {
+    /// The request an argv (without the program) spells.
+    pub fn parse(args: &[String]) -> Result<Request, UserError> {
+        let usage = || UserError::usage("usage: mvm-helper network-up|network-rules|network-down NAME");
+        let [verb, name] = args else { return Err(usage()) };
+        let name: VmName = name.parse()?;
+        match verb.as_str() {
+            "network-up" => Ok(Request::NetworkUp(name)),
+            "network-rules" => Ok(Request::NetworkRules(name)),
+            "network-down" => Ok(Request::NetworkDown(name)),
+            _ => Err(usage()),
+        }
+    }
+
+    /// The argv (without the program) that spells this request.
+    pub fn to_args(&self) -> [String; 2] {
+        let (verb, name) = match self {
+            Request::NetworkUp(name) => ("network-up", name),
+            Request::NetworkRules(name) => ("network-rules", name),
+            Request::NetworkDown(name) => ("network-down", name),
+        };
+        [verb.to_string(), name.to_string()]
+    }
+
+    /// The VM the request is about.
+    pub fn vm(&self) -> &VmName {
+        match self {
+            Request::NetworkUp(name) | Request::NetworkRules(name) | Request::NetworkDown(name) => name,
+        }
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_args().join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_nothing_else_parses() {
+        let web: VmName = "web".parse().unwrap();
+        for request in [
+            Request::NetworkUp(web.clone()),
+            Request::NetworkRules(web.clone()),
+            Request::NetworkDown(web.clone()),
+        ] {
+            assert_eq!(Request::parse(&request.to_args()).unwrap(), request);
+        }
+        let parse = |args: &[&str]| Request::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        for bad in [
+            &["network-up"][..],
+            &["network-up", "web", "extra"],
+            &["mount", "web"],
+            &["network-up", "../etc"],
+            &["network-up", "-web"],
+            &[],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+}

@@ -171,10 +171,25 @@ fn copy_sparse(source: &File, target: &File) -> io::Result<()> {
     target.set_len(len)
 }
 
-/// Opens directory `name` of `dir` for listing, never through a symlink.
+/// Opens directory `name` of `dir` for listing, never through a symlink. A directory of
+/// this user's that even they may not read (overlayfs leaves its work dir mode 000) is
+/// made readable first, by descriptor.
 fn open_dir(dir: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    openat(dir.as_fd(), name, flags, Mode::empty()).map_err(errno)
+    match openat(dir.as_fd(), name, flags, Mode::empty()) {
+        Err(nix::errno::Errno::EACCES) => {
+            let path_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            let held = openat(dir.as_fd(), name, path_flags, Mode::empty()).map_err(errno)?;
+            let stat = nix::sys::stat::fstat(held.as_fd()).map_err(errno)?;
+            if stat.st_uid != nix::unistd::geteuid().as_raw() {
+                return Err(errno(nix::errno::Errno::EACCES));
+            }
+            let by_descriptor = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&held));
+            std::fs::set_permissions(by_descriptor, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            openat(dir.as_fd(), name, flags, Mode::empty()).map_err(errno)
+        }
+        opened => opened.map_err(errno),
+    }
 }
 
 /// The (device, inode) of what `fd` is open on.

@@ -73,7 +73,7 @@ impl HostNet {
     /// Refuses a tap `name` that exists and is not this caller's.
     fn check_tap_owner(&self, name: &str) -> anyhow::Result<()> {
         let Some(uid) = self.tap_owner else { return Ok(()) };
-        if self.netlink.link(name)?.is_some() && tap::owner(name) != Some(uid) {
+        if self.netlink.link(name)?.is_some_and(|tap| tap.tun_owner != Some(uid)) {
             return Err(UserError::conflict(format!("tap {name} exists and is not yours"))
                 .hint("another VM has this index; `sudo mvm doctor --fix` removes leftovers")
                 .into());

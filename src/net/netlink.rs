@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use anyhow::Context;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoTun, LinkAttribute, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 
@@ -23,6 +23,8 @@ pub struct Link {
     pub name: String,
     /// The index of the bridge this link is enslaved to.
     pub controller: Option<u32>,
+    /// The user a tap belongs to (`TUNSETOWNER`), as the kernel reports it.
+    pub tun_owner: Option<u32>,
 }
 
 /// An IPv4 route of the main table.
@@ -166,13 +168,33 @@ impl Netlink {
 }
 
 fn link_of(message: &LinkMessage) -> Link {
-    let mut link = Link { index: message.header.index, name: String::new(), controller: None };
+    let mut link =
+        Link { index: message.header.index, name: String::new(), controller: None, tun_owner: None };
     for attribute in &message.attributes {
         match attribute {
             LinkAttribute::IfName(name) => link.name = name.clone(),
             LinkAttribute::Controller(index) => link.controller = Some(*index),
+            LinkAttribute::LinkInfo(infos) => link.tun_owner = tun_owner(infos),
             _ => {}
         }
     }
     link
+}
+
+/// `IFLA_TUN_OWNER` of a tun/tap link's info, when it has an owner.
+fn tun_owner(infos: &[LinkInfo]) -> Option<u32> {
+    use rtnetlink::packet_core::Nla;
+    const IFLA_TUN_OWNER: u16 = 1;
+    infos.iter().find_map(|info| match info {
+        LinkInfo::Data(InfoData::Tun(attributes)) => attributes.iter().find_map(|attribute| {
+            let InfoTun::Other(nla) = attribute else { return None };
+            if nla.kind() != IFLA_TUN_OWNER || nla.value_len() != 4 {
+                return None;
+            }
+            let mut value = [0u8; 4];
+            nla.emit_value(&mut value);
+            Some(u32::from_ne_bytes(value)).filter(|uid| *uid != u32::MAX)
+        }),
+        _ => None,
+    })
 }

@@ -55,9 +55,3 @@ pub fn create_persistent_tap(name: &str, owner: Option<u32>) -> anyhow::Result<(
     }
     Ok(())
 }
-
-/// The user tap `name` belongs to (`None`: no tap of that name, or one without an owner).
-pub fn owner(name: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/owner")).ok()?;
-    text.trim().parse::<i64>().ok().and_then(|uid| u32::try_from(uid).ok())
-}

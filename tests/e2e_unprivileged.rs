@@ -1,0 +1,304 @@
+//! End-to-end tier, without root: `sudo mvm setup` once, then two users the test makes
+//! (members of mvm's group) run the whole workflow as themselves, in a network namespace
+//! the test made. Alice's VM runs with no process of root's; Bob can neither see nor
+//! touch it, nor take its network index or its port; neither can reach, through mvm,
+//! what they could not reach themselves.
+//!
+//! These VMs live in the installed roots (`/var/lib/microvms`, `/run/mvm`): the setuid
+//! helper trusts no other.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use support::netns::{host_with_uplink, NetNs};
+use support::Run;
+
+const ALICE: &str = "mvmt-alice";
+const BOB: &str = "mvmt-bob";
+const SECRET: &str = "TOPSECRET-e2e-unprivileged";
+
+struct User {
+    name: &'static str,
+    uid: u32,
+    home: PathBuf,
+}
+
+impl User {
+    fn create(name: &'static str) -> User {
+        remove_user(name);
+        run_ok(Command::new("useradd").args([
+            "--create-home",
+            "--shell",
+            "/bin/sh",
+            "--groups",
+            "mvm",
+            name,
+        ]));
+        let entry = nix::unistd::User::from_name(name).unwrap().unwrap();
+        std::fs::set_permissions(&entry.dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        User { name, uid: entry.uid.as_raw(), home: entry.dir }
+    }
+
+    /// Makes directory `name` in the user's home, as the user, with a README.
+    fn project(&self, name: &str) -> PathBuf {
+        let dir = self.home.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("README"), "the project\n").unwrap();
+        run_ok(Command::new("chown").args(["-R", &format!("{0}:{0}", self.name)]).arg(&dir));
+        dir
+    }
+}
+
+fn remove_user(name: &str) {
+    let _ = Command::new("pkill").args(["-KILL", "-u", name]).status();
+    let _ = Command::new("userdel").args(["--remove", name]).stderr(Stdio::null()).status();
+}
+
+#[track_caller]
+fn run_ok(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The host, the users, and the installed `mvm`.
+struct Lab {
+    host: NetNs,
+    _internet: NetNs,
+    mvm: PathBuf,
+    users: Vec<&'static str>,
+    vms: Vec<String>,
+}
+
+impl Lab {
+    /// Runs `mvm ARGS` as `user` (no sudo, a clean environment) in the host namespace,
+    /// from `cwd`.
+    fn mvm_in(&self, user: &User, cwd: &Path, args: &[&str]) -> Run {
+        let mut command =
+            self.host.nsenter("setpriv", &["--reuid", user.name, "--regid", user.name, "--init-groups"]);
+        command
+            .arg("env")
+            .arg("-i")
+            .arg(format!("HOME={}", user.home.display()))
+            .arg(format!("USER={}", user.name))
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .arg(&self.mvm)
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null());
+        Run::from_output(command.output().unwrap())
+    }
+
+    fn mvm(&self, user: &User, args: &[&str]) -> Run {
+        self.mvm_in(user, &user.home, args)
+    }
+
+    /// Runs `PROGRAM ARGS` as `user` in the host namespace.
+    fn as_user(&self, user: &User, program: &str, args: &[&str]) -> Run {
+        let mut command =
+            self.host.nsenter("setpriv", &["--reuid", user.name, "--regid", user.name, "--init-groups"]);
+        command.arg(program).args(args).current_dir(&user.home).stdin(Stdio::null());
+        Run::from_output(command.output().unwrap())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for vm in &self.vms {
+            let root = |args: &[&str]| self.host.nsenter(self.mvm.to_str().unwrap(), args).output();
+            let _ = root(&["stop", "--force", vm]);
+            let _ = root(&["rm", "--force", vm]);
+        }
+        for user in &self.users {
+            remove_user(user);
+        }
+    }
+}
+
+/// The pids and real/effective/saved/fs uids of every process of VM `name`: those whose
+/// command line names its runtime dir or supervises it.
+fn vm_processes(name: &str) -> Vec<(String, String)> {
+    let run_dir = format!("/run/mvm/{name}/");
+    let supervise = format!("supervise\0{name}\0");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let text = String::from_utf8_lossy(&cmdline);
+        if text.contains(&run_dir) || text.contains(&supervise) {
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            let uids = status.lines().find(|line| line.starts_with("Uid:")).unwrap_or_default().to_string();
+            found.push((text.replace('\0', " "), uids));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
+    let test = "a_group_member_runs_the_whole_workflow_as_themself_and_no_further";
+    let _serial = support::e2e::ONE_AT_A_TIME.lock().unwrap_or_else(|poison| poison.into_inner());
+    if !support::e2e::e2e_ready(test) || !support::require_program(test, "setpriv") {
+        return;
+    }
+    // Setup, twice: the second changes nothing.
+    let setup = Run::from_output(Command::new(support::mvm_binary()).arg("setup").output().unwrap());
+    setup.ok();
+    let again = Run::from_output(Command::new(support::mvm_binary()).arg("setup").output().unwrap());
+    assert!(again.ok().contains("nothing to change"), "{}", again.stdout);
+    let helper = std::fs::metadata(mvm::privileged::HELPER_PATH).unwrap();
+    assert_eq!(
+        (helper.uid(), helper.mode() & 0o7777),
+        (0, 0o4750),
+        "the helper is not setuid root, group-only"
+    );
+
+    let (host, internet) = host_with_uplink("uhost", "uinet");
+    let mut lab = Lab {
+        host,
+        _internet: internet,
+        mvm: "/usr/local/bin/mvm".into(),
+        users: vec![ALICE, BOB],
+        vms: vec![],
+    };
+    let alice = User::create(ALICE);
+    let bob = User::create(BOB);
+    lab.vms = vec!["uweb".into(), "ubob".into(), "uthief".into(), "uproj".into()];
+    let secret = PathBuf::from(format!("/root/mvmt-secret-{}", std::process::id()));
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let project = alice.project("web");
+    let project_arg = project.to_str().unwrap();
+
+    // Alice: create, start, shell — all as herself.
+    lab.mvm(
+        &alice,
+        &[
+            "create",
+            "uweb",
+            "--project",
+            project_arg,
+            "--cpus",
+            "1",
+            "--memory",
+            "512M",
+            "--port",
+            "18080:8000",
+            "--volume",
+            "data:/data",
+        ],
+    )
+    .ok();
+    let vm_dir = Path::new("/var/lib/microvms/uweb");
+    assert_eq!(std::fs::metadata(vm_dir).unwrap().uid(), alice.uid, "the VM is not hers");
+    lab.mvm(&alice, &["start", "uweb"]).ok();
+    let processes = vm_processes("uweb");
+    assert!(processes.len() >= 5, "too few VM processes found: {processes:?}");
+    for (cmdline, uids) in &processes {
+        let expected = format!("Uid:\t{0}\t{0}\t{0}\t{0}", alice.uid);
+        assert_eq!(uids, &expected, "a VM process runs with other ids: {cmdline}");
+    }
+    eprintln!("{} processes of the VM, none root's", processes.len());
+    let id = lab.mvm(&alice, &["shell", "uweb", "--", "id", "-u"]);
+    assert_eq!(id.ok().trim(), alice.uid.to_string());
+
+    // What the guest writes is hers on the host; her files look hers in the guest, the
+    // VM's own trees (a volume, /etc) root's.
+    let wrote = format!("echo from-guest > {project_arg}/from-guest && stat -c '%u %g' {project_arg}/README /data /etc/passwd");
+    let owners = lab.mvm(&alice, &["shell", "uweb", "--", "sh", "-c", &wrote]);
+    assert_eq!(owners.ok(), format!("{0} {0}\n0 0\n0 0\n", alice.uid));
+
+    // Ports: her own, not a privileged one; the forward answers.
+    lab.mvm(
+        &alice,
+        &[
+            "shell",
+            "uweb",
+            "--",
+            "sh",
+            "-c",
+            &format!("cd {project_arg} && setsid python3 -m http.server 8000 >/dev/null 2>&1 < /dev/null &"),
+        ],
+    )
+    .ok();
+    let fetch = "import sys, time, urllib.request\nfor _ in range(100):\n    try:\n        print(urllib.request.urlopen('http://127.0.0.1:18080/README', timeout=2).read().decode()); sys.exit(0)\n    except Exception:\n        time.sleep(0.2)\nsys.exit(1)";
+    assert!(lab.as_user(&alice, "/usr/bin/python3", &["-c", fetch]).ok().contains("the project"));
+    lab.mvm(&alice, &["port", "uweb", "18081:8001"]).ok();
+    lab.mvm(&alice, &["port", "uweb", "80:80"]).fails(2, &["below 1024"]);
+
+    // diff and apply.
+    assert!(lab.mvm(&alice, &["diff", "uweb"]).ok().contains("from-guest"));
+    lab.mvm(&alice, &["apply", "uweb"]).ok();
+    assert_eq!(std::fs::metadata(project.join("from-guest")).unwrap().uid(), alice.uid);
+
+    // Bob: cannot see, stop, enter or re-route Alice's VM.
+    assert!(!lab.mvm(&bob, &["list"]).ok().contains("uweb"));
+    lab.mvm(&bob, &["stop", "uweb"]).fails(6, &["belongs to"]);
+    lab.mvm(&bob, &["shell", "uweb", "--", "true"]).fails(6, &["belongs to"]);
+    lab.mvm(&bob, &["port", "uweb", "18082:80"]).fails(6, &["belongs to"]);
+    let helper_down = lab.as_user(&bob, mvm::privileged::HELPER_PATH, &["network-down", "uweb"]);
+    assert_ne!(helper_down.code, 0, "bob took alice's network down");
+    assert!(helper_down.stderr.contains("not yours"), "{}", helper_down.stderr);
+    // His own VM, pointed at her index, or at her port: refused at start.
+    lab.mvm(&bob, &["create", "uthief", "--cpus", "1", "--memory", "512M"]).ok();
+    let record = Path::new("/var/lib/microvms/uthief/vm.toml");
+    let text = std::fs::read_to_string(record).unwrap();
+    let forged = text
+        .lines()
+        .map(|line| if line.starts_with("index = ") { "index = 0".to_string() } else { line.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(text, forged);
+    let alice_index = std::fs::read_to_string("/var/lib/microvms/uweb/vm.toml").unwrap();
+    let alice_index = alice_index.lines().find(|line| line.starts_with("index = ")).unwrap();
+    std::fs::write(record, forged.replace("index = 0", alice_index)).unwrap();
+    lab.mvm(&bob, &["start", "uthief"]).fails(1, &["not claimed"]);
+    assert!(vm_processes("uweb").len() >= 5, "alice's VM suffered");
+    lab.mvm(&bob, &["create", "ubob", "--cpus", "1", "--memory", "512M", "--port", "18080:9000"]).ok();
+    lab.mvm(&bob, &["start", "ubob"]).fails(1, &["forwarded to VM 'uweb' already"]);
+    // The forward is still hers.
+    assert!(lab.as_user(&alice, "/usr/bin/python3", &["-c", fetch]).ok().contains("the project"));
+
+    // Nothing Alice cannot read herself reaches her through mvm.
+    let bobs = bob.project("private");
+    for args in [
+        vec!["create", "uproj", "--project", bobs.to_str().unwrap()],
+        vec!["create", "uproj", "--template", secret.to_str().unwrap()],
+        vec!["create", "uproj", "--kernel", secret.to_str().unwrap()],
+    ] {
+        let refused = lab.mvm(&alice, &args);
+        assert_ne!(refused.code, 0, "{args:?} was accepted");
+        assert!(
+            !refused.stderr.contains(SECRET) && !refused.stdout.contains(SECRET),
+            "{args:?} printed the secret"
+        );
+    }
+    let helper_as_alice = lab.as_user(&alice, mvm::privileged::HELPER_PATH, &["network-up", "../../etc"]);
+    assert_ne!(helper_as_alice.code, 0);
+
+    // Stop and remove: nothing of hers left on the host.
+    lab.mvm(&alice, &["stop", "uweb"]).ok();
+    assert!(vm_processes("uweb").is_empty(), "{:?}", vm_processes("uweb"));
+    let links = lab.host.ip(&["-o", "link", "show"]);
+    assert!(!links.contains("mvmtap") && !links.contains("mvmbr"), "links left:\n{links}");
+    let rules = String::from_utf8_lossy(&lab.host.exec("iptables-save", &[]).stdout).into_owned();
+    assert!(!rules.contains("mvm:uweb"), "rules left:\n{rules}");
+    lab.mvm(&alice, &["rm", "uweb"]).ok();
+    lab.mvm(&bob, &["rm", "ubob"]).ok();
+    lab.mvm(&bob, &["rm", "uthief"]).ok();
+
+    // The direnv flow: the .envrc has no sudo, and `mvm up` (what it runs) brings her
+    // project's VM up from its directory.
+    let envrc = lab.mvm(&alice, &["direnv"]);
+    let calls_sudo = envrc.ok().lines().any(|line| !line.starts_with('#') && line.contains("sudo"));
+    assert!(!calls_sudo, "{}", envrc.stdout);
+    let second = alice.project("proj");
+    let up = lab.mvm_in(&alice, &second, &["up", "uproj", "--export", "--no-lease"]);
+    assert!(up.ok().contains("MVM_VM"), "{}", up.stdout);
+    assert_eq!(lab.mvm(&alice, &["shell", "uproj", "--", "id", "-un"]).ok().trim(), ALICE);
+    lab.mvm(&alice, &["stop", "uproj"]).ok();
+    lab.mvm(&alice, &["rm", "uproj"]).ok();
+    let _ = std::fs::remove_file(&secret);
+}

@@ -184,7 +184,7 @@ fn up_outside_a_project_says_what_is_wrong() {
     if support::require_root("up_outside_a_project_says_what_is_wrong") {
         let project = sandbox.mkdir("web");
         let as_nobody = sandbox.mvm_as(65534, &["up", "--project", project.to_str().unwrap()]);
-        as_nobody.fails(6, &["needs root", "sudo mvm up"]);
+        as_nobody.fails(6, &["permission denied", "sudo mvm setup"]);
         assert!(sandbox.vm_dirs().is_empty(), "nothing was created");
     }
 }

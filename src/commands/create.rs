@@ -132,7 +132,7 @@ pub fn create(
     };
     let mut request = validate(args, template.as_ref(), host, limits)?;
     check_socket_paths_fit(paths, &request.name)?;
-    create_state_dir(&paths.state_dir)?;
+    crate::state::paths::ensure_root(&paths.state_dir)?;
 
     let _lock = FileLock::exclusive(&paths.create_lock())?;
     if store::exists(paths, &request.name) {
@@ -418,19 +418,6 @@ fn check_socket_paths_fit(paths: &Paths, name: &VmName) -> Result<(), UserError>
         .hint("use a shorter name, or a shorter MVM_RUN_DIR"));
     }
     Ok(())
-}
-
-fn create_state_dir(dir: &Path) -> anyhow::Result<()> {
-    match std::fs::create_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == ErrorKind::PermissionDenied => Err(UserError::needs_root(format!(
-            "cannot create {}: permission denied",
-            dir.display()
-        ))
-        .hint("run `sudo mvm setup` once (then join its group), or set MVM_STATE_DIR to a directory you own")
-        .into()),
-        Err(error) => Err(error).with_context(|| format!("cannot create {}", dir.display())),
-    }
 }
 
 /// Gives each forward with host port 0 a host port: the guest's number when it is free.

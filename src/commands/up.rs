@@ -109,8 +109,7 @@ fn vm_for(paths: &Paths, project: &Path) -> anyhow::Result<VmName> {
 
 /// Creates VM `name` if missing and starts it if stopped, then leases it to the calling shell.
 pub fn up(paths: &Paths, name: &VmName, project: &Path, args: &UpArgs) -> anyhow::Result<Up> {
-    std::fs::create_dir_all(&paths.run_dir)
-        .with_context(|| format!("cannot create {}", paths.run_dir.display()))?;
+    crate::state::paths::ensure_root(&paths.run_dir)?;
     let _up = FileLock::exclusive(&paths.up_lock(name))?;
     let mut outcome = Up::Running;
     if !store::exists(paths, name) {

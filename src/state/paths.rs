@@ -99,6 +99,19 @@ impl Paths {
     }
 }
 
+/// Makes one of mvm's roots if missing; a caller who may not is told how to get there.
+pub fn ensure_root(dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match std::fs::create_dir_all(dir) {
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(crate::error::UserError::needs_root(format!("cannot create {}: permission denied", dir.display()))
+                .hint("run `sudo mvm setup` once (then join its group), or set MVM_STATE_DIR and MVM_RUN_DIR to directories you own")
+                .into())
+        }
+        result => result.with_context(|| format!("cannot create {}", dir.display())),
+    }
+}
+
 /// Makes directory `path` this user's own (mode `mode`) if missing; if it exists, it must
 /// be a directory (not a symlink) that belongs to this user, since one user can make a
 /// directory in a shared root under a name another user's VM will use.

@@ -466,8 +466,7 @@ pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot make {} private", record.display()))?;
     std::fs::create_dir_all(vm_dir.join("log"))
         .with_context(|| format!("cannot create {}", vm_dir.join("log").display()))?;
-    std::fs::create_dir_all(&paths.run_dir)
-        .with_context(|| format!("cannot create {}", paths.run_dir.display()))?;
+    crate::state::paths::ensure_root(&paths.run_dir)?;
     // Its owner's alone: the project is bound there, past any permission of its parents
     // (the overlays mounted there are nosuid and nodev besides).
     let run_dir = paths.vm_run_dir(&config.name);

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -73,8 +73,7 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     // never the default action that would kill the supervisor without a teardown.
     let events = listen_for_signals()?;
     let run_dir = paths.vm_run_dir(name);
-    std::fs::create_dir_all(&paths.run_dir)
-        .with_context(|| format!("cannot create {}", paths.run_dir.display()))?;
+    crate::state::paths::ensure_root(&paths.run_dir)?;
     crate::state::paths::own_dir(&run_dir, 0o700)?;
     let Some(_lock) = RunLock::try_acquire(&paths.run_lock(name))? else {
         bail!("VM '{name}' already has a supervisor");

@@ -58,6 +58,9 @@ _mvm() {
             mvm,rm)
                 cmd="mvm__subcmd__rm"
                 ;;
+            mvm,setup)
+                cmd="mvm__subcmd__setup"
+                ;;
             mvm,shell)
                 cmd="mvm__subcmd__shell"
                 ;;
@@ -83,7 +86,7 @@ _mvm() {
 
     case "${cmd}" in
         mvm)
-            opts="-h -V --help --version create start stop up direnv restart shell list ls inspect port diff apply discard logs rm templates doctor completions supervise"
+            opts="-h -V --help --version create start stop up direnv restart shell list ls inspect port diff apply discard logs rm templates doctor setup completions supervise"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -343,6 +346,24 @@ _mvm() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__setup)
+            opts="-h -V --group --undo --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --group)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

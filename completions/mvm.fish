@@ -44,6 +44,7 @@ complete -c mvm -n "__fish_mvm_needs_command" -f -a "logs" -d 'Show a VM\'s cons
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "rm" -d 'Remove a stopped VM with its state, volumes and logs'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "templates" -d 'List the templates `create --template` takes, or show one'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "doctor" -d 'Check that this host can run VMs'
+complete -c mvm -n "__fish_mvm_needs_command" -f -a "setup" -d 'Prepare this host once so that a group\'s members use mvm without root'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "completions" -d 'Print a shell completion script'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "supervise" -d 'Run a VM\'s supervisor (started by `mvm start`)'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -s t -l template -d 'Start from a template (`mvm templates` lists them; a path to a .toml file works too); the other options add to it or override it' -r
@@ -134,6 +135,10 @@ complete -c mvm -n "__fish_mvm_using_subcommand doctor" -l json -d 'Print JSON i
 complete -c mvm -n "__fish_mvm_using_subcommand doctor" -l fix -d 'Remove orphans: links, rules and runtime dirs of VMs that are not running'
 complete -c mvm -n "__fish_mvm_using_subcommand doctor" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand doctor" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand setup" -l group -d 'The group whose members may use mvm without root (made if missing)' -r
+complete -c mvm -n "__fish_mvm_using_subcommand setup" -l undo -d 'Reverse it: remove the helper and the group\'s access'
+complete -c mvm -n "__fish_mvm_using_subcommand setup" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand setup" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand completions" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand supervise" -s h -l help -d 'Print help'

@@ -477,14 +477,21 @@ fn write_vm_dir(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create {}", staging.join(dir).display()))?;
     }
     let kept = paths.kept_volumes(&config.name);
+    // Only the caller's own: the directory of kept volumes is shared by the group.
+    let kept_is_mine = std::fs::symlink_metadata(&kept).is_ok_and(|meta| {
+        use std::os::unix::fs::MetadataExt;
+        meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw()
+    });
     for volume in &config.volumes {
         let dir = staging.join("volumes").join(&volume.name);
         // A volume kept by `mvm rm --keep-volumes` comes back to a VM of the same name.
-        if std::fs::rename(kept.join(&volume.name), &dir).is_err() {
+        if !kept_is_mine || std::fs::rename(kept.join(&volume.name), &dir).is_err() {
             std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
     }
-    let _ = std::fs::remove_dir(&kept);
+    if kept_is_mine {
+        let _ = std::fs::remove_dir(&kept);
+    }
     crate::state::seed::seed_root(&staging, Path::new("/etc"))?;
     config.save(&staging.join(crate::config::vm::VM_CONFIG_FILE))?;
     failpoint::hit("create-staged");

@@ -112,6 +112,7 @@ pub fn checks(paths: &Paths, root: &Path) -> Vec<Check> {
     checks.push(hypervisor_check(&host, &kvm));
     checks.push(kernel_check(&host, root));
     checks.push(state_dir_check(&paths.state_dir));
+    checks.push(setup_check(paths));
     checks
 }
 
@@ -364,8 +365,38 @@ fn state_dir_check(dir: &Path) -> Check {
             "state dir",
             Status::Warn,
             format!("{} is not writable by this user", dir.display()),
-            "run mvm with sudo, or set MVM_STATE_DIR",
+            "run `sudo mvm setup` once (then join group mvm), or set MVM_STATE_DIR",
         ),
+    }
+}
+
+/// Whether `sudo mvm setup` ran (so group members need no root), and whether this
+/// user is one of them.
+fn setup_check(paths: &Paths) -> Check {
+    let group = "mvm";
+    let pending = crate::commands::setup::pending(&crate::commands::setup::Target::host(paths), group);
+    if !pending.is_empty() {
+        return Check::problem(
+            "setup",
+            Status::Warn,
+            format!("without root, mvm cannot run VMs yet: {}", pending.join("; ")),
+            "`sudo mvm setup` prepares the host once; then members of group mvm need no sudo",
+        );
+    }
+    let me = nix::unistd::getuid();
+    let member = nix::unistd::Group::from_name(group).ok().flatten().is_some_and(|entry| {
+        nix::unistd::getgroups().is_ok_and(|groups| groups.contains(&entry.gid))
+            || nix::unistd::getgid() == entry.gid
+    });
+    if me.is_root() || member {
+        Check::ok("setup", format!("done; members of group '{group}' run their VMs without root"))
+    } else {
+        Check::problem(
+            "setup",
+            Status::Warn,
+            format!("done, but you are not in group '{group}'"),
+            format!("`sudo usermod -aG {group} $USER`, then log in again"),
+        )
     }
 }
 

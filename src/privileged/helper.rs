@@ -137,3 +137,158 @@ pub fn verified_record(
     }
     Ok(vm)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{chown, symlink, PermissionsExt};
+
+    const ALICE: u32 = 4242;
+    const BOB: u32 = 4343;
+
+    /// State with VM `web` of Alice's (index 4, claimed), in a root-owned temp dir.
+    fn state() -> (tempfile::TempDir, Paths, VmConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        let mut vm = crate::config::vm::tests::sample();
+        vm.ports = vec!["8080:3000".parse().unwrap()];
+        let vm_dir = paths.vm_dir(&vm.name);
+        std::fs::create_dir_all(&vm_dir).unwrap();
+        vm.save(&paths.vm_config(&vm.name)).unwrap();
+        assert!(claims::claim(&paths.state_dir, vm.network.index, &vm.name).unwrap());
+        for path in [vm_dir.clone(), paths.vm_config(&vm.name), paths.state_dir.join(".index/4")] {
+            chown(path, Some(ALICE), Some(ALICE)).unwrap();
+        }
+        (dir, paths, vm)
+    }
+
+    fn needs_root(test: &str) -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        if !root {
+            eprintln!("SKIP {test}: needs root to give files to test users");
+        }
+        root
+    }
+
+    fn refused(result: anyhow::Result<VmConfig>, needle: &str) {
+        let error = format!("{:#}", result.expect_err("accepted"));
+        assert!(error.contains(needle), "{error}");
+    }
+
+    #[test]
+    fn the_owner_gets_the_record_with_a_network_derived_from_the_index() {
+        if !needs_root("the_owner_gets_the_record") {
+            return;
+        }
+        let (_dir, paths, mut vm) = state();
+        // A record naming other links keeps only its index.
+        vm.network.bridge = "eth0".into();
+        vm.network.tap = "mvmtap0".into();
+        vm.save(&paths.vm_config(&vm.name)).unwrap();
+        chown(paths.vm_config(&vm.name), Some(ALICE), Some(ALICE)).unwrap();
+        let host = HostConfig::default();
+        let verified = verified_record(&paths, &host, &vm.name, ALICE).unwrap();
+        assert_eq!(verified.network, host.address_pool().unwrap().vm(4).unwrap());
+        assert_eq!(verified.network.bridge, "mvmbr4");
+    }
+
+    #[test]
+    fn another_users_vm_is_refused() {
+        if !needs_root("another_users_vm_is_refused") {
+            return;
+        }
+        let (_dir, paths, vm) = state();
+        refused(verified_record(&paths, &HostConfig::default(), &vm.name, BOB), "is not yours");
+        // Bob's directory with Alice's record planted in it: still not his.
+        chown(paths.vm_dir(&vm.name), Some(BOB), Some(BOB)).unwrap();
+        refused(verified_record(&paths, &HostConfig::default(), &vm.name, BOB), "vm.toml is not yours");
+    }
+
+    #[test]
+    fn an_index_claimed_by_someone_else_or_for_another_vm_is_refused() {
+        if !needs_root("an_index_claimed_by_someone_else") {
+            return;
+        }
+        let (_dir, paths, vm) = state();
+        let claim = paths.state_dir.join(".index/4");
+        chown(&claim, Some(BOB), Some(BOB)).unwrap();
+        refused(
+            verified_record(&paths, &HostConfig::default(), &vm.name, ALICE),
+            "not claimed for it by you",
+        );
+        std::fs::write(&claim, "api\n").unwrap();
+        chown(&claim, Some(ALICE), Some(ALICE)).unwrap();
+        refused(
+            verified_record(&paths, &HostConfig::default(), &vm.name, ALICE),
+            "not claimed for it by you",
+        );
+        std::fs::remove_file(&claim).unwrap();
+        refused(
+            verified_record(&paths, &HostConfig::default(), &vm.name, ALICE),
+            "not claimed for it by you",
+        );
+    }
+
+    #[test]
+    fn a_privileged_port_is_refused_but_root_may() {
+        if !needs_root("a_privileged_port_is_refused") {
+            return;
+        }
+        let (_dir, paths, mut vm) = state();
+        vm.ports = vec!["80:3000".parse().unwrap()];
+        vm.save(&paths.vm_config(&vm.name)).unwrap();
+        chown(paths.vm_config(&vm.name), Some(ALICE), Some(ALICE)).unwrap();
+        refused(verified_record(&paths, &HostConfig::default(), &vm.name, ALICE), "below 1024");
+        assert!(verified_record(&paths, &HostConfig::default(), &vm.name, 0).is_ok());
+    }
+
+    #[test]
+    fn a_symlinked_or_oversized_record_is_not_read() {
+        if !needs_root("a_symlinked_or_oversized_record") {
+            return;
+        }
+        let (dir, paths, vm) = state();
+        let record = paths.vm_config(&vm.name);
+        let elsewhere = dir.path().join("root-record.toml");
+        std::fs::rename(&record, &elsewhere).unwrap();
+        symlink(&elsewhere, &record).unwrap();
+        refused(verified_record(&paths, &HostConfig::default(), &vm.name, ALICE), "symlink");
+        std::fs::remove_file(&record).unwrap();
+        std::fs::write(&record, vec![b'#'; (RECORD_CAP + 10) as usize]).unwrap();
+        chown(&record, Some(ALICE), Some(ALICE)).unwrap();
+        assert!(verified_record(&paths, &HostConfig::default(), &vm.name, ALICE).is_err());
+        // A VM directory that is a symlink to another's is no VM.
+        std::fs::remove_dir_all(paths.vm_dir(&vm.name)).unwrap();
+        std::fs::create_dir(dir.path().join("other")).unwrap();
+        symlink(dir.path().join("other"), paths.vm_dir(&vm.name)).unwrap();
+        refused(verified_record(&paths, &HostConfig::default(), &vm.name, ALICE), "no VM named");
+    }
+
+    #[test]
+    fn only_a_host_config_root_alone_can_write_is_trusted() {
+        if !needs_root("only_a_host_config_root_alone_can_write") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = etc.join("config.toml");
+        assert_eq!(
+            trusted_host_config(&config).unwrap(),
+            HostConfig::default(),
+            "a missing file is the defaults"
+        );
+        std::fs::write(&config, "[network]\npool = \"10.9.0.0/16\"\n").unwrap();
+        assert_eq!(trusted_host_config(&config).unwrap().network.pool.to_string(), "10.9.0.0/16");
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(trusted_host_config(&config).is_err(), "a world-writable config was trusted");
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        chown(&config, Some(ALICE), None).unwrap();
+        assert!(trusted_host_config(&config).is_err(), "a user's config was trusted");
+        chown(&config, Some(0), None).unwrap();
+        chown(&etc, Some(ALICE), None).unwrap();
+        assert!(trusted_host_config(&config).is_err(), "a config in a user's directory was trusted");
+    }
+}

@@ -199,6 +199,10 @@ mod tests {
         }
         let (_dir, paths, vm) = state();
         refused(verified_record(&paths, &HostConfig::default(), &vm.name, BOB), "is not yours");
+        // Bob's record planted in Alice's directory: still hers.
+        chown(paths.vm_config(&vm.name), Some(BOB), Some(BOB)).unwrap();
+        refused(verified_record(&paths, &HostConfig::default(), &vm.name, BOB), "directory is not yours");
+        chown(paths.vm_config(&vm.name), Some(ALICE), Some(ALICE)).unwrap();
         // Bob's directory with Alice's record planted in it: still not his.
         chown(paths.vm_dir(&vm.name), Some(BOB), Some(BOB)).unwrap();
         refused(verified_record(&paths, &HostConfig::default(), &vm.name, BOB), "vm.toml is not yours");

@@ -4,7 +4,9 @@
 //! maps [`run`]'s result to an exit code. Privileged work sits behind small modules
 //! whose plans are pure data, so most of mvm is testable without root.
 
+pub mod addr;
 pub mod agent;
+pub mod atomic;
 pub mod boot;
 pub mod changes;
 pub mod cli;
@@ -26,6 +28,7 @@ pub mod spec;
 pub mod state;
 pub mod supervisor;
 pub mod view;
+pub mod vm;
 pub mod vmm;
 
 use cli::{Cli, Command};

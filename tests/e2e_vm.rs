@@ -309,7 +309,7 @@ fn vms_are_isolated_reach_the_internet_and_survive_poweroff_and_kill() {
     lab.assert_nothing_left();
     // A stale socket from a crash does not stop the next start.
     std::fs::write(lab.sandbox.run_dir().join("b/vsock.sock"), "stale").unwrap();
-    assert!(lab.mvm(&["restart", "b"]).ok().contains("VM 'b' is up"));
+    assert!(lab.mvm(&["restart", "b"]).ok().contains("VM 'b' restarted in"));
     let console = lab.mvm(&["logs", "b"]);
     assert!(console.ok().contains("mvm-init: ready"), "{}", console.stdout);
     assert_eq!(lab.sh("b", "echo back").ok(), "back\n");

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
+use crate::atomic::write_atomic;
 use crate::boot::cpio::CpioWriter;
 use crate::boot::kernel::Kernel;
 use crate::boot::modules::{self, Module};
 use crate::error::UserError;
-use crate::state::atomic::write_atomic;
 
 /// Where the guest init finds the modules to load, in order (one path per line).
 pub const MODULE_LIST: &str = "mvm/modules";

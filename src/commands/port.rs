@@ -79,7 +79,8 @@ pub fn add(paths: &Paths, name: &VmName, mut forward: PortForward) -> anyhow::Re
     let mut config = store::load(paths, name)?;
     let vms = store::list(paths)?;
     if forward.host == 0 {
-        forward.host = store::pick_host_port(&vms, &config.ports, forward, crate::host::is_root())?;
+        forward.host =
+            crate::vm::ports::pick_host_port(&vms, &config.ports, forward, crate::host::is_root())?;
     }
     if let Some(existing) =
         config.ports.iter().find(|p| p.host == forward.host && p.protocol == forward.protocol)
@@ -91,10 +92,10 @@ pub fn add(paths: &Paths, name: &VmName, mut forward: PortForward) -> anyhow::Re
         .hint(format!("remove it first with `mvm port {name} --rm {}`", existing.host))
         .into());
     }
-    if let Some(owner) = store::host_port_forwarder(&vms, &forward, Some(name)) {
-        return Err(store::port_forwarded_by(&forward, owner).into());
+    if let Some(owner) = crate::vm::ports::host_port_forwarder(&vms, &forward, Some(name)) {
+        return Err(crate::vm::ports::port_forwarded_by(&forward, owner).into());
     }
-    store::check_host_port(&forward, crate::host::is_root())?;
+    crate::vm::ports::check_host_port(&forward, crate::host::is_root())?;
     let previous = config.clone();
     config.ports.push(forward);
     let applied = save_and_apply(paths, &previous, &config)?;

@@ -1,6 +1,6 @@
 //! `mvm restart`: stop (if running), then start.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -18,7 +18,12 @@ pub struct RestartArgs {
 /// Runs `mvm restart`.
 pub fn run(args: RestartArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
-    super::stop::stop(paths, &name, false, Duration::from_secs(15))
+    let began = Instant::now();
+    crate::vm::stop::stop(paths, &name, false, Duration::from_secs(15))
         .with_context(|| format!("cannot stop VM '{name}'"))?;
-    super::start::run(super::start::StartArgs { name: args.name, no_wait: false, timeout: 120 }, paths)
+    crate::vm::start::start(paths, &name, true, Duration::from_secs(120))
+        .with_context(|| format!("cannot start VM '{name}'"))?;
+    let address = crate::state::store::load(paths, &name)?.network.address;
+    println!("VM '{name}' restarted in {:.2} s ({address})", began.elapsed().as_secs_f64());
+    Ok(0)
 }

@@ -51,7 +51,7 @@ pub fn run(args: ShellArgs, paths: &Paths) -> anyhow::Result<i32> {
                 .hint(format!("start it with `mvm start {name}`, or use `mvm shell --start {name}`"))
                 .into());
         }
-        super::start::start(paths, &name, true, Duration::from_secs(120))
+        crate::vm::start::start(paths, &name, true, Duration::from_secs(120))
             .with_context(|| format!("cannot start VM '{name}'"))?;
     }
     let environment = project_env::resolve(&paths.vm_dir(&name), &config, &project_env::HostTools);

@@ -1,21 +1,14 @@
 //! `mvm start`: spawn the VM's supervisor and wait until the guest agent answers.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::host::HostConfig;
-use crate::error::UserError;
 use crate::name::VmName;
-use crate::project_env;
-use crate::state::lock::{FileLock, RunLock};
-use crate::state::status::RuntimeStatus;
-use crate::state::store::{self, RunState};
+use crate::state::store::{self};
 use crate::state::Paths;
-use crate::supervisor::launch::{self, Launch};
+use crate::vm::start::{start, Started};
 
 /// Arguments of `mvm start`.
 #[derive(Debug, Clone, Args)]
@@ -49,162 +42,4 @@ pub fn run(args: StartArgs, paths: &Paths) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// What `start` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Started {
-    AlreadyRunning,
-    Spawned,
-    Ready,
-}
-
-/// Starts VM `name` (a no-op if it runs); with `wait`, until its agent answers.
-pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> anyhow::Result<Started> {
-    let config = store::load(paths, name)?;
-    if store::run_state(paths, name)? == RunState::Running {
-        return Ok(Started::AlreadyRunning);
-    }
-    // A VM's processes run as the user it belongs to: root starts only root's VMs.
-    let owner = store::owner(paths, name).unwrap_or(0);
-    if owner != nix::unistd::geteuid().as_raw() {
-        let user =
-            nix::unistd::User::from_uid(owner.into()).ok().flatten().map_or(owner.to_string(), |u| u.name);
-        return Err(UserError::usage(format!(
-            "VM '{name}' belongs to {user}, whose user runs its processes"
-        ))
-        .hint(format!("start it as them: `sudo -u {user} mvm start {name}`"))
-        .into());
-    }
-    // The forwards are DNAT rules, not sockets: a host listener on one would be shadowed.
-    for forward in &config.ports {
-        store::check_host_port(forward, true).map_err(|error| {
-            error.hint(format!(
-                "stop that process, or drop the forward with `mvm port {name} --rm {}`",
-                forward.host
-            ))
-        })?;
-    }
-    let host = HostConfig::load(&paths.config_file)?;
-    let prepared = Launch::prepare(paths, &host, &config)?;
-    // Through sudo, as at create: only the invoking user's own project (a directory of
-    // root's renamed into its place since would otherwise be shared with root's rights).
-    let user = crate::host::user::invoking_user();
-    if user.uid != 0 && config.project.is_some() && prepared.project_owner.0 != user.uid {
-        return Err(UserError::usage(format!(
-            "VM '{name}''s project belongs to uid {}, not to you ({}, uid {})",
-            prepared.project_owner.0, user.name, user.uid
-        ))
-        .hint(format!("its owner starts it, or root: `mvm start {name}` as root"))
-        .into());
-    }
-    if config.hypervisor == crate::config::vm::Hypervisor::Auto {
-        eprintln!("{}", prepared.vmm_choice);
-    }
-    if let Some(warning) = &prepared.accel_warning {
-        eprintln!("{warning}");
-    }
-    // Made here, as the invoking user and before the supervisor, which only reads the cache.
-    let environment = project_env::resolve(&paths.vm_dir(name), &config, &project_env::HostTools);
-    if let Some(warning) = environment.warning() {
-        eprintln!("warning: {warning}");
-    }
-    let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
-    if store::run_state(paths, name)? == RunState::Running {
-        return Ok(Started::AlreadyRunning);
-    }
-    // Never a second hypervisor beside one that outlived its supervisor.
-    let left = crate::supervisor::orphans::find(&paths.vm_run_dir(name));
-    if let Some(first) = left.first() {
-        return Err(UserError::conflict(format!(
-            "{} process(es) of VM '{name}' outlived its supervisor (pid {}: {})",
-            left.len(),
-            first.pid,
-            first.cmdline
-        ))
-        .hint(format!("`mvm stop {name}` ends them; then start it again"))
-        .into());
-    }
-    launch::ensure_dirs(paths, &config)?;
-    let log = paths.vm_dir(name).join("log/supervisor.log");
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-    let mut command = Command::new(std::env::current_exe().context("cannot find the mvm binary")?);
-    command.args(["supervise", name.as_str()]).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
-    // SAFETY: setsid and close_range/fcntl are async-signal-safe; the supervisor leaves our
-    // terminal's session and holds none of our caller's descriptors.
-    unsafe {
-        command.pre_exec(|| {
-            nix::unistd::setsid()?;
-            close_inherited_fds_on_exec();
-            Ok(())
-        });
-    }
-    let mut supervisor = command.spawn().context("cannot spawn the supervisor")?;
-    let run_lock = paths.run_lock(name);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !RunLock::is_held(&run_lock)? {
-        if supervisor.try_wait()?.is_some() || Instant::now() > deadline {
-            return Err(failure(paths, name));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    if !wait {
-        return Ok(Started::Spawned);
-    }
-    let spinner = crate::output::spinner(&format!("booting {name}"));
-    let console = paths.vm_dir(name).join("log/console.log");
-    let ready = crate::agent::client::wait_ready(
-        &paths.vm_run_dir(name).join("vsock.sock"),
-        Instant::now() + timeout,
-        || RunLock::is_held(&run_lock).unwrap_or(false),
-        || launch::guest_ready(&console),
-    );
-    if let Some(spinner) = spinner {
-        spinner.finish_and_clear();
-    }
-    // Reap the supervisor if it already ended, so no zombie lingers.
-    let _ = supervisor.try_wait();
-    match ready {
-        Ok(_) => Ok(Started::Ready),
-        Err(_) if RunLock::is_held(&run_lock)? => Err(UserError::new(
-            crate::error::ExitCode::Failure,
-            format!("the guest agent did not answer within {} s", timeout.as_secs()),
-        )
-        .hint(format!(
-            "the VM is still booting or stuck; see `mvm logs {name}`, or stop it with `mvm stop {name}`"
-        ))
-        .into()),
-        Err(_) => Err(failure(paths, name)),
-    }
-}
-
-/// Marks every descriptor above stderr close-on-exec. The supervisor outlives `mvm start`;
-/// holding a pipe it inherited (the write end of a shell's `$(…)`, or of direnv's) would
-/// keep its reader waiting for as long as the VM runs. Called between fork and exec.
-fn close_inherited_fds_on_exec() {
-    use nix::libc;
-    // SAFETY: close_range only changes descriptor flags of this (forked) process.
-    let marked = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
-    if marked != 0 {
-        // Kernels before 5.11: mark them one by one.
-        for fd in 3..4096 {
-            // SAFETY: fcntl on a descriptor that may not exist fails harmlessly with EBADF.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        }
-    }
-}
-
-/// The error for a VM whose supervisor ended during start, with its reason and logs.
-fn failure(paths: &Paths, name: &VmName) -> anyhow::Error {
-    let reason = RuntimeStatus::read(&paths.vm_run_dir(name))
-        .and_then(|status| status.reason)
-        .unwrap_or_else(|| launch::log_tail(&paths.vm_dir(name).join("log/supervisor.log"), 5));
-    let console = launch::log_tail(&paths.vm_dir(name).join("log/console.log"), 10);
-    let mut message = format!("the VM stopped during start: {reason}");
-    if !console.trim().is_empty() {
-        message.push_str(&format!("\nlast console lines:\n{console}"));
-    }
-    UserError::new(crate::error::ExitCode::Failure, message)
-        .hint(format!("see `mvm logs {name}` and {}", paths.vm_dir(name).join("log").display()))
-        .into()
 }

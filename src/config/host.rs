@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::addr::{AddressPool, Ipv4Net};
 use crate::config::vm::Hypervisor;
 use crate::error::UserError;
-use crate::net::addr::{AddressPool, Ipv4Net};
 use crate::spec::MemorySize;
 
 /// The parsed host config; every field has a default.

@@ -12,11 +12,11 @@ use anyhow::Context;
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+use crate::addr::VmNetwork;
+use crate::atomic::write_private;
 use crate::error::UserError;
 use crate::name::VmName;
-use crate::net::addr::VmNetwork;
 use crate::spec::{MemorySize, PortForward, Volume};
-use crate::state::atomic::write_private;
 
 /// The file name of a VM's config inside its state directory.
 pub const VM_CONFIG_FILE: &str = "vm.toml";
@@ -248,7 +248,7 @@ impl VmConfig {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::net::addr::AddressPool;
+    use crate::addr::AddressPool;
 
     pub(crate) fn sample() -> VmConfig {
         let pool = AddressPool::new("10.200.0.0/16".parse().unwrap(), 24).unwrap();

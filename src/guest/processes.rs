@@ -59,10 +59,8 @@ pub fn start_all(processes: Vec<Process>) {
 
 fn write_state(name: &str, state: &ProcessState) {
     if let Ok(json) = serde_json::to_vec(state) {
-        let _ = crate::state::atomic::write_atomic(
-            &std::path::Path::new(LOG_DIR).join(format!("{name}.state")),
-            &json,
-        );
+        let _ =
+            crate::atomic::write_atomic(&std::path::Path::new(LOG_DIR).join(format!("{name}.state")), &json);
     }
 }
 

@@ -290,7 +290,7 @@ fn apply(backend: &mut dyn FirewallBackend, script: &Script) -> anyhow::Result<b
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::net::addr::AddressPool;
+    use crate::addr::AddressPool;
 
     /// A firewall in memory: applies restore scripts to its own rule lists and records
     /// them, so tests see both the resulting state and each script sent.

@@ -14,7 +14,7 @@ use rtnetlink::packet_route::link::{InfoData, InfoTun, LinkAttribute, LinkInfo, 
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 
-use crate::net::addr::Ipv4Net;
+use crate::addr::Ipv4Net;
 
 /// A link as netlink reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,8 +18,8 @@
 
 use std::fmt;
 
+use crate::addr::{Ipv4Net, VmNetwork};
 use crate::config::vm::VmConfig;
-use crate::net::addr::{Ipv4Net, VmNetwork};
 use crate::spec::PortForward;
 
 /// An iptables table.
@@ -211,7 +211,7 @@ pub fn vm_rules(vm: &VmFirewall, host: &HostNetwork) -> Vec<Rule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::addr::AddressPool;
+    use crate::addr::AddressPool;
 
     fn host() -> HostNetwork {
         HostNetwork { pool: "10.200.0.0/16".parse().unwrap(), uplink: None }

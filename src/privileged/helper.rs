@@ -126,11 +126,13 @@ pub fn verified_record(
                 .into())
             }
         }
-        if let Some(forward) = vm.ports.iter().find(|forward| forward.host < store::FIRST_UNPRIVILEGED_PORT) {
+        if let Some(forward) =
+            vm.ports.iter().find(|forward| forward.host < crate::vm::ports::FIRST_UNPRIVILEGED_PORT)
+        {
             return Err(UserError::needs_root(format!(
                 "host port {} is below {}: only root forwards those",
                 forward.host,
-                store::FIRST_UNPRIVILEGED_PORT
+                crate::vm::ports::FIRST_UNPRIVILEGED_PORT
             ))
             .into());
         }

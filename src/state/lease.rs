@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::state::atomic::write_atomic;
+use crate::atomic::write_atomic;
 
 /// The directory of lease files inside a VM's runtime dir.
 pub const LEASE_DIR: &str = "leases";

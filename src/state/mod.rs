@@ -1,7 +1,6 @@
 //! Where mvm keeps things on the host, and the primitives that keep them consistent:
-//! injected roots, atomic writes, locks, and the catalogue of VMs on disk.
+//! injected roots, locks, index claims, leases, seeding and the catalogue of VMs on disk.
 
-pub mod atomic;
 pub mod claims;
 pub mod lease;
 pub mod lock;

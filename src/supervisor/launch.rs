@@ -478,8 +478,8 @@ pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::AddressPool;
     use crate::config::vm::Project;
-    use crate::net::addr::AddressPool;
 
     fn config(mount: MountMode, persist: bool) -> VmConfig {
         VmConfig {

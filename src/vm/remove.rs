@@ -1,0 +1,63 @@
+//! Removing a stopped VM with its state, volumes (unless kept) and logs.
+
+use crate::atomic::sync_dir;
+use crate::error::UserError;
+use crate::name::VmName;
+use crate::state::lock::FileLock;
+use crate::state::store::{self, RunState, TRASH_PREFIX};
+use crate::state::Paths;
+use anyhow::Context;
+
+/// Removes VM `name`, which must exist and not run; with `keep_volumes`, its volumes
+/// move to [`Paths::kept_volumes`] first.
+pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Result<()> {
+    if !store::exists(paths, name) {
+        return Err(store::no_such_vm(name).into());
+    }
+    let _lock = FileLock::exclusive(&paths.create_lock())?;
+    if !store::exists(paths, name) {
+        return Err(store::no_such_vm(name).into());
+    }
+    if store::run_state(paths, name)? == RunState::Running {
+        return Err(UserError::conflict(format!("VM '{name}' is running"))
+            .hint(format!("stop it first with `mvm stop {name}`, or use `mvm rm --force {name}`"))
+            .into());
+    }
+    let kept = paths.kept_volumes(name);
+    if keep_volumes && kept.exists() {
+        return Err(UserError::conflict(format!(
+            "volumes of an earlier VM '{name}' are already kept in {}",
+            kept.display()
+        ))
+        .hint("move or delete them first")
+        .into());
+    }
+    // First, while nothing is lost yet: a crashed supervisor may have left the project
+    // bound in the runtime dir, which is emptied without ever recursing into a mount.
+    let run_dir = paths.vm_run_dir(name);
+    crate::supervisor::remove_run_dir(&run_dir).map_err(|error| {
+        UserError::new(
+            crate::error::ExitCode::Failure,
+            format!("cannot remove {}: {error}", run_dir.display()),
+        )
+        .hint("a mount there would not go away: see `mvm doctor`, then `mvm doctor --fix`")
+    })?;
+    if keep_volumes {
+        std::fs::create_dir_all(kept.parent().expect("kept volumes have a parent"))?;
+        std::fs::rename(paths.vm_dir(name).join("volumes"), &kept)
+            .with_context(|| format!("cannot keep the volumes in {}", kept.display()))?;
+        // Its owner's alone, as the VM's directory was (the parent is shared).
+        std::fs::set_permissions(&kept, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    }
+    let trash = paths.state_dir.join(format!("{TRASH_PREFIX}{name}-{}", std::process::id()));
+    std::fs::rename(paths.vm_dir(name), &trash)
+        .with_context(|| format!("cannot move {} aside", paths.vm_dir(name).display()))?;
+    sync_dir(&paths.state_dir)?;
+    // The guest's trees are in it: removed beneath it, never through a symlink.
+    crate::fs::Tree::open(&paths.state_dir)
+        .and_then(|state| state.remove(trash.strip_prefix(&paths.state_dir).expect("the trash is in state")))
+        .with_context(|| format!("cannot delete {}", trash.display()))?;
+    let _ = std::fs::remove_file(paths.up_lock(name));
+    crate::state::claims::release(&paths.state_dir, name);
+    Ok(())
+}

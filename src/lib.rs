@@ -37,6 +37,7 @@ use state::Paths;
 /// Runs one parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let paths = Paths::from_env();
+    act_as_owner(&paths, &cli.command)?;
     match cli.command {
         Command::Create(args) => commands::create::run(args, &paths),
         Command::Start(args) => commands::start::run(args, &paths),
@@ -58,5 +59,40 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Doctor(args) => commands::doctor::run(args, &paths),
         Command::Setup(args) => commands::setup::run(args, &paths),
         Command::Completions(args) => commands::completions::run(args),
+    }
+}
+
+/// Root acting on a VM that belongs to a user becomes that user first: the VM's files
+/// and runtime dir are the user's, and whatever they planted there must be met with
+/// their rights, not root's (its network still goes through the helper, as theirs does).
+fn act_as_owner(paths: &Paths, command: &Command) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let name = match command {
+        Command::Start(args) => Some(&args.name),
+        Command::Stop(args) => Some(&args.name),
+        Command::Restart(args) => Some(&args.name),
+        Command::Shell(args) => Some(&args.name),
+        Command::Diff(args) => Some(&args.name),
+        Command::Apply(args) => Some(&args.name),
+        Command::Discard(args) => Some(&args.name),
+        Command::Logs(args) => Some(&args.name),
+        Command::Inspect(args) => Some(&args.name),
+        Command::Port(args) => Some(&args.name),
+        Command::Rm(args) => Some(&args.name),
+        Command::Up(args) => args.name.as_ref(),
+        _ => None,
+    };
+    let Some(name) = name.and_then(|name| name.parse::<name::VmName>().ok()) else { return Ok(()) };
+    match state::store::owner(paths, &name) {
+        // With the shared roots' group, which its owner had (and may have lost since).
+        Some(owner) if owner != 0 => {
+            use std::os::unix::fs::MetadataExt;
+            let shared =
+                std::fs::metadata(&paths.state_dir).ok().map(|meta| meta.gid()).filter(|gid| *gid != 0);
+            host::user::become_user(owner, shared)
+        }
+        _ => Ok(()),
     }
 }

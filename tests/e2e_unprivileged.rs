@@ -74,9 +74,9 @@ struct Lab {
 }
 
 impl Lab {
-    /// Runs `mvm ARGS` as `user` (no sudo, a clean environment) in the host namespace,
-    /// from `cwd`.
-    fn mvm_in(&self, user: &User, cwd: &Path, args: &[&str]) -> Run {
+    /// Runs `PROGRAM ARGS` as `user` (no sudo, a clean environment) in the host
+    /// namespace, from `cwd`.
+    fn run_as(&self, user: &User, cwd: &Path, program: &Path, args: &[&str]) -> Run {
         let mut command =
             self.host.nsenter("setpriv", &["--reuid", user.name, "--regid", user.name, "--init-groups"]);
         command
@@ -85,32 +85,40 @@ impl Lab {
             .arg(format!("HOME={}", user.home.display()))
             .arg(format!("USER={}", user.name))
             .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-            .arg(&self.mvm)
+            .arg(program)
             .args(args)
             .current_dir(cwd)
             .stdin(Stdio::null());
         Run::from_output(command.output().unwrap())
     }
 
+    /// Runs `mvm ARGS` as `user` from `cwd`.
+    fn mvm_in(&self, user: &User, cwd: &Path, args: &[&str]) -> Run {
+        self.run_as(user, cwd, &self.mvm, args)
+    }
+
     fn mvm(&self, user: &User, args: &[&str]) -> Run {
         self.mvm_in(user, &user.home, args)
     }
 
-    /// Runs `PROGRAM ARGS` as `user` in the host namespace.
-    fn as_user(&self, user: &User, program: &str, args: &[&str]) -> Run {
-        let mut command =
-            self.host.nsenter("setpriv", &["--reuid", user.name, "--regid", user.name, "--init-groups"]);
-        command.arg(program).args(args).current_dir(&user.home).stdin(Stdio::null());
+    /// Runs the installed `mvm ARGS` as root in the host namespace.
+    fn root(&self, args: &[&str]) -> Run {
+        let mut command = self.host.nsenter(self.mvm.to_str().unwrap(), args);
+        command.env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER").stdin(Stdio::null());
         Run::from_output(command.output().unwrap())
+    }
+
+    /// Runs `PROGRAM ARGS` as `user` from their home.
+    fn as_user(&self, user: &User, program: &str, args: &[&str]) -> Run {
+        self.run_as(user, &user.home, Path::new(program), args)
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         for vm in &self.vms {
-            let root = |args: &[&str]| self.host.nsenter(self.mvm.to_str().unwrap(), args).output();
-            let _ = root(&["stop", "--force", vm]);
-            let _ = root(&["rm", "--force", vm]);
+            self.root(&["stop", "--force", vm]);
+            self.root(&["rm", "--force", vm]);
         }
         for user in &self.users {
             remove_user(user);
@@ -278,8 +286,9 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     let helper_as_alice = lab.as_user(&alice, mvm::privileged::HELPER_PATH, &["network-up", "../../etc"]);
     assert_ne!(helper_as_alice.code, 0);
 
-    // Stop and remove: nothing of hers left on the host.
-    lab.mvm(&alice, &["stop", "uweb"]).ok();
+    // Root stops her VM as her (its processes are hers; the network goes through the
+    // helper as hers does): nothing of hers left on the host.
+    lab.root(&["stop", "uweb"]).ok();
     assert!(vm_processes("uweb").is_empty(), "{:?}", vm_processes("uweb"));
     let links = lab.host.ip(&["-o", "link", "show"]);
     assert!(!links.contains("mvmtap") && !links.contains("mvmbr"), "links left:\n{links}");
@@ -287,17 +296,35 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     assert!(!rules.contains("mvm:uweb"), "rules left:\n{rules}");
     lab.mvm(&alice, &["rm", "uweb"]).ok();
     lab.mvm(&bob, &["rm", "ubob"]).ok();
-    lab.mvm(&bob, &["rm", "uthief"]).ok();
+    // Root removing Bob's VM meets Bob's files with Bob's rights: a runtime dir he turned
+    // into a symlink to a directory of root's is dropped, never emptied.
+    let decoy = PathBuf::from(format!("/root/mvmt-decoy-{}", std::process::id()));
+    std::fs::create_dir_all(&decoy).unwrap();
+    std::fs::write(decoy.join("keep"), "root's").unwrap();
+    lab.as_user(&bob, "/bin/rm", &["-rf", "/run/mvm/uthief"]).ok();
+    lab.as_user(&bob, "/bin/ln", &["-s", decoy.to_str().unwrap(), "/run/mvm/uthief"]).ok();
+    lab.root(&["rm", "uthief"]).ok();
+    assert_eq!(std::fs::read_to_string(decoy.join("keep")).unwrap(), "root's", "root emptied the decoy");
+    assert!(std::fs::symlink_metadata("/run/mvm/uthief").is_err(), "the planted link is left");
+    std::fs::remove_dir_all(&decoy).unwrap();
 
-    // The direnv flow: the .envrc has no sudo, and `mvm up` (what it runs) brings her
-    // project's VM up from its directory.
+    // The direnv flow, with the real direnv: the .envrc `mvm direnv` prints, as it is
+    // (no sudo in it), brings her project's VM up when direnv loads it.
     let envrc = lab.mvm(&alice, &["direnv"]);
     let calls_sudo = envrc.ok().lines().any(|line| !line.starts_with('#') && line.contains("sudo"));
     assert!(!calls_sudo, "{}", envrc.stdout);
-    let second = alice.project("proj");
-    let up = lab.mvm_in(&alice, &second, &["up", "uproj", "--export", "--no-lease"]);
-    assert!(up.ok().contains("MVM_VM"), "{}", up.stdout);
+    let second = alice.project("uproj");
+    std::fs::write(second.join(".envrc"), &envrc.stdout).unwrap();
+    run_ok(Command::new("chown").arg(format!("{0}:{0}", alice.name)).arg(second.join(".envrc")));
+    let direnv = Path::new("/usr/bin/direnv");
+    let dir = second.to_str().unwrap();
+    lab.run_as(&alice, &second, direnv, &["allow", dir]).ok();
+    let loaded = lab.run_as(&alice, &second, direnv, &["exec", dir, "sh", "-c", "echo \"$MVM_VM $MVM_IP\""]);
+    assert!(loaded.ok().starts_with("uproj 10."), "{}\n{}", loaded.stdout, loaded.stderr);
     assert_eq!(lab.mvm(&alice, &["shell", "uproj", "--", "id", "-un"]).ok().trim(), ALICE);
+    assert!(vm_processes("uproj")
+        .iter()
+        .all(|(_, uids)| uids == &format!("Uid:\t{0}\t{0}\t{0}\t{0}", alice.uid)));
     lab.mvm(&alice, &["stop", "uproj"]).ok();
     lab.mvm(&alice, &["rm", "uproj"]).ok();
     let _ = std::fs::remove_file(&secret);

@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mvm::commands::create::{create, CreateArgs, HostLimits};
 use mvm::config::host::HostConfig;
 use mvm::config::vm::VmConfig;
 use mvm::net::host::HostNet;
 use mvm::state::lock::RunLock;
 use mvm::state::Paths;
+use mvm::vm::create::{create, CreateArgs, HostLimits};
 use support::netns::{host_with_uplink, NetNs, HOST_UPLINK_IP, INTERNET_IP};
 use support::Sandbox;
 
@@ -230,6 +230,31 @@ fn guest_reaches_the_internet_masqueraded() {
     let expected = format!("peer={HOST_UPLINK_IP}");
     assert_eq!(tcp_from(&lab.guests[guest], &format!("{INTERNET_IP}:80")), Ok(expected.clone()));
     assert_eq!(udp_from(&lab.guests[guest], &format!("{INTERNET_IP}:53")), Ok(expected));
+    // Guest root forging its source address gets nothing out (it would leave unmasqueraded).
+    let receiver = lab
+        .internet
+        .command(
+            "python3",
+            &["-c", &format!(
+                "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{INTERNET_IP}', 5599))\ns.settimeout(3)\n\
+                 try:\n    while True: print(s.recvfrom(100)[1][0], flush=True)\nexcept OSError: pass"
+            )],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.guests[guest].ip(&["addr", "add", "10.99.0.5/32", "dev", "eth0"]);
+    let send = |source: &str| {
+        let script = format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{source}', 0))\ns.sendto(b'x', ('{INTERNET_IP}', 5599))"
+        );
+        assert!(lab.guests[guest].exec("python3", &["-c", &script]).status.success());
+    };
+    send("10.99.0.5");
+    send(&vm.network.address.to_string());
+    let received = String::from_utf8(receiver.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(received.trim(), HOST_UPLINK_IP, "a forged source got out (or the real one did not)");
 }
 
 #[test]
@@ -438,4 +463,38 @@ fn doctor_finds_and_fixes_orphans() {
     let orphans =
         report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "orphans").unwrap().clone();
     assert_eq!(orphans["detail"], "none");
+}
+
+/// A user's VM (what the setuid helper brings up): its tap is theirs, so another user's
+/// VM with the same links is refused and never torn down; its localhost forward takes
+/// only its owner's connections; rules converge to themselves; guests send only from
+/// their own address.
+#[test]
+fn a_users_vm_network_is_theirs_alone() {
+    root_test!(a_users_vm_network_is_theirs_alone);
+    let lab = Lab::new();
+    let web = lab.create("web", |args| args.ports = vec!["8080:80".into()]);
+    let (alice, bob) = (4242, 4343);
+    let as_user = |uid: u32, vm: &VmConfig, up: bool| {
+        let (paths, vm) = (lab.paths(), vm.clone());
+        lab.host.run(move || {
+            let mut net = HostNet::open(&paths, &HostConfig::default()).unwrap().for_user(uid);
+            if up { net.up(&vm) } else { net.down(&vm) }.map_err(|error| format!("{error:#}"))
+        })
+    };
+    as_user(alice, &web, true).unwrap();
+    let owner = lab.host.ip(&["-d", "link", "show", "mvmtap0"]);
+    assert!(owner.contains(&format!("user {alice}")), "the tap is not alice's:\n{owner}");
+    let once = lab.iptables_save();
+    assert!(once.contains(&format!("--dport 8080 -m owner --uid-owner {alice} ")), "{once}");
+    assert!(once.contains("-s 10.200.0.2/32 -i mvmbr0 ! -o mvmbr+"), "{once}");
+    as_user(alice, &web, true).unwrap();
+    assert_eq!(lab.iptables_save(), once, "a second bring-up changed the rules");
+    // Bob's record naming the same links: refused, and alice's stay.
+    let error = as_user(bob, &web, true).unwrap_err();
+    assert!(error.contains("is not yours"), "{error}");
+    assert!(as_user(bob, &web, false).is_err());
+    assert_eq!(lab.mvm_links(), ["mvmbr0", "mvmtap0"]);
+    as_user(alice, &web, false).unwrap();
+    assert!(lab.mvm_links().is_empty());
 }

@@ -128,19 +128,7 @@ pub fn setup(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
             group_id(group).with_context(|| format!("group '{group}' is missing after groupadd"))?
         }
     };
-    for dir in shared_dirs(&target.paths) {
-        if !has_owner_mode(&dir, 0, gid, SHARED_DIR_MODE, true) {
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            set_owner_mode(&dir, gid, SHARED_DIR_MODE)?;
-            changes.push(format!("{} is root:{group} {SHARED_DIR_MODE:o}", dir.display()));
-        }
-    }
-    let create_lock = target.paths.create_lock();
-    if !has_owner_mode(&create_lock, 0, gid, 0o660, false) {
-        crate::state::lock::FileLock::exclusive(&create_lock)?;
-        set_owner_mode(&create_lock, gid, 0o660)?;
-        changes.push(format!("{} is root:{group} 660", create_lock.display()));
-    }
+    changes.extend(share_roots(&target.paths, group, gid)?);
     let boot_entry = format!("d {} {SHARED_DIR_MODE:o} root {group} -\n", target.paths.run_dir.display());
     if std::fs::read_to_string(&target.tmpfiles).ok().as_deref() != Some(boot_entry.as_str()) {
         install_file(&target.tmpfiles, boot_entry.as_bytes(), 0o644, 0)?;
@@ -175,6 +163,34 @@ pub fn setup(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
     Ok(changes)
 }
 
+/// Gives the shared roots (and the create lock) to root and the group; returns what it
+/// changed.
+fn share_roots(paths: &Paths, group: &str, gid: u32) -> anyhow::Result<Vec<String>> {
+    let mut changes = Vec::new();
+    for dir in shared_dirs(paths) {
+        if !has_owner_mode(&dir, 0, gid, SHARED_DIR_MODE, true) {
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            match std::fs::create_dir(&dir) {
+                Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(error).with_context(|| format!("cannot create {}", dir.display()))
+                }
+                _ => {}
+            }
+            set_owner_mode(&open_roots(&dir, true)?, &dir, gid, SHARED_DIR_MODE)?;
+            changes.push(format!("{} is root:{group} {SHARED_DIR_MODE:o}", dir.display()));
+        }
+    }
+    let create_lock = paths.create_lock();
+    if !has_owner_mode(&create_lock, 0, gid, 0o660, false) {
+        set_owner_mode(&open_roots(&create_lock, false)?, &create_lock, gid, 0o660)?;
+        changes.push(format!("{} is root:{group} 660", create_lock.display()));
+    }
+    Ok(changes)
+}
+
 /// Reverses [`setup`]; returns what it changed.
 pub fn undo(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
     let mut changes = Vec::new();
@@ -190,7 +206,7 @@ pub fn undo(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
     for dir in shared_dirs(&target.paths) {
         if std::fs::symlink_metadata(&dir).is_ok_and(|meta| meta.gid() != 0 || meta.mode() & 0o7777 != 0o755)
         {
-            set_owner_mode(&dir, 0, 0o755)?;
+            set_owner_mode(&open_roots(&dir, true)?, &dir, 0, 0o755)?;
             changes.push(format!("{} is root's again", dir.display()));
         }
     }
@@ -223,11 +239,38 @@ fn claim_old_vms(paths: &Paths) -> anyhow::Result<Vec<String>> {
     Ok(changes)
 }
 
-fn set_owner_mode(path: &Path, gid: u32, mode: u32) -> anyhow::Result<()> {
+/// Opens one of root's shared entries (a directory, or the create lock, made if missing)
+/// never through a symlink, and only if root made it: a member of the group can make
+/// entries in the shared roots, and setup must never hand one of theirs (or what a
+/// symlink of theirs points at) to the group.
+fn open_roots(path: &Path, dir: bool) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    let flags = nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC;
+    if dir {
+        options.read(true).custom_flags(flags | nix::libc::O_DIRECTORY);
+    } else {
+        options.read(true).write(true).create(true).truncate(false).mode(0o600).custom_flags(flags);
+    }
+    let file = options.open(path).with_context(|| format!("cannot open {} (a symlink?)", path.display()))?;
+    let meta = file.metadata()?;
+    if meta.uid() != 0 || meta.is_dir() != dir {
+        return Err(UserError::conflict(format!(
+            "{} was made by uid {}, not by root; remove it and run setup again",
+            path.display(),
+            meta.uid()
+        ))
+        .into());
+    }
+    Ok(file)
+}
+
+/// Gives the open `file` (at `path`, for messages) to root and `gid`, with `mode`.
+fn set_owner_mode(file: &std::fs::File, path: &Path, gid: u32, mode: u32) -> anyhow::Result<()> {
     // chown first: it clears the setuid bit.
-    std::os::unix::fs::chown(path, Some(0), Some(gid))
+    std::os::unix::fs::fchown(file, Some(0), Some(gid))
         .with_context(|| format!("cannot chown {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))
 }
 
@@ -236,9 +279,9 @@ fn set_owner_mode(path: &Path, gid: u32, mode: u32) -> anyhow::Result<()> {
 fn install_file(path: &Path, content: &[u8], mode: u32, gid: u32) -> anyhow::Result<()> {
     let dir = path.parent().context("an installed file has a directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let temp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::write(temp.path(), content)?;
-    set_owner_mode(temp.path(), gid, mode)?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut temp, content)?;
+    set_owner_mode(temp.as_file(), temp.path(), gid, mode)?;
     temp.persist(path).with_context(|| format!("cannot install {}", path.display()))?;
     Ok(())
 }
@@ -265,3 +308,41 @@ const DEFAULT_CONFIG: &str = "\
 # cpus = 2
 # memory = \"1G\"
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member of the group can make entries in the state root before setup runs (again):
+    /// a symlink there, or a directory of theirs, is never handed to the group.
+    #[test]
+    fn planted_entries_in_the_shared_roots_are_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP planted_entries_in_the_shared_roots_are_refused: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        let nogroup = group_id("nogroup").unwrap_or(65534);
+        let decoy = dir.path().join("etc");
+        std::fs::create_dir(&decoy).unwrap();
+        std::fs::set_permissions(&decoy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(&paths.state_dir).unwrap();
+        std::os::unix::fs::symlink(&decoy, paths.state_dir.join(".kept-volumes")).unwrap();
+        assert!(share_roots(&paths, "nogroup", nogroup).is_err(), "a symlinked root was accepted");
+        let meta = std::fs::metadata(&decoy).unwrap();
+        assert_eq!((meta.gid(), meta.mode() & 0o7777), (0, 0o755), "the symlink's target was changed");
+        std::fs::remove_file(paths.state_dir.join(".kept-volumes")).unwrap();
+        std::fs::create_dir_all(paths.state_dir.join(".cache")).unwrap();
+        std::os::unix::fs::chown(paths.state_dir.join(".cache"), Some(4242), None).unwrap();
+        let error = format!("{:#}", share_roots(&paths, "nogroup", nogroup).unwrap_err());
+        assert!(error.contains("made by uid 4242"), "{error}");
+        std::fs::remove_dir(paths.state_dir.join(".cache")).unwrap();
+        assert!(!share_roots(&paths, "nogroup", nogroup).unwrap().is_empty());
+        assert!(
+            share_roots(&paths, "nogroup", nogroup).unwrap().is_empty(),
+            "a second run changed something"
+        );
+        assert!(has_owner_mode(&paths.create_lock(), 0, nogroup, 0o660, false));
+    }
+}

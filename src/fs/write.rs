@@ -186,7 +186,9 @@ fn open_dir(dir: &OwnedFd, name: &OsStr) -> io::Result<OwnedFd> {
             }
             let by_descriptor = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&held));
             std::fs::set_permissions(by_descriptor, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-            openat(dir.as_fd(), name, flags, Mode::empty()).map_err(errno)
+            // Through the descriptor held, not the name: the same directory, whatever
+            // was renamed meanwhile.
+            openat(held.as_fd(), ".", flags & !OFlag::O_NOFOLLOW, Mode::empty()).map_err(errno)
         }
         opened => opened.map_err(errno),
     }

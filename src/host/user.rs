@@ -59,12 +59,46 @@ pub fn with_rights_of_invoking_user<T: Send>(action: impl FnOnce() -> T + Send) 
     with_rights_of(&user, action)
 }
 
-/// Runs `action` on a thread with `user`'s file-system rights (the caller must be root).
-pub fn with_rights_of<T: Send>(user: &InvokingUser, action: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    let groups: Vec<nix::libc::gid_t> = std::ffi::CString::new(user.name.clone())
+/// `user`'s groups (their primary group included).
+fn groups_of(user: &InvokingUser) -> Vec<nix::libc::gid_t> {
+    std::ffi::CString::new(user.name.clone())
         .ok()
         .and_then(|name| nix::unistd::getgrouplist(&name, user.gid.into()).ok())
-        .map_or_else(|| vec![user.gid], |groups| groups.iter().map(|gid| gid.as_raw()).collect());
+        .map_or_else(|| vec![user.gid], |groups| groups.iter().map(|gid| gid.as_raw()).collect())
+}
+
+/// The user with uid `uid`.
+pub fn user_of(uid: u32) -> InvokingUser {
+    match nix::unistd::User::from_uid(uid.into()).ok().flatten() {
+        Some(user) => InvokingUser { name: user.name, uid, gid: user.gid.as_raw() },
+        None => InvokingUser { name: uid.to_string(), uid, gid: uid },
+    }
+}
+
+/// Makes this whole process user `uid` for good (ids, groups, plus `also_in`; called
+/// while it is still single-threaded): root acting on a user's VM does so with that
+/// user's rights alone, so nothing the user planted in the VM's files or runtime dir is
+/// met with root's.
+pub fn become_user(uid: u32, also_in: Option<u32>) -> anyhow::Result<()> {
+    use nix::unistd::{Gid, Uid};
+    let user = user_of(uid);
+    let mut groups: Vec<Gid> = groups_of(&user).into_iter().map(Gid::from_raw).collect();
+    groups.extend(also_in.map(Gid::from_raw));
+    nix::unistd::setgroups(&groups).context("cannot take the VM owner's groups")?;
+    let gid = Gid::from_raw(user.gid);
+    nix::unistd::setresgid(gid, gid, gid).context("cannot take the VM owner's group")?;
+    let uid = Uid::from_raw(uid);
+    nix::unistd::setresuid(uid, uid, uid).context("cannot become the VM's owner")?;
+    // The invoking user is now the owner: sudo's variables name someone else.
+    for variable in ["SUDO_UID", "SUDO_GID", "SUDO_USER"] {
+        std::env::remove_var(variable);
+    }
+    Ok(())
+}
+
+/// Runs `action` on a thread with `user`'s file-system rights (the caller must be root).
+pub fn with_rights_of<T: Send>(user: &InvokingUser, action: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+    let groups = groups_of(user);
     std::thread::scope(|scope| {
         scope
             .spawn(move || {

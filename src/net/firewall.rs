@@ -377,6 +377,7 @@ pub(crate) mod tests {
             offline: false,
             host_access: false,
             ports: ports.iter().map(|p| p.parse().unwrap()).collect(),
+            owner: None,
         }
     }
 

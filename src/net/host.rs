@@ -112,6 +112,7 @@ impl HostNet {
 
     /// Converges VM `vm`'s firewall rules to its config (after a port change).
     pub fn update_rules(&mut self, vm: &VmConfig) -> anyhow::Result<bool> {
+        self.check_tap_owner(&vm.network.tap)?;
         // Two DNATs of one port would let the first VM take the other's connections.
         let state = FirewallState::read(self.firewall.as_mut())?;
         for forward in &vm.ports {
@@ -127,7 +128,8 @@ impl HostNet {
                 .into());
             }
         }
-        firewall::converge_vm(self.firewall.as_mut(), &self.host, &VmFirewall::of(vm))
+        let rules = VmFirewall { owner: self.tap_owner, ..VmFirewall::of(vm) };
+        firewall::converge_vm(self.firewall.as_mut(), &self.host, &rules)
             .with_context(|| format!("cannot set up firewall rules for VM '{}'", vm.name))
     }
 

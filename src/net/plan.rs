@@ -151,6 +151,10 @@ pub struct VmFirewall {
     pub offline: bool,
     pub host_access: bool,
     pub ports: Vec<PortForward>,
+    /// The user whose VM this is, when not root's: only their processes reach its
+    /// forwards through the host's own addresses (`localhost`), so no one else's
+    /// connection to a port can be taken by another user's VM.
+    pub owner: Option<u32>,
 }
 
 impl VmFirewall {
@@ -162,6 +166,7 @@ impl VmFirewall {
             offline: config.offline,
             host_access: config.host_access,
             ports: config.ports.clone(),
+            owner: None,
         }
     }
 }
@@ -179,13 +184,19 @@ pub fn vm_rules(vm: &VmFirewall, host: &HostNetwork) -> Vec<Rule> {
         format!("-i {bridge} -m conntrack --ctstate NEW {tag} -j DROP")
     } else {
         match &host.uplink {
-            Some(uplink) => format!("-i {bridge} -o {uplink} {tag} -j ACCEPT"),
-            None => format!("-i {bridge} ! -o mvmbr+ {tag} -j ACCEPT"),
+            // From the guest's own address only: guest root forging another source
+            // meets the shared drop.
+            Some(uplink) => format!("-s {guest}/32 -i {bridge} -o {uplink} {tag} -j ACCEPT"),
+            None => format!("-s {guest}/32 -i {bridge} ! -o mvmbr+ {tag} -j ACCEPT"),
         }
     };
     rules.push(Rule::new(Table::Filter, "MVM-FORWARD", egress));
     if vm.host_access {
-        rules.push(Rule::new(Table::Filter, "MVM-INPUT", format!("-i {bridge} {tag} -j ACCEPT")));
+        rules.push(Rule::new(
+            Table::Filter,
+            "MVM-INPUT",
+            format!("-s {guest}/32 -i {bridge} {tag} -j ACCEPT"),
+        ));
     }
     for port in &vm.ports {
         let proto = port.protocol;
@@ -198,12 +209,15 @@ pub fn vm_rules(vm: &VmFirewall, host: &HostNetwork) -> Vec<Rule> {
                  -m conntrack --ctstate DNAT {tag} -j ACCEPT"
             ),
         ));
-        let dnat = format!(
-            "-p {proto} -m addrtype --dst-type LOCAL -m {proto} --dport {host_port} {tag} \
-             -j DNAT --to-destination {guest}:{guest_port}"
-        );
-        rules.push(Rule::new(Table::Nat, "MVM-PREROUTING", format!("! -i mvmbr+ {dnat}")));
-        rules.push(Rule::new(Table::Nat, "MVM-OUTPUT", dnat));
+        let dnat = |owner: &str| {
+            format!(
+                "-p {proto} -m addrtype --dst-type LOCAL -m {proto} --dport {host_port}{owner} {tag} \
+                 -j DNAT --to-destination {guest}:{guest_port}"
+            )
+        };
+        rules.push(Rule::new(Table::Nat, "MVM-PREROUTING", format!("! -i mvmbr+ {}", dnat(""))));
+        let owner = vm.owner.map_or(String::new(), |uid| format!(" -m owner --uid-owner {uid}"));
+        rules.push(Rule::new(Table::Nat, "MVM-OUTPUT", dnat(&owner)));
     }
     rules
 }
@@ -225,6 +239,7 @@ mod tests {
             offline: false,
             host_access: false,
             ports: vec!["8080:3000".parse().unwrap(), "5353:53/udp".parse().unwrap()],
+            owner: None,
         }
     }
 
@@ -235,7 +250,7 @@ mod tests {
         assert_eq!(
             lines,
             [
-                format!("-A MVM-FORWARD -i mvmbr3 ! -o mvmbr+ {tag} -j ACCEPT"),
+                format!("-A MVM-FORWARD -s 10.200.3.2/32 -i mvmbr3 ! -o mvmbr+ {tag} -j ACCEPT"),
                 format!("-A MVM-FORWARD -d 10.200.3.2/32 ! -i mvmbr+ -o mvmbr3 -p tcp -m tcp --dport 3000 -m conntrack --ctstate DNAT {tag} -j ACCEPT"),
                 format!("-A MVM-PREROUTING ! -i mvmbr+ -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 {tag} -j DNAT --to-destination 10.200.3.2:3000"),
                 format!("-A MVM-OUTPUT -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 {tag} -j DNAT --to-destination 10.200.3.2:3000"),
@@ -257,7 +272,7 @@ mod tests {
             lines,
             [
                 "-A MVM-FORWARD -i mvmbr1 -m conntrack --ctstate NEW -m comment --comment \"mvm:web\" -j DROP",
-                "-A MVM-INPUT -i mvmbr1 -m comment --comment \"mvm:web\" -j ACCEPT",
+                "-A MVM-INPUT -s 10.200.1.2/32 -i mvmbr1 -m comment --comment \"mvm:web\" -j ACCEPT",
             ]
         );
     }
@@ -267,7 +282,7 @@ mod tests {
         let host = HostNetwork { uplink: Some("eth0".into()), ..host() };
         assert_eq!(
             vm_rules(&vm(0), &host)[0].save_line(),
-            "-A MVM-FORWARD -i mvmbr0 -o eth0 -m comment --comment \"mvm:web\" -j ACCEPT"
+            "-A MVM-FORWARD -s 10.200.0.2/32 -i mvmbr0 -o eth0 -m comment --comment \"mvm:web\" -j ACCEPT"
         );
         assert!(shared_rules(&host).iter().any(|rule| rule.spec
             == "-s 10.200.0.0/16 ! -d 10.200.0.0/16 -o eth0 -m comment --comment mvm -j MASQUERADE"));

@@ -36,6 +36,13 @@ pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()
         let net = HostNet::open(paths, &host)?;
         Ok(if caller == 0 { net } else { net.for_user(caller) })
     };
+    // A DNAT rule shadows a host listener: no user's VM takes a port a host process
+    // serves (`mvm` checks this too; the helper is the check a caller cannot skip).
+    if caller != 0 && !matches!(request, Request::NetworkDown(_)) {
+        for forward in &vm.ports {
+            crate::vm::ports::check_host_port(forward, false)?;
+        }
+    }
     match request {
         Request::NetworkUp(_) => open()?.up(&vm),
         Request::NetworkRules(_) => open()?.update_rules(&vm).map(drop),

@@ -30,7 +30,11 @@ pub fn all(state_dir: &Path) -> Vec<(u32, String, u32)> {
         .into_iter()
         .filter(|entry| entry.meta.is_file())
         .filter_map(|entry| {
-            let index = entry.name.to_str()?.parse().ok()?;
+            // Only the canonical spelling: `+4` or `04` would be a second claim on 4.
+            let index: u32 = entry.name.to_str()?.parse().ok()?;
+            if entry.name.to_str()? != index.to_string() {
+                return None;
+            }
             let name = tree.read(Path::new(&entry.name), 256).ok()?;
             Some((index, String::from_utf8_lossy(&name).trim().to_string(), entry.meta.uid()))
         })
@@ -106,5 +110,20 @@ mod tests {
         assert_eq!(holder(dir.path(), 5), None);
         assert!(!claim(dir.path(), 5, &"web".parse().unwrap()).unwrap());
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "web\n");
+    }
+
+    /// `+4` and `04` parse as 4: a user who planted one would hold a second claim on
+    /// another user's index.
+    #[test]
+    fn only_canonical_names_are_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(claim(dir.path(), 4, &"web".parse().unwrap()).unwrap());
+        for planted in ["+4", "04", " 4"] {
+            std::fs::write(dir.path().join(CLAIMS_DIR).join(planted), "thief\n").unwrap();
+        }
+        assert_eq!(all(dir.path()).len(), 1);
+        assert_eq!(holder(dir.path(), 4).unwrap().0, "web");
+        release(dir.path(), &"thief".parse().unwrap());
+        assert_eq!(holder(dir.path(), 4).unwrap().0, "web");
     }
 }

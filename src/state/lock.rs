@@ -34,16 +34,39 @@ impl FileLock {
     }
 }
 
+/// Opens (or makes) the lock file `path`: never through a symlink, never a FIFO or device
+/// (the roots are shared with a group, whose members can make entries there), and, for
+/// root, never a file another user made.
 fn open_lock_file(path: &Path) -> anyhow::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .with_context(|| format!("cannot open lock file {}", path.display()))
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    check_lock_file(&file, path)?;
+    Ok(file)
+}
+
+fn check_lock_file(file: &File, path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        anyhow::bail!("{} is not a regular file", path.display());
+    }
+    if nix::unistd::geteuid().is_root() && meta.uid() != 0 {
+        return Err(crate::error::UserError::conflict(format!(
+            "{} belongs to uid {}, not root",
+            path.display(),
+            meta.uid()
+        ))
+        .hint("a user made it where root keeps a lock; remove it")
+        .into());
+    }
+    Ok(())
 }
 
 fn whole_file_lock(lock_type: libc::c_short) -> libc::flock {
@@ -76,8 +99,13 @@ impl RunLock {
 
     /// Whether some process holds the lock at `path` (a missing file means no).
     pub fn is_held(path: &Path) -> anyhow::Result<bool> {
-        let file = match File::open(path) {
-            Ok(file) => file,
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path);
+        let file = match opened {
+            Ok(file) if file.metadata().is_ok_and(|meta| meta.is_file()) => file,
+            Ok(_) => anyhow::bail!("{} is not a regular file", path.display()),
             Err(error) if error.kind() == ErrorKind::NotFound => return Ok(false),
             Err(error) => return Err(error).with_context(|| format!("cannot open {}", path.display())),
         };

@@ -112,6 +112,13 @@ pub fn ensure_root(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Whether `path` is a directory (not a symlink to one) of this process's user.
+pub fn is_own_dir(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|meta| meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw())
+}
+
 /// Makes directory `path` this user's own (mode `mode`) if missing; if it exists, it must
 /// be a directory (not a symlink) that belongs to this user, since one user can make a
 /// directory in a shared root under a name another user's VM will use.

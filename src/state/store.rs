@@ -113,6 +113,10 @@ pub enum RunState {
 
 /// The run state of VM `name`.
 pub fn run_state(paths: &Paths, name: &VmName) -> anyhow::Result<RunState> {
+    // A supervisor makes its runtime dir a directory: a symlink there runs nothing.
+    if std::fs::symlink_metadata(paths.vm_run_dir(name)).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        return Ok(RunState::Stopped);
+    }
     Ok(if RunLock::is_held(&paths.run_lock(name))? { RunState::Running } else { RunState::Stopped })
 }
 

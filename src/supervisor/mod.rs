@@ -431,8 +431,13 @@ fn teardown(
 /// deletes files and empty mount points one by one, never recursing into a directory
 /// that might be a mount (a project bound there). Nothing there is no error.
 pub fn remove_run_dir(run_dir: &Path) -> std::io::Result<()> {
-    if std::fs::symlink_metadata(run_dir).is_err() {
-        return Ok(());
+    match std::fs::symlink_metadata(run_dir) {
+        Err(_) => return Ok(()),
+        // Planted where the runtime dir belongs: the link goes, never what it points at.
+        Ok(meta) if meta.file_type().is_symlink() => return std::fs::remove_file(run_dir),
+        // Someone else's: not ours to empty.
+        Ok(_) if !crate::state::paths::is_own_dir(run_dir) => return Ok(()),
+        Ok(_) => {}
     }
     clean_run_dir(run_dir);
     for kept in KEPT_RUNTIME_FILES {
@@ -446,6 +451,9 @@ pub fn remove_run_dir(run_dir: &Path) -> std::io::Result<()> {
 
 /// Removes everything from a runtime dir but the lock and status (stale sockets included).
 pub fn clean_run_dir(run_dir: &Path) {
+    if !crate::state::paths::is_own_dir(run_dir) {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(run_dir) else { return };
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();

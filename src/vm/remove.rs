@@ -44,10 +44,12 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
     })?;
     if keep_volumes {
         std::fs::create_dir_all(kept.parent().expect("kept volumes have a parent"))?;
-        std::fs::rename(paths.vm_dir(name).join("volumes"), &kept)
+        // Its owner's alone before it moves where the group can look (the VM's
+        // directory, which held it, was).
+        let volumes = paths.vm_dir(name).join("volumes");
+        std::fs::set_permissions(&volumes, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        std::fs::rename(&volumes, &kept)
             .with_context(|| format!("cannot keep the volumes in {}", kept.display()))?;
-        // Its owner's alone, as the VM's directory was (the parent is shared).
-        std::fs::set_permissions(&kept, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     }
     let trash = paths.state_dir.join(format!("{TRASH_PREFIX}{name}-{}", std::process::id()));
     std::fs::rename(paths.vm_dir(name), &trash)

@@ -187,7 +187,10 @@ fn remove_stale_staging_dirs(paths: &Paths) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read {}", paths.state_dir.display()))?
     {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
+        // Another user's are theirs to remove (the state root is shared with a group).
+        if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX)
+            && crate::state::paths::is_own_dir(&entry.path())
+        {
             std::fs::remove_dir_all(entry.path())
                 .with_context(|| format!("cannot remove stale {}", entry.path().display()))?;
         }

@@ -236,6 +236,9 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     lab.mvm(&alice, &["port", "uweb", "18081:8001"]).ok();
     lab.mvm(&alice, &["port", "uweb", "80:80"]).fails(2, &["below 1024"]);
 
+    // Her logs and state, as herself.
+    assert!(lab.mvm(&alice, &["logs", "uweb"]).ok().contains("mvm"), "the console log is empty");
+    assert!(lab.mvm(&alice, &["inspect", "uweb"]).ok().contains("running"));
     // diff and apply.
     assert!(lab.mvm(&alice, &["diff", "uweb"]).ok().contains("from-guest"));
     lab.mvm(&alice, &["apply", "uweb"]).ok();
@@ -275,6 +278,7 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
         vec!["create", "uproj", "--project", bobs.to_str().unwrap()],
         vec!["create", "uproj", "--template", secret.to_str().unwrap()],
         vec!["create", "uproj", "--kernel", secret.to_str().unwrap()],
+        vec!["create", "uproj", "--project", "/etc", "--mount", "rw"],
     ] {
         let refused = lab.mvm(&alice, &args);
         assert_ne!(refused.code, 0, "{args:?} was accepted");

@@ -472,29 +472,48 @@ fn doctor_finds_and_fixes_orphans() {
 #[test]
 fn a_users_vm_network_is_theirs_alone() {
     root_test!(a_users_vm_network_is_theirs_alone);
-    let lab = Lab::new();
+    let mut lab = Lab::new();
     let web = lab.create("web", |args| args.ports = vec!["8080:80".into()]);
     let (alice, bob) = (4242, 4343);
-    let as_user = |uid: u32, vm: &VmConfig, up: bool| {
+    fn as_user(lab: &Lab, uid: u32, vm: &VmConfig, up: bool) -> Result<(), String> {
         let (paths, vm) = (lab.paths(), vm.clone());
         lab.host.run(move || {
             let mut net = HostNet::open(&paths, &HostConfig::default()).unwrap().for_user(uid);
             if up { net.up(&vm) } else { net.down(&vm) }.map_err(|error| format!("{error:#}"))
         })
-    };
-    as_user(alice, &web, true).unwrap();
+    }
+    as_user(&lab, alice, &web, true).unwrap();
     let owner = lab.host.ip(&["-d", "link", "show", "mvmtap0"]);
     assert!(owner.contains(&format!("user {alice}")), "the tap is not alice's:\n{owner}");
     let once = lab.iptables_save();
     assert!(once.contains(&format!("--dport 8080 -m owner --uid-owner {alice} ")), "{once}");
     assert!(once.contains("-s 10.200.0.2/32 -i mvmbr0 ! -o mvmbr+"), "{once}");
-    as_user(alice, &web, true).unwrap();
+    as_user(&lab, alice, &web, true).unwrap();
     assert_eq!(lab.iptables_save(), once, "a second bring-up changed the rules");
+    // Only alice's programs reach her guest from the host: by its address, and through
+    // her forward on localhost.
+    let guest = lab.guest(&web);
+    let _server = TcpServer::start(&lab.guests[guest], "0.0.0.0:80");
+    let connects = |uid: u32, target: &str| {
+        let script = format!(
+            "import socket\ns = socket.create_connection(('{}', {}), timeout=2)\nprint(s.recv(100).decode())",
+            target.split(':').next().unwrap(),
+            target.split(':').nth(1).unwrap()
+        );
+        let uid = uid.to_string();
+        let args = ["--reuid", &uid, "--regid", &uid, "--clear-groups", "/usr/bin/python3", "-c", &script];
+        lab.host.exec("setpriv", &args).status.success()
+    };
+    let guest_address = format!("{}:80", web.network.address);
+    assert!(connects(alice, &guest_address), "alice cannot reach her guest");
+    assert!(connects(alice, "127.0.0.1:8080"), "alice's forward does not answer her");
+    assert!(!connects(bob, &guest_address), "bob reached alice's guest");
+    assert!(!connects(bob, "127.0.0.1:8080"), "bob's connection went to alice's guest");
     // Bob's record naming the same links: refused, and alice's stay.
-    let error = as_user(bob, &web, true).unwrap_err();
+    let error = as_user(&lab, bob, &web, true).unwrap_err();
     assert!(error.contains("is not yours"), "{error}");
-    assert!(as_user(bob, &web, false).is_err());
+    assert!(as_user(&lab, bob, &web, false).is_err());
     assert_eq!(lab.mvm_links(), ["mvmbr0", "mvmtap0"]);
-    as_user(alice, &web, false).unwrap();
+    as_user(&lab, alice, &web, false).unwrap();
     assert!(lab.mvm_links().is_empty());
 }

@@ -53,7 +53,7 @@ impl HostNet {
         }
         std::fs::create_dir_all(&paths.run_dir)
             .with_context(|| format!("cannot create {}", paths.run_dir.display()))?;
-        let lock = FileLock::exclusive(&network_lock(paths))?;
+        let lock = FileLock::exclusive_private(&network_lock(paths))?;
         Ok(HostNet {
             netlink: Netlink::open()?,
             firewall,

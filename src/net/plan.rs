@@ -8,6 +8,8 @@
 //!   VMs; then drop everything else from or to a VM. A VM's own rules (egress, forwarded
 //!   ports) are inserted at the top and written so that their order never matters.
 //! - filter `MVM-INPUT`: VM → host only replies, unless the VM has `--host-access`.
+//! - filter `MVM-OUTPUT`: a user's VM takes new connections from the host only from its
+//!   owner's programs (other users of the host do not reach its services).
 //! - nat `MVM-POSTROUTING`: masquerade the pool to anything outside it, and host
 //!   `localhost` sources that a port forward sends into a bridge.
 //! - nat `MVM-PREROUTING` / `MVM-OUTPUT`: DNAT of forwarded host ports, for traffic
@@ -49,9 +51,10 @@ impl fmt::Display for Table {
 }
 
 /// mvm's chains: (table, chain, the built-in chain that jumps to it).
-pub const CHAINS: [(Table, &str, &str); 5] = [
+pub const CHAINS: [(Table, &str, &str); 6] = [
     (Table::Filter, "MVM-FORWARD", "FORWARD"),
     (Table::Filter, "MVM-INPUT", "INPUT"),
+    (Table::Filter, "MVM-OUTPUT", "OUTPUT"),
     (Table::Nat, "MVM-PREROUTING", "PREROUTING"),
     (Table::Nat, "MVM-OUTPUT", "OUTPUT"),
     (Table::Nat, "MVM-POSTROUTING", "POSTROUTING"),
@@ -191,6 +194,13 @@ pub fn vm_rules(vm: &VmFirewall, host: &HostNetwork) -> Vec<Rule> {
         }
     };
     rules.push(Rule::new(Table::Filter, "MVM-FORWARD", egress));
+    if let Some(uid) = vm.owner {
+        rules.push(Rule::new(
+            Table::Filter,
+            "MVM-OUTPUT",
+            format!("-o {bridge} -m owner ! --uid-owner {uid} -m conntrack --ctstate NEW {tag} -j DROP"),
+        ));
+    }
     if vm.host_access {
         rules.push(Rule::new(
             Table::Filter,

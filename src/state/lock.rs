@@ -9,7 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::Context;
@@ -26,7 +26,20 @@ pub struct FileLock {
 impl FileLock {
     /// Blocks until the exclusive lock on `path` (created if missing) is ours.
     pub fn exclusive(path: &Path) -> anyhow::Result<FileLock> {
-        let file = open_lock_file(path)?;
+        Self::lock(open_lock_file(path, 0o644)?, path)
+    }
+
+    /// Like [`FileLock::exclusive`] on a lock file no one else may open (a shared root's
+    /// readers could otherwise hold it forever).
+    pub fn exclusive_private(path: &Path) -> anyhow::Result<FileLock> {
+        let file = open_lock_file(path, 0o600)?;
+        if file.metadata()?.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        Self::lock(file, path)
+    }
+
+    fn lock(file: File, path: &Path) -> anyhow::Result<FileLock> {
         let lock = Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, errno)| errno)
             .with_context(|| format!("cannot lock {}", path.display()))?;
@@ -37,13 +50,13 @@ impl FileLock {
 /// Opens (or makes) the lock file `path`: never through a symlink, never a FIFO or device
 /// (the roots are shared with a group, whose members can make entries there), and, for
 /// root, never a file another user made.
-fn open_lock_file(path: &Path) -> anyhow::Result<File> {
+fn open_lock_file(path: &Path, mode: u32) -> anyhow::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o644)
+        .mode(mode)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .with_context(|| format!("cannot open lock file {}", path.display()))?;
@@ -88,7 +101,7 @@ pub struct RunLock {
 impl RunLock {
     /// Takes the lock without waiting; `None` if another process holds it.
     pub fn try_acquire(path: &Path) -> anyhow::Result<Option<RunLock>> {
-        let file = open_lock_file(path)?;
+        let file = open_lock_file(path, 0o644)?;
         let lock = whole_file_lock(libc::F_WRLCK as libc::c_short);
         match fcntl(&file, FcntlArg::F_OFD_SETLK(&lock)) {
             Ok(_) => Ok(Some(RunLock { file })),
@@ -136,6 +149,29 @@ mod tests {
         drop(held);
         assert!(!RunLock::is_held(&path).unwrap());
         assert!(RunLock::try_acquire(&path).unwrap().is_some());
+    }
+
+    /// The roots are shared with a group: a lock planted as a symlink or a FIFO is never
+    /// followed, opened for writing through, or waited on.
+    #[test]
+    fn planted_locks_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        let link = dir.path().join("link.lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(FileLock::exclusive(&link).is_err());
+        assert!(RunLock::is_held(&link).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        let fifo = dir.path().join("fifo.lock");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(FileLock::exclusive(&fifo).is_err());
+        assert!(RunLock::is_held(&fifo).is_err());
+        assert!(RunLock::try_acquire(&fifo).is_err());
+        let private = dir.path().join("private.lock");
+        std::fs::write(&private, "").unwrap();
+        drop(FileLock::exclusive_private(&private).unwrap());
+        assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

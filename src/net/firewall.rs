@@ -457,8 +457,8 @@ pub(crate) mod tests {
             assert_eq!(isolation, 1);
             counts.push(fw.rule_count());
         }
-        // 5 jumps + 9 shared rules, then one egress rule per VM.
-        assert_eq!(counts, [15, 24, 114]);
+        // 6 jumps + 9 shared rules, then one egress rule per VM.
+        assert_eq!(counts, [16, 25, 115]);
     }
 
     #[test]

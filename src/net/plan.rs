@@ -298,13 +298,36 @@ mod tests {
             == "-s 10.200.0.0/16 ! -d 10.200.0.0/16 -o eth0 -m comment --comment mvm -j MASQUERADE"));
     }
 
+    /// A user's VM: only its owner's programs open connections to it from the host, and
+    /// its localhost forwards match only theirs; from outside, the forwards are as root's.
+    #[test]
+    fn a_users_vm_is_reached_from_the_host_by_its_owner_only() {
+        let owned = VmFirewall { owner: Some(4242), ..vm(1) };
+        let rules = vm_rules(&owned, &host());
+        let output: Vec<_> = rules.iter().filter(|rule| rule.chain == "MVM-OUTPUT").collect();
+        assert!(output.iter().any(|rule| rule.table == Table::Filter
+            && rule.spec.starts_with("-o mvmbr1 -m owner ! --uid-owner 4242 -m conntrack --ctstate NEW")));
+        assert!(output
+            .iter()
+            .filter(|rule| rule.table == Table::Nat)
+            .all(|rule| rule.spec.contains("-m owner --uid-owner 4242 ")));
+        assert!(rules
+            .iter()
+            .filter(|rule| rule.chain == "MVM-PREROUTING")
+            .all(|rule| !rule.spec.contains("owner")));
+        assert!(
+            vm_rules(&vm(1), &host()).iter().all(|rule| !rule.spec.contains("owner")),
+            "root's VM changed"
+        );
+    }
+
     #[test]
     fn shared_rules_do_not_grow_with_vms_and_isolation_is_one_rule() {
         let shared = shared_rules(&host());
         let isolation: Vec<_> =
             shared.iter().filter(|rule| rule.spec.contains("-i mvmbr+ -o mvmbr+")).collect();
         assert_eq!(isolation.len(), 1);
-        assert_eq!(jump_rules().len(), 5);
+        assert_eq!(jump_rules().len(), 6);
         assert!(jump_rules().iter().all(|rule| rule.spec.starts_with("-m comment --comment mvm -j MVM-")));
     }
 }

@@ -205,6 +205,48 @@ fn run(bench: &Bench) {
         })
         .collect();
     line("mvm up web, already running (a cd into the project)", &ups, "ms");
+    // Instant re-entry: `up` on a paused VM returns once it runs again and its agent
+    // answered (the supervisor sets the guest clock through it).
+    let resumes: Vec<f64> = (0..20)
+        .map(|_| {
+            bench.ok(&["pause", "web"]);
+            let start = Instant::now();
+            bench.ok(&["up", "web", "--export"]);
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    line("mvm up web on a paused VM -> running, agent answered", &resumes, "ms");
+    let reentries: Vec<f64> = (0..20)
+        .map(|_| {
+            bench.ok(&["pause", "web"]);
+            let start = Instant::now();
+            bench.ok(&["shell", "web", "--", "true"]);
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    line("mvm shell web -- true on a paused VM (resume + run)", &reentries, "ms");
+    let ticks = |pid: &str| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        fields.get(11).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let status = std::fs::read_to_string(bench.paths.run_dir.join("web/status.json")).unwrap_or_default();
+    let hypervisor =
+        serde_json::from_str::<serde_json::Value>(&status).ok().and_then(|s| s["hypervisor_pid"].as_u64());
+    if let Some(pid) = hypervisor.map(|pid| pid.to_string()) {
+        let hz = 100.0;
+        let sample = |label: &str| {
+            let before = ticks(&pid);
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            println!("{label:<52} {:>8.1} % of a core", (ticks(&pid) - before) / hz / 5.0 * 100.0);
+        };
+        sample("hypervisor CPU, running idle guest (5 s)");
+        bench.ok(&["pause", "web"]);
+        sample("hypervisor CPU, paused guest (5 s)");
+        bench.ok(&["resume", "web"]);
+    }
     match ssh_round_trips(bench) {
         Some(ssh) => {
             line("ssh root@guest true (the host's sshd, in the guest)", &ssh, "ms");

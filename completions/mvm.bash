@@ -49,11 +49,17 @@ _mvm() {
             mvm,ls)
                 cmd="mvm__subcmd__list"
                 ;;
+            mvm,pause)
+                cmd="mvm__subcmd__pause"
+                ;;
             mvm,port)
                 cmd="mvm__subcmd__port"
                 ;;
             mvm,restart)
                 cmd="mvm__subcmd__restart"
+                ;;
+            mvm,resume)
+                cmd="mvm__subcmd__resume"
                 ;;
             mvm,rm)
                 cmd="mvm__subcmd__rm"
@@ -86,7 +92,7 @@ _mvm() {
 
     case "${cmd}" in
         mvm)
-            opts="-h -V --help --version create start stop up direnv restart shell list ls inspect port diff apply discard logs rm templates doctor setup completions supervise"
+            opts="-h -V --help --version create start stop up direnv restart pause resume shell list ls inspect port diff apply discard logs rm templates doctor setup completions supervise"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -307,6 +313,20 @@ _mvm() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        mvm__subcmd__pause)
+            opts="-h -V --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         mvm__subcmd__port)
             opts="-h -V --rm --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -326,6 +346,20 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__restart)
+            opts="-h -V --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__resume)
             opts="-h -V --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -462,7 +496,7 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__up)
-            opts="-t -h -V --project --template --idle --no-lease --export --timeout --help --version"
+            opts="-t -h -V --project --template --idle --stop-after --no-lease --export --timeout --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -481,6 +515,10 @@ _mvm() {
                     return 0
                     ;;
                 --idle)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stop-after)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -32,6 +32,8 @@ complete -c mvm -n "__fish_mvm_needs_command" -f -a "stop" -d 'Shut a VM down an
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "up" -d 'Create and start the VM of a project as needed, leased to the calling shell (for .envrc)'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "direnv" -d 'Print .envrc lines that bring the project\'s VM up when a shell enters it'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "restart" -d 'Stop, then start a VM'
+complete -c mvm -n "__fish_mvm_needs_command" -f -a "pause" -d 'Freeze a running VM\'s CPUs, keeping its processes and connections (resumed by `resume`, `up`, `shell`)'
+complete -c mvm -n "__fish_mvm_needs_command" -f -a "resume" -d 'Run a paused VM again, its clock set to the host\'s'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "shell" -d 'Open a shell in a VM, or run one command there'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "list" -d 'List all VMs'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "ls" -d 'List all VMs'
@@ -77,18 +79,23 @@ complete -c mvm -n "__fish_mvm_using_subcommand stop" -s h -l help -d 'Print hel
 complete -c mvm -n "__fish_mvm_using_subcommand stop" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand up" -l project -d 'The project directory [default: the current directory]' -r -F
 complete -c mvm -n "__fish_mvm_using_subcommand up" -s t -l template -d 'The template to create the VM from, if it does not exist yet' -r
-complete -c mvm -n "__fish_mvm_using_subcommand up" -l idle -d 'Stop the VM once no shell has been in the project for this long (if `up` started it)' -r
+complete -c mvm -n "__fish_mvm_using_subcommand up" -l idle -d 'Pause the VM once no shell has been in the project for this long (if `up` started it); the next `up` or `shell` resumes it in milliseconds' -r
+complete -c mvm -n "__fish_mvm_using_subcommand up" -l stop-after -d 'Stop it once no shell has been in the project for this long' -r
 complete -c mvm -n "__fish_mvm_using_subcommand up" -l timeout -d 'Seconds to wait for the guest agent' -r
 complete -c mvm -n "__fish_mvm_using_subcommand up" -l no-lease -d 'Take no lease for the calling shell'
 complete -c mvm -n "__fish_mvm_using_subcommand up" -l export -d 'Print `export MVM_VM=… MVM_IP=…` lines for a shell to eval (what `.envrc` uses)'
 complete -c mvm -n "__fish_mvm_using_subcommand up" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand up" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand direnv" -s t -l template -d 'The template to create the VM from on first entry' -r
-complete -c mvm -n "__fish_mvm_using_subcommand direnv" -l idle -d 'The idle time before the VM stops [default: $MVM_IDLE, else 5m]' -r
+complete -c mvm -n "__fish_mvm_using_subcommand direnv" -l idle -d 'The idle time before the VM pauses [default: $MVM_IDLE, else 5m; it stops after $MVM_STOP_AFTER, else 1h]' -r
 complete -c mvm -n "__fish_mvm_using_subcommand direnv" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand direnv" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand restart" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand restart" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand pause" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand pause" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand resume" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand resume" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand shell" -l env -d 'An environment variable for the command (repeatable)' -r
 complete -c mvm -n "__fish_mvm_using_subcommand shell" -s w -l workdir -d 'Directory to run in [default: the current directory if inside the project, else the project]' -r
 complete -c mvm -n "__fish_mvm_using_subcommand shell" -l start -d 'Start the VM first if it is stopped'

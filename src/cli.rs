@@ -11,6 +11,7 @@ use crate::commands::{
     inspect::InspectArgs,
     list::ListArgs,
     logs::LogsArgs,
+    pause::PauseArgs,
     port::PortArgs,
     restart::RestartArgs,
     rm::RmArgs,
@@ -62,6 +63,10 @@ pub enum Command {
     Direnv(DirenvArgs),
     /// Stop, then start a VM
     Restart(RestartArgs),
+    /// Freeze a running VM's CPUs, keeping its processes and connections (resumed by `resume`, `up`, `shell`)
+    Pause(PauseArgs),
+    /// Run a paused VM again, its clock set to the host's
+    Resume(PauseArgs),
     /// Open a shell in a VM, or run one command there
     Shell(ShellArgs),
     /// List all VMs

@@ -17,6 +17,8 @@ use crate::state::Paths;
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
     Running,
+    /// Running with its vCPUs stopped (`mvm pause`, or idle): `up` and `shell` resume it.
+    Paused,
     Stopped,
     /// Its last run ended on its own (the reason is in `reason`).
     Crashed,
@@ -28,6 +30,7 @@ impl VmState {
     pub fn as_str(self) -> &'static str {
         match self {
             VmState::Running => "running",
+            VmState::Paused => "paused",
             VmState::Stopped => "stopped",
             VmState::Crashed => "crashed",
             VmState::Broken => "broken",
@@ -78,6 +81,7 @@ impl VmSummary {
         let status = RuntimeStatus::read(&paths.vm_run_dir(&config.name));
         let (state, uptime_seconds, reason) = match (state, status) {
             (VmState::Running, Some(status)) => {
+                let state = if status.phase == Phase::Paused { VmState::Paused } else { state };
                 (state, Some(crate::output::unix_now().saturating_sub(status.started_at)), None)
             }
             (VmState::Stopped, Some(status)) if status.phase == Phase::Crashed => {

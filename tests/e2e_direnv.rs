@@ -36,6 +36,7 @@ impl Shell {
             .env("MVM_RUN_DIR", lab.sandbox.run_dir())
             .env("MVM_CONFIG", lab.sandbox.config_file())
             .env("MVM_IDLE", "2s")
+            .env("MVM_STOP_AFTER", "2s")
             .env_remove("SUDO_UID")
             .env_remove("SUDO_GID")
             .env_remove("SUDO_USER")

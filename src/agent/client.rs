@@ -29,6 +29,8 @@ pub fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
             }
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) => line.push(byte[0]),
+            // A signal to the caller (the supervisor takes several) is no failure.
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
     }
@@ -82,6 +84,17 @@ pub fn wait_ready(
 pub fn power_off(socket: &Path) -> io::Result<()> {
     let mut stream = connect(socket, Duration::from_secs(2))?;
     Frame::PowerOff.write_to(&mut stream)
+}
+
+/// Sets the guest's wall clock to the host's (after a resume), and waits for the answer.
+pub fn set_clock(socket: &Path) -> io::Result<()> {
+    let mut stream = connect(socket, Duration::from_secs(2))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Frame::SetClock(now.as_nanos() as u64).write_to(&mut stream)?;
+    match Frame::read_from(&mut stream)? {
+        Some(Frame::Pong(_)) => Ok(()),
+        other => Err(io::Error::other(format!("the agent answered {other:?} to a clock change"))),
+    }
 }
 
 #[cfg(test)]

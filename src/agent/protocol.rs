@@ -65,6 +65,9 @@ pub enum Frame {
     Ping,
     /// Host → guest: power the VM off cleanly.
     PowerOff,
+    /// Host → guest: set the wall clock to this many nanoseconds since the epoch (after a
+    /// pause, the guest's clock stood still); answered with `Pong`.
+    SetClock(u64),
     /// Guest → host: command output.
     Stdout(Vec<u8>),
     /// Guest → host: command error output.
@@ -84,6 +87,7 @@ const RESIZE: u8 = 4;
 const SIGNAL: u8 = 5;
 const PING: u8 = 6;
 const POWER_OFF: u8 = 7;
+const SET_CLOCK: u8 = 8;
 const STDOUT: u8 = 16;
 const STDERR: u8 = 17;
 const EXIT: u8 = 18;
@@ -104,6 +108,7 @@ impl Frame {
             Frame::Signal(signal) => (SIGNAL, signal.to_be_bytes().to_vec()),
             Frame::Ping => (PING, Vec::new()),
             Frame::PowerOff => (POWER_OFF, Vec::new()),
+            Frame::SetClock(nanos) => (SET_CLOCK, nanos.to_be_bytes().to_vec()),
             Frame::Stdout(data) => (STDOUT, data.clone()),
             Frame::Stderr(data) => (STDERR, data.clone()),
             Frame::Exit(status) => (EXIT, to_json(status)),
@@ -133,6 +138,7 @@ impl Frame {
             SIGNAL => Frame::Signal(i32::from_be_bytes(fixed(4)?.try_into().expect("4 bytes"))),
             PING => Frame::Ping,
             POWER_OFF => Frame::PowerOff,
+            SET_CLOCK => Frame::SetClock(u64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes"))),
             STDOUT => Frame::Stdout(payload),
             STDERR => Frame::Stderr(payload),
             EXIT => Frame::Exit(serde_json::from_slice(&payload).map_err(json_error)?),
@@ -209,6 +215,7 @@ mod tests {
             Frame::Signal(2),
             Frame::Ping,
             Frame::PowerOff,
+            Frame::SetClock(1_796_067_245_123_456_789),
             Frame::Stdout(vec![0, 255, 10]),
             Frame::Stderr(b"oops".to_vec()),
             Frame::Exit(ExitStatus::Code(7)),

@@ -6,7 +6,8 @@ use clap::Args;
 /// The `.envrc` text, as shipped in `templates/envrc`.
 pub const ENVRC: &str = include_str!("../../templates/envrc");
 /// The line of [`ENVRC`] that says how `mvm up` is called.
-const UP_LINE: &str = r#"mvm_up=(mvm up --export --idle "${MVM_IDLE:-5m}")"#;
+const UP_LINE: &str =
+    r#"mvm_up=(mvm up --export --idle "${MVM_IDLE:-5m}" --stop-after "${MVM_STOP_AFTER:-1h}")"#;
 
 /// Arguments of `mvm direnv`.
 #[derive(Debug, Clone, Default, Args)]
@@ -16,7 +17,7 @@ pub struct DirenvArgs {
     /// The template to create the VM from on first entry
     #[arg(long, short = 't', value_name = "TEMPLATE")]
     pub template: Option<String>,
-    /// The idle time before the VM stops [default: $MVM_IDLE, else 5m]
+    /// The idle time before the VM pauses [default: $MVM_IDLE, else 5m; it stops after $MVM_STOP_AFTER, else 1h]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub idle: Option<std::time::Duration>,
 }
@@ -40,10 +41,12 @@ pub fn envrc(args: &DirenvArgs) -> String {
     if let Some(template) = &args.template {
         call.push_str(&format!(" --template {}", shell_quote(template)));
     }
-    match args.idle {
-        Some(idle) => call.push_str(&format!(" --idle {})", humantime::format_duration(idle))),
-        None => call.push_str(r#" --idle "${MVM_IDLE:-5m}")"#),
-    }
+    let idle = match args.idle {
+        // One shell word: humantime writes `1m 30s`.
+        Some(idle) => shell_quote(&humantime::format_duration(idle).to_string()),
+        None => r#""${MVM_IDLE:-5m}""#.to_string(),
+    };
+    call.push_str(&format!(r#" --idle {idle} --stop-after "${{MVM_STOP_AFTER:-1h}}")"#));
     ENVRC.replace(UP_LINE, &call)
 }
 
@@ -75,7 +78,9 @@ mod tests {
         };
         let text = envrc(&args);
         assert!(
-            text.contains("mvm_up=(mvm up --export web --template 'my templates/x.toml' --idle 1m 30s)"),
+            text.contains(
+                "mvm_up=(mvm up --export web --template 'my templates/x.toml' --idle '1m 30s' --stop-after \"${MVM_STOP_AFTER:-1h}\")"
+            ),
             "{text}"
         );
     }

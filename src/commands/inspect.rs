@@ -80,7 +80,7 @@ pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
     let config = store::load(paths, &name)?;
     let summary = summary_of(paths, &name)?;
-    let running = summary.state == crate::view::VmState::Running;
+    let running = matches!(summary.state, crate::view::VmState::Running | crate::view::VmState::Paused);
     let processes = processes_of(paths, &config, running);
     let run_dir = paths.vm_run_dir(&name);
     let auto_stop = lease::auto_stop(&run_dir).filter(|_| running).map(|idle| AutoStop {

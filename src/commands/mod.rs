@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod inspect;
 pub mod list;
 pub mod logs;
+pub mod pause;
 pub mod port;
 pub mod restart;
 pub mod rm;

@@ -54,6 +54,8 @@ pub fn run(args: ShellArgs, paths: &Paths) -> anyhow::Result<i32> {
         crate::vm::start::start(paths, &name, true, Duration::from_secs(120))
             .with_context(|| format!("cannot start VM '{name}'"))?;
     }
+    // Instant re-entry: a paused VM runs again before the shell connects.
+    crate::vm::pause::resume_if_paused(paths, &name).with_context(|| format!("cannot resume VM '{name}'"))?;
     let environment = project_env::resolve(&paths.vm_dir(&name), &config, &project_env::HostTools);
     if let Some(warning) = environment.warning().filter(|_| std::io::stderr().is_terminal()) {
         eprintln!("warning: {warning}");

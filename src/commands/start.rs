@@ -31,6 +31,7 @@ pub fn run(args: StartArgs, paths: &Paths) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot start VM '{name}'"))?
     {
         Started::AlreadyRunning => eprintln!("VM '{name}' is already running"),
+        Started::Resumed => println!("VM '{name}' was paused and runs again"),
         Started::Spawned => println!("VM '{name}' is starting"),
         Started::Ready => {
             let config = store::load(paths, &name)?;

@@ -23,9 +23,13 @@ pub struct UpArgs {
     /// The template to create the VM from, if it does not exist yet
     #[arg(long, short = 't', value_name = "TEMPLATE")]
     pub template: Option<String>,
-    /// Stop the VM once no shell has been in the project for this long (if `up` started it)
+    /// Pause the VM once no shell has been in the project for this long (if `up` started it);
+    /// the next `up` or `shell` resumes it in milliseconds
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle: Duration,
+    /// Stop it once no shell has been in the project for this long
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub stop_after: Duration,
     /// Take no lease for the calling shell
     #[arg(long)]
     pub no_lease: bool,
@@ -54,6 +58,7 @@ pub fn run(args: UpArgs, paths: &Paths) -> anyhow::Result<i32> {
     let request = UpRequest {
         template: args.template.clone(),
         idle: args.idle,
+        stop_after: args.stop_after,
         lease: !args.no_lease,
         timeout: Duration::from_secs(args.timeout),
     };
@@ -64,6 +69,10 @@ pub fn run(args: UpArgs, paths: &Paths) -> anyhow::Result<i32> {
     let address = config.network.address;
     match outcome {
         Up::Running => eprintln!("mvm: VM '{name}' is running ({address})"),
+        Up::Resumed => eprintln!(
+            "mvm: resumed VM '{name}' in {:.0} ms ({address})",
+            began.elapsed().as_secs_f64() * 1000.0
+        ),
         Up::Started => {
             eprintln!("mvm: started VM '{name}' in {:.1} s ({address})", began.elapsed().as_secs_f64())
         }

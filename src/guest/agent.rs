@@ -61,6 +61,11 @@ fn handle(mut connection: File, power_off: fn() -> !) -> anyhow::Result<()> {
             send(&sender, &Frame::Pong(uptime_ms()));
         }
         Some(Frame::PowerOff) => power_off(),
+        Some(Frame::SetClock(nanos)) => {
+            let now = nix::sys::time::TimeSpec::from_duration(std::time::Duration::from_nanos(nanos));
+            nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now)?;
+            send(&sender, &Frame::Pong(uptime_ms()));
+        }
         Some(Frame::Exec(request)) => {
             if let Err(error) = exec(request, &mut connection, &sender) {
                 send(&sender, &Frame::Error(format!("{error:#}")));

@@ -18,6 +18,8 @@ use crate::atomic::write_atomic;
 pub const LEASE_DIR: &str = "leases";
 /// The file whose presence (holding the idle time in seconds) turns auto-stop on.
 pub const AUTO_STOP_FILE: &str = "auto-stop";
+/// The runtime file that turns auto-pause on: the idle time after which the VM pauses.
+pub const AUTO_PAUSE_FILE: &str = "auto-pause";
 
 /// A process's identity: its PID and its start time in clock ticks since boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,8 +114,32 @@ pub fn enable_auto_stop(run_dir: &Path, idle: Duration) -> anyhow::Result<()> {
 
 /// The idle time after which the VM stops, when auto-stop is on.
 pub fn auto_stop(run_dir: &Path) -> Option<Duration> {
-    let text = std::fs::read_to_string(run_dir.join(AUTO_STOP_FILE)).ok()?;
+    seconds_in(&run_dir.join(AUTO_STOP_FILE))
+}
+
+/// Turns auto-pause on: the VM pauses once no lease holder has been in the project for
+/// `idle` (and stops later, at the auto-stop time).
+pub fn enable_auto_pause(run_dir: &Path, idle: Duration) -> anyhow::Result<()> {
+    write_atomic(&run_dir.join(AUTO_PAUSE_FILE), idle.as_secs().to_string().as_bytes())
+}
+
+/// The idle time after which the VM pauses, when auto-pause is on.
+pub fn auto_pause(run_dir: &Path) -> Option<Duration> {
+    seconds_in(&run_dir.join(AUTO_PAUSE_FILE))
+}
+
+fn seconds_in(file: &Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(file).ok()?;
     text.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// What an idle VM's supervisor does now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdleAction {
+    /// Pause it (instant re-entry when a shell comes back).
+    Pause,
+    /// Stop it, for this reason.
+    Stop(String),
 }
 
 /// The live lease holders with their scopes; the leases of processes that ended are removed.
@@ -155,18 +181,23 @@ pub struct IdleClock {
 }
 
 impl IdleClock {
-    /// Called periodically: why the VM should stop now, if it should.
-    pub fn tick(&mut self, run_dir: &Path, project: Option<&Path>, now: Instant) -> Option<String> {
-        let idle = auto_stop(run_dir)?;
+    /// Called periodically: whether the VM should pause or stop now.
+    pub fn tick(&mut self, run_dir: &Path, project: Option<&Path>, now: Instant) -> Option<IdleAction> {
+        let (pause_after, stop_after) = (auto_pause(run_dir), auto_stop(run_dir));
+        if pause_after.is_none() && stop_after.is_none() {
+            return None;
+        }
         if in_use(run_dir, project) {
             self.idle_since = None;
             return None;
         }
-        let since = *self.idle_since.get_or_insert(now);
-        (now.duration_since(since) >= idle).then(|| {
+        let idle = now.duration_since(*self.idle_since.get_or_insert(now));
+        if let Some(stop_after) = stop_after.filter(|stop_after| idle >= *stop_after) {
             let place = project.map_or(String::new(), |p| format!(" in {}", p.display()));
-            format!("stopped after {} with no shell{place}", humantime::format_duration(idle))
-        })
+            let after = humantime::format_duration(stop_after);
+            return Some(IdleAction::Stop(format!("stopped after {after} with no shell{place}")));
+        }
+        pause_after.filter(|pause_after| idle >= *pause_after).map(|_| IdleAction::Pause)
     }
 }
 
@@ -222,7 +253,24 @@ mod tests {
         release(run_dir, me);
         assert!(holders(run_dir).is_empty());
         assert_eq!(clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(30)), None);
-        let reason = clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(40)).unwrap();
+        let Some(IdleAction::Stop(reason)) =
+            clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(40))
+        else {
+            panic!("no stop after the idle time")
+        };
         assert!(reason.contains("stopped after 10s with no shell in"), "{reason}");
+        // With auto-pause, an idle VM pauses first, and stops at the longer time.
+        enable_auto_pause(run_dir, Duration::from_secs(5)).unwrap();
+        enable_auto_stop(run_dir, Duration::from_secs(60)).unwrap();
+        let mut clock = IdleClock::default();
+        assert_eq!(clock.tick(run_dir, Some(&elsewhere), start), None);
+        assert_eq!(
+            clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(5)),
+            Some(IdleAction::Pause)
+        );
+        assert!(matches!(
+            clock.tick(run_dir, Some(&elsewhere), start + Duration::from_secs(60)),
+            Some(IdleAction::Stop(_))
+        ));
     }
 }

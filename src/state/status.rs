@@ -14,6 +14,8 @@ use crate::atomic::write_atomic;
 pub enum Phase {
     Starting,
     Running,
+    /// Running, with its vCPUs stopped (idle, or `mvm pause`): resumed in milliseconds.
+    Paused,
     Stopping,
     /// Ended as asked (stop, guest power-off).
     Stopped,

@@ -10,6 +10,7 @@
 
 pub mod launch;
 pub mod orphans;
+pub mod pause;
 pub mod processes;
 pub mod sandbox;
 pub mod userns;
@@ -26,7 +27,7 @@ use crate::boot::initramfs::{self, BaseSpec, GUEST_CONFIG};
 use crate::config::host::HostConfig;
 use crate::name::VmName;
 use crate::output::unix_now;
-use crate::state::lease::IdleClock;
+use crate::state::lease::{IdleAction, IdleClock};
 use crate::state::lock::RunLock;
 use crate::state::status::{Phase, RuntimeStatus};
 use crate::state::{store, Paths};
@@ -237,6 +238,8 @@ fn run(
     let mut ready = false;
     // Set when a helper (virtiofsd, vhost-device-vsock) ended under the running VM.
     let mut helper_failure: Option<String> = None;
+    // Whether the vCPUs are stopped (`pause`).
+    let mut paused = false;
     loop {
         let event = match &stop {
             Some((deadline, _)) => match events.0.recv_timeout(*deadline - Instant::now().min(*deadline)) {
@@ -283,10 +286,18 @@ fn run(
                     {
                         log!("cannot rotate {}: {error}", launch.spec.console_log.display());
                     }
-                    if let Some(reason) = idle.tick(&run_dir, project.as_deref(), Instant::now()) {
-                        log!("{reason}: powering off");
-                        request_power_off(&launch);
-                        stop = Some((Instant::now() + DEFAULT_STOP_TIMEOUT, reason));
+                    match idle.tick(&run_dir, project.as_deref(), Instant::now()) {
+                        Some(IdleAction::Pause) if !paused && ready => {
+                            log!("no shell in the project: pausing");
+                            set_paused(&launch, status, &run_dir, &mut paused, true);
+                        }
+                        Some(IdleAction::Stop(reason)) => {
+                            log!("{reason}: powering off");
+                            set_paused(&launch, status, &run_dir, &mut paused, false);
+                            request_power_off(&launch);
+                            stop = Some((Instant::now() + DEFAULT_STOP_TIMEOUT, reason));
+                        }
+                        _ => {}
                     }
                     continue;
                 }
@@ -299,6 +310,20 @@ fn run(
                     return Ok(Ending::Ended(Phase::Crashed, reason));
                 }
                 return Ok(classify_exit(&launch, exit, stop.map(|(_, reason)| reason)));
+            }
+            Event::Signal(signal) if signal == nix::libc::SIGUSR2 => {
+                let request = pause::Request::read(&run_dir);
+                ready = ready || launch::guest_ready(&launch.spec.console_log);
+                match request {
+                    Some(pause::Request::Pause) if stop.is_none() && ready => {
+                        set_paused(&launch, status, &run_dir, &mut paused, true)
+                    }
+                    Some(pause::Request::Resume) => set_paused(&launch, status, &run_dir, &mut paused, false),
+                    _ => {}
+                }
+                // The asker waits for the request to go, then reads the phase.
+                let _ = status.write(&run_dir);
+                let _ = std::fs::remove_file(run_dir.join(pause::REQUEST_FILE));
             }
             Event::Signal(signal) if signal == nix::libc::SIGUSR1 => {
                 log!("forced stop: killing {program}");
@@ -314,6 +339,8 @@ fn run(
                 stop = Some((Instant::now() + Duration::from_secs(3600), STOPPED_BY_MVM_STOP.into()));
             }
             Event::Signal(_) if stop.is_none() => {
+                // A paused guest cannot power itself off.
+                set_paused(&launch, status, &run_dir, &mut paused, false);
                 let timeout = std::fs::read_to_string(run_dir.join(STOP_TIMEOUT_FILE))
                     .ok()
                     .and_then(|text| text.trim().parse().ok())
@@ -325,6 +352,30 @@ fn run(
             Event::Signal(_) => {}
         }
     }
+}
+
+/// Pauses (`pause`) or resumes the VM if it is not so already, recording it in the status.
+fn set_paused(launch: &Launch, status: &mut RuntimeStatus, run_dir: &Path, paused: &mut bool, pause: bool) {
+    if *paused == pause {
+        return;
+    }
+    let started = Instant::now();
+    let result = if pause { pause::pause(launch) } else { pause::resume(launch) };
+    let word = if pause { "pause" } else { "resume" };
+    match result {
+        Ok(()) => {
+            *paused = pause;
+            if !pause {
+                if let Err(error) = pause::set_clock(launch) {
+                    log!("{error:#}");
+                }
+            }
+            log!("{word}d in {} ms", started.elapsed().as_millis());
+        }
+        Err(error) => log!("cannot {word}: {error:#}"),
+    }
+    status.phase = if *paused { Phase::Paused } else { Phase::Running };
+    let _ = status.write(run_dir);
 }
 
 /// Asks the guest to power off: through the agent, else through the hypervisor.
@@ -383,9 +434,9 @@ fn classify_end(
 }
 
 fn listen_for_signals() -> anyhow::Result<(Receiver<Event>, std::sync::mpsc::Sender<Event>)> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
     let (sender, receiver) = channel();
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])?;
     let forward = sender.clone();
     std::thread::spawn(move || {
         for signal in signals.forever() {

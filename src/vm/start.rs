@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Started {
     AlreadyRunning,
+    /// It was paused, and now runs again.
+    Resumed,
     Spawned,
     Ready,
 }
@@ -27,7 +29,8 @@ pub enum Started {
 pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> anyhow::Result<Started> {
     let config = store::load(paths, name)?;
     if store::run_state(paths, name)? == RunState::Running {
-        return Ok(Started::AlreadyRunning);
+        let resumed = crate::vm::pause::resume_if_paused(paths, name)?;
+        return Ok(if resumed { Started::Resumed } else { Started::AlreadyRunning });
     }
     // A VM's processes run as the user it belongs to: root starts only root's VMs.
     let owner = store::owner(paths, name).unwrap_or(0);

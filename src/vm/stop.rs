@@ -54,7 +54,7 @@ pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> any
 /// The pid of VM `name`'s live supervisor: the one `status.json` names once the new run
 /// has written it (a start may still be on its way there) and whose command line is
 /// `mvm supervise NAME`, so no stale pid ever gets the signal.
-fn live_supervisor(run_dir: &std::path::Path, name: &VmName) -> anyhow::Result<u32> {
+pub(crate) fn live_supervisor(run_dir: &std::path::Path, name: &VmName) -> anyhow::Result<u32> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if let Some(status) = RuntimeStatus::read(run_dir).filter(|status| status.ended_at.is_none()) {

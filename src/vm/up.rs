@@ -20,6 +20,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Up {
     Running,
+    /// It was paused (idle), and runs again.
+    Resumed,
     Started,
     Created,
 }
@@ -46,8 +48,10 @@ pub fn vm_for(paths: &Paths, project: &Path) -> anyhow::Result<VmName> {
 pub struct UpRequest {
     /// The template to create the VM from, if it does not exist yet.
     pub template: Option<String>,
-    /// The idle time after which a VM `up` started stops by itself.
+    /// The idle time after which a VM `up` started pauses by itself.
     pub idle: Duration,
+    /// The idle time after which it stops.
+    pub stop_after: Duration,
     /// Whether to lease the VM to the calling shell.
     pub lease: bool,
     /// How long to wait for the guest agent.
@@ -72,10 +76,15 @@ pub fn up(paths: &Paths, name: &VmName, project: &Path, args: &UpRequest) -> any
         outcome = Up::Created;
     }
     let run_dir = paths.vm_run_dir(name);
-    if start::start(paths, name, true, args.timeout)? != Started::AlreadyRunning {
-        lease::enable_auto_stop(&run_dir, args.idle)?;
-        if outcome == Up::Running {
-            outcome = Up::Started;
+    match start::start(paths, name, true, args.timeout)? {
+        Started::AlreadyRunning => {}
+        Started::Resumed => outcome = Up::Resumed,
+        Started::Spawned | Started::Ready => {
+            lease::enable_auto_pause(&run_dir, args.idle)?;
+            lease::enable_auto_stop(&run_dir, args.stop_after.max(args.idle))?;
+            if outcome == Up::Running {
+                outcome = Up::Started;
+            }
         }
     }
     if args.lease {

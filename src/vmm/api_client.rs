@@ -87,6 +87,16 @@ pub fn power_button(socket: &Path) -> anyhow::Result<()> {
     expect_success(request(socket, "PUT", "vm.power-button", None)?, "vm.power-button").map(drop)
 }
 
+/// `PUT vm.pause`: stop the vCPUs (the VM keeps its memory and devices).
+pub fn pause(socket: &Path) -> anyhow::Result<()> {
+    expect_success(request(socket, "PUT", "vm.pause", None)?, "vm.pause").map(drop)
+}
+
+/// `PUT vm.resume`: run a paused VM's vCPUs again.
+pub fn resume(socket: &Path) -> anyhow::Result<()> {
+    expect_success(request(socket, "PUT", "vm.resume", None)?, "vm.resume").map(drop)
+}
+
 /// `PUT vmm.shutdown`: stop the VM and end the VMM.
 pub fn shutdown_vmm(socket: &Path) -> anyhow::Result<()> {
     expect_success(request(socket, "PUT", "vmm.shutdown", None)?, "vmm.shutdown").map(drop)
@@ -135,6 +145,22 @@ mod tests {
             server.join().unwrap(),
             "PUT /api/v1/vm.power-button HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn pause_and_resume_are_bodiless_puts() {
+        for (call, endpoint) in
+            [(pause as fn(&Path) -> anyhow::Result<()>, "vm.pause"), (resume, "vm.resume")]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("api.sock");
+            let server = server(&socket, "HTTP/1.1 204 No Content\r\n\r\n");
+            call(&socket).unwrap();
+            assert_eq!(
+                server.join().unwrap(),
+                format!("PUT /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n")
+            );
+        }
     }
 
     #[test]

@@ -83,6 +83,8 @@ fn a_paused_vm_keeps_its_processes_and_connections_and_resumes_with_the_right_ti
     lab.mvm(&["pause", "p"]).ok();
     assert!(lab.mvm(&["stop", "p"]).ok().contains("stopped"));
     let list: serde_json::Value = serde_json::from_str(lab.mvm(&["list", "--json"]).ok()).unwrap();
-    assert_eq!(list[0]["reason"], "stopped by mvm stop");
+    let log =
+        std::fs::read_to_string(lab.sandbox.state_dir().join("p/log/supervisor.log")).unwrap_or_default();
+    assert_eq!(list[0]["reason"], "stopped by mvm stop", "supervisor log:\n{log}");
     lab.assert_nothing_left();
 }

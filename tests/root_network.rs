@@ -517,3 +517,67 @@ fn a_users_vm_network_is_theirs_alone() {
     as_user(&lab, alice, &web, false).unwrap();
     assert!(lab.mvm_links().is_empty());
 }
+
+/// DNS on the gateway (`mvm::dns`): a guest asks its gateway's port 53 and gets what the
+/// host's resolver says, a name only a "VPN" resolver on the host's loopback knows
+/// included; another VM cannot use this VM's resolver; an offline VM is refused.
+#[test]
+fn guests_resolve_through_their_gateway_what_the_host_resolves() {
+    use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    root_test!(guests_resolve_through_their_gateway_what_the_host_resolves);
+    let mut lab = Lab::new();
+    let web = lab.create("web", |_| {});
+    let api = lab.create("api", |_| {});
+    let off = lab.create("off", |args| args.offline = true);
+    for vm in [&web, &api, &off] {
+        lab.up(vm);
+    }
+    // The VPN's resolver: on the host's loopback only.
+    let vpn = lab.host.run(|| {
+        let _ = std::process::Command::new("ip").args(["addr", "add", "127.0.0.77/8", "dev", "lo"]).status();
+        UdpSocket::bind("127.0.0.77:53").unwrap()
+    });
+    std::thread::spawn(move || loop {
+        let mut buffer = [0u8; 512];
+        let Ok((length, client)) = vpn.recv_from(&mut buffer) else { continue };
+        let Ok(mut reply) = Message::from_vec(&buffer[..length]) else { continue };
+        let name = reply.queries()[0].name().clone();
+        reply.set_message_type(MessageType::Response);
+        reply.add_answer(Record::from_rdata(name, 5, RData::A(A("10.77.0.8".parse().unwrap()))));
+        let _ = vpn.send_to(&reply.to_vec().unwrap(), client);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("resolv.conf"), "nameserver 127.0.0.77\n").unwrap();
+    std::fs::write(dir.path().join("hosts"), "").unwrap();
+    let resolver = mvm::dns::HostResolver {
+        resolv_conf: dir.path().join("resolv.conf"),
+        hosts: dir.path().join("hosts"),
+    };
+    for vm in [&web, &api, &off] {
+        let (gateway, resolver, offline) = (vm.network.gateway, resolver.clone(), vm.offline);
+        lab.host.run(move || mvm::dns::serve(mvm::dns::bind(gateway).unwrap(), resolver, offline));
+    }
+    let ask = |guest: &NetNs, server: std::net::Ipv4Addr| -> Option<Message> {
+        let server = std::net::SocketAddr::from((server, 53));
+        guest.run(move || {
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut query = Message::new();
+            query.set_id(7).set_recursion_desired(true);
+            query.add_query(Query::query(Name::from_ascii("vpn-only.corp.test.").unwrap(), RecordType::A));
+            socket.send_to(&query.to_vec().unwrap(), server).ok()?;
+            let mut buffer = [0u8; 512];
+            let length = socket.recv(&mut buffer).ok()?;
+            Message::from_vec(&buffer[..length]).ok()
+        })
+    };
+    let (web_guest, api_guest, off_guest) = (lab.guest(&web), lab.guest(&api), lab.guest(&off));
+    let answer = ask(&lab.guests[web_guest], web.network.gateway).expect("no answer from the gateway");
+    assert_eq!(answer.answers()[0].data(), &RData::A(A("10.77.0.8".parse().unwrap())));
+    assert!(ask(&lab.guests[api_guest], web.network.gateway).is_none(), "a VM used another's resolver");
+    assert!(ask(&lab.guests[api_guest], api.network.gateway).is_some());
+    let refused = ask(&lab.guests[off_guest], off.network.gateway).expect("no answer for the offline VM");
+    assert_eq!(refused.response_code(), ResponseCode::Refused);
+}

@@ -125,7 +125,8 @@ impl Launch {
             address: config.network.address,
             prefix: config.network.subnet.prefix(),
             gateway: config.network.gateway,
-            dns: host_dns(),
+            // The supervisor's resolver on the gateway answers as the host would (`dns`).
+            dns: vec![config.network.gateway],
         };
         let control = match vmm {
             Vmm::CloudHypervisor => "api.sock",
@@ -207,26 +208,6 @@ pub fn choose_accel(kvm: &KvmSupport, host: &HostConfig) -> (Accel, Option<Strin
         KvmSupport::Missing => {
             (Accel::Tcg, Some("warning: no /dev/kvm; using QEMU's TCG emulation (slow)".into()))
         }
-    }
-}
-
-/// The host's DNS servers the guest can reach: loopback resolvers (systemd-resolved's
-/// stub) are replaced by their upstreams.
-fn host_dns() -> Vec<std::net::Ipv4Addr> {
-    let parse = |path: &str| -> Vec<std::net::Ipv4Addr> {
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| line.strip_prefix("nameserver"))
-            .filter_map(|server| server.trim().parse().ok())
-            .filter(|server: &std::net::Ipv4Addr| !server.is_loopback())
-            .collect()
-    };
-    let servers = parse("/etc/resolv.conf");
-    if servers.is_empty() {
-        parse("/run/systemd/resolve/resolv.conf")
-    } else {
-        servers
     }
 }
 

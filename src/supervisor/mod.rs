@@ -90,6 +90,7 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     status.write(&run_dir)?;
     clean_run_dir(&run_dir);
     log!("supervisor {} starting VM '{name}'", std::process::id());
+    serve_dns(paths, name);
     let (phase, reason) = loop {
         let mut processes = Processes::default();
         let mut network_up = None;
@@ -339,8 +340,14 @@ fn run(
                 stop = Some((Instant::now() + Duration::from_secs(3600), STOPPED_BY_MVM_STOP.into()));
             }
             Event::Signal(_) if stop.is_none() => {
-                // A paused guest cannot power itself off.
+                // A paused guest cannot power itself off: one that will not resume is killed.
                 set_paused(&launch, status, &run_dir, &mut paused, false);
+                if paused {
+                    log!("the paused guest did not resume: killing {program}");
+                    let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);
+                    stop = Some((Instant::now() + Duration::from_secs(3600), STOPPED_BY_MVM_STOP.into()));
+                    continue;
+                }
                 let timeout = std::fs::read_to_string(run_dir.join(STOP_TIMEOUT_FILE))
                     .ok()
                     .and_then(|text| text.trim().parse().ok())
@@ -351,6 +358,19 @@ fn run(
             }
             Event::Signal(_) => {}
         }
+    }
+}
+
+/// Answers the guest's DNS on its gateway for as long as the supervisor lives (`dns`);
+/// without it, the guest's names do not resolve, which the log says.
+fn serve_dns(paths: &Paths, name: &VmName) {
+    let served = store::load(paths, name).and_then(|config| {
+        let socket = crate::dns::bind(config.network.gateway)?;
+        crate::dns::serve(socket, crate::dns::HostResolver::from_env(), config.offline);
+        Ok(())
+    });
+    if let Err(error) = served {
+        log!("no DNS for the guest: {error:#}");
     }
 }
 

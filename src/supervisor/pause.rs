@@ -46,11 +46,20 @@ pub fn pause(launch: &Launch) -> anyhow::Result<()> {
     }
 }
 
-/// Runs the VM's vCPUs again.
+/// Runs the VM's vCPUs again (asking up to three times: a control socket busy with an
+/// earlier client answers a moment later).
 pub fn resume(launch: &Launch) -> anyhow::Result<()> {
-    match launch.vmm {
-        Vmm::Qemu => crate::vmm::qmp::execute(&launch.spec.control_socket, "cont"),
-        Vmm::CloudHypervisor => crate::vmm::api_client::resume(&launch.spec.control_socket),
+    let mut attempt = 0;
+    loop {
+        let result = match launch.vmm {
+            Vmm::Qemu => crate::vmm::qmp::execute(&launch.spec.control_socket, "cont"),
+            Vmm::CloudHypervisor => crate::vmm::api_client::resume(&launch.spec.control_socket),
+        };
+        attempt += 1;
+        if result.is_ok() || attempt == 3 {
+            return result;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 

@@ -1,0 +1,186 @@
+//! One query, one answer: from the host's hosts file, else from the host's nameservers.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{RData, Record, RecordType};
+
+use super::HostResolver;
+
+/// How long a hosts-file answer may be cached by the guest.
+const HOSTS_TTL: u32 = 5;
+/// How long one upstream nameserver gets to answer.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The reply to the DNS message `query`; `None` for what is no query (dropped).
+pub fn answer(query: &[u8], resolver: &HostResolver, offline: bool) -> Option<Vec<u8>> {
+    let message = Message::from_vec(query).ok()?;
+    if message.message_type() != MessageType::Query {
+        return None;
+    }
+    if offline {
+        return reply(&message, ResponseCode::Refused, Vec::new());
+    }
+    let question = message.queries().first()?.clone();
+    let name = question.name().to_ascii();
+    let name = name.trim_end_matches('.');
+    if matches!(question.query_type(), RecordType::A | RecordType::AAAA) {
+        let addresses = hosts_lookup(resolver, name);
+        if !addresses.is_empty() {
+            let records = addresses
+                .into_iter()
+                .filter_map(|address| match (question.query_type(), address) {
+                    (RecordType::A, IpAddr::V4(v4)) => Some(RData::A(A(v4))),
+                    (RecordType::AAAA, IpAddr::V6(v6)) => Some(RData::AAAA(AAAA(v6))),
+                    _ => None,
+                })
+                .map(|data| Record::from_rdata(question.name().clone(), HOSTS_TTL, data))
+                .collect();
+            return reply(&message, ResponseCode::NoError, records);
+        }
+    }
+    forward(query, resolver).or_else(|| reply(&message, ResponseCode::ServFail, Vec::new()))
+}
+
+/// A response to `query` with `code` and `answers`.
+fn reply(query: &Message, code: ResponseCode, answers: Vec<Record>) -> Option<Vec<u8>> {
+    let mut response = Message::new();
+    response
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(query.op_code())
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .set_response_code(code);
+    response.add_queries(query.queries().to_vec());
+    response.add_answers(answers);
+    response.to_vec().ok()
+}
+
+/// The addresses the hosts file gives `name`.
+fn hosts_lookup(resolver: &HostResolver, name: &str) -> Vec<IpAddr> {
+    let text = std::fs::read_to_string(&resolver.hosts).unwrap_or_default();
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or_default())
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let address: IpAddr = words.next()?.parse().ok()?;
+            words.any(|alias| alias.eq_ignore_ascii_case(name)).then_some(address)
+        })
+        .collect()
+}
+
+/// The host's nameservers, in `resolv.conf` order.
+fn nameservers(resolver: &HostResolver) -> Vec<SocketAddr> {
+    let text = std::fs::read_to_string(&resolver.resolv_conf).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|address| address.trim().parse::<IpAddr>().ok())
+        .map(|address| SocketAddr::new(address, 53))
+        .collect()
+}
+
+/// The first answer a host nameserver gives to `query`, as it sent it.
+fn forward(query: &[u8], resolver: &HostResolver) -> Option<Vec<u8>> {
+    forward_via(query, &nameservers(resolver))
+}
+
+/// The first answer one of `servers` gives to `query` (with its id), as it sent it.
+fn forward_via(query: &[u8], servers: &[SocketAddr]) -> Option<Vec<u8>> {
+    let id = query.get(..2)?;
+    servers.iter().find_map(|&server| {
+        let local: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+        let socket = UdpSocket::bind(local).ok()?;
+        socket.set_read_timeout(Some(UPSTREAM_TIMEOUT)).ok()?;
+        socket.connect(server).ok()?;
+        socket.send(query).ok()?;
+        let mut buffer = vec![0u8; 4096];
+        let length = socket.recv(&mut buffer).ok()?;
+        buffer.truncate(length);
+        (buffer.get(..2) == Some(id)).then_some(buffer)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::Name;
+
+    fn query(name: &str, kind: RecordType) -> Vec<u8> {
+        let mut message = Message::new();
+        message.set_id(4242).set_recursion_desired(true);
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+        message.to_vec().unwrap()
+    }
+
+    fn resolver(dir: &std::path::Path, hosts: &str, resolv: &str) -> HostResolver {
+        std::fs::write(dir.join("hosts"), hosts).unwrap();
+        std::fs::write(dir.join("resolv.conf"), resolv).unwrap();
+        HostResolver { resolv_conf: dir.join("resolv.conf"), hosts: dir.join("hosts") }
+    }
+
+    #[test]
+    fn hosts_file_names_are_answered_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolver =
+            resolver(dir.path(), "10.77.0.7 intranet.corp.test intranet # vpn\n::1 localhost\n", "");
+        let reply = Message::from_vec(
+            &answer(&query("intranet.corp.test.", RecordType::A), &resolver, false).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(reply.id(), 4242);
+        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        assert_eq!(reply.answers().len(), 1);
+        assert_eq!(reply.answers()[0].data(), &RData::A(A("10.77.0.7".parse().unwrap())));
+        // No nameserver at all: a name the hosts file lacks fails, it is not invented.
+        let missing =
+            Message::from_vec(&answer(&query("other.test.", RecordType::A), &resolver, false).unwrap())
+                .unwrap();
+        assert_eq!(missing.response_code(), ResponseCode::ServFail);
+    }
+
+    #[test]
+    fn an_offline_vm_is_refused_and_garbage_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolver = resolver(dir.path(), "10.77.0.7 intranet.corp.test\n", "");
+        let reply = Message::from_vec(
+            &answer(&query("intranet.corp.test.", RecordType::A), &resolver, true).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(reply.response_code(), ResponseCode::Refused);
+        assert!(reply.answers().is_empty());
+        assert_eq!(answer(b"\x00\x01garbage", &resolver, false), None);
+    }
+
+    #[test]
+    fn other_names_go_to_the_hosts_nameservers_and_come_back_as_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = upstream.local_addr().unwrap().port();
+        let resolver = resolver(dir.path(), "", "# the host's\nnameserver 127.0.0.1\nnameserver ::1\n");
+        let server = std::thread::spawn(move || {
+            let mut buffer = [0u8; 512];
+            let (length, client) = upstream.recv_from(&mut buffer).unwrap();
+            let mut reply = Message::from_vec(&buffer[..length]).unwrap();
+            reply.set_message_type(MessageType::Response);
+            reply.add_answer(Record::from_rdata(
+                reply.queries()[0].name().clone(),
+                60,
+                RData::A(A("192.0.2.9".parse().unwrap())),
+            ));
+            upstream.send_to(&reply.to_vec().unwrap(), client).unwrap();
+        });
+        let sent = query("www.example.test.", RecordType::A);
+        // resolv.conf names port 53; this test's upstream listens elsewhere.
+        let got = forward_via(&sent, &[SocketAddr::from(([127, 0, 0, 1], port))]).unwrap();
+        server.join().unwrap();
+        let reply = Message::from_vec(&got).unwrap();
+        assert_eq!(reply.id(), 4242);
+        assert_eq!(reply.answers()[0].data(), &RData::A(A("192.0.2.9".parse().unwrap())));
+        let loopback6: SocketAddr = "[::1]:53".parse().unwrap();
+        assert_eq!(nameservers(&resolver), [SocketAddr::from(([127, 0, 0, 1], 53)), loopback6]);
+    }
+}

@@ -457,8 +457,8 @@ pub(crate) mod tests {
             assert_eq!(isolation, 1);
             counts.push(fw.rule_count());
         }
-        // 6 jumps + 9 shared rules, then one egress rule per VM.
-        assert_eq!(counts, [16, 25, 115]);
+        // 6 jumps + 9 shared rules, then per VM its egress rule and two for its DNS.
+        assert_eq!(counts, [18, 45, 315]);
     }
 
     #[test]

@@ -298,6 +298,8 @@ mod tests {
             lines,
             [
                 "-A MVM-FORWARD -i mvmbr1 -m conntrack --ctstate NEW -m comment --comment \"mvm:web\" -j DROP",
+                "-A MVM-PREROUTING -d 10.200.1.1/32 -i mvmbr1 -p udp -m udp --dport 53 -m comment --comment \"mvm:web\" -j DNAT --to-destination 10.200.1.1:6300",
+                "-A MVM-INPUT -s 10.200.1.2/32 -d 10.200.1.1/32 -i mvmbr1 -p udp -m udp --dport 6300 -m comment --comment \"mvm:web\" -j ACCEPT",
                 "-A MVM-INPUT -s 10.200.1.2/32 -i mvmbr1 -m comment --comment \"mvm:web\" -j ACCEPT",
             ]
         );

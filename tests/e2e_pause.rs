@@ -49,6 +49,8 @@ fn a_paused_vm_keeps_its_processes_and_connections_and_resumes_with_the_right_ti
     };
     assert_eq!(round_trip("before"), "before");
 
+    // A guest clock gone wrong (guest root set it back to 2001) is put right by a resume.
+    lab.sh("p", "date -s @1000000000 >/dev/null").ok();
     let paused = lab.mvm(&["pause", "p"]);
     assert!(paused.ok().contains("paused in"), "{}", paused.stdout);
     let list: serde_json::Value = serde_json::from_str(lab.mvm(&["list", "--json"]).ok()).unwrap();

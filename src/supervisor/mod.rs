@@ -290,11 +290,11 @@ fn run(
                     match idle.tick(&run_dir, project.as_deref(), Instant::now()) {
                         Some(IdleAction::Pause) if !paused && ready => {
                             log!("no shell in the project: pausing");
-                            set_paused(&launch, status, &run_dir, &mut paused, true);
+                            set_paused(&launch, hypervisor_pid, status, &run_dir, &mut paused, true);
                         }
                         Some(IdleAction::Stop(reason)) => {
                             log!("{reason}: powering off");
-                            set_paused(&launch, status, &run_dir, &mut paused, false);
+                            set_paused(&launch, hypervisor_pid, status, &run_dir, &mut paused, false);
                             request_power_off(&launch);
                             stop = Some((Instant::now() + DEFAULT_STOP_TIMEOUT, reason));
                         }
@@ -317,9 +317,11 @@ fn run(
                 ready = ready || launch::guest_ready(&launch.spec.console_log);
                 match request {
                     Some(pause::Request::Pause) if stop.is_none() && ready => {
-                        set_paused(&launch, status, &run_dir, &mut paused, true)
+                        set_paused(&launch, hypervisor_pid, status, &run_dir, &mut paused, true)
                     }
-                    Some(pause::Request::Resume) => set_paused(&launch, status, &run_dir, &mut paused, false),
+                    Some(pause::Request::Resume) => {
+                        set_paused(&launch, hypervisor_pid, status, &run_dir, &mut paused, false)
+                    }
                     _ => {}
                 }
                 // The asker waits for the request to go, then reads the phase.
@@ -341,7 +343,7 @@ fn run(
             }
             Event::Signal(_) if stop.is_none() => {
                 // A paused guest cannot power itself off: one that will not resume is killed.
-                set_paused(&launch, status, &run_dir, &mut paused, false);
+                set_paused(&launch, hypervisor_pid, status, &run_dir, &mut paused, false);
                 if paused {
                     log!("the paused guest did not resume: killing {program}");
                     let _ = kill(Pid::from_raw(hypervisor_pid as i32), Signal::SIGKILL);
@@ -375,12 +377,19 @@ fn serve_dns(paths: &Paths, name: &VmName) {
 }
 
 /// Pauses (`pause`) or resumes the VM if it is not so already, recording it in the status.
-fn set_paused(launch: &Launch, status: &mut RuntimeStatus, run_dir: &Path, paused: &mut bool, pause: bool) {
+fn set_paused(
+    launch: &Launch,
+    hypervisor: u32,
+    status: &mut RuntimeStatus,
+    run_dir: &Path,
+    paused: &mut bool,
+    pause: bool,
+) {
     if *paused == pause {
         return;
     }
     let started = Instant::now();
-    let result = if pause { pause::pause(launch) } else { pause::resume(launch) };
+    let result = if pause { pause::pause(launch, hypervisor) } else { pause::resume(launch, hypervisor) };
     let word = if pause { "pause" } else { "resume" };
     match result {
         Ok(()) => {

@@ -1,10 +1,20 @@
-//! Pausing and resuming a running VM: its vCPUs stop (QEMU `stop`, cloud-hypervisor
-//! `vm.pause`) and run again (`cont`, `vm.resume`) with memory, devices, processes and
-//! connections as they were; the guest's wall clock, which stood still meanwhile, is set
-//! to the host's through the agent. `mvm pause`/`resume` (and `up`, `shell`) ask by
+//! Pausing and resuming a running VM: it stops (cloud-hypervisor `vm.pause`; QEMU is
+//! stopped whole, `SIGSTOP`) and runs again (`vm.resume`; `SIGCONT`) with memory, devices,
+//! processes and connections as they were; the guest's wall clock is then set to the
+//! host's through the agent.
+//!
+//! Why not QEMU's `stop`/`cont`: they quiesce the vhost-user backends, and across that
+//! vhost-device-vsock sometimes loses a ring notification, after which the guest's vsock
+//! (the agent, every shell) no longer answers — the same class of bug as Firecracker's
+//! vsock hang after pause/resume with events in flight. A stopped process leaves the
+//! devices alone; its vCPU threads use no CPU, and the kernel still delivers the
+//! supervisor's SIGKILL to it. `mvm pause`/`resume` (and `up`, `shell`) ask by
 //! writing [`REQUEST_FILE`] in the runtime dir and sending the supervisor `SIGUSR2`.
 
 use std::path::Path;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::supervisor::launch::Launch;
 use crate::vmm::Vmm;
@@ -38,21 +48,26 @@ impl Request {
     }
 }
 
-/// Stops the VM's vCPUs.
-pub fn pause(launch: &Launch) -> anyhow::Result<()> {
+/// Stops the VM (its hypervisor is `hypervisor`).
+pub fn pause(launch: &Launch, hypervisor: u32) -> anyhow::Result<()> {
     match launch.vmm {
-        Vmm::Qemu => crate::vmm::qmp::execute(&launch.spec.control_socket, "stop"),
+        Vmm::Qemu => signal(hypervisor, Signal::SIGSTOP),
         Vmm::CloudHypervisor => crate::vmm::api_client::pause(&launch.spec.control_socket),
     }
 }
 
-/// Runs the VM's vCPUs again (asking up to three times: a control socket busy with an
-/// earlier client answers a moment later).
-pub fn resume(launch: &Launch) -> anyhow::Result<()> {
+fn signal(pid: u32, signal: Signal) -> anyhow::Result<()> {
+    kill(Pid::from_raw(pid as i32), signal)
+        .map_err(|errno| anyhow::anyhow!("cannot send {signal} to {pid}: {errno}"))
+}
+
+/// Runs the VM again (asking up to three times: a control socket busy with an earlier
+/// client answers a moment later).
+pub fn resume(launch: &Launch, hypervisor: u32) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {
         let result = match launch.vmm {
-            Vmm::Qemu => crate::vmm::qmp::execute(&launch.spec.control_socket, "cont"),
+            Vmm::Qemu => signal(hypervisor, Signal::SIGCONT),
             Vmm::CloudHypervisor => crate::vmm::api_client::resume(&launch.spec.control_socket),
         };
         attempt += 1;

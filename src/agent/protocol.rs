@@ -68,6 +68,14 @@ pub enum Frame {
     /// Host → guest: set the wall clock to this many nanoseconds since the epoch (after a
     /// pause, the guest's clock stood still); answered with `Pong`.
     SetClock(u64),
+    /// Host → guest: report the guest's TCP listeners now and whenever they change
+    /// (`Listeners` frames, for as long as the connection lasts).
+    WatchListeners,
+    /// Host → guest: connect to this TCP port on the guest's loopback; after the `Pong`,
+    /// the stream carries that connection's bytes both ways.
+    Connect(u16),
+    /// Guest → host: the ports TCP sockets listen on.
+    Listeners(Vec<u16>),
     /// Guest → host: command output.
     Stdout(Vec<u8>),
     /// Guest → host: command error output.
@@ -88,11 +96,14 @@ const SIGNAL: u8 = 5;
 const PING: u8 = 6;
 const POWER_OFF: u8 = 7;
 const SET_CLOCK: u8 = 8;
+const WATCH_LISTENERS: u8 = 9;
+const CONNECT: u8 = 10;
 const STDOUT: u8 = 16;
 const STDERR: u8 = 17;
 const EXIT: u8 = 18;
 const ERROR: u8 = 19;
 const PONG: u8 = 20;
+const LISTENERS: u8 = 21;
 
 fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.into())
@@ -109,6 +120,9 @@ impl Frame {
             Frame::Ping => (PING, Vec::new()),
             Frame::PowerOff => (POWER_OFF, Vec::new()),
             Frame::SetClock(nanos) => (SET_CLOCK, nanos.to_be_bytes().to_vec()),
+            Frame::WatchListeners => (WATCH_LISTENERS, Vec::new()),
+            Frame::Connect(port) => (CONNECT, port.to_be_bytes().to_vec()),
+            Frame::Listeners(ports) => (LISTENERS, to_json(ports)),
             Frame::Stdout(data) => (STDOUT, data.clone()),
             Frame::Stderr(data) => (STDERR, data.clone()),
             Frame::Exit(status) => (EXIT, to_json(status)),
@@ -139,6 +153,9 @@ impl Frame {
             PING => Frame::Ping,
             POWER_OFF => Frame::PowerOff,
             SET_CLOCK => Frame::SetClock(u64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes"))),
+            WATCH_LISTENERS => Frame::WatchListeners,
+            CONNECT => Frame::Connect(u16::from_be_bytes(fixed(2)?.try_into().expect("2 bytes"))),
+            LISTENERS => Frame::Listeners(serde_json::from_slice(&payload).map_err(json_error)?),
             STDOUT => Frame::Stdout(payload),
             STDERR => Frame::Stderr(payload),
             EXIT => Frame::Exit(serde_json::from_slice(&payload).map_err(json_error)?),
@@ -216,6 +233,9 @@ mod tests {
             Frame::Ping,
             Frame::PowerOff,
             Frame::SetClock(1_796_067_245_123_456_789),
+            Frame::WatchListeners,
+            Frame::Connect(8080),
+            Frame::Listeners(vec![22, 3000, 5432]),
             Frame::Stdout(vec![0, 255, 10]),
             Frame::Stderr(b"oops".to_vec()),
             Frame::Exit(ExitStatus::Code(7)),

@@ -59,14 +59,36 @@ pub fn run(args: PortArgs, paths: &Paths) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// One row of the list: a declared forward, or one the guest's listener made.
+#[derive(serde::Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    forward: PortForward,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    automatic: bool,
+}
+
 fn list(paths: &Paths, name: &VmName, json: bool) -> anyhow::Result<()> {
     let config = store::load(paths, name)?;
+    let automatic = crate::supervisor::ports::read(&paths.vm_run_dir(name)).into_iter().map(|auto| Listed {
+        forward: PortForward { host: auto.host, guest: auto.guest, protocol: crate::spec::Protocol::Tcp },
+        automatic: true,
+    });
+    let rows: Vec<Listed> =
+        config.ports.iter().map(|&forward| Listed { forward, automatic: false }).chain(automatic).collect();
     if json {
-        return print_json(&config.ports);
+        return print_json(&rows);
     }
-    let mut table = output::table(["HOST", "GUEST", "PROTOCOL"]);
-    for port in &config.ports {
-        table.add_row([port.host.to_string(), port.guest.to_string(), port.protocol.to_string()]);
+    let mut table = output::table(["HOST", "GUEST", "PROTOCOL", "SOURCE"]);
+    for row in &rows {
+        let port = row.forward;
+        let source = if row.automatic { "automatic (127.0.0.1)" } else { "declared" };
+        table.add_row([
+            port.host.to_string(),
+            port.guest.to_string(),
+            port.protocol.to_string(),
+            source.into(),
+        ]);
     }
     print_table(&table);
     Ok(())

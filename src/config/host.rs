@@ -70,11 +70,19 @@ pub struct Defaults {
     pub memory: MemorySize,
     /// QEMU acceleration: `auto` (KVM where it can run ordinary kernels), `kvm` or `tcg`.
     pub accel: Option<String>,
+    /// Forward every TCP port a guest listens on from the host's loopback by itself.
+    pub auto_ports: bool,
 }
 
 impl Default for Defaults {
     fn default() -> Self {
-        Defaults { hypervisor: Hypervisor::Auto, cpus: 2, memory: MemorySize::from_mib(1024), accel: None }
+        Defaults {
+            hypervisor: Hypervisor::Auto,
+            cpus: 2,
+            memory: MemorySize::from_mib(1024),
+            accel: None,
+            auto_ports: true,
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod init;
+pub mod listeners;
 pub mod processes;
 pub mod reaper;
 

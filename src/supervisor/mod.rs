@@ -11,6 +11,7 @@
 pub mod launch;
 pub mod orphans;
 pub mod pause;
+pub mod ports;
 pub mod processes;
 pub mod sandbox;
 pub mod userns;
@@ -220,6 +221,16 @@ fn run(
         &log_dir.join("hypervisor.log"),
     )?;
     let hypervisor_pid = hypervisor.id();
+    if host.defaults.auto_ports {
+        let declared = launch
+            .config
+            .ports
+            .iter()
+            .filter(|forward| forward.protocol == crate::spec::Protocol::Tcp)
+            .map(|forward| forward.guest)
+            .collect();
+        ports::spawn(launch.spec.vsock_socket.clone(), run_dir.clone(), declared);
+    }
     log!("{program} running as {hypervisor_pid} ({} ms)", started.elapsed().as_millis());
     status.phase = Phase::Running;
     status.hypervisor_pid = Some(hypervisor_pid);

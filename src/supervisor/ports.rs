@@ -20,6 +20,9 @@ use crate::agent::protocol::Frame;
 
 /// The runtime file listing the automatic forwards.
 pub const AUTO_PORTS_FILE: &str = "auto-ports.json";
+/// The most automatic forwards one VM gets: a guest that listens on thousands of ports
+/// does not make the host bind thousands.
+pub const MAX_AUTO_FORWARDS: usize = 64;
 
 /// One automatic forward: host `127.0.0.1:host` to the guest's port `guest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +70,8 @@ fn watch(
     Frame::WatchListeners.write_to(&mut stream)?;
     while let Some(frame) = Frame::read_from(&mut stream)? {
         let Frame::Listeners(ports) = frame else { continue };
-        let wanted: BTreeSet<u16> = ports.into_iter().filter(|port| !declared.contains(port)).collect();
+        let current: BTreeSet<u16> = forwards.keys().copied().collect();
+        let wanted = wanted(&current, ports, declared);
         forwards.retain(|guest, (_, stop)| {
             let keep = wanted.contains(guest);
             if !keep {
@@ -88,6 +92,15 @@ fn watch(
             .map_err(io::Error::other)?;
     }
     Ok(())
+}
+
+/// The guest ports to forward, given those forwarded now and those the guest reports:
+/// never a declared one, and at most [`MAX_AUTO_FORWARDS`] (those already forwarded first).
+fn wanted(current: &BTreeSet<u16>, reported: Vec<u16>, declared: &BTreeSet<u16>) -> BTreeSet<u16> {
+    let reported: BTreeSet<u16> = reported.into_iter().filter(|port| !declared.contains(port)).collect();
+    let kept = reported.intersection(current).copied();
+    let new = reported.difference(current).copied();
+    kept.chain(new).take(MAX_AUTO_FORWARDS).collect()
 }
 
 /// The host port for guest port `guest`: the same one when it is free (8000 above it for
@@ -148,6 +161,20 @@ fn relay(client: TcpStream, vsock: &Path, guest: u16) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hostile guest listening on every port gets a bounded number of host listeners,
+    /// and never one for a declared forward; what is forwarded stays forwarded.
+    #[test]
+    fn forwards_are_capped_and_never_declared() {
+        let declared = BTreeSet::from([3000]);
+        let current = BTreeSet::from([60000, 60001]);
+        let everything: Vec<u16> = (1..=u16::MAX).collect();
+        let wanted = wanted(&current, everything, &declared);
+        assert_eq!(wanted.len(), MAX_AUTO_FORWARDS);
+        assert!(wanted.contains(&60000) && wanted.contains(&60001));
+        assert!(!wanted.contains(&3000));
+        assert_eq!(super::wanted(&current, vec![3000, 8080], &declared), BTreeSet::from([8080]));
+    }
 
     #[test]
     fn a_privileged_or_taken_port_gets_another() {

@@ -307,6 +307,7 @@ const DEFAULT_CONFIG: &str = "\
 # hypervisor = \"auto\"
 # cpus = 2
 # memory = \"1G\"
+# auto_ports = true   # forward every TCP port a guest listens on from 127.0.0.1
 ";
 
 #[cfg(test)]

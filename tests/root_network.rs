@@ -523,9 +523,9 @@ fn a_users_vm_network_is_theirs_alone() {
 /// included; another VM cannot use this VM's resolver; an offline VM is refused.
 #[test]
 fn guests_resolve_through_their_gateway_what_the_host_resolves() {
-    use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+    use hickory_proto::op::{Message, Query, ResponseCode};
     use hickory_proto::rr::rdata::A;
-    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    use hickory_proto::rr::{Name, RData, RecordType};
     root_test!(guests_resolve_through_their_gateway_what_the_host_resolves);
     let mut lab = Lab::new();
     let web = lab.create("web", |_| {});
@@ -535,21 +535,10 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
         lab.up(vm);
     }
     // The VPN's resolver: on the host's loopback only.
-    let vpn = lab.host.run(|| {
-        let _ = std::process::Command::new("ip").args(["addr", "add", "127.0.0.77/8", "dev", "lo"]).status();
-        UdpSocket::bind("127.0.0.77:53").unwrap()
-    });
-    std::thread::spawn(move || loop {
-        let mut buffer = [0u8; 512];
-        let Ok((length, client)) = vpn.recv_from(&mut buffer) else { continue };
-        let Ok(mut reply) = Message::from_vec(&buffer[..length]) else { continue };
-        let name = reply.queries()[0].name().clone();
-        reply.set_message_type(MessageType::Response);
-        reply.add_answer(Record::from_rdata(name, 5, RData::A(A("10.77.0.8".parse().unwrap()))));
-        let _ = vpn.send_to(&reply.to_vec().unwrap(), client);
-    });
+    support::dns::vpn_resolver(&lab.host);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("resolv.conf"), "nameserver 127.0.0.77\n").unwrap();
+    std::fs::write(dir.path().join("resolv.conf"), format!("nameserver {}\n", support::dns::VPN_RESOLVER))
+        .unwrap();
     std::fs::write(dir.path().join("hosts"), "").unwrap();
     let resolver = mvm::dns::HostResolver {
         resolv_conf: dir.path().join("resolv.conf"),
@@ -566,7 +555,8 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
             socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let mut query = Message::new();
             query.set_id(7).set_recursion_desired(true);
-            query.add_query(Query::query(Name::from_ascii("vpn-only.corp.test.").unwrap(), RecordType::A));
+            let name = Name::from_ascii(format!("{}.", support::dns::VPN_NAME)).unwrap();
+            query.add_query(Query::query(name, RecordType::A));
             socket.send_to(&query.to_vec().unwrap(), server).ok()?;
             let mut buffer = [0u8; 512];
             let length = socket.recv(&mut buffer).ok()?;
@@ -575,7 +565,7 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
     };
     let (web_guest, api_guest, off_guest) = (lab.guest(&web), lab.guest(&api), lab.guest(&off));
     let answer = ask(&lab.guests[web_guest], web.network.gateway).expect("no answer from the gateway");
-    assert_eq!(answer.answers()[0].data(), &RData::A(A("10.77.0.8".parse().unwrap())));
+    assert_eq!(answer.answers()[0].data(), &RData::A(A(support::dns::VPN_ADDRESS.parse().unwrap())));
     assert!(ask(&lab.guests[api_guest], web.network.gateway).is_none(), "a VM used another's resolver");
     assert!(ask(&lab.guests[api_guest], api.network.gateway).is_some());
     let refused = ask(&lab.guests[off_guest], off.network.gateway).expect("no answer for the offline VM");

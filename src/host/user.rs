@@ -43,7 +43,8 @@ fn from_parts(
     InvokingUser { name: name_of(uid), uid, gid }
 }
 
-fn name_of(uid: u32) -> String {
+/// The name of user `uid` (the number, for a uid with no account).
+pub fn name_of(uid: u32) -> String {
     nix::unistd::User::from_uid(uid.into()).ok().flatten().map_or_else(|| uid.to_string(), |user| user.name)
 }
 

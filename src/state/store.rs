@@ -89,8 +89,7 @@ pub fn load(paths: &Paths, name: &VmName) -> anyhow::Result<VmConfig> {
         return Err(no_such_vm(name).into());
     };
     if !may_manage(owner) {
-        let user =
-            nix::unistd::User::from_uid(owner.into()).ok().flatten().map_or(owner.to_string(), |u| u.name);
+        let user = crate::host::user::name_of(owner);
         return Err(UserError::needs_root(format!("VM '{name}' belongs to {user}, not to you"))
             .hint("only its owner (or root) can use it")
             .into());

@@ -35,8 +35,7 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
     // A VM's processes run as the user it belongs to: root starts only root's VMs.
     let owner = store::owner(paths, name).unwrap_or(0);
     if owner != nix::unistd::geteuid().as_raw() {
-        let user =
-            nix::unistd::User::from_uid(owner.into()).ok().flatten().map_or(owner.to_string(), |u| u.name);
+        let user = crate::host::user::name_of(owner);
         return Err(UserError::usage(format!(
             "VM '{name}' belongs to {user}, whose user runs its processes"
         ))

@@ -24,6 +24,7 @@ pub mod name;
 pub mod net;
 pub mod output;
 pub mod privileged;
+pub mod proc_net;
 pub mod project_env;
 pub mod spec;
 pub mod state;

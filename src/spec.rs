@@ -151,6 +151,76 @@ pub fn check_unique_host_ports(ports: &[PortForward]) -> Result<(), UserError> {
     Ok(())
 }
 
+/// Guest ports kept from automatic forwarding: `5432` or `9000-9100` (both protocols).
+/// In TOML a single port may also be written as a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+const PORT_RANGE_HINT: &str = "write a port or a range, e.g. 5432 or 9000-9100";
+
+impl PortRange {
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = UserError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let invalid =
+            |why: &str| UserError::usage(format!("invalid port range {spec:?}: {why}")).hint(PORT_RANGE_HINT);
+        let (first, last) = spec.split_once('-').unwrap_or((spec, spec));
+        let port = |text: &str| match text.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(invalid("ports are numbers from 1 to 65535")),
+            Ok(port) => Ok(port),
+        };
+        let (first, last) = (port(first)?, port(last)?);
+        if first > last {
+            return Err(invalid("the first port is above the last"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.first == self.last {
+            true => write!(f, "{}", self.first),
+            false => write!(f, "{}-{}", self.first, self.last),
+        }
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.first == self.last {
+            true => serializer.serialize_u16(self.first),
+            false => serializer.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(i64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Number(port) => port.to_string().parse(),
+            Written::Text(text) => text.parse(),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A memory size, kept in MiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MemorySize {
@@ -307,6 +377,26 @@ impl FromStr for EnvVar {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn port_ranges_parse_print_and_round_trip() {
+        let one: PortRange = "5432".parse().unwrap();
+        let many: PortRange = "9000-9100".parse().unwrap();
+        assert!(one.contains(5432) && !one.contains(5433));
+        assert!(many.contains(9000) && many.contains(9100) && !many.contains(9101));
+        assert_eq!((one.to_string(), many.to_string()), ("5432".into(), "9000-9100".into()));
+        for bad in ["0", "70000", "x", "9100-9000", "1-", ""] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad}");
+        }
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct List {
+            ignore: Vec<PortRange>,
+        }
+        let list: List = toml::from_str("ignore = [5432, \"9000-9100\"]").unwrap();
+        assert_eq!(list.ignore, [one, many]);
+        assert_eq!(toml::from_str::<List>(&toml::to_string(&list).unwrap()).unwrap(), list);
+        assert!(toml::from_str::<List>("ignore = [-1]").is_err());
+    }
+
     use super::*;
 
     #[test]

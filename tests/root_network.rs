@@ -520,7 +520,8 @@ fn a_users_vm_network_is_theirs_alone() {
 
 /// DNS on the gateway (`mvm::dns`): a guest asks its gateway's port 53 and gets what the
 /// host's resolver says, a name only a "VPN" resolver on the host's loopback knows
-/// included; another VM cannot use this VM's resolver; an offline VM is refused.
+/// included; another VM cannot use this VM's resolver; an offline VM is refused; an
+/// answer too big for UDP comes whole over TCP.
 #[test]
 fn guests_resolve_through_their_gateway_what_the_host_resolves() {
     use hickory_proto::op::{Message, Query, ResponseCode};
@@ -548,14 +549,13 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
         let (gateway, resolver, offline) = (vm.network.gateway, resolver.clone(), vm.offline);
         lab.host.run(move || mvm::dns::serve(mvm::dns::bind(gateway).unwrap(), resolver, offline));
     }
-    let ask = |guest: &NetNs, server: std::net::Ipv4Addr| -> Option<Message> {
+    let ask_about = |guest: &NetNs, server: std::net::Ipv4Addr, name: Name| -> Option<Message> {
         let server = std::net::SocketAddr::from((server, 53));
         guest.run(move || {
             let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
             socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let mut query = Message::new();
             query.set_id(7).set_recursion_desired(true);
-            let name = Name::from_ascii(format!("{}.", support::dns::VPN_NAME)).unwrap();
             query.add_query(Query::query(name, RecordType::A));
             socket.send_to(&query.to_vec().unwrap(), server).ok()?;
             let mut buffer = [0u8; 512];
@@ -563,6 +563,8 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
             Message::from_vec(&buffer[..length]).ok()
         })
     };
+    let vpn_name = Name::from_ascii(format!("{}.", support::dns::VPN_NAME)).unwrap();
+    let ask = |guest: &NetNs, server: std::net::Ipv4Addr| ask_about(guest, server, vpn_name.clone());
     let (web_guest, api_guest, off_guest) = (lab.guest(&web), lab.guest(&api), lab.guest(&off));
     let answer = ask(&lab.guests[web_guest], web.network.gateway).expect("no answer from the gateway");
     assert_eq!(answer.answers()[0].data(), &RData::A(A(support::dns::VPN_ADDRESS.parse().unwrap())));
@@ -570,4 +572,27 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
     assert!(ask(&lab.guests[api_guest], api.network.gateway).is_some());
     let refused = ask(&lab.guests[off_guest], off.network.gateway).expect("no answer for the offline VM");
     assert_eq!(refused.response_code(), ResponseCode::Refused);
+    // Too many addresses for UDP: truncated there, whole over TCP (relayed over TCP).
+    let many = Name::from_ascii(format!("{}.", support::dns::MANY_NAME)).unwrap();
+    let truncated = ask_about(&lab.guests[web_guest], web.network.gateway, many.clone()).unwrap();
+    assert!(truncated.truncated());
+    let gateway = web.network.gateway;
+    let whole = lab.guests[web_guest].run(move || {
+        let mut stream = std::net::TcpStream::connect((gateway, 53)).expect("no DNS over TCP on the gateway");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut query = Message::new();
+        query.set_id(8).set_recursion_desired(true).add_query(Query::query(many, RecordType::A));
+        let query = query.to_vec().unwrap();
+        stream.write_all(&[&(query.len() as u16).to_be_bytes()[..], &query].concat()).unwrap();
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length).unwrap();
+        let mut answer = vec![0u8; u16::from_be_bytes(length) as usize];
+        stream.read_exact(&mut answer).unwrap();
+        Message::from_vec(&answer).unwrap()
+    });
+    assert_eq!(whole.answers().len(), usize::from(support::dns::MANY_COUNT));
+    let stolen = lab.guests[api_guest].run(move || {
+        std::net::TcpStream::connect_timeout(&(gateway, 53).into(), Duration::from_secs(2)).is_ok()
+    });
+    assert!(!stolen, "a VM reached another's DNS over TCP");
 }

@@ -5,6 +5,7 @@
 //! `PowerOff`; during an exec it sends stdin, resizes and signals, and the guest sends
 //! output; the last frame from the guest is `Exit`.
 
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,13 @@ impl ExitStatus {
     }
 }
 
+/// The ports the guest serves, by protocol (the payload of `Listeners`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listening {
+    pub tcp: BTreeSet<u16>,
+    pub udp: BTreeSet<u16>,
+}
+
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -68,14 +76,19 @@ pub enum Frame {
     /// Host → guest: set the wall clock to this many nanoseconds since the epoch (after a
     /// pause, the guest's clock stood still); answered with `Pong`.
     SetClock(u64),
-    /// Host → guest: report the guest's TCP listeners now and whenever they change
+    /// Host → guest: report the guest's listeners now and whenever they change
     /// (`Listeners` frames, for as long as the connection lasts).
     WatchListeners,
     /// Host → guest: connect to this TCP port on the guest's loopback; after the `Pong`,
     /// the stream carries that connection's bytes both ways.
     Connect(u16),
-    /// Guest → host: the ports TCP sockets listen on.
-    Listeners(Vec<u16>),
+    /// Host → guest: send datagrams to this UDP port on the guest's loopback; after the
+    /// `Pong`, each datagram either way is one `Datagram` frame.
+    ConnectUdp(u16),
+    /// Either way, after `ConnectUdp`: one UDP datagram.
+    Datagram(Vec<u8>),
+    /// Guest → host: the ports the guest's TCP and UDP servers listen on.
+    Listeners(Listening),
     /// Guest → host: command output.
     Stdout(Vec<u8>),
     /// Guest → host: command error output.
@@ -98,6 +111,8 @@ const POWER_OFF: u8 = 7;
 const SET_CLOCK: u8 = 8;
 const WATCH_LISTENERS: u8 = 9;
 const CONNECT: u8 = 10;
+const CONNECT_UDP: u8 = 11;
+const DATAGRAM: u8 = 12;
 const STDOUT: u8 = 16;
 const STDERR: u8 = 17;
 const EXIT: u8 = 18;
@@ -122,6 +137,8 @@ impl Frame {
             Frame::SetClock(nanos) => (SET_CLOCK, nanos.to_be_bytes().to_vec()),
             Frame::WatchListeners => (WATCH_LISTENERS, Vec::new()),
             Frame::Connect(port) => (CONNECT, port.to_be_bytes().to_vec()),
+            Frame::ConnectUdp(port) => (CONNECT_UDP, port.to_be_bytes().to_vec()),
+            Frame::Datagram(data) => (DATAGRAM, data.clone()),
             Frame::Listeners(ports) => (LISTENERS, to_json(ports)),
             Frame::Stdout(data) => (STDOUT, data.clone()),
             Frame::Stderr(data) => (STDERR, data.clone()),
@@ -155,6 +172,8 @@ impl Frame {
             SET_CLOCK => Frame::SetClock(u64::from_be_bytes(fixed(8)?.try_into().expect("8 bytes"))),
             WATCH_LISTENERS => Frame::WatchListeners,
             CONNECT => Frame::Connect(u16::from_be_bytes(fixed(2)?.try_into().expect("2 bytes"))),
+            CONNECT_UDP => Frame::ConnectUdp(u16::from_be_bytes(fixed(2)?.try_into().expect("2 bytes"))),
+            DATAGRAM => Frame::Datagram(payload),
             LISTENERS => Frame::Listeners(serde_json::from_slice(&payload).map_err(json_error)?),
             STDOUT => Frame::Stdout(payload),
             STDERR => Frame::Stderr(payload),
@@ -235,7 +254,9 @@ mod tests {
             Frame::SetClock(1_796_067_245_123_456_789),
             Frame::WatchListeners,
             Frame::Connect(8080),
-            Frame::Listeners(vec![22, 3000, 5432]),
+            Frame::ConnectUdp(5353),
+            Frame::Datagram(vec![0, 1, 2]),
+            Frame::Listeners(Listening { tcp: BTreeSet::from([22, 3000]), udp: BTreeSet::from([5353]) }),
             Frame::Stdout(vec![0, 255, 10]),
             Frame::Stderr(b"oops".to_vec()),
             Frame::Exit(ExitStatus::Code(7)),

@@ -25,9 +25,13 @@ pub struct PortArgs {
     /// Stop forwarding host port HOST (every protocol, or only /tcp or /udp)
     #[arg(long = "rm", value_name = "HOST[/udp]")]
     pub remove: Option<String>,
-    /// List as JSON
+    /// List as JSON (with --watch: one JSON object per change, a line each)
     #[arg(long, conflicts_with_all = ["forward", "remove"])]
     pub json: bool,
+    /// Print the forwards, then every change as it happens (automatic forwards come and
+    /// go with the guest's listeners), until interrupted
+    #[arg(long, short = 'w', conflicts_with_all = ["forward", "remove"])]
+    pub watch: bool,
 }
 
 /// Runs `mvm port`.
@@ -54,13 +58,14 @@ pub fn run(args: PortArgs, paths: &Paths) -> anyhow::Result<i32> {
                 println!("stopped forwarding host port {}/{} to VM '{name}'", forward.host, forward.protocol);
             }
         }
+        (None, None) if args.watch => watch(paths, &name, args.json)?,
         (None, None) => list(paths, &name, args.json)?,
     }
     Ok(0)
 }
 
 /// One row of the list: a declared forward, or one the guest's listener made.
-#[derive(serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 struct Listed {
     #[serde(flatten)]
     forward: PortForward,
@@ -68,30 +73,102 @@ struct Listed {
     automatic: bool,
 }
 
-fn list(paths: &Paths, name: &VmName, json: bool) -> anyhow::Result<()> {
+impl Listed {
+    fn source(&self) -> &'static str {
+        if self.automatic {
+            "automatic (127.0.0.1)"
+        } else {
+            "declared"
+        }
+    }
+}
+
+/// VM `name`'s forwards — the declared ones, then the automatic ones while it runs —
+/// and whether it runs.
+fn forwards(paths: &Paths, name: &VmName) -> anyhow::Result<(Vec<Listed>, bool)> {
     let config = store::load(paths, name)?;
-    let automatic = crate::supervisor::ports::read(&paths.vm_run_dir(name)).into_iter().map(|auto| Listed {
-        forward: PortForward { host: auto.host, guest: auto.guest, protocol: crate::spec::Protocol::Tcp },
+    let running = store::run_state(paths, name)? == RunState::Running;
+    let automatic =
+        if running { crate::supervisor::ports::read(&paths.vm_run_dir(name)) } else { Vec::new() };
+    let automatic = automatic.into_iter().map(|auto| Listed {
+        forward: PortForward { host: auto.host, guest: auto.guest, protocol: auto.protocol },
         automatic: true,
     });
-    let rows: Vec<Listed> =
-        config.ports.iter().map(|&forward| Listed { forward, automatic: false }).chain(automatic).collect();
+    let declared = config.ports.iter().map(|&forward| Listed { forward, automatic: false });
+    Ok((declared.chain(automatic).collect(), running))
+}
+
+fn list(paths: &Paths, name: &VmName, json: bool) -> anyhow::Result<()> {
+    let (rows, _) = forwards(paths, name)?;
     if json {
         return print_json(&rows);
     }
     let mut table = output::table(["HOST", "GUEST", "PROTOCOL", "SOURCE"]);
     for row in &rows {
         let port = row.forward;
-        let source = if row.automatic { "automatic (127.0.0.1)" } else { "declared" };
         table.add_row([
             port.host.to_string(),
             port.guest.to_string(),
             port.protocol.to_string(),
-            source.into(),
+            row.source().into(),
         ]);
     }
     print_table(&table);
     Ok(())
+}
+
+/// How often `--watch` looks (automatic forwards change within the guest agent's 200 ms).
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// One line of `--watch --json`.
+#[derive(serde::Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+enum Change<'a> {
+    Added(&'a Listed),
+    Removed(&'a Listed),
+    Running,
+    Stopped,
+}
+
+impl Change<'_> {
+    fn text(&self, name: &VmName) -> String {
+        let line = |sign: char, row: &Listed| {
+            let port = row.forward;
+            format!("{sign} host {} -> guest {}/{}  {}", port.host, port.guest, port.protocol, row.source())
+        };
+        match self {
+            Change::Added(row) => line('+', row),
+            Change::Removed(row) => line('-', row),
+            Change::Running => format!("VM '{name}' is running"),
+            Change::Stopped => format!("VM '{name}' is stopped"),
+        }
+    }
+}
+
+/// Prints the forwards, then each change, until interrupted or stdout closes.
+fn watch(paths: &Paths, name: &VmName, json: bool) -> anyhow::Result<()> {
+    use std::collections::BTreeSet;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let mut shown: BTreeSet<Listed> = BTreeSet::new();
+    let mut was_running = None;
+    loop {
+        let (rows, running) = forwards(paths, name)?;
+        let now: BTreeSet<Listed> = rows.into_iter().collect();
+        let mut changes: Vec<Change> = shown.difference(&now).map(Change::Removed).collect();
+        if was_running != Some(running) {
+            changes.push(if running { Change::Running } else { Change::Stopped });
+        }
+        changes.extend(now.difference(&shown).map(Change::Added));
+        for change in &changes {
+            let line = if json { serde_json::to_string(change)? } else { change.text(name) };
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                return Ok(()); // the reader went away
+            }
+        }
+        (shown, was_running) = (now, Some(running));
+        std::thread::sleep(WATCH_POLL);
+    }
 }
 
 /// Adds `forward` to VM `name` (picking a host port if it is 0); returns the forward and
@@ -157,4 +234,22 @@ fn save_and_apply(paths: &Paths, previous: &VmConfig, config: &VmConfig) -> anyh
         return Err(error.context("the change was not applied, and vm.toml is unchanged"));
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_lines_say_what_changed() {
+        let row = Listed { forward: "8080:3000".parse().unwrap(), automatic: true };
+        let name: VmName = "web".parse().unwrap();
+        assert_eq!(
+            serde_json::to_string(&Change::Added(&row)).unwrap(),
+            r#"{"event":"added","host":8080,"guest":3000,"protocol":"tcp","automatic":true}"#
+        );
+        assert_eq!(serde_json::to_string(&Change::Stopped).unwrap(), r#"{"event":"stopped"}"#);
+        assert_eq!(Change::Removed(&row).text(&name), "- host 8080 -> guest 3000/tcp  automatic (127.0.0.1)");
+        assert_eq!(Change::Running.text(&name), "VM 'web' is running");
+    }
 }

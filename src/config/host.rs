@@ -30,7 +30,7 @@ use serde::Deserialize;
 use crate::addr::{AddressPool, Ipv4Net};
 use crate::config::vm::Hypervisor;
 use crate::error::UserError;
-use crate::spec::MemorySize;
+use crate::spec::{MemorySize, PortRange};
 
 /// The parsed host config; every field has a default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -70,8 +70,10 @@ pub struct Defaults {
     pub memory: MemorySize,
     /// QEMU acceleration: `auto` (KVM where it can run ordinary kernels), `kvm` or `tcg`.
     pub accel: Option<String>,
-    /// Forward every TCP port a guest listens on from the host's loopback by itself.
+    /// Forward every port a guest listens on from the host's loopback by itself.
     pub auto_ports: bool,
+    /// Guest ports never forwarded by themselves, on every VM.
+    pub auto_ports_ignore: Vec<PortRange>,
 }
 
 impl Default for Defaults {
@@ -82,6 +84,7 @@ impl Default for Defaults {
             memory: MemorySize::from_mib(1024),
             accel: None,
             auto_ports: true,
+            auto_ports_ignore: Vec::new(),
         }
     }
 }

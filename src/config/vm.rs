@@ -16,7 +16,7 @@ use crate::addr::VmNetwork;
 use crate::atomic::write_private;
 use crate::error::UserError;
 use crate::name::VmName;
-use crate::spec::{MemorySize, PortForward, Volume};
+use crate::spec::{MemorySize, PortForward, PortRange, Volume};
 
 /// The file name of a VM's config inside its state directory.
 pub const VM_CONFIG_FILE: &str = "vm.toml";
@@ -143,6 +143,13 @@ pub struct VmConfig {
     /// The guest may reach services on the host.
     #[serde(default)]
     pub host_access: bool,
+    /// Forward the guest's listeners by themselves; unset follows the host's
+    /// `[defaults] auto_ports`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_ports: Option<bool>,
+    /// Guest ports never forwarded by themselves (beside the host's `[defaults]` list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auto_ports_ignore: Vec<PortRange>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -262,6 +269,8 @@ pub(crate) mod tests {
             kernel: None,
             offline: false,
             host_access: true,
+            auto_ports: Some(false),
+            auto_ports_ignore: vec!["5432".parse().unwrap(), "9000-9100".parse().unwrap()],
             env: BTreeMap::from([("A".to_string(), "1".to_string())]),
             project: Some(Project { path: "/src/web".into(), mount: MountMode::Overlay, persist: true }),
             network: pool.vm(4).unwrap(),

@@ -7,15 +7,16 @@ use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{RData, Record, RecordType};
 
-use super::HostResolver;
+use super::{HostResolver, Transport};
 
 /// How long a hosts-file answer may be cached by the guest.
 const HOSTS_TTL: u32 = 5;
 /// How long one upstream nameserver gets to answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The reply to the DNS message `query`; `None` for what is no query (dropped).
-pub fn answer(query: &[u8], resolver: &HostResolver, offline: bool) -> Option<Vec<u8>> {
+/// The reply to the DNS message `query`, which came over `transport`; `None` for what is
+/// no query (dropped).
+pub fn answer(query: &[u8], resolver: &HostResolver, offline: bool, transport: Transport) -> Option<Vec<u8>> {
     let message = Message::from_vec(query).ok()?;
     if message.message_type() != MessageType::Query {
         return None;
@@ -41,7 +42,7 @@ pub fn answer(query: &[u8], resolver: &HostResolver, offline: bool) -> Option<Ve
             return reply(&message, ResponseCode::NoError, records);
         }
     }
-    forward(query, resolver).or_else(|| reply(&message, ResponseCode::ServFail, Vec::new()))
+    forward(query, resolver, transport).or_else(|| reply(&message, ResponseCode::ServFail, Vec::new()))
 }
 
 /// A response to `query` with `code` and `answers`.
@@ -83,24 +84,34 @@ fn nameservers(resolver: &HostResolver) -> Vec<SocketAddr> {
 }
 
 /// The first answer a host nameserver gives to `query`, as it sent it.
-fn forward(query: &[u8], resolver: &HostResolver) -> Option<Vec<u8>> {
-    forward_via(query, &nameservers(resolver))
+fn forward(query: &[u8], resolver: &HostResolver, transport: Transport) -> Option<Vec<u8>> {
+    forward_via(query, &nameservers(resolver), transport)
 }
 
-/// The first answer one of `servers` gives to `query` (with its id), as it sent it.
-fn forward_via(query: &[u8], servers: &[SocketAddr]) -> Option<Vec<u8>> {
+/// The first answer one of `servers` gives to `query` over `transport` (with its id), as
+/// it sent it.
+fn forward_via(query: &[u8], servers: &[SocketAddr], transport: Transport) -> Option<Vec<u8>> {
     let id = query.get(..2)?;
     servers.iter().find_map(|&server| {
-        let local: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
-        let socket = UdpSocket::bind(local).ok()?;
-        socket.set_read_timeout(Some(UPSTREAM_TIMEOUT)).ok()?;
-        socket.connect(server).ok()?;
-        socket.send(query).ok()?;
-        let mut buffer = vec![0u8; 4096];
-        let length = socket.recv(&mut buffer).ok()?;
-        buffer.truncate(length);
-        (buffer.get(..2) == Some(id)).then_some(buffer)
+        let answer = match transport {
+            Transport::Udp => ask_udp(server, query),
+            Transport::Tcp => super::tcp::ask(server, query, UPSTREAM_TIMEOUT).ok(),
+        }?;
+        (answer.get(..2) == Some(id)).then_some(answer)
     })
+}
+
+/// Asks `server` over UDP.
+fn ask_udp(server: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    let local: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+    let socket = UdpSocket::bind(local).ok()?;
+    socket.set_read_timeout(Some(UPSTREAM_TIMEOUT)).ok()?;
+    socket.connect(server).ok()?;
+    socket.send(query).ok()?;
+    let mut buffer = vec![0u8; 4096];
+    let length = socket.recv(&mut buffer).ok()?;
+    buffer.truncate(length);
+    Some(buffer)
 }
 
 #[cfg(test)]
@@ -128,7 +139,7 @@ mod tests {
         let resolver =
             resolver(dir.path(), "10.77.0.7 intranet.corp.test intranet # vpn\n::1 localhost\n", "");
         let reply = Message::from_vec(
-            &answer(&query("intranet.corp.test.", RecordType::A), &resolver, false).unwrap(),
+            &answer(&query("intranet.corp.test.", RecordType::A), &resolver, false, Transport::Udp).unwrap(),
         )
         .unwrap();
         assert_eq!(reply.id(), 4242);
@@ -136,9 +147,10 @@ mod tests {
         assert_eq!(reply.answers().len(), 1);
         assert_eq!(reply.answers()[0].data(), &RData::A(A("10.77.0.7".parse().unwrap())));
         // No nameserver at all: a name the hosts file lacks fails, it is not invented.
-        let missing =
-            Message::from_vec(&answer(&query("other.test.", RecordType::A), &resolver, false).unwrap())
-                .unwrap();
+        let missing = Message::from_vec(
+            &answer(&query("other.test.", RecordType::A), &resolver, false, Transport::Udp).unwrap(),
+        )
+        .unwrap();
         assert_eq!(missing.response_code(), ResponseCode::ServFail);
     }
 
@@ -147,12 +159,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let resolver = resolver(dir.path(), "10.77.0.7 intranet.corp.test\n", "");
         let reply = Message::from_vec(
-            &answer(&query("intranet.corp.test.", RecordType::A), &resolver, true).unwrap(),
+            &answer(&query("intranet.corp.test.", RecordType::A), &resolver, true, Transport::Udp).unwrap(),
         )
         .unwrap();
         assert_eq!(reply.response_code(), ResponseCode::Refused);
         assert!(reply.answers().is_empty());
-        assert_eq!(answer(b"\x00\x01garbage", &resolver, false), None);
+        assert_eq!(answer(b"\x00\x01garbage", &resolver, false, Transport::Udp), None);
+    }
+
+    /// Over TCP, the query goes upstream over TCP, and an answer far over UDP's 512 bytes
+    /// comes back whole.
+    #[test]
+    fn tcp_queries_go_upstream_over_tcp() {
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = SocketAddr::from(([127, 0, 0, 1], upstream.local_addr().unwrap().port()));
+        let serving = std::thread::spawn(move || {
+            let (mut connection, _) = upstream.accept().unwrap();
+            let query = super::super::tcp::read_message(&mut connection).unwrap().unwrap();
+            let mut reply = Message::from_vec(&query).unwrap();
+            reply.set_message_type(MessageType::Response);
+            for i in 0..60u8 {
+                let name = reply.queries()[0].name().clone();
+                reply.add_answer(Record::from_rdata(name, 60, RData::A(A([10, 0, 0, i].into()))));
+            }
+            super::super::tcp::write_message(&mut connection, &reply.to_vec().unwrap()).unwrap();
+        });
+        let got = forward_via(&query("big.example.test.", RecordType::A), &[server], Transport::Tcp).unwrap();
+        serving.join().unwrap();
+        assert!(got.len() > 512);
+        assert_eq!(Message::from_vec(&got).unwrap().answers().len(), 60);
     }
 
     #[test]
@@ -175,7 +210,7 @@ mod tests {
         });
         let sent = query("www.example.test.", RecordType::A);
         // resolv.conf names port 53; this test's upstream listens elsewhere.
-        let got = forward_via(&sent, &[SocketAddr::from(([127, 0, 0, 1], port))]).unwrap();
+        let got = forward_via(&sent, &[SocketAddr::from(([127, 0, 0, 1], port))], Transport::Udp).unwrap();
         server.join().unwrap();
         let reply = Message::from_vec(&got).unwrap();
         assert_eq!(reply.id(), 4242);

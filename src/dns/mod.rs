@@ -7,17 +7,26 @@
 //! VPN that comes up or a changed resolver applies at once, with no VM restart. An
 //! `--offline` VM gets `REFUSED`.
 //!
-//! Messages are parsed and built with `hickory-proto`; a forwarded query's answer is
-//! relayed as the upstream sent it.
+//! Queries come over UDP and TCP (a truncated UDP answer makes the guest ask again over
+//! TCP, and a TCP query goes upstream over TCP). Messages are parsed and built with
+//! `hickory-proto`; a forwarded query's answer is relayed as the upstream sent it.
 
 mod answer;
+mod tcp;
 
-use std::net::UdpSocket;
+use std::net::{TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub use answer::answer;
+
+/// How a query came, and how it goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
 
 /// The host port the guests' DNS queries are sent to, on each VM's gateway address.
 pub const GATEWAY_DNS_PORT: u16 = 6300;
@@ -47,10 +56,17 @@ impl HostResolver {
 /// The most queries answered at once; more are dropped (the guest asks again).
 const MAX_IN_FLIGHT: usize = 64;
 
-/// Answers every query arriving on `socket`, each on a thread of its own, for as long as
+/// A VM's DNS sockets on its gateway.
+pub struct Sockets {
+    pub udp: UdpSocket,
+    pub tcp: TcpListener,
+}
+
+/// Answers every query arriving on `sockets`, each on a thread of its own, for as long as
 /// the process lives.
-pub fn serve(socket: UdpSocket, resolver: HostResolver, offline: bool) {
-    let socket = Arc::new(socket);
+pub fn serve(sockets: Sockets, resolver: HostResolver, offline: bool) {
+    tcp::serve(sockets.tcp, resolver.clone(), offline);
+    let socket = Arc::new(sockets.udp);
     let in_flight = Arc::new(AtomicUsize::new(0));
     std::thread::spawn(move || {
         let mut buffer = [0u8; 4096];
@@ -63,7 +79,7 @@ pub fn serve(socket: UdpSocket, resolver: HostResolver, offline: bool) {
             let (query, socket, resolver, in_flight) =
                 (buffer[..length].to_vec(), socket.clone(), resolver.clone(), in_flight.clone());
             std::thread::spawn(move || {
-                if let Some(reply) = answer(&query, &resolver, offline) {
+                if let Some(reply) = answer(&query, &resolver, offline, Transport::Udp) {
                     let _ = socket.send_to(&reply, client);
                 }
                 in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -72,17 +88,26 @@ pub fn serve(socket: UdpSocket, resolver: HostResolver, offline: bool) {
     });
 }
 
-/// Binds the DNS socket of a VM whose gateway is `gateway`, before the gateway address
-/// exists (`IP_FREEBIND`): the socket outlives the bridge across a guest's reboot.
-pub fn bind(gateway: std::net::Ipv4Addr) -> std::io::Result<UdpSocket> {
+/// Binds the DNS sockets of a VM whose gateway is `gateway`, before the gateway address
+/// exists (`IP_FREEBIND`): they outlive the bridge across a guest's reboot.
+pub fn bind(gateway: std::net::Ipv4Addr) -> std::io::Result<Sockets> {
     use nix::sys::socket::{
-        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
     };
-    let fd = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
-    setsockopt(&fd, sockopt::IpFreebind, &true)?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(std::net::SocketAddrV4::new(gateway, GATEWAY_DNS_PORT)),
-    )?;
-    Ok(UdpSocket::from(fd))
+    let address = SockaddrIn::from(std::net::SocketAddrV4::new(gateway, GATEWAY_DNS_PORT));
+    let open = |kind: SockType| -> std::io::Result<std::os::fd::OwnedFd> {
+        let fd = socket(AddressFamily::Inet, kind, SockFlag::SOCK_CLOEXEC, None)?;
+        setsockopt(&fd, sockopt::IpFreebind, &true)?;
+        // For TCP, so a restarted supervisor binds past its old connections' TIME_WAIT
+        // (never for UDP: there it would let another socket share the port).
+        if kind == SockType::Stream {
+            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        }
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &address)?;
+        Ok(fd)
+    };
+    let udp = UdpSocket::from(open(SockType::Datagram)?);
+    let tcp = open(SockType::Stream)?;
+    listen(&tcp, Backlog::new(16).expect("a valid backlog"))?;
+    Ok(Sockets { udp, tcp: TcpListener::from(tcp) })
 }

@@ -20,12 +20,12 @@ use nix::sys::socket::{accept, bind, listen, socket, AddressFamily, Backlog, Soc
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::agent::protocol::{ExecRequest, ExitStatus, Frame, AGENT_PORT};
-use crate::guest::reaper;
+use crate::guest::{forward, reaper};
 
 /// A connection's write half, shared by the threads that send frames.
-type Sender = Arc<Mutex<File>>;
+pub(super) type Sender = Arc<Mutex<File>>;
 
-fn send(sender: &Sender, frame: &Frame) -> bool {
+pub(super) fn send(sender: &Sender, frame: &Frame) -> bool {
     frame.write_to(&mut *sender.lock().expect("agent connection")).is_ok()
 }
 
@@ -61,32 +61,9 @@ fn handle(mut connection: File, power_off: fn() -> !) -> anyhow::Result<()> {
             send(&sender, &Frame::Pong(uptime_ms()));
         }
         Some(Frame::PowerOff) => power_off(),
-        Some(Frame::WatchListeners) => {
-            let mut reported = None;
-            loop {
-                let now = crate::guest::listeners::listening();
-                if reported.as_ref() != Some(&now) {
-                    if !send(&sender, &Frame::Listeners(now.iter().copied().collect())) {
-                        break;
-                    }
-                    reported = Some(now);
-                }
-                std::thread::sleep(crate::guest::listeners::POLL);
-            }
-        }
-        Some(Frame::Connect(port)) => {
-            let tcp = std::net::TcpStream::connect(("127.0.0.1", port))
-                .or_else(|_| std::net::TcpStream::connect(("::1", port)));
-            match tcp {
-                Ok(tcp) => {
-                    send(&sender, &Frame::Pong(uptime_ms()));
-                    splice(connection, tcp);
-                }
-                Err(error) => {
-                    send(&sender, &Frame::Error(format!("cannot connect to port {port}: {error}")));
-                }
-            }
-        }
+        Some(Frame::WatchListeners) => forward::watch_listeners(&sender),
+        Some(Frame::Connect(port)) => forward::connect_tcp(connection, &sender, port),
+        Some(Frame::ConnectUdp(port)) => forward::connect_udp(connection, &sender, port),
         Some(Frame::SetClock(nanos)) => {
             let now = nix::sys::time::TimeSpec::from_duration(std::time::Duration::from_nanos(nanos));
             nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now)?;
@@ -348,23 +325,4 @@ fn spawn_input(
             let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGHUP);
         }
     });
-}
-
-/// Copies bytes both ways between the agent's `connection` and `tcp` until either ends.
-fn splice(connection: File, tcp: std::net::TcpStream) {
-    let (Ok(mut from_host), Ok(mut to_host)) = (connection.try_clone(), tcp.try_clone()) else { return };
-    let mut to_guest = tcp;
-    let upstream = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from_host, &mut to_guest);
-        let _ = to_guest.shutdown(std::net::Shutdown::Write);
-    });
-    let mut connection = connection;
-    let _ = std::io::copy(&mut to_host, &mut connection);
-    // The guest's side ended: so does the stream (vhost-device-vsock passes on a whole
-    // shutdown, not a half one), which also ends the copy the other way.
-    let _ = nix::sys::socket::shutdown(
-        std::os::fd::AsRawFd::as_raw_fd(&connection),
-        nix::sys::socket::Shutdown::Both,
-    );
-    let _ = upstream.join();
 }

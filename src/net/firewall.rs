@@ -457,8 +457,9 @@ pub(crate) mod tests {
             assert_eq!(isolation, 1);
             counts.push(fw.rule_count());
         }
-        // 6 jumps + 9 shared rules, then per VM its egress rule and two for its DNS.
-        assert_eq!(counts, [18, 45, 315]);
+        // 6 jumps + 9 shared rules, then per VM its egress rule and four for its DNS (UDP
+        // and TCP).
+        assert_eq!(counts, [20, 65, 515]);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Host ports: is one already taken by a host process (and by whom), and which is free.
 //!
 //! A port is taken when binding it on `0.0.0.0` fails; the owner is found through the
-//! socket tables of the caller's network namespace (`/proc/thread-self/net/…`) and the
+//! socket tables of the caller's network namespace (`proc_net`) and the
 //! socket inodes in `/proc/PID/fd`.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 
+use crate::proc_net;
 use crate::spec::Protocol;
 
 /// The process holding a port.
@@ -52,10 +53,11 @@ fn owner_of(port: u16, protocol: Protocol) -> Option<PortOwner> {
         Protocol::Tcp => &["tcp", "tcp6"],
         Protocol::Udp => &["udp", "udp6"],
     };
-    let inodes: Vec<u64> = tables
-        .iter()
-        .filter_map(|table| std::fs::read_to_string(format!("/proc/thread-self/net/{table}")).ok())
-        .flat_map(|text| socket_inodes(&text, port, protocol))
+    let inodes: Vec<u64> = proc_net::read(tables)
+        .into_iter()
+        .filter(|socket| socket.local.port() == port)
+        .filter(|socket| protocol == Protocol::Udp || socket.state == proc_net::TCP_LISTEN)
+        .map(|socket| socket.inode)
         .collect();
     if inodes.is_empty() {
         return None;
@@ -76,35 +78,9 @@ fn owner_of(port: u16, protocol: Protocol) -> Option<PortOwner> {
     None
 }
 
-/// Inodes of sockets bound to local `port` in a `/proc/net/{tcp,udp}[6]` table (TCP:
-/// listening ones only).
-fn socket_inodes(table: &str, port: u16, protocol: Protocol) -> Vec<u64> {
-    const TCP_LISTEN: &str = "0A";
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = fields.get(1)?.rsplit(':').next()?;
-            let state = *fields.get(3)?;
-            let listening = protocol == Protocol::Udp || state == TCP_LISTEN;
-            (u16::from_str_radix(local_port, 16).ok()? == port && listening)
-                .then(|| fields.get(9)?.parse().ok())?
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_socket_tables() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1\n   1: 0100007F:1F90 0100007F:C000 01 00000000:00000000 00:00000000 00000000     0        0 999 1\n";
-        assert_eq!(socket_inodes(table, 8080, Protocol::Tcp), [4242]);
-        assert_eq!(socket_inodes(table, 8080, Protocol::Udp), [4242, 999]);
-        assert!(socket_inodes(table, 8081, Protocol::Tcp).is_empty());
-    }
 
     #[test]
     fn finds_this_process_holding_a_port() {

@@ -473,6 +473,8 @@ mod tests {
             kernel: None,
             offline: false,
             host_access: false,
+            auto_ports: None,
+            auto_ports_ignore: vec![],
             env: Default::default(),
             project: Some(Project { path: "/src/web".into(), mount, persist }),
             network: AddressPool::new("10.200.0.0/16".parse().unwrap(), 24).unwrap().vm(0).unwrap(),

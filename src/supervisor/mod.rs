@@ -8,6 +8,13 @@
 //! started also stops itself once no shell holding a lease has been in its project for
 //! the idle time (`state::lease`).
 
+/// A line of the supervisor's log (its stderr), with the time.
+macro_rules! log {
+    ($($arg:tt)*) => {
+        eprintln!("[{}] {}", humantime::format_rfc3339_millis(std::time::SystemTime::now()), format!($($arg)*))
+    };
+}
+
 pub mod launch;
 pub mod orphans;
 pub mod pause;
@@ -49,12 +56,6 @@ const STOPPED_BY_MVM_STOP: &str = "stopped by mvm stop";
 const MOUNT_POINTS: [&str; 4] = ["project", "root", launch::PINNED_PROJECT, launch::PINNED_ROOT];
 /// Files of the runtime dir that outlive the supervisor.
 pub const KEPT_RUNTIME_FILES: [&str; 2] = ["lock", crate::state::status::STATUS_FILE];
-
-macro_rules! log {
-    ($($arg:tt)*) => {
-        eprintln!("[{}] {}", humantime::format_rfc3339_millis(std::time::SystemTime::now()), format!($($arg)*))
-    };
-}
 
 /// How one boot of the VM ended.
 enum Ending {
@@ -221,15 +222,8 @@ fn run(
         &log_dir.join("hypervisor.log"),
     )?;
     let hypervisor_pid = hypervisor.id();
-    if host.defaults.auto_ports {
-        let declared = launch
-            .config
-            .ports
-            .iter()
-            .filter(|forward| forward.protocol == crate::spec::Protocol::Tcp)
-            .map(|forward| forward.guest)
-            .collect();
-        ports::spawn(launch.spec.vsock_socket.clone(), run_dir.clone(), declared);
+    if let Some(policy) = ports::Policy::of(&launch.config, &host, nix::unistd::geteuid().as_raw()) {
+        ports::spawn(launch.spec.vsock_socket.clone(), run_dir.clone(), policy);
     }
     log!("{program} running as {hypervisor_pid} ({} ms)", started.elapsed().as_millis());
     status.phase = Phase::Running;
@@ -378,8 +372,8 @@ fn run(
 /// without it, the guest's names do not resolve, which the log says.
 fn serve_dns(paths: &Paths, name: &VmName) {
     let served = store::load(paths, name).and_then(|config| {
-        let socket = crate::dns::bind(config.network.gateway)?;
-        crate::dns::serve(socket, crate::dns::HostResolver::from_env(), config.offline);
+        let sockets = crate::dns::bind(config.network.gateway)?;
+        crate::dns::serve(sockets, crate::dns::HostResolver::from_env(), config.offline);
         Ok(())
     });
     if let Err(error) = served {

@@ -1,8 +1,11 @@
 //! A resolver only the host knows, as a VPN's would be: on `VPN_RESOLVER` (the loopback
-//! of a namespace the test made), it answers `VPN_NAME` with `VPN_ADDRESS` and any other
-//! name with NXDOMAIN.
+//! of a namespace the test made), over UDP and TCP, it answers `VPN_NAME` with
+//! `VPN_ADDRESS`, `MANY_NAME` with `MANY_COUNT` addresses (too many for a UDP answer:
+//! over UDP it says "truncated", as real servers do, and only TCP gets them), and any
+//! other name with NXDOMAIN.
 
-use std::net::UdpSocket;
+use std::io::{Read, Write};
+use std::net::{TcpListener, UdpSocket};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::A;
@@ -15,26 +18,66 @@ pub const VPN_RESOLVER: &str = "127.0.0.77";
 /// The one name it knows, and its address.
 pub const VPN_NAME: &str = "vpn-only.corp.test";
 pub const VPN_ADDRESS: &str = "10.77.0.8";
+/// A name with more addresses than a UDP answer holds: `10.77.1.0` and up.
+pub const MANY_NAME: &str = "many.corp.test";
+pub const MANY_COUNT: u8 = 60;
+
+/// The reply to `query`; over UDP, a name with many addresses gets a truncated one.
+fn reply(query: &[u8], over_tcp: bool) -> Option<Vec<u8>> {
+    let mut reply = Message::from_vec(query).ok()?;
+    let name = reply.queries().first()?.name().clone();
+    reply.set_message_type(MessageType::Response);
+    match name.to_ascii().trim_end_matches('.') {
+        VPN_NAME => {
+            reply.add_answer(Record::from_rdata(name, 5, RData::A(A(VPN_ADDRESS.parse().unwrap()))));
+        }
+        MANY_NAME if over_tcp => {
+            for i in 0..MANY_COUNT {
+                reply.add_answer(Record::from_rdata(name.clone(), 5, RData::A(A([10, 77, 1, i].into()))));
+            }
+        }
+        MANY_NAME => {
+            reply.set_truncated(true);
+        }
+        _ => {
+            reply.set_response_code(ResponseCode::NXDomain);
+        }
+    }
+    reply.to_vec().ok()
+}
 
 /// Starts it in `namespace`; it answers for as long as the test process lives.
 pub fn vpn_resolver(namespace: &NetNs) {
-    let socket = namespace.run(|| {
+    let (udp, tcp) = namespace.run(|| {
         let _ = std::process::Command::new("ip")
             .args(["addr", "add", &format!("{VPN_RESOLVER}/8"), "dev", "lo"])
             .status();
-        UdpSocket::bind((VPN_RESOLVER, 53)).unwrap()
+        (UdpSocket::bind((VPN_RESOLVER, 53)).unwrap(), TcpListener::bind((VPN_RESOLVER, 53)).unwrap())
     });
     std::thread::spawn(move || loop {
         let mut buffer = [0u8; 512];
-        let Ok((length, client)) = socket.recv_from(&mut buffer) else { continue };
-        let Ok(mut reply) = Message::from_vec(&buffer[..length]) else { continue };
-        let Some(name) = reply.queries().first().map(|query| query.name().clone()) else { continue };
-        reply.set_message_type(MessageType::Response);
-        if name.to_ascii().trim_end_matches('.') == VPN_NAME {
-            reply.add_answer(Record::from_rdata(name, 5, RData::A(A(VPN_ADDRESS.parse().unwrap()))));
-        } else {
-            reply.set_response_code(ResponseCode::NXDomain);
+        let Ok((length, client)) = udp.recv_from(&mut buffer) else { continue };
+        if let Some(answer) = reply(&buffer[..length], false) {
+            let _ = udp.send_to(&answer, client);
         }
-        let _ = socket.send_to(&reply.to_vec().unwrap(), client);
+    });
+    std::thread::spawn(move || {
+        for connection in tcp.incoming() {
+            let Ok(mut connection) = connection else { continue };
+            std::thread::spawn(move || {
+                let mut length = [0u8; 2];
+                while connection.read_exact(&mut length).is_ok() {
+                    let mut query = vec![0u8; u16::from_be_bytes(length) as usize];
+                    if connection.read_exact(&mut query).is_err() {
+                        return;
+                    }
+                    let Some(answer) = reply(&query, true) else { return };
+                    let framed = [&(answer.len() as u16).to_be_bytes()[..], &answer].concat();
+                    if connection.write_all(&framed).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
     });
 }

@@ -82,6 +82,13 @@ pub struct CreateArgs {
     /// Let the guest reach services listening on the host
     #[arg(long)]
     pub host_access: bool,
+    /// Do not forward the guest's listeners by themselves (see `mvm port`)
+    #[arg(long)]
+    pub no_auto_ports: bool,
+    /// Never forward these guest ports by themselves: PORT or FIRST-LAST, repeatable or
+    /// comma-separated
+    #[arg(long = "ignore-port", value_name = "PORT[-PORT]", value_delimiter = ',')]
+    pub ignore_ports: Vec<String>,
 }
 
 /// What the host allows a VM to have.

@@ -30,6 +30,8 @@ pub(super) struct Request {
     pub(super) root: RootModel,
     pub(super) offline: bool,
     pub(super) host_access: bool,
+    pub(super) auto_ports: Option<bool>,
+    pub(super) auto_ports_ignore: Vec<spec::PortRange>,
     pub(super) processes: Vec<Process>,
 }
 
@@ -45,6 +47,8 @@ impl Request {
             kernel: self.kernel,
             offline: self.offline,
             host_access: self.host_access,
+            auto_ports: self.auto_ports,
+            auto_ports_ignore: self.auto_ports_ignore,
             env: self.env,
             project: self.project,
             network,
@@ -159,6 +163,8 @@ pub(super) fn validate(
         root,
         offline: args.offline,
         host_access: args.host_access,
+        auto_ports: args.no_auto_ports.then_some(false),
+        auto_ports_ignore: parse_all(&args.ignore_ports)?,
         processes,
     })
 }

@@ -35,6 +35,8 @@ fn builds_the_expected_config() {
         env: vec!["A=1".into()],
         hypervisor: Some(Hypervisor::Qemu),
         offline: true,
+        no_auto_ports: true,
+        ignore_ports: vec!["5432".into(), "9000-9100".into()],
         ..args("web")
     };
     let config = create(&args, &paths, &HostConfig::default(), limits()).unwrap();
@@ -48,6 +50,8 @@ fn builds_the_expected_config() {
         kernel: None,
         offline: true,
         host_access: false,
+        auto_ports: Some(false),
+        auto_ports_ignore: vec!["5432".parse().unwrap(), "9000-9100".parse().unwrap()],
         env: BTreeMap::from([("A".into(), "1".into())]),
         project: Some(Project {
             path: project.canonicalize().unwrap(),

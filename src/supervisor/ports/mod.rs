@@ -1,0 +1,204 @@
+//! Automatic port forwarding (issue 14, part 1): the guest's agent reports its TCP
+//! listeners and UDP servers as they come and go (`guest::listeners`), and the supervisor
+//! forwards each — those on the guest's loopback included, which no NAT rule could reach —
+//! from the same port on the host's `127.0.0.1` through the agent (vsock), with no
+//! privilege. A port below 1024 goes to 8000 above it; a port the host already uses to the
+//! next free one. Declared forwards (`mvm port`, DNAT) are left to the firewall, ignored
+//! ports (`--ignore-port`, `[defaults] auto_ports_ignore`) to nobody. A user's VM's
+//! forwards take connections from the user's programs (and root's) alone, as its DNAT'ed
+//! ports do (`peer`). The forwards are listed in the runtime dir's [`AUTO_PORTS_FILE`]
+//! for `mvm port NAME`.
+
+mod peer;
+mod tcp;
+#[cfg(test)]
+mod tests;
+mod udp;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::protocol::{Frame, Listening};
+use crate::config::host::HostConfig;
+use crate::config::vm::VmConfig;
+use crate::spec::{PortRange, Protocol};
+
+/// The runtime file listing the automatic forwards.
+pub const AUTO_PORTS_FILE: &str = "auto-ports.json";
+/// The most automatic forwards one VM gets: a guest that listens on thousands of ports
+/// does not make the host bind thousands.
+pub const MAX_AUTO_FORWARDS: usize = 64;
+
+/// One automatic forward: host `127.0.0.1:host` to the guest's port `guest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AutoForward {
+    pub host: u16,
+    pub guest: u16,
+    #[serde(default = "tcp")]
+    pub protocol: Protocol,
+}
+
+fn tcp() -> Protocol {
+    Protocol::Tcp
+}
+
+/// The automatic forwards of the VM whose runtime dir is `run_dir`.
+pub fn read(run_dir: &Path) -> Vec<AutoForward> {
+    std::fs::read(run_dir.join(AUTO_PORTS_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// Which guest ports are forwarded by themselves, and to whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Guest ports the firewall forwards already (`mvm port`).
+    pub declared: BTreeSet<(Protocol, u16)>,
+    /// Guest ports never forwarded by themselves.
+    pub ignored: Vec<PortRange>,
+    /// The only uid (beside root) whose programs may connect; `None`: anyone's.
+    pub owner: Option<u32>,
+}
+
+impl Policy {
+    /// The policy of VM `config` on a host configured as `host`, with a supervisor running
+    /// as `uid`; `None` when the VM forwards nothing by itself.
+    pub fn of(config: &VmConfig, host: &HostConfig, uid: u32) -> Option<Policy> {
+        config.auto_ports.unwrap_or(host.defaults.auto_ports).then(|| Policy {
+            declared: config.ports.iter().map(|forward| (forward.protocol, forward.guest)).collect(),
+            ignored: host
+                .defaults
+                .auto_ports_ignore
+                .iter()
+                .chain(&config.auto_ports_ignore)
+                .copied()
+                .collect(),
+            // Root's VMs' forwards are open like their DNAT'ed ports; a user's are theirs.
+            owner: (uid != 0).then_some(uid),
+        })
+    }
+
+    /// Whether guest port `port` may be forwarded by itself.
+    fn allows(&self, protocol: Protocol, port: u16) -> bool {
+        !self.declared.contains(&(protocol, port)) && !self.ignored.iter().any(|range| range.contains(port))
+    }
+
+    /// The guest ports to forward, given those forwarded now and those the guest reports:
+    /// only those allowed, and at most [`MAX_AUTO_FORWARDS`] (those already forwarded first).
+    fn wanted(&self, current: &BTreeSet<(Protocol, u16)>, reported: &Listening) -> BTreeSet<(Protocol, u16)> {
+        let reported: BTreeSet<(Protocol, u16)> = (reported.tcp.iter().map(|&port| (Protocol::Tcp, port)))
+            .chain(reported.udp.iter().map(|&port| (Protocol::Udp, port)))
+            .filter(|&(protocol, port)| self.allows(protocol, port))
+            .collect();
+        let kept = reported.intersection(current).copied();
+        let new = reported.difference(current).copied();
+        kept.chain(new).take(MAX_AUTO_FORWARDS).collect()
+    }
+}
+
+/// A forward being served: its host port, and the switch that ends it.
+struct Forward {
+    host: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Forwards the guest's listeners as `policy` allows until the agent behind `vsock` goes
+/// away.
+pub fn spawn(vsock: PathBuf, run_dir: PathBuf, policy: Policy) {
+    std::thread::spawn(move || {
+        let mut forwards = BTreeMap::new();
+        if let Err(error) = watch(&vsock, &run_dir, &policy, &mut forwards) {
+            log!("automatic port forwarding ended: {error}");
+        }
+        forwards.clear();
+        let _ = std::fs::remove_file(run_dir.join(AUTO_PORTS_FILE));
+    });
+}
+
+fn watch(
+    vsock: &Path,
+    run_dir: &Path,
+    policy: &Policy,
+    forwards: &mut BTreeMap<(Protocol, u16), Forward>,
+) -> io::Result<()> {
+    // The agent answers once the guest has booted; the socket goes with the VM.
+    let mut stream = loop {
+        match crate::agent::client::connect(vsock, Duration::from_secs(2)) {
+            Ok(stream) => break stream,
+            Err(_) if vsock.exists() => std::thread::sleep(Duration::from_millis(200)),
+            Err(error) => return Err(error),
+        }
+    };
+    stream.set_read_timeout(None)?;
+    Frame::WatchListeners.write_to(&mut stream)?;
+    while let Some(frame) = Frame::read_from(&mut stream)? {
+        let Frame::Listeners(reported) = frame else { continue };
+        let wanted = policy.wanted(&forwards.keys().copied().collect(), &reported);
+        forwards.retain(|key, _| wanted.contains(key));
+        for (protocol, guest) in wanted {
+            if forwards.contains_key(&(protocol, guest)) {
+                continue;
+            }
+            let opened = match protocol {
+                Protocol::Tcp => tcp::open(guest, vsock, policy.owner),
+                Protocol::Udp => udp::open(guest, vsock, policy.owner),
+            };
+            match opened {
+                Ok((host, stop)) => {
+                    if host != guest {
+                        log!("guest port {guest}/{protocol} is forwarded from 127.0.0.1:{host} (its own number is taken or privileged)");
+                    }
+                    forwards.insert((protocol, guest), Forward { host, stop });
+                }
+                Err(error) => log!("cannot forward guest port {guest}/{protocol}: {error}"),
+            }
+        }
+        let listed: Vec<AutoForward> = forwards
+            .iter()
+            .map(|(&(protocol, guest), forward)| AutoForward { host: forward.host, guest, protocol })
+            .collect();
+        crate::atomic::write_atomic(&run_dir.join(AUTO_PORTS_FILE), &serde_json::to_vec(&listed)?)
+            .map_err(io::Error::other)?;
+    }
+    Ok(())
+}
+
+/// The host ports to try for guest port `guest`, best first: the same one (8000 above
+/// for one below 1024), then the next 99.
+fn candidates(guest: u16) -> impl Iterator<Item = u16> {
+    let first = if guest < 1024 { guest + 8000 } else { guest };
+    first..first.saturating_add(100)
+}
+
+/// Binds the first candidate port for `guest` that is free on the host (any free port when
+/// none is), with `bind`.
+fn bind_for<T>(guest: u16, bind: impl Fn(u16) -> io::Result<T>) -> io::Result<T> {
+    candidates(guest).find_map(|port| bind(port).ok()).map_or_else(|| bind(0), Ok)
+}
+
+/// A stream to the agent that took `request` (`Connect` or `ConnectUdp`): after the
+/// agent's `Pong`, it carries the forwarded traffic.
+fn agent_stream(vsock: &Path, request: Frame) -> io::Result<std::os::unix::net::UnixStream> {
+    let mut agent = crate::agent::client::connect(vsock, Duration::from_secs(5))?;
+    agent.set_read_timeout(Some(Duration::from_secs(5)))?;
+    request.write_to(&mut agent)?;
+    match Frame::read_from(&mut agent)? {
+        Some(Frame::Pong(_)) => {}
+        other => return Err(io::Error::other(format!("the agent answered {other:?}"))),
+    }
+    agent.set_read_timeout(None)?;
+    Ok(agent)
+}

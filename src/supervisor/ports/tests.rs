@@ -1,0 +1,179 @@
+//! The forwards against a stand-in agent: a hybrid vsock socket that answers `Connect` and
+//! `ConnectUdp` by upper-casing what it gets, as the guest's agent would carry it to a
+//! server and back. The guest side is proven with real VMs in `tests/e2e_auto_ports.rs`.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::*;
+use crate::config::vm::tests::sample;
+
+fn fake_agent(dir: &Path) -> PathBuf {
+    let path = dir.join("vsock.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                assert_eq!(line, "CONNECT 1024\n");
+                let mut writer = stream;
+                writer.write_all(b"OK 1\n").unwrap();
+                match Frame::read_from(&mut reader) {
+                    Ok(Some(Frame::Connect(_))) => {
+                        Frame::Pong(0).write_to(&mut writer).unwrap();
+                        let mut buffer = [0u8; 1024];
+                        while let Ok(length @ 1..) = reader.read(&mut buffer) {
+                            writer.write_all(&buffer[..length].to_ascii_uppercase()).unwrap();
+                        }
+                        let _ = writer.shutdown(Shutdown::Both);
+                    }
+                    Ok(Some(Frame::ConnectUdp(_))) => {
+                        Frame::Pong(0).write_to(&mut writer).unwrap();
+                        while let Ok(Some(Frame::Datagram(data))) = Frame::read_from(&mut reader) {
+                            Frame::Datagram(data.to_ascii_uppercase()).write_to(&mut writer).unwrap();
+                        }
+                    }
+                    _ => {}
+                }
+            });
+        }
+    });
+    path
+}
+
+/// A port no host socket uses right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn tcp_and_udp_forwards_carry_traffic_through_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let vsock = fake_agent(dir.path());
+    let (host, _stop) = tcp::open(free_port(), &vsock, None).unwrap();
+    let mut client = TcpStream::connect(("127.0.0.1", host)).unwrap();
+    client.write_all(b"hello").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "HELLO");
+
+    let (host, stop) = udp::open(free_port(), &vsock, None).unwrap();
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.connect(("127.0.0.1", host)).unwrap();
+    for word in ["ping", "again"] {
+        client.send(word.as_bytes()).unwrap();
+        let mut buffer = [0u8; 64];
+        let length = client.recv(&mut buffer).unwrap();
+        assert_eq!(&buffer[..length], word.to_ascii_uppercase().as_bytes());
+    }
+    // Stopped: the port is given back.
+    stop.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(UdpSocket::bind(("127.0.0.1", host)).is_ok());
+}
+
+/// What `uid` reads back after sending `hi` through host port `port` with bash's
+/// `/dev/tcp` or `/dev/udp`.
+fn answer_as(uid: u32, protocol: Protocol, port: u16) -> String {
+    let script =
+        format!("exec 3<>/dev/{protocol}/127.0.0.1/{port} && printf hi >&3 && timeout 2 head -c 2 <&3");
+    let output = Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups"])
+        .args(["bash", "-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A user's VM's forwards answer the user's programs, and another user's get nothing:
+/// the loopback is every local user's, the VM is not.
+#[test]
+fn a_users_forwards_refuse_other_users_programs() {
+    if !crate::host::is_root() {
+        eprintln!("skipped: switching to other uids needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vsock = fake_agent(dir.path());
+    let (nobody, other) = (65534, 65533);
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let open = match protocol {
+            Protocol::Tcp => tcp::open,
+            Protocol::Udp => udp::open,
+        };
+        let (theirs, _a) = open(free_port(), &vsock, Some(nobody)).unwrap();
+        let (someone_elses, _b) = open(free_port(), &vsock, Some(other)).unwrap();
+        let (roots, _c) = open(free_port(), &vsock, None).unwrap();
+        assert_eq!(answer_as(nobody, protocol, theirs), "HI", "{protocol}: the owner");
+        assert_eq!(answer_as(nobody, protocol, roots), "HI", "{protocol}: a root VM's forward");
+        assert_eq!(answer_as(nobody, protocol, someone_elses), "", "{protocol}: another user's");
+    }
+}
+
+fn listening(tcp: &[u16], udp: &[u16]) -> Listening {
+    Listening { tcp: tcp.iter().copied().collect(), udp: udp.iter().copied().collect() }
+}
+
+/// A hostile guest listening on every port gets a bounded number of host listeners, and
+/// never one for a declared or ignored port; what is forwarded stays forwarded.
+#[test]
+fn forwards_are_capped_and_never_declared_or_ignored() {
+    let policy = Policy {
+        declared: BTreeSet::from([(Protocol::Tcp, 3000)]),
+        ignored: vec!["5432".parse().unwrap(), "9000-9100".parse().unwrap()],
+        owner: None,
+    };
+    let current = BTreeSet::from([(Protocol::Tcp, 60000), (Protocol::Udp, 60001)]);
+    let everything: Vec<u16> = (1..=u16::MAX).collect();
+    let wanted = policy.wanted(&current, &listening(&everything, &everything));
+    assert_eq!(wanted.len(), MAX_AUTO_FORWARDS);
+    assert!(wanted.is_superset(&current));
+    let some = listening(&[3000, 5432, 8080, 9050], &[3000, 5432, 9100, 9101]);
+    assert_eq!(
+        policy.wanted(&current, &some),
+        BTreeSet::from([(Protocol::Tcp, 8080), (Protocol::Udp, 3000), (Protocol::Udp, 9101)])
+    );
+}
+
+#[test]
+fn the_policy_follows_the_vm_then_the_host() {
+    let mut config = sample();
+    let mut host = HostConfig::default();
+    config.auto_ports = None;
+    config.auto_ports_ignore = vec!["7000".parse().unwrap()];
+    host.defaults.auto_ports_ignore = vec!["6000".parse().unwrap()];
+    let policy = Policy::of(&config, &host, 1000).unwrap();
+    assert_eq!(policy.owner, Some(1000));
+    assert!(!policy.allows(Protocol::Tcp, 6000) && !policy.allows(Protocol::Udp, 7000));
+    assert!(!policy.allows(Protocol::Tcp, 3000), "sample() declares 8080:3000");
+    assert!(policy.allows(Protocol::Udp, 3000));
+    assert_eq!(Policy::of(&config, &host, 0).unwrap().owner, None);
+    host.defaults.auto_ports = false;
+    assert!(Policy::of(&config, &host, 0).is_none());
+    config.auto_ports = Some(true);
+    assert!(Policy::of(&config, &host, 0).is_some());
+    host.defaults.auto_ports = true;
+    config.auto_ports = Some(false);
+    assert!(Policy::of(&config, &host, 0).is_none());
+}
+
+#[test]
+fn a_privileged_or_taken_port_gets_another() {
+    let bind = |port| TcpListener::bind(("127.0.0.1", port));
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    assert_ne!(bind_for(port, bind).unwrap().local_addr().unwrap().port(), port);
+    drop(taken);
+    if let Ok(listener) = bind_for(80, bind) {
+        assert!(listener.local_addr().unwrap().port() >= 1024);
+    }
+}

@@ -1,11 +1,12 @@
 //! End-to-end tier: the guest resolves what the host resolves. A name only a test-made
 //! "VPN" resolver knows (on the host's loopback, where the guest could never send) and a
 //! name only in the host's hosts file both resolve in the guest; a change on the host
-//! applies without a restart; an offline VM is refused.
+//! applies without a restart; an answer too big for UDP comes over TCP; an offline VM is
+//! refused.
 
 mod support;
 
-use support::dns::{vpn_resolver, VPN_ADDRESS, VPN_NAME, VPN_RESOLVER};
+use support::dns::{vpn_resolver, MANY_COUNT, MANY_NAME, VPN_ADDRESS, VPN_NAME, VPN_RESOLVER};
 use support::e2e::begin;
 
 #[test]
@@ -32,6 +33,14 @@ fn the_guest_resolves_what_the_host_resolves() {
     // The host's resolver changes: the guest follows, with no restart.
     std::fs::write(&hosts, "10.77.0.9 intranet.corp.test\n").unwrap();
     assert_eq!(lookup("d", "intranet.corp.test").ok().trim(), "10.77.0.9", "a change on the host");
+    // Too many addresses for a UDP answer: the guest's glibc gets "truncated" and asks
+    // again over TCP, which the gateway relays to the host's resolver over TCP.
+    let many = lab
+        .sh("d", &format!("getent ahostsv4 {MANY_NAME} | cut -d' ' -f1 | sort -u | wc -l"))
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(many, MANY_COUNT.to_string(), "a large answer (DNS over TCP)");
     // A name neither knows does not resolve.
     assert_ne!(lab.sh("d", "getent ahostsv4 nowhere.corp.test").code, 0);
 

@@ -26,7 +26,9 @@ pub const MANY_COUNT: u8 = 60;
 fn reply(query: &[u8], over_tcp: bool) -> Option<Vec<u8>> {
     let mut reply = Message::from_vec(query).ok()?;
     let name = reply.queries().first()?.name().clone();
-    reply.set_message_type(MessageType::Response);
+    // A recursive resolver's answer (glibc takes one without RA and without records for a
+    // lame server's, and asks the next).
+    reply.set_message_type(MessageType::Response).set_recursion_available(true);
     match name.to_ascii().trim_end_matches('.') {
         VPN_NAME => {
             reply.add_answer(Record::from_rdata(name, 5, RData::A(A(VPN_ADDRESS.parse().unwrap()))));

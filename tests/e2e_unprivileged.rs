@@ -211,6 +211,11 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     eprintln!("{} processes of the VM, none root's", processes.len());
     let id = lab.mvm(&alice, &["shell", "uweb", "--", "id", "-u"]);
     assert_eq!(id.ok().trim(), alice.uid.to_string());
+    // Her guest's DNS: port 53 on its gateway, bound by the helper (a user may not) and
+    // served by her supervisor. `localhost` comes from the host's hosts file.
+    let ask = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(5)\ngateway = open('/etc/resolv.conf').read().split()[1]\ns.sendto(bytes.fromhex('beef01000001000000000000096c6f63616c686f73740000010001'), (gateway, 53))\nreply = s.recv(512)\nprint(reply[:2].hex(), reply[3] & 15)";
+    let dns = lab.mvm(&alice, &["shell", "uweb", "--", "python3", "-c", ask]);
+    assert_eq!(dns.ok().trim(), "beef 0", "her guest's DNS did not answer");
 
     // What the guest writes is hers on the host; her files look hers in the guest, the
     // VM's own trees (a volume, /etc) root's.

@@ -546,8 +546,9 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
         hosts: dir.path().join("hosts"),
     };
     for vm in [&web, &api, &off] {
-        let (gateway, resolver, offline) = (vm.network.gateway, resolver.clone(), vm.offline);
-        lab.host.run(move || mvm::dns::serve(mvm::dns::bind(gateway).unwrap(), resolver, offline));
+        let (gateway, guest, resolver, offline) =
+            (vm.network.gateway, vm.network.address, resolver.clone(), vm.offline);
+        lab.host.run(move || mvm::dns::serve(mvm::dns::bind(gateway).unwrap(), guest, resolver, offline));
     }
     let ask_about = |guest: &NetNs, server: std::net::Ipv4Addr, name: Name| -> Option<Message> {
         let server = std::net::SocketAddr::from((server, 53));
@@ -595,4 +596,22 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
         std::net::TcpStream::connect_timeout(&(gateway, 53).into(), Duration::from_secs(2)).is_ok()
     });
     assert!(!stolen, "a VM reached another's DNS over TCP");
+    // A host program is no guest: it gets no answers (nor takes the slots of the VM's).
+    assert!(ask(&lab.host, web.network.gateway).is_none(), "the host's programs used a VM's resolver");
+    // The port is a privileged one: no user can take it before a VM's supervisor does and
+    // answer the guest in its place.
+    let next = mvm::addr::AddressPool::new("10.200.0.0/16".parse().unwrap(), 24).unwrap().vm(9).unwrap();
+    let bind_as_nobody = |port: u16| {
+        let script = format!(
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.setsockopt(socket.IPPROTO_IP, 15, 1); s.bind(('{}', {port}))",
+            next.gateway
+        );
+        let args =
+            ["--reuid", "65534", "--regid", "65534", "--clear-groups", "/usr/bin/python3", "-c", &script];
+        lab.host.nsenter("setpriv", &args).status().unwrap().success()
+    };
+    assert!(bind_as_nobody(6300), "the check itself is broken: nobody cannot bind a high port");
+    let refused = !bind_as_nobody(mvm::dns::GATEWAY_DNS_PORT);
+    assert!(refused, "a user bound a VM's DNS port before it");
 }

@@ -86,9 +86,15 @@ pub fn power_off(socket: &Path) -> io::Result<()> {
     Frame::PowerOff.write_to(&mut stream)
 }
 
+/// How long the agent gets to set the clock.
+const CLOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Sets the guest's wall clock to the host's (after a resume), and waits for the answer.
 pub fn set_clock(socket: &Path) -> io::Result<()> {
-    let mut stream = connect(socket, Duration::from_secs(2))?;
+    let mut stream = connect(socket, CLOCK_TIMEOUT)?;
+    // The supervisor's event loop waits on this: a guest that never answers must not
+    // hold it (and with it every stop) for good.
+    stream.set_read_timeout(Some(CLOCK_TIMEOUT))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     Frame::SetClock(now.as_nanos() as u64).write_to(&mut stream)?;
     match Frame::read_from(&mut stream)? {
@@ -135,5 +141,22 @@ mod tests {
         let error = ping(&socket, Duration::from_secs(2)).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
         server.join().unwrap();
+    }
+
+    /// An agent that takes the clock change and never answers: the caller gets an error
+    /// in the timeout, not a wait for ever.
+    #[test]
+    fn a_silent_agent_cannot_hold_a_clock_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vsock.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let _silent = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.write_all(b"OK 1\n").unwrap();
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let started = std::time::Instant::now();
+        assert!(set_clock(&socket).is_err());
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

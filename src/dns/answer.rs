@@ -3,9 +3,9 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 
 use super::{HostResolver, Transport};
 
@@ -21,10 +21,22 @@ pub fn answer(query: &[u8], resolver: &HostResolver, offline: bool, transport: T
     if message.message_type() != MessageType::Query {
         return None;
     }
-    if offline {
+    // Only a plain question goes on: no update, notify or other operation, nothing but
+    // one question of class IN, and it is written anew (what the guest sent is not).
+    if message.op_code() != OpCode::Query {
+        return reply(&message, ResponseCode::NotImp, Vec::new());
+    }
+    let plain = message.queries().len() == 1
+        && message.answers().is_empty()
+        && message.name_servers().is_empty()
+        && message.additionals().is_empty();
+    if !plain {
+        return reply(&message, ResponseCode::FormErr, Vec::new());
+    }
+    if offline || message.queries()[0].query_class() != DNSClass::IN {
         return reply(&message, ResponseCode::Refused, Vec::new());
     }
-    let question = message.queries().first()?.clone();
+    let question = message.queries()[0].clone();
     let name = question.name().to_ascii();
     let name = name.trim_end_matches('.');
     if matches!(question.query_type(), RecordType::A | RecordType::AAAA) {
@@ -42,7 +54,8 @@ pub fn answer(query: &[u8], resolver: &HostResolver, offline: bool, transport: T
             return reply(&message, ResponseCode::NoError, records);
         }
     }
-    forward(query, resolver, transport).or_else(|| reply(&message, ResponseCode::ServFail, Vec::new()))
+    let rewritten = message.to_vec().ok()?;
+    forward(&rewritten, resolver, transport).or_else(|| reply(&message, ResponseCode::ServFail, Vec::new()))
 }
 
 /// A response to `query` with `code` and `answers`.
@@ -152,6 +165,48 @@ mod tests {
         )
         .unwrap();
         assert_eq!(missing.response_code(), ResponseCode::ServFail);
+    }
+
+    /// Nothing but a plain question reaches the host's nameservers (which may trust the
+    /// host's own address for updates): the guest's update, notify or odd message is
+    /// answered here.
+    #[test]
+    fn only_plain_questions_go_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolver = resolver(dir.path(), "", "nameserver 127.0.0.1\n");
+        let code = |message: Message| {
+            let bytes = message.to_vec().unwrap();
+            let got = forward_never(&bytes, &resolver);
+            Message::from_vec(&got).unwrap().response_code()
+        };
+        let mut update = Message::from_vec(&query("zone.test.", RecordType::SOA)).unwrap();
+        update.set_op_code(OpCode::Update);
+        assert_eq!(code(update), ResponseCode::NotImp);
+        let mut notify = Message::from_vec(&query("zone.test.", RecordType::SOA)).unwrap();
+        notify.set_op_code(OpCode::Notify);
+        assert_eq!(code(notify), ResponseCode::NotImp);
+        let mut two = Message::from_vec(&query("a.test.", RecordType::A)).unwrap();
+        two.add_query(hickory_proto::op::Query::query(Name::from_ascii("b.test.").unwrap(), RecordType::A));
+        assert_eq!(code(two), ResponseCode::FormErr);
+        let mut with_answer = Message::from_vec(&query("a.test.", RecordType::A)).unwrap();
+        with_answer.add_answer(Record::from_rdata(
+            Name::from_ascii("a.test.").unwrap(),
+            1,
+            RData::A(A([1, 2, 3, 4].into())),
+        ));
+        assert_eq!(code(with_answer), ResponseCode::FormErr);
+        let mut chaos = Message::from_vec(&query("version.bind.", RecordType::TXT)).unwrap();
+        let mut question = chaos.queries()[0].clone();
+        question.set_query_class(DNSClass::CH);
+        chaos.take_queries();
+        chaos.add_query(question);
+        assert_eq!(code(chaos), ResponseCode::Refused);
+    }
+
+    /// The answer to `query` when no upstream could be asked (resolv.conf points at port
+    /// 53 of the loopback, where nothing of this test listens).
+    fn forward_never(query: &[u8], resolver: &HostResolver) -> Vec<u8> {
+        answer(query, resolver, false, Transport::Udp).unwrap()
     }
 
     #[test]

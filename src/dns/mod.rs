@@ -1,6 +1,8 @@
 //! DNS for the guests that follows the host (issue 14, part 2). Each VM's supervisor
-//! answers DNS on the VM's gateway address (`GATEWAY_DNS_PORT`; the guest's port 53 is
-//! DNAT'ed there, and only its own VM may reach it) with what the host itself resolves:
+//! answers DNS on port 53 of the VM's gateway address — a privileged port, so no local
+//! user can take it first and answer the guest in its place (root's supervisor binds it
+//! itself; a user's gets the sockets from the setuid helper) — to the VM's own guest
+//! address alone, with what the host itself resolves:
 //! names in the host's `/etc/hosts` first, then whatever the nameservers of the host's
 //! `/etc/resolv.conf` answer — loopback stubs (systemd-resolved, a VPN client's resolver)
 //! included, which the guest could never reach itself. Both files are read per query, so a
@@ -14,7 +16,7 @@
 mod answer;
 mod tcp;
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,8 +30,9 @@ pub enum Transport {
     Tcp,
 }
 
-/// The host port the guests' DNS queries are sent to, on each VM's gateway address.
-pub const GATEWAY_DNS_PORT: u16 = 6300;
+/// The port the guests' DNS queries are sent to, on each VM's gateway address: below
+/// 1024, so only a privileged process can bind it.
+pub const GATEWAY_DNS_PORT: u16 = 53;
 
 /// Where the host's own resolver configuration is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,19 +62,25 @@ const MAX_IN_FLIGHT: usize = 64;
 /// A VM's DNS sockets on its gateway.
 pub struct Sockets {
     pub udp: UdpSocket,
-    pub tcp: TcpListener,
+    /// None when a host DNS server holds port 53 on every address for TCP.
+    pub tcp: Option<TcpListener>,
 }
 
-/// Answers every query arriving on `sockets`, each on a thread of its own, for as long as
-/// the process lives.
-pub fn serve(sockets: Sockets, resolver: HostResolver, offline: bool) {
-    tcp::serve(sockets.tcp, resolver.clone(), offline);
+/// Answers every query from `guest` arriving on `sockets` (a query from anywhere else is
+/// dropped), each on a thread of its own, for as long as the process lives.
+pub fn serve(sockets: Sockets, guest: Ipv4Addr, resolver: HostResolver, offline: bool) {
+    if let Some(tcp) = sockets.tcp {
+        tcp::serve(tcp, guest, resolver.clone(), offline);
+    }
     let socket = Arc::new(sockets.udp);
     let in_flight = Arc::new(AtomicUsize::new(0));
     std::thread::spawn(move || {
         let mut buffer = [0u8; 4096];
         loop {
             let Ok((length, client)) = socket.recv_from(&mut buffer) else { continue };
+            if client.ip() != guest {
+                continue;
+            }
             if in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
                 in_flight.fetch_sub(1, Ordering::SeqCst);
                 continue;
@@ -88,9 +97,12 @@ pub fn serve(sockets: Sockets, resolver: HostResolver, offline: bool) {
     });
 }
 
-/// Binds the DNS sockets of a VM whose gateway is `gateway`, before the gateway address
-/// exists (`IP_FREEBIND`): they outlive the bridge across a guest's reboot.
-pub fn bind(gateway: std::net::Ipv4Addr) -> std::io::Result<Sockets> {
+/// Binds the DNS sockets of a VM whose gateway is `gateway` (needs root, or
+/// `CAP_NET_BIND_SERVICE`), before the gateway address exists (`IP_FREEBIND`): they
+/// outlive the bridge across a guest's reboot. `SO_REUSEADDR` lets them share port 53
+/// with a host DNS server on the wildcard address that allows it (dnsmasq's default), the
+/// more specific address winning; on a port this low, only privileged sockets can share.
+pub fn bind(gateway: Ipv4Addr) -> std::io::Result<Sockets> {
     use nix::sys::socket::{
         bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
     };
@@ -98,16 +110,14 @@ pub fn bind(gateway: std::net::Ipv4Addr) -> std::io::Result<Sockets> {
     let open = |kind: SockType| -> std::io::Result<std::os::fd::OwnedFd> {
         let fd = socket(AddressFamily::Inet, kind, SockFlag::SOCK_CLOEXEC, None)?;
         setsockopt(&fd, sockopt::IpFreebind, &true)?;
-        // For TCP, so a restarted supervisor binds past its old connections' TIME_WAIT
-        // (never for UDP: there it would let another socket share the port).
-        if kind == SockType::Stream {
-            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-        }
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
         bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &address)?;
         Ok(fd)
     };
     let udp = UdpSocket::from(open(SockType::Datagram)?);
-    let tcp = open(SockType::Stream)?;
-    listen(&tcp, Backlog::new(16).expect("a valid backlog"))?;
-    Ok(Sockets { udp, tcp: TcpListener::from(tcp) })
+    let tcp = open(SockType::Stream).and_then(|fd| {
+        listen(&fd, Backlog::new(16).expect("a valid backlog"))?;
+        Ok(TcpListener::from(fd))
+    });
+    Ok(Sockets { udp, tcp: tcp.ok() })
 }

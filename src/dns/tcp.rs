@@ -3,7 +3,7 @@
 //! upstream over TCP too, so the whole answer comes back.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +15,14 @@ const MAX_CONNECTIONS: usize = 16;
 /// How long a connection may sit without a whole query.
 const IDLE: Duration = Duration::from_secs(10);
 
-/// Serves the connections to `listener` for as long as the process lives.
-pub(super) fn serve(listener: TcpListener, resolver: HostResolver, offline: bool) {
+/// Serves the connections from `guest` to `listener` for as long as the process lives.
+pub(super) fn serve(listener: TcpListener, guest: Ipv4Addr, resolver: HostResolver, offline: bool) {
     let open = Arc::new(AtomicUsize::new(0));
     std::thread::spawn(move || loop {
-        let Ok((connection, _)) = listener.accept() else { continue };
+        let Ok((connection, from)) = listener.accept() else { continue };
+        if from.ip() != guest {
+            continue;
+        }
         if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             open.fetch_sub(1, Ordering::SeqCst);
             continue;

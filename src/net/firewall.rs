@@ -457,9 +457,9 @@ pub(crate) mod tests {
             assert_eq!(isolation, 1);
             counts.push(fw.rule_count());
         }
-        // 6 jumps + 9 shared rules, then per VM its egress rule and four for its DNS (UDP
+        // 6 jumps + 9 shared rules, then per VM its egress rule and two for its DNS (UDP
         // and TCP).
-        assert_eq!(counts, [20, 65, 515]);
+        assert_eq!(counts, [18, 45, 315]);
     }
 
     #[test]

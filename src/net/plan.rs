@@ -194,16 +194,11 @@ pub fn vm_rules(vm: &VmFirewall, host: &HostNetwork) -> Vec<Rule> {
         }
     };
     rules.push(Rule::new(Table::Filter, "MVM-FORWARD", egress));
-    // DNS: the guest's port 53 on its gateway is the supervisor's resolver (`dns`), which
-    // only this VM reaches.
+    // DNS: port 53 on its gateway is the supervisor's resolver (`dns`), which only this
+    // VM reaches.
     let gateway = vm.network.gateway;
     let dns_port = crate::dns::GATEWAY_DNS_PORT;
     for proto in ["udp", "tcp"] {
-        rules.push(Rule::new(
-            Table::Nat,
-            "MVM-PREROUTING",
-            format!("-d {gateway}/32 -i {bridge} -p {proto} -m {proto} --dport 53 {tag} -j DNAT --to-destination {gateway}:{dns_port}"),
-        ));
         rules.push(Rule::new(
             Table::Filter,
             "MVM-INPUT",
@@ -277,10 +272,8 @@ mod tests {
             lines,
             [
                 format!("-A MVM-FORWARD -s 10.200.3.2/32 -i mvmbr3 ! -o mvmbr+ {tag} -j ACCEPT"),
-                format!("-A MVM-PREROUTING -d 10.200.3.1/32 -i mvmbr3 -p udp -m udp --dport 53 {tag} -j DNAT --to-destination 10.200.3.1:6300"),
-                format!("-A MVM-INPUT -s 10.200.3.2/32 -d 10.200.3.1/32 -i mvmbr3 -p udp -m udp --dport 6300 {tag} -j ACCEPT"),
-                format!("-A MVM-PREROUTING -d 10.200.3.1/32 -i mvmbr3 -p tcp -m tcp --dport 53 {tag} -j DNAT --to-destination 10.200.3.1:6300"),
-                format!("-A MVM-INPUT -s 10.200.3.2/32 -d 10.200.3.1/32 -i mvmbr3 -p tcp -m tcp --dport 6300 {tag} -j ACCEPT"),
+                format!("-A MVM-INPUT -s 10.200.3.2/32 -d 10.200.3.1/32 -i mvmbr3 -p udp -m udp --dport 53 {tag} -j ACCEPT"),
+                format!("-A MVM-INPUT -s 10.200.3.2/32 -d 10.200.3.1/32 -i mvmbr3 -p tcp -m tcp --dport 53 {tag} -j ACCEPT"),
                 format!("-A MVM-FORWARD -d 10.200.3.2/32 ! -i mvmbr+ -o mvmbr3 -p tcp -m tcp --dport 3000 -m conntrack --ctstate DNAT {tag} -j ACCEPT"),
                 format!("-A MVM-PREROUTING ! -i mvmbr+ -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 {tag} -j DNAT --to-destination 10.200.3.2:3000"),
                 format!("-A MVM-OUTPUT -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 8080 {tag} -j DNAT --to-destination 10.200.3.2:3000"),
@@ -302,10 +295,8 @@ mod tests {
             lines,
             [
                 "-A MVM-FORWARD -i mvmbr1 -m conntrack --ctstate NEW -m comment --comment \"mvm:web\" -j DROP",
-                "-A MVM-PREROUTING -d 10.200.1.1/32 -i mvmbr1 -p udp -m udp --dport 53 -m comment --comment \"mvm:web\" -j DNAT --to-destination 10.200.1.1:6300",
-                "-A MVM-INPUT -s 10.200.1.2/32 -d 10.200.1.1/32 -i mvmbr1 -p udp -m udp --dport 6300 -m comment --comment \"mvm:web\" -j ACCEPT",
-                "-A MVM-PREROUTING -d 10.200.1.1/32 -i mvmbr1 -p tcp -m tcp --dport 53 -m comment --comment \"mvm:web\" -j DNAT --to-destination 10.200.1.1:6300",
-                "-A MVM-INPUT -s 10.200.1.2/32 -d 10.200.1.1/32 -i mvmbr1 -p tcp -m tcp --dport 6300 -m comment --comment \"mvm:web\" -j ACCEPT",
+                "-A MVM-INPUT -s 10.200.1.2/32 -d 10.200.1.1/32 -i mvmbr1 -p udp -m udp --dport 53 -m comment --comment \"mvm:web\" -j ACCEPT",
+                "-A MVM-INPUT -s 10.200.1.2/32 -d 10.200.1.1/32 -i mvmbr1 -p tcp -m tcp --dport 53 -m comment --comment \"mvm:web\" -j ACCEPT",
                 "-A MVM-INPUT -s 10.200.1.2/32 -i mvmbr1 -m comment --comment \"mvm:web\" -j ACCEPT",
             ]
         );

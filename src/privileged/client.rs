@@ -22,6 +22,8 @@ pub trait HostNetwork {
     fn update_rules(&mut self, vm: &VmConfig) -> anyhow::Result<()>;
     /// Tap, bridge and rules removed.
     fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()>;
+    /// The VM's DNS sockets, bound to port 53 of its gateway.
+    fn dns_sockets(&mut self, vm: &VmConfig) -> anyhow::Result<crate::dns::Sockets>;
 }
 
 /// The way this process gets them: in-process as root, else through the helper.
@@ -63,6 +65,11 @@ impl HostNetwork for InProcess {
     fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
         self.open()?.down(vm)
     }
+
+    fn dns_sockets(&mut self, vm: &VmConfig) -> anyhow::Result<crate::dns::Sockets> {
+        crate::dns::bind(vm.network.gateway)
+            .with_context(|| format!("cannot bind DNS on {}", vm.network.gateway))
+    }
 }
 
 /// A user's way: one run of the setuid helper per request.
@@ -73,10 +80,15 @@ pub struct Helper {
 impl Helper {
     /// Runs the helper for `request`; its error message becomes this one.
     pub fn ask(&self, request: &Request) -> anyhow::Result<()> {
+        self.ask_with_stdin(request, Stdio::null())
+    }
+
+    /// Runs the helper for `request` with `stdin`.
+    fn ask_with_stdin(&self, request: &Request, stdin: Stdio) -> anyhow::Result<()> {
         let output = Command::new(&self.program)
             .args(request.to_args())
             .env_clear()
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .output()
             .map_err(|error| self.unusable(&error))?;
         if output.status.success() {
@@ -124,5 +136,15 @@ impl HostNetwork for Helper {
 
     fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
         self.ask(&Request::NetworkDown(vm.name.clone())).context("cannot take the VM's network down")
+    }
+
+    fn dns_sockets(&mut self, vm: &VmConfig) -> anyhow::Result<crate::dns::Sockets> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        self.ask_with_stdin(
+            &Request::DnsSockets(vm.name.clone()),
+            Stdio::from(std::os::fd::OwnedFd::from(theirs)),
+        )
+        .context("cannot get the VM's DNS sockets")?;
+        crate::privileged::helper::receive_dns_sockets(std::os::fd::AsFd::as_fd(&ours))
     }
 }

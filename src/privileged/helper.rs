@@ -12,6 +12,7 @@
 //! never used or removed (`net::host`).
 
 use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -47,6 +48,61 @@ pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()
         Request::NetworkUp(_) => open()?.up(&vm),
         Request::NetworkRules(_) => open()?.update_rules(&vm).map(drop),
         Request::NetworkDown(_) => open()?.down(&vm),
+        Request::DnsSockets(_) => {
+            let sockets = crate::dns::bind(vm.network.gateway)
+                .with_context(|| format!("cannot bind DNS on {}", vm.network.gateway))?;
+            send_dns_sockets(std::io::stdin().as_fd(), &sockets)
+        }
+    }
+}
+
+/// Sends `sockets` over the Unix socket `channel` (`SCM_RIGHTS`): one byte, `U` or `UT`
+/// for the sockets that follow (UDP, then TCP when there is one).
+pub fn send_dns_sockets(channel: BorrowedFd, sockets: &crate::dns::Sockets) -> anyhow::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let mut fds = vec![sockets.udp.as_raw_fd()];
+    fds.extend(sockets.tcp.as_ref().map(|tcp| tcp.as_raw_fd()));
+    let kinds: &[u8] = if fds.len() == 2 { b"UT" } else { b"U" };
+    sendmsg::<()>(
+        channel.as_raw_fd(),
+        &[std::io::IoSlice::new(kinds)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("cannot pass the DNS sockets back (stdin must be a Unix socket)")?;
+    Ok(())
+}
+
+/// Receives what [`send_dns_sockets`] sent on `channel` (already there: the sender has
+/// finished).
+pub fn receive_dns_sockets(channel: BorrowedFd) -> anyhow::Result<crate::dns::Sockets> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut kinds = [0u8; 2];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let mut iov = [std::io::IoSliceMut::new(&mut kinds)];
+    let message = recvmsg::<()>(
+        channel.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("the helper passed no DNS sockets")?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for control in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = control {
+            // SAFETY: the kernel just installed these descriptors in this process for this
+            // message; nothing else owns them.
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let count = message.bytes;
+    let kinds = &kinds[..count];
+    let mut fds = fds.into_iter();
+    match (kinds, fds.next(), fds.next()) {
+        (b"U", Some(udp), None) => Ok(crate::dns::Sockets { udp: udp.into(), tcp: None }),
+        (b"UT", Some(udp), Some(tcp)) => Ok(crate::dns::Sockets { udp: udp.into(), tcp: Some(tcp.into()) }),
+        _ => anyhow::bail!("the helper passed something else than DNS sockets"),
     }
 }
 

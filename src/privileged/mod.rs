@@ -1,8 +1,9 @@
 //! The privileged part: what a group member's VM needs from root, and nothing else.
 //!
 //! After `sudo mvm setup`, mvm runs as the developer; the hypervisor and every virtiofsd
-//! run as them too. Three things still need root — a bridge and tap for the VM, its
-//! firewall rules, and removing them — and cross into `mvm-helper`, a small setuid-root
+//! run as them too. Four things still need root — a bridge and tap for the VM, its
+//! firewall rules, removing them, and the VM's DNS sockets on port 53 — and cross into
+//! `mvm-helper`, a small setuid-root
 //! program only members of mvm's group may run (mode 4750, group `mvm`). It takes one
 //! request from a closed set ([`Request`]), knows its caller by the real uid the kernel
 //! gives it, and derives everything it does from the VM's record and the root-owned host
@@ -30,18 +31,23 @@ pub enum Request {
     NetworkRules(VmName),
     /// Remove the VM's tap, bridge and rules.
     NetworkDown(VmName),
+    /// Bind the VM's DNS sockets (port 53 on its gateway, which only root may bind) and
+    /// pass them back over the Unix socket that is the helper's stdin.
+    DnsSockets(VmName),
 }
 
 impl Request {
     /// The request an argv (without the program) spells.
     pub fn parse(args: &[String]) -> Result<Request, UserError> {
-        let usage = || UserError::usage("usage: mvm-helper network-up|network-rules|network-down NAME");
+        let usage =
+            || UserError::usage("usage: mvm-helper network-up|network-rules|network-down|dns-sockets NAME");
         let [verb, name] = args else { return Err(usage()) };
         let name: VmName = name.parse()?;
         match verb.as_str() {
             "network-up" => Ok(Request::NetworkUp(name)),
             "network-rules" => Ok(Request::NetworkRules(name)),
             "network-down" => Ok(Request::NetworkDown(name)),
+            "dns-sockets" => Ok(Request::DnsSockets(name)),
             _ => Err(usage()),
         }
     }
@@ -52,6 +58,7 @@ impl Request {
             Request::NetworkUp(name) => ("network-up", name),
             Request::NetworkRules(name) => ("network-rules", name),
             Request::NetworkDown(name) => ("network-down", name),
+            Request::DnsSockets(name) => ("dns-sockets", name),
         };
         [verb.to_string(), name.to_string()]
     }
@@ -59,7 +66,10 @@ impl Request {
     /// The VM the request is about.
     pub fn vm(&self) -> &VmName {
         match self {
-            Request::NetworkUp(name) | Request::NetworkRules(name) | Request::NetworkDown(name) => name,
+            Request::NetworkUp(name)
+            | Request::NetworkRules(name)
+            | Request::NetworkDown(name)
+            | Request::DnsSockets(name) => name,
         }
     }
 }
@@ -81,6 +91,7 @@ mod tests {
             Request::NetworkUp(web.clone()),
             Request::NetworkRules(web.clone()),
             Request::NetworkDown(web.clone()),
+            Request::DnsSockets(web.clone()),
         ] {
             assert_eq!(Request::parse(&request.to_args()).unwrap(), request);
         }

@@ -372,8 +372,12 @@ fn run(
 /// without it, the guest's names do not resolve, which the log says.
 fn serve_dns(paths: &Paths, name: &VmName) {
     let served = store::load(paths, name).and_then(|config| {
-        let sockets = crate::dns::bind(config.network.gateway)?;
-        crate::dns::serve(sockets, crate::dns::HostResolver::from_env(), config.offline);
+        let sockets = crate::privileged::client::host_network(paths).dns_sockets(&config)?;
+        if sockets.tcp.is_none() {
+            log!("no DNS over TCP for the guest: a host service holds TCP port 53 on every address");
+        }
+        let resolver = crate::dns::HostResolver::from_env();
+        crate::dns::serve(sockets, config.network.address, resolver, config.offline);
         Ok(())
     });
     if let Err(error) = served {

@@ -34,6 +34,9 @@ pub const AUTO_PORTS_FILE: &str = "auto-ports.json";
 /// The most automatic forwards one VM gets: a guest that listens on thousands of ports
 /// does not make the host bind thousands.
 pub const MAX_AUTO_FORWARDS: usize = 64;
+/// The least time between two rounds of changes to the forwards (the agent reports at
+/// most every 200 ms; a hostile one sending faster is slowed down to this).
+const MIN_APPLY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// One automatic forward: host `127.0.0.1:host` to the guest's port `guest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -103,6 +106,23 @@ impl Policy {
     }
 }
 
+/// Where a VM's forwards lead and whom they serve (shared by all of them).
+#[derive(Debug, Clone)]
+struct Target {
+    /// The hybrid vsock socket of the guest's agent.
+    vsock: PathBuf,
+    /// The only uid (beside root) whose programs may connect; `None`: anyone's.
+    owner: Option<u32>,
+    /// The TCP connections relayed now, over all the forwards (`tcp::MAX_RELAYS`).
+    relays: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Target {
+    fn new(vsock: &Path, owner: Option<u32>) -> Target {
+        Target { vsock: vsock.to_path_buf(), owner, relays: Arc::default() }
+    }
+}
+
 /// A forward being served: its host port, and the switch that ends it.
 struct Forward {
     host: u16,
@@ -144,8 +164,14 @@ fn watch(
     };
     stream.set_read_timeout(None)?;
     Frame::WatchListeners.write_to(&mut stream)?;
+    let target = Target::new(vsock, policy.owner);
+    let mut listed_before = None;
+    let mut applied = std::time::Instant::now() - MIN_APPLY_INTERVAL;
     while let Some(frame) = Frame::read_from(&mut stream)? {
         let Frame::Listeners(reported) = frame else { continue };
+        // A guest flapping its listeners costs the host at most this many rounds of binds.
+        std::thread::sleep(MIN_APPLY_INTERVAL.saturating_sub(applied.elapsed()));
+        applied = std::time::Instant::now();
         let wanted = policy.wanted(&forwards.keys().copied().collect(), &reported);
         forwards.retain(|key, _| wanted.contains(key));
         for (protocol, guest) in wanted {
@@ -153,8 +179,8 @@ fn watch(
                 continue;
             }
             let opened = match protocol {
-                Protocol::Tcp => tcp::open(guest, vsock, policy.owner),
-                Protocol::Udp => udp::open(guest, vsock, policy.owner),
+                Protocol::Tcp => tcp::open(guest, &target),
+                Protocol::Udp => udp::open(guest, &target),
             };
             match opened {
                 Ok((host, stop)) => {
@@ -170,8 +196,11 @@ fn watch(
             .iter()
             .map(|(&(protocol, guest), forward)| AutoForward { host: forward.host, guest, protocol })
             .collect();
-        crate::atomic::write_atomic(&run_dir.join(AUTO_PORTS_FILE), &serde_json::to_vec(&listed)?)
-            .map_err(io::Error::other)?;
+        if listed_before.as_ref() != Some(&listed) {
+            crate::atomic::write_atomic(&run_dir.join(AUTO_PORTS_FILE), &serde_json::to_vec(&listed)?)
+                .map_err(io::Error::other)?;
+            listed_before = Some(listed);
+        }
     }
     Ok(())
 }
@@ -184,9 +213,21 @@ fn candidates(guest: u16) -> impl Iterator<Item = u16> {
 }
 
 /// Binds the first candidate port for `guest` that is free on the host (any free port when
-/// none is), with `bind`.
-fn bind_for<T>(guest: u16, bind: impl Fn(u16) -> io::Result<T>) -> io::Result<T> {
-    candidates(guest).find_map(|port| bind(port).ok()).map_or_else(|| bind(0), Ok)
+/// none is), with `bind` (on `127.0.0.1`). A port a host service holds on the IPv6
+/// loopback alone counts as taken too: a client dialing `localhost` may get either.
+fn bind_for<T>(guest: u16, protocol: Protocol, bind: impl Fn(u16) -> io::Result<T>) -> io::Result<T> {
+    let used_on_ipv6 = |port: u16| {
+        let address = (std::net::Ipv6Addr::LOCALHOST, port);
+        let bound = match protocol {
+            Protocol::Tcp => std::net::TcpListener::bind(address).map(drop),
+            Protocol::Udp => std::net::UdpSocket::bind(address).map(drop),
+        };
+        bound.is_err_and(|error| error.kind() == io::ErrorKind::AddrInUse)
+    };
+    candidates(guest)
+        .filter(|&port| !used_on_ipv6(port))
+        .find_map(|port| bind(port).ok())
+        .map_or_else(|| bind(0), Ok)
 }
 
 /// A stream to the agent that took `request` (`Connect` or `ConnectUdp`): after the

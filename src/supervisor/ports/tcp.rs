@@ -1,41 +1,78 @@
 //! A TCP forward: a listener on the host's loopback whose connections are each carried to
-//! the guest's port through the agent (`Connect`).
+//! the guest's port through the agent (`Connect`). At most [`MAX_RELAYS`] connections are
+//! relayed at once over all of a supervisor's forwards, and one whose host side has
+//! finished ends after [`HALF_CLOSED_IDLE`] without a byte from the guest: a guest that
+//! never answers or never closes holds no host thread for good.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::agent::protocol::Frame;
 use crate::spec::Protocol;
 
-use super::{bind_for, peer};
+use super::{bind_for, peer, Target};
 
-/// Starts forwarding to guest TCP port `guest`, for `owner`'s programs (and root's) or,
-/// without one, anyone's; returns the host port and the switch that stops it.
-pub(super) fn open(guest: u16, vsock: &Path, owner: Option<u32>) -> io::Result<(u16, Arc<AtomicBool>)> {
-    let listener = bind_for(guest, |port| TcpListener::bind((Ipv4Addr::LOCALHOST, port)))?;
+/// The most host connections one supervisor relays at once.
+pub(super) const MAX_RELAYS: usize = 256;
+/// How long a relayed connection whose host side is done may wait for the guest.
+pub(super) const HALF_CLOSED_IDLE: Duration = Duration::from_secs(60);
+
+/// One of a supervisor's [`MAX_RELAYS`]; given back when dropped.
+struct RelaySlot(Arc<AtomicUsize>);
+
+impl RelaySlot {
+    fn take(relays: &Arc<AtomicUsize>) -> Option<RelaySlot> {
+        if relays.fetch_add(1, Ordering::SeqCst) >= MAX_RELAYS {
+            relays.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(RelaySlot(relays.clone()))
+    }
+}
+
+impl Drop for RelaySlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Starts forwarding to guest TCP port `guest` of `target`; returns the host port and the
+/// switch that stops it.
+pub(super) fn open(guest: u16, target: &Target) -> io::Result<(u16, Arc<AtomicBool>)> {
+    let listener = bind_for(guest, Protocol::Tcp, |port| TcpListener::bind((Ipv4Addr::LOCALHOST, port)))?;
     listener.set_nonblocking(true)?;
     let host = listener.local_addr()?.port();
     let stop = Arc::new(AtomicBool::new(false));
-    let (stopped, vsock) = (stop.clone(), vsock.to_path_buf());
-    std::thread::spawn(move || serve(listener, &stopped, &vsock, guest, owner));
+    let (stopped, target) = (stop.clone(), target.clone());
+    std::thread::spawn(move || serve(listener, &stopped, &target, guest));
     Ok((host, stop))
 }
 
-fn serve(listener: TcpListener, stop: &AtomicBool, vsock: &Path, guest: u16, owner: Option<u32>) {
+fn serve(listener: TcpListener, stop: &AtomicBool, target: &Target, guest: u16) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((client, from)) => {
                 let local = listener.local_addr().expect("a bound listener has an address");
-                if !peer::admitted(owner, Protocol::Tcp, local, from) {
+                if !peer::admitted(target.owner, Protocol::Tcp, local, from) {
                     log!("refused {from} on 127.0.0.1:{}: not the VM owner's program", local.port());
                     continue;
                 }
-                let vsock: PathBuf = vsock.to_path_buf();
-                std::thread::spawn(move || relay(client, &vsock, guest));
+                let Some(slot) = RelaySlot::take(&target.relays) else {
+                    log!(
+                        "refused {from} on 127.0.0.1:{}: {MAX_RELAYS} connections are relayed already",
+                        local.port()
+                    );
+                    continue;
+                };
+                let vsock: PathBuf = target.vsock.clone();
+                std::thread::spawn(move || {
+                    let _ = relay(client, &vsock, guest);
+                    drop(slot);
+                });
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20))
@@ -48,15 +85,47 @@ fn serve(listener: TcpListener, stop: &AtomicBool, vsock: &Path, guest: u16, own
 /// Carries one host connection to guest port `guest` through the agent.
 fn relay(client: TcpStream, vsock: &Path, guest: u16) -> io::Result<()> {
     client.set_nonblocking(false)?;
-    let mut agent = super::agent_stream(vsock, Frame::Connect(guest))?;
-    let (mut to_guest, mut from_client) = (agent.try_clone()?, client.try_clone()?);
+    let agent = super::agent_stream(vsock, Frame::Connect(guest))?;
+    let client_done = Arc::new(AtomicBool::new(false));
+    let (mut to_guest, mut from_client, done) =
+        (agent.try_clone()?, client.try_clone()?, client_done.clone());
     let upstream = std::thread::spawn(move || {
         let _ = io::copy(&mut from_client, &mut to_guest);
         let _ = to_guest.shutdown(Shutdown::Write);
+        done.store(true, Ordering::SeqCst);
     });
-    let mut to_client = client;
-    let _ = io::copy(&mut agent, &mut to_client);
-    let _ = to_client.shutdown(Shutdown::Write);
+    let _ = copy_back(&agent, &client, &client_done);
+    // Either side ended: so does all of it, which also ends the copy the other way.
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = agent.shutdown(Shutdown::Both);
     let _ = upstream.join();
     Ok(())
+}
+
+/// Copies the guest's bytes to the client until the guest ends, the client is gone, or
+/// the client is done and the guest silent for [`HALF_CLOSED_IDLE`].
+fn copy_back(
+    mut agent: &std::os::unix::net::UnixStream,
+    mut client: &TcpStream,
+    client_done: &AtomicBool,
+) -> io::Result<()> {
+    agent.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut last = Instant::now();
+    loop {
+        match agent.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(length) => {
+                client.write_all(&buffer[..length])?;
+                last = Instant::now();
+            }
+            Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if client_done.load(Ordering::SeqCst) && last.elapsed() >= HALF_CLOSED_IDLE {
+                    return Ok(());
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
 }

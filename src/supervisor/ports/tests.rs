@@ -13,6 +13,12 @@ use super::*;
 use crate::config::vm::tests::sample;
 
 fn fake_agent(dir: &Path) -> PathBuf {
+    agent(dir, false)
+}
+
+/// The stand-in agent; a `silent` one takes every connection and then neither reads,
+/// answers nor closes, as a hostile guest's may.
+fn agent(dir: &Path, silent: bool) -> PathBuf {
     let path = dir.join("vsock.sock");
     let listener = UnixListener::bind(&path).unwrap();
     std::thread::spawn(move || {
@@ -26,6 +32,10 @@ fn fake_agent(dir: &Path) -> PathBuf {
                 let mut writer = stream;
                 writer.write_all(b"OK 1\n").unwrap();
                 match Frame::read_from(&mut reader) {
+                    Ok(Some(_)) if silent => {
+                        Frame::Pong(0).write_to(&mut writer).unwrap();
+                        std::thread::sleep(Duration::from_secs(600));
+                    }
                     Ok(Some(Frame::Connect(_))) => {
                         Frame::Pong(0).write_to(&mut writer).unwrap();
                         let mut buffer = [0u8; 1024];
@@ -57,7 +67,7 @@ fn free_port() -> u16 {
 fn tcp_and_udp_forwards_carry_traffic_through_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let vsock = fake_agent(dir.path());
-    let (host, _stop) = tcp::open(free_port(), &vsock, None).unwrap();
+    let (host, _stop) = tcp::open(free_port(), &Target::new(&vsock, None)).unwrap();
     let mut client = TcpStream::connect(("127.0.0.1", host)).unwrap();
     client.write_all(b"hello").unwrap();
     client.shutdown(Shutdown::Write).unwrap();
@@ -65,7 +75,7 @@ fn tcp_and_udp_forwards_carry_traffic_through_the_agent() {
     client.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, "HELLO");
 
-    let (host, stop) = udp::open(free_port(), &vsock, None).unwrap();
+    let (host, stop) = udp::open(free_port(), &Target::new(&vsock, None)).unwrap();
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     client.connect(("127.0.0.1", host)).unwrap();
@@ -79,6 +89,27 @@ fn tcp_and_udp_forwards_carry_traffic_through_the_agent() {
     stop.store(true, Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(300));
     assert!(UdpSocket::bind(("127.0.0.1", host)).is_ok());
+}
+
+/// A guest that never answers holds at most `MAX_RELAYS` host connections (and their
+/// threads): the next is closed at once.
+#[test]
+fn a_silent_guest_holds_a_bounded_number_of_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target::new(&agent(dir.path(), true), None);
+    let (host, _stop) = tcp::open(free_port(), &target).unwrap();
+    let clients: Vec<TcpStream> =
+        (0..tcp::MAX_RELAYS).map(|_| TcpStream::connect(("127.0.0.1", host)).unwrap()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while target.relays.load(Ordering::SeqCst) < tcp::MAX_RELAYS {
+        assert!(std::time::Instant::now() < deadline, "the relays did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(clients);
+    let mut one_more = TcpStream::connect(("127.0.0.1", host)).unwrap();
+    one_more.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(one_more.read(&mut [0u8; 1]).unwrap(), 0, "a connection past the cap was relayed");
+    assert_eq!(target.relays.load(Ordering::SeqCst), tcp::MAX_RELAYS);
 }
 
 /// What `uid` reads back after sending `hi` through host port `port` with bash's
@@ -110,9 +141,9 @@ fn a_users_forwards_refuse_other_users_programs() {
             Protocol::Tcp => tcp::open,
             Protocol::Udp => udp::open,
         };
-        let (theirs, _a) = open(free_port(), &vsock, Some(nobody)).unwrap();
-        let (someone_elses, _b) = open(free_port(), &vsock, Some(other)).unwrap();
-        let (roots, _c) = open(free_port(), &vsock, None).unwrap();
+        let (theirs, _a) = open(free_port(), &Target::new(&vsock, Some(nobody))).unwrap();
+        let (someone_elses, _b) = open(free_port(), &Target::new(&vsock, Some(other))).unwrap();
+        let (roots, _c) = open(free_port(), &Target::new(&vsock, None)).unwrap();
         assert_eq!(answer_as(nobody, protocol, theirs), "HI", "{protocol}: the owner");
         assert_eq!(answer_as(nobody, protocol, roots), "HI", "{protocol}: a root VM's forward");
         assert_eq!(answer_as(nobody, protocol, someone_elses), "", "{protocol}: another user's");
@@ -171,9 +202,14 @@ fn a_privileged_or_taken_port_gets_another() {
     let bind = |port| TcpListener::bind(("127.0.0.1", port));
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    assert_ne!(bind_for(port, bind).unwrap().local_addr().unwrap().port(), port);
+    assert_ne!(bind_for(port, Protocol::Tcp, bind).unwrap().local_addr().unwrap().port(), port);
     drop(taken);
-    if let Ok(listener) = bind_for(80, bind) {
+    // A host service on the IPv6 loopback alone: its port is not taken on 127.0.0.1 either.
+    if let Ok(v6) = TcpListener::bind("[::1]:0") {
+        let port = v6.local_addr().unwrap().port();
+        assert_ne!(bind_for(port, Protocol::Tcp, bind).unwrap().local_addr().unwrap().port(), port);
+    }
+    if let Ok(listener) = bind_for(80, Protocol::Tcp, bind) {
         assert!(listener.local_addr().unwrap().port() >= 1024);
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::agent::protocol::Frame;
 use crate::spec::Protocol;
 
-use super::{bind_for, peer};
+use super::{bind_for, peer, Target};
 
 /// How long a peer's session lasts without a datagram either way (conntrack's UDP
 /// stream timeout is 120 s, an unreplied flow's 30 s).
@@ -24,14 +24,15 @@ pub(super) const IDLE: Duration = Duration::from_secs(60);
 /// The most peers one forward serves at once.
 pub(super) const MAX_PEERS: usize = 32;
 
-/// Starts forwarding to guest UDP port `guest`, for `owner`'s programs (and root's) or,
-/// without one, anyone's; returns the host port and the switch that stops it.
-pub(super) fn open(guest: u16, vsock: &Path, owner: Option<u32>) -> io::Result<(u16, Arc<AtomicBool>)> {
-    let socket = bind_for(guest, |port| UdpSocket::bind((Ipv4Addr::LOCALHOST, port)))?;
+/// Starts forwarding to guest UDP port `guest` of `target`; returns the host port and the
+/// switch that stops it.
+pub(super) fn open(guest: u16, target: &Target) -> io::Result<(u16, Arc<AtomicBool>)> {
+    let socket = bind_for(guest, Protocol::Udp, |port| UdpSocket::bind((Ipv4Addr::LOCALHOST, port)))?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     let host = socket.local_addr()?.port();
     let stop = Arc::new(AtomicBool::new(false));
-    let forward = Forward { socket: Arc::new(socket), vsock: vsock.to_path_buf(), guest, owner };
+    let forward =
+        Forward { socket: Arc::new(socket), vsock: target.vsock.clone(), guest, owner: target.owner };
     let stopped = stop.clone();
     std::thread::spawn(move || forward.serve(&stopped));
     Ok((host, stop))

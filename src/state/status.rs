@@ -40,9 +40,10 @@ pub struct RuntimeStatus {
 }
 
 impl RuntimeStatus {
-    /// Reads `status.json` from `run_dir`; `None` if absent or unreadable.
+    /// Reads `status.json` from `run_dir`; `None` if absent or unreadable — or no regular
+    /// file, or too large (root lists every user's VMs, whose runtime dirs are theirs).
     pub fn read(run_dir: &Path) -> Option<RuntimeStatus> {
-        serde_json::from_slice(&std::fs::read(run_dir.join(STATUS_FILE)).ok()?).ok()
+        serde_json::from_slice(&crate::fs::read_record(run_dir, STATUS_FILE, RECORD_CAP).ok()?).ok()
     }
 
     /// Writes it atomically into `run_dir`.
@@ -53,10 +54,32 @@ impl RuntimeStatus {
 
 /// The file's name.
 pub const STATUS_FILE: &str = "status.json";
+/// The largest runtime record read.
+const RECORD_CAP: u64 = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status file its owner replaced by a FIFO, a symlink to a file they cannot read or
+    /// something endless is no status, at once (root's `mvm list` reads every user's).
+    #[test]
+    fn planted_status_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join(STATUS_FILE);
+        nix::unistd::mkfifo(&status, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let started = std::time::Instant::now();
+        assert!(RuntimeStatus::read(dir.path()).is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        std::fs::remove_file(&status).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, br#"{"phase":"running"}"#).unwrap();
+        std::os::unix::fs::symlink(&secret, &status).unwrap();
+        assert!(RuntimeStatus::read(dir.path()).is_none());
+        std::fs::remove_file(&status).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &status).unwrap();
+        assert!(RuntimeStatus::read(dir.path()).is_none());
+    }
 
     #[test]
     fn round_trips() {

@@ -53,7 +53,7 @@ fn tcp() -> Protocol {
 
 /// The automatic forwards of the VM whose runtime dir is `run_dir`.
 pub fn read(run_dir: &Path) -> Vec<AutoForward> {
-    std::fs::read(run_dir.join(AUTO_PORTS_FILE))
+    crate::fs::read_record(run_dir, AUTO_PORTS_FILE, 64 * 1024)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default()

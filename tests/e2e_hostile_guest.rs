@@ -128,6 +128,31 @@ restart = "never"
     let squat_log = std::fs::read_to_string(var.join("squat.log")).unwrap();
     assert!(squat_log.contains("Address already in use") && !squat_log.contains("SQUATTING"), "{squat_log}");
 
+    // The agent answers the host alone: a guest user reaching its port over vsock loopback
+    // (guest root loads the transport) gets the connection closed, no shell.
+    let loopback = seen.sh(
+        "evil",
+        "modprobe vsock_loopback; cat > /tmp/loop.py <<'EOF'
+import socket
+s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect((1, 1024))
+except OSError as error:
+    print('NO-LOOPBACK', error)
+    raise SystemExit
+print('CONNECTED')
+s.sendall(bytes([0, 0, 0, 1, 6]))
+try:
+    answer = s.recv(64)
+except OSError:
+    answer = b''
+print('ANSWERED' if answer else 'CLOSED')
+EOF
+setpriv --reuid 65534 --regid 65534 --clear-groups python3 /tmp/loop.py",
+    );
+    assert_eq!(loopback.ok().trim(), "CONNECTED\nCLOSED", "a guest user over vsock loopback");
+
     // /etc holds no host password hash: shadow is generated and locked.
     let shadow = seen.sh("evil", "cat /etc/shadow").ok().to_string();
     assert!(shadow.starts_with("root:*:") && !shadow.contains('$'), "{shadow}");

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,24 @@ fn a_paused_vm_keeps_its_processes_and_connections_and_resumes_with_the_right_ti
     lab.mvm(&["pause", "p"]).ok();
     assert!(lab.mvm(&["resume", "p"]).ok().contains("resumed in"));
     assert_eq!(round_trip("again"), "again");
+    // Forwards still make themselves after pauses: a new guest listener answers the host.
+    lab.sh("p", "setsid python3 -m http.server 7700 --bind 127.0.0.1 >/dev/null 2>&1 < /dev/null &").ok();
+    let forwarded = lab.host.run(|| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect("127.0.0.1:7700").is_ok_and(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok() && s.read(&mut [0u8; 4]).is_ok_and(|n| n > 0)
+            }) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    });
+    let log =
+        std::fs::read_to_string(lab.sandbox.state_dir().join("p/log/supervisor.log")).unwrap_or_default();
+    assert!(forwarded, "no automatic forward after the pauses; supervisor log:\n{log}");
     // A stop of a paused VM is still a graceful one.
     lab.mvm(&["pause", "p"]).ok();
     assert!(lab.mvm(&["stop", "p"]).ok().contains("stopped"));

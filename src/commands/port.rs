@@ -74,11 +74,16 @@ struct Listed {
 }
 
 impl Listed {
-    fn source(&self) -> &'static str {
-        if self.automatic {
-            "automatic (127.0.0.1)"
-        } else {
-            "declared"
+    /// Where the forward comes from, and why its host port is another when it is.
+    fn source(&self) -> String {
+        let PortForward { host, guest, .. } = self.forward;
+        match (self.automatic, host == guest) {
+            (false, _) => "declared".into(),
+            (true, true) => "automatic (127.0.0.1)".into(),
+            (true, false) if guest < crate::vm::ports::FIRST_UNPRIVILEGED_PORT && host == guest + 8000 => {
+                "automatic (127.0.0.1; the guest's port is privileged)".into()
+            }
+            (true, false) => format!("automatic (127.0.0.1; host port {guest} was taken)"),
         }
     }
 }
@@ -110,7 +115,7 @@ fn list(paths: &Paths, name: &VmName, json: bool) -> anyhow::Result<()> {
             port.host.to_string(),
             port.guest.to_string(),
             port.protocol.to_string(),
-            row.source().into(),
+            row.source(),
         ]);
     }
     print_table(&table);
@@ -251,5 +256,9 @@ mod tests {
         assert_eq!(serde_json::to_string(&Change::Stopped).unwrap(), r#"{"event":"stopped"}"#);
         assert_eq!(Change::Removed(&row).text(&name), "- host 8080 -> guest 3000/tcp  automatic (127.0.0.1)");
         assert_eq!(Change::Running.text(&name), "VM 'web' is running");
+        let moved = Listed { forward: "7301:7300".parse().unwrap(), automatic: true };
+        assert_eq!(moved.source(), "automatic (127.0.0.1; host port 7300 was taken)");
+        let privileged = Listed { forward: "8080:80".parse().unwrap(), automatic: true };
+        assert_eq!(privileged.source(), "automatic (127.0.0.1; the guest's port is privileged)");
     }
 }

@@ -46,6 +46,12 @@ pub fn serve(listener: OwnedFd, power_off: fn() -> !) -> ! {
         let Ok(fd) = accept(listener.as_raw_fd()) else { continue };
         // SAFETY: `accept` returned a new descriptor that nothing else owns.
         let connection = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        // The host alone: a guest process reaching the port over vsock loopback (with
+        // `vsock_loopback` loaded) would otherwise run commands as any guest user.
+        let peer = nix::sys::socket::getpeername::<VsockAddr>(connection.as_raw_fd());
+        if !peer.is_ok_and(|peer| peer.cid() == libc::VMADDR_CID_HOST) {
+            continue;
+        }
         std::thread::spawn(move || {
             if let Err(error) = handle(connection, power_off) {
                 eprintln!("mvm-agent: {error:#}");

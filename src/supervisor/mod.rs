@@ -93,6 +93,7 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     clean_run_dir(&run_dir);
     log!("supervisor {} starting VM '{name}'", std::process::id());
     serve_dns(paths, name);
+    serve_auto_ports(paths, name, &run_dir);
     let (phase, reason) = loop {
         let mut processes = Processes::default();
         let mut network_up = None;
@@ -222,9 +223,6 @@ fn run(
         &log_dir.join("hypervisor.log"),
     )?;
     let hypervisor_pid = hypervisor.id();
-    if let Some(policy) = ports::Policy::of(&launch.config, &host, nix::unistd::geteuid().as_raw()) {
-        ports::spawn(launch.spec.vsock_socket.clone(), run_dir.clone(), policy);
-    }
     log!("{program} running as {hypervisor_pid} ({} ms)", started.elapsed().as_millis());
     status.phase = Phase::Running;
     status.hypervisor_pid = Some(hypervisor_pid);
@@ -382,6 +380,20 @@ fn serve_dns(paths: &Paths, name: &VmName) {
     });
     if let Err(error) = served {
         log!("no DNS for the guest: {error:#}");
+    }
+}
+
+/// Forwards the guest's listeners by themselves (`ports`) for as long as the supervisor
+/// lives — across reboots and lost agent connections — when the VM and the host let it.
+fn serve_auto_ports(paths: &Paths, name: &VmName, run_dir: &Path) {
+    let policy = store::load(paths, name).and_then(|config| {
+        let host = HostConfig::load(&paths.config_file)?;
+        Ok(ports::Policy::of(&config, &host, nix::unistd::geteuid().as_raw()))
+    });
+    match policy {
+        Ok(Some(policy)) => ports::spawn(run_dir.join("vsock.sock"), run_dir.to_path_buf(), policy),
+        Ok(None) => {}
+        Err(error) => log!("no automatic port forwarding: {error:#}"),
     }
 }
 

@@ -135,16 +135,20 @@ impl Drop for Forward {
     }
 }
 
-/// Forwards the guest's listeners as `policy` allows until the agent behind `vsock` goes
-/// away.
+/// Forwards the guest's listeners as `policy` allows, through the agent behind `vsock`,
+/// for as long as the process lives: a lost agent connection (a reboot, a guest that hung
+/// up) is made again, and the forwards follow its first report.
 pub fn spawn(vsock: PathBuf, run_dir: PathBuf, policy: Policy) {
     std::thread::spawn(move || {
         let mut forwards = BTreeMap::new();
-        if let Err(error) = watch(&vsock, &run_dir, &policy, &mut forwards) {
-            log!("automatic port forwarding ended: {error}");
+        loop {
+            if let Err(error) = watch(&vsock, &run_dir, &policy, &mut forwards) {
+                if vsock.exists() {
+                    log!("automatic port forwarding: the agent connection ended ({error}); watching again");
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
         }
-        forwards.clear();
-        let _ = std::fs::remove_file(run_dir.join(AUTO_PORTS_FILE));
     });
 }
 
@@ -154,12 +158,11 @@ fn watch(
     policy: &Policy,
     forwards: &mut BTreeMap<(Protocol, u16), Forward>,
 ) -> io::Result<()> {
-    // The agent answers once the guest has booted; the socket goes with the VM.
+    // The agent answers once the guest has booted.
     let mut stream = loop {
         match crate::agent::client::connect(vsock, Duration::from_secs(2)) {
             Ok(stream) => break stream,
-            Err(_) if vsock.exists() => std::thread::sleep(Duration::from_millis(200)),
-            Err(error) => return Err(error),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     };
     stream.set_read_timeout(None)?;

@@ -134,7 +134,7 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__create)
-            opts="-t -h -V --template --project --cpus --memory --port --mount --persist --volume --env --hypervisor --kernel --root --offline --host-access --help --version"
+            opts="-t -h -V --template --project --cpus --memory --port --mount --persist --volume --env --hypervisor --kernel --root --offline --host-access --no-auto-ports --ignore-port --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -185,6 +185,10 @@ _mvm() {
                     return 0
                     ;;
                 --root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ignore-port)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -328,7 +332,7 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__port)
-            opts="-h -V --rm --json --help --version"
+            opts="-w -h -V --rm --json --watch --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -64,9 +64,11 @@ cloud-hypervisor\t''
 qemu\t''"
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l kernel -d 'Kernel image to boot [default: the host\'s]' -r -F
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l root -d 'Root file system: the host\'s /usr read-only, or a directory tree' -r
+complete -c mvm -n "__fish_mvm_using_subcommand create" -l ignore-port -d 'Never forward these guest ports by themselves: PORT or FIRST-LAST, repeatable or comma-separated' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l persist -d 'Keep the overlay\'s writable layer across stops'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l offline -d 'No network egress at all'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l host-access -d 'Let the guest reach services listening on the host'
+complete -c mvm -n "__fish_mvm_using_subcommand create" -l no-auto-ports -d 'Do not forward the guest\'s listeners by themselves (see `mvm port`)'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand start" -l timeout -d 'Seconds to wait for the guest agent' -r
@@ -112,7 +114,8 @@ complete -c mvm -n "__fish_mvm_using_subcommand inspect" -l json -d 'Print JSON 
 complete -c mvm -n "__fish_mvm_using_subcommand inspect" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand inspect" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand port" -l rm -d 'Stop forwarding host port HOST (every protocol, or only /tcp or /udp)' -r
-complete -c mvm -n "__fish_mvm_using_subcommand port" -l json -d 'List as JSON'
+complete -c mvm -n "__fish_mvm_using_subcommand port" -l json -d 'List as JSON (with --watch: one JSON object per change, a line each)'
+complete -c mvm -n "__fish_mvm_using_subcommand port" -s w -l watch -d 'Print the forwards, then every change as it happens (automatic forwards come and go with the guest\'s listeners), until interrupted'
 complete -c mvm -n "__fish_mvm_using_subcommand port" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand port" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand diff" -l patch -d 'Show a unified diff of changed text files'

@@ -142,8 +142,8 @@ except OSError as error:
     print('NO-LOOPBACK', error)
     raise SystemExit
 print('CONNECTED')
-s.sendall(bytes([0, 0, 0, 1, 6]))
 try:
+    s.sendall(bytes([0, 0, 0, 1, 6]))
     answer = s.recv(64)
 except OSError:
     answer = b''

@@ -254,7 +254,10 @@ mod tests {
             r#"{"event":"added","host":8080,"guest":3000,"protocol":"tcp","automatic":true}"#
         );
         assert_eq!(serde_json::to_string(&Change::Stopped).unwrap(), r#"{"event":"stopped"}"#);
-        assert_eq!(Change::Removed(&row).text(&name), "- host 8080 -> guest 3000/tcp  automatic (127.0.0.1)");
+        assert_eq!(
+            Change::Removed(&row).text(&name),
+            "- host 8080 -> guest 3000/tcp  automatic (127.0.0.1; host port 3000 was taken)"
+        );
         assert_eq!(Change::Running.text(&name), "VM 'web' is running");
         let moved = Listed { forward: "7301:7300".parse().unwrap(), automatic: true };
         assert_eq!(moved.source(), "automatic (127.0.0.1; host port 7300 was taken)");

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::config::vm::{check_processes, Process};
 use crate::error::UserError;
-use crate::spec::{self, MemorySize, PortForward, Volume};
+use crate::spec::{self, MemorySize, PortForward, PortRange, Volume};
 
 /// The templates compiled into mvm, by name.
 const BUILTIN: &[(&str, &str)] = &[
@@ -48,6 +48,11 @@ struct TemplateFile {
     env: BTreeMap<String, String>,
     #[serde(default)]
     processes: Vec<Process>,
+    /// Forward the guest's listeners by themselves (unset: the host's default).
+    auto_ports: Option<bool>,
+    /// Guest ports never forwarded by themselves.
+    #[serde(default)]
+    auto_ports_ignore: Vec<PortRange>,
 }
 
 /// Where a template comes from.
@@ -81,6 +86,8 @@ pub struct Template {
     pub volumes: Vec<Volume>,
     pub env: BTreeMap<String, String>,
     pub processes: Vec<Process>,
+    pub auto_ports: Option<bool>,
+    pub auto_ports_ignore: Vec<PortRange>,
 }
 
 /// The templates a host offers: built-ins and the files in `host_dir`.
@@ -176,6 +183,8 @@ impl Catalog {
             volumes: Vec::new(),
             env: BTreeMap::new(),
             processes: Vec::new(),
+            auto_ports: None,
+            auto_ports_ignore: Vec::new(),
         };
         for included in &file.include {
             let part = self.resolve(included, depth + 1).with_context(|| format!("included {included:?}"))?;
@@ -185,6 +194,8 @@ impl Catalog {
             template.volumes.extend(part.volumes);
             template.env.extend(part.env);
             template.processes.extend(part.processes);
+            template.auto_ports = template.auto_ports.or(part.auto_ports);
+            template.auto_ports_ignore.extend(part.auto_ports_ignore);
         }
         template.cpus = file.cpus.or(template.cpus);
         if let Some(memory) = &file.memory {
@@ -198,6 +209,8 @@ impl Catalog {
         }
         template.env.extend(file.env);
         template.processes.extend(file.processes);
+        template.auto_ports = file.auto_ports.or(template.auto_ports);
+        template.auto_ports_ignore.extend(file.auto_ports_ignore);
         check_processes(&template.processes)?;
         spec::check_unique_volumes(&template.volumes)?;
         Ok(template)
@@ -265,6 +278,25 @@ mod tests {
         assert_eq!(catalog.get("go").unwrap().ports[0].host, 8080);
         let by_path = dir.path().join("templates/go.toml");
         assert_eq!(catalog.get(by_path.to_str().unwrap()).unwrap().name, "go");
+    }
+
+    #[test]
+    fn templates_switch_automatic_forwarding_and_ignore_ports() {
+        let (dir, catalog) = catalog();
+        std::fs::create_dir(dir.path().join("templates")).unwrap();
+        let write =
+            |name: &str, text: &str| std::fs::write(dir.path().join(format!("templates/{name}.toml")), text);
+        write("quiet", "description = \"q\"\nauto_ports = false\nauto_ports_ignore = [5432]\n").unwrap();
+        write(
+            "debug",
+            "description = \"d\"\ninclude = [\"quiet\"]\nauto_ports_ignore = [9229, \"9000-9100\"]\n",
+        )
+        .unwrap();
+        let debug = catalog.get("debug").unwrap();
+        assert_eq!(debug.auto_ports, Some(false));
+        let ignored: Vec<String> = debug.auto_ports_ignore.iter().map(ToString::to_string).collect();
+        assert_eq!(ignored, ["5432", "9229", "9000-9100"]);
+        assert_eq!(catalog.get("node").unwrap().auto_ports, None);
     }
 
     #[test]

@@ -15,6 +15,9 @@ use crate::state::store::{self, RunState};
 use crate::state::Paths;
 use crate::supervisor::pause::{Request, REQUEST_FILE};
 
+/// The lock a pause or resume request is made under, in the runtime dir.
+const REQUEST_LOCK: &str = "request.lock";
+
 /// Whether VM `name` runs with its vCPUs stopped.
 pub fn is_paused(paths: &Paths, name: &VmName) -> bool {
     store::run_state(paths, name).is_ok_and(|state| state == RunState::Running)
@@ -32,6 +35,9 @@ pub fn request(paths: &Paths, name: &VmName, request: Request) -> anyhow::Result
     }
     let run_dir = paths.vm_run_dir(name);
     let supervisor = crate::vm::stop::live_supervisor(&run_dir, name)?;
+    // One request at a time: two at once would share one file (and their signals merge),
+    // and one asker would read the other's answer.
+    let _one_at_a_time = crate::state::lock::FileLock::exclusive(&run_dir.join(REQUEST_LOCK))?;
     let file = run_dir.join(REQUEST_FILE);
     crate::atomic::write_atomic(&file, request.as_str().as_bytes())?;
     kill(Pid::from_raw(supervisor as i32), Signal::SIGUSR2).context("cannot signal the supervisor")?;

@@ -163,8 +163,13 @@ pub(super) fn validate(
         root,
         offline: args.offline,
         host_access: args.host_access,
-        auto_ports: args.no_auto_ports.then_some(false),
-        auto_ports_ignore: parse_all(&args.ignore_ports)?,
+        auto_ports: if args.no_auto_ports { Some(false) } else { template.and_then(|t| t.auto_ports) },
+        auto_ports_ignore: template
+            .map(|t| t.auto_ports_ignore.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(parse_all(&args.ignore_ports)?)
+            .collect(),
         processes,
     })
 }

@@ -84,6 +84,13 @@ fn guest_listeners_forward_themselves_and_go_away() {
     assert!(!rows.iter().any(|row| row["guest"] == 7000 && row["automatic"] == true), "{rows:?}");
     let table = lab.mvm(&["port", "a"]).ok().to_string();
     assert!(table.contains("automatic") && table.contains("declared"), "{table}");
+    // Declared while the VM runs: 7200's automatic forward gives way within seconds.
+    lab.mvm(&["port", "a", "18072:7200"]).ok();
+    let declared = Instant::now();
+    while listed(&lab).iter().any(|row| row["guest"] == 7200 && row["automatic"] == true) {
+        assert!(declared.elapsed() < Duration::from_secs(5), "7200 stayed automatic after `mvm port`");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // An ignored port: never forwarded (7200's forward came within a poll; give it three).
     serve(7400, "");
     std::thread::sleep(Duration::from_secs(1));

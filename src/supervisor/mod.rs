@@ -384,17 +384,22 @@ fn serve_dns(paths: &Paths, name: &VmName) {
 }
 
 /// Forwards the guest's listeners by themselves (`ports`) for as long as the supervisor
-/// lives — across reboots and lost agent connections — when the VM and the host let it.
+/// lives — across reboots and lost agent connections — as the VM's config and the host's
+/// let it, read again every second.
 fn serve_auto_ports(paths: &Paths, name: &VmName, run_dir: &Path) {
-    let policy = store::load(paths, name).and_then(|config| {
-        let host = HostConfig::load(&paths.config_file)?;
-        Ok(ports::Policy::of(&config, &host, nix::unistd::geteuid().as_raw()))
+    let (paths, name) = (paths.clone(), name.clone());
+    let reload = move || -> anyhow::Result<Option<ports::Policy>> {
+        let config = store::load(&paths, &name)?;
+        Ok(ports::Policy::of(&config, &HostConfig::load(&paths.config_file)?))
+    };
+    let policy = reload().unwrap_or_else(|error| {
+        log!("automatic port forwarding waits for a readable config: {error:#}");
+        None
     });
-    match policy {
-        Ok(Some(policy)) => ports::spawn(run_dir.join("vsock.sock"), run_dir.to_path_buf(), policy),
-        Ok(None) => {}
-        Err(error) => log!("no automatic port forwarding: {error:#}"),
-    }
+    // Root's VMs' forwards are open like their DNAT'ed ports; a user's are theirs.
+    let uid = nix::unistd::geteuid().as_raw();
+    let owner = (uid != 0).then_some(uid);
+    ports::spawn(run_dir.join("vsock.sock"), run_dir.to_path_buf(), owner, policy, Box::new(reload));
 }
 
 /// Pauses (`pause`) or resumes the VM if it is not so already, recording it in the status.

@@ -66,14 +66,12 @@ pub struct Policy {
     pub declared: BTreeSet<(Protocol, u16)>,
     /// Guest ports never forwarded by themselves.
     pub ignored: Vec<PortRange>,
-    /// The only uid (beside root) whose programs may connect; `None`: anyone's.
-    pub owner: Option<u32>,
 }
 
 impl Policy {
-    /// The policy of VM `config` on a host configured as `host`, with a supervisor running
-    /// as `uid`; `None` when the VM forwards nothing by itself.
-    pub fn of(config: &VmConfig, host: &HostConfig, uid: u32) -> Option<Policy> {
+    /// The policy of VM `config` on a host configured as `host`; `None` when the VM
+    /// forwards nothing by itself.
+    pub fn of(config: &VmConfig, host: &HostConfig) -> Option<Policy> {
         config.auto_ports.unwrap_or(host.defaults.auto_ports).then(|| Policy {
             declared: config.ports.iter().map(|forward| (forward.protocol, forward.guest)).collect(),
             ignored: host
@@ -83,8 +81,6 @@ impl Policy {
                 .chain(&config.auto_ports_ignore)
                 .copied()
                 .collect(),
-            // Root's VMs' forwards are open like their DNAT'ed ports; a user's are theirs.
-            owner: (uid != 0).then_some(uid),
         })
     }
 
@@ -135,29 +131,84 @@ impl Drop for Forward {
     }
 }
 
-/// Forwards the guest's listeners as `policy` allows, through the agent behind `vsock`,
-/// for as long as the process lives: a lost agent connection (a reboot, a guest that hung
-/// up) is made again, and the forwards follow its first report.
-pub fn spawn(vsock: PathBuf, run_dir: PathBuf, policy: Policy) {
+/// How a VM's policy is read again: `Ok(None)` when it forwards nothing by itself now;
+/// an error keeps the policy in force.
+pub type Reload = Box<dyn Fn() -> anyhow::Result<Option<Policy>> + Send>;
+
+/// How often the policy is read again (a forward declared with `mvm port`, or a switch
+/// changed in `vm.toml`, applies within this).
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// What changes the forwards.
+enum Event {
+    /// The agent's latest report.
+    Reported(Listening),
+    /// The agent connection ended (it is made again).
+    Lost(io::Error),
+}
+
+/// Forwards the guest's listeners as the VM's policy allows (`policy` now, then what
+/// `reload` says every second), through the agent behind `vsock`, for as long as the
+/// process lives: a lost agent connection (a reboot, a guest that hung up) is made again,
+/// and the forwards follow its first report. `owner` is the only uid (beside root) whose
+/// programs may connect; `None`: anyone's.
+pub fn spawn(vsock: PathBuf, run_dir: PathBuf, owner: Option<u32>, policy: Option<Policy>, reload: Reload) {
+    let (events, received) = std::sync::mpsc::channel();
+    let agent = vsock.clone();
+    std::thread::spawn(move || loop {
+        let lost = watch(&agent, &events).unwrap_err();
+        if events.send(Event::Lost(lost)).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    });
     std::thread::spawn(move || {
-        let mut forwards = BTreeMap::new();
+        let mut forwarder = Forwarder {
+            target: Target::new(&vsock, owner),
+            run_dir,
+            policy,
+            reported: Listening::default(),
+            forwards: BTreeMap::new(),
+            listed_before: None,
+        };
         loop {
-            if let Err(error) = watch(&vsock, &run_dir, &policy, &mut forwards) {
-                if vsock.exists() {
-                    log!("automatic port forwarding: the agent connection ended ({error}); watching again");
+            match received.recv_timeout(RELOAD_EVERY) {
+                Ok(Event::Reported(mut reported)) => {
+                    // Only the latest of the reports waiting counts.
+                    while let Ok(event) = received.try_recv() {
+                        if let Event::Reported(later) = event {
+                            reported = later;
+                        }
+                    }
+                    forwarder.reported = reported;
+                    forwarder.apply();
+                    // A guest flapping its listeners costs the host at most this many
+                    // rounds of binds.
+                    std::thread::sleep(MIN_APPLY_INTERVAL);
                 }
+                Ok(Event::Lost(error)) => {
+                    if vsock.exists() {
+                        log!(
+                            "automatic port forwarding: the agent connection ended ({error}); watching again"
+                        );
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => match reload() {
+                    Ok(policy) if policy != forwarder.policy => {
+                        forwarder.policy = policy;
+                        forwarder.apply();
+                    }
+                    Ok(_) => {}
+                    Err(error) => log!("automatic port forwarding: cannot read the VM's config: {error:#}"),
+                },
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }
-            std::thread::sleep(Duration::from_secs(1));
         }
     });
 }
 
-fn watch(
-    vsock: &Path,
-    run_dir: &Path,
-    policy: &Policy,
-    forwards: &mut BTreeMap<(Protocol, u16), Forward>,
-) -> io::Result<()> {
+/// Sends the agent's reports as events until the connection ends; returns why.
+fn watch(vsock: &Path, events: &std::sync::mpsc::Sender<Event>) -> Result<(), io::Error> {
     // The agent answers once the guest has booted.
     let mut stream = loop {
         match crate::agent::client::connect(vsock, Duration::from_secs(2)) {
@@ -167,45 +218,67 @@ fn watch(
     };
     stream.set_read_timeout(None)?;
     Frame::WatchListeners.write_to(&mut stream)?;
-    let target = Target::new(vsock, policy.owner);
-    let mut listed_before = None;
-    let mut applied = std::time::Instant::now() - MIN_APPLY_INTERVAL;
     while let Some(frame) = Frame::read_from(&mut stream)? {
-        let Frame::Listeners(reported) = frame else { continue };
-        // A guest flapping its listeners costs the host at most this many rounds of binds.
-        std::thread::sleep(MIN_APPLY_INTERVAL.saturating_sub(applied.elapsed()));
-        applied = std::time::Instant::now();
-        let wanted = policy.wanted(&forwards.keys().copied().collect(), &reported);
-        forwards.retain(|key, _| wanted.contains(key));
+        if let Frame::Listeners(reported) = frame {
+            events.send(Event::Reported(reported)).map_err(|_| io::Error::other("no one listens"))?;
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the agent hung up"))
+}
+
+/// The forwards of one VM, and what they follow.
+struct Forwarder {
+    target: Target,
+    run_dir: PathBuf,
+    policy: Option<Policy>,
+    /// What the agent reported last.
+    reported: Listening,
+    forwards: BTreeMap<(Protocol, u16), Forward>,
+    /// What `auto-ports.json` says now.
+    listed_before: Option<Vec<AutoForward>>,
+}
+
+impl Forwarder {
+    /// Makes the forwards what the policy wants of the last report, and lists them.
+    fn apply(&mut self) {
+        let wanted = match &self.policy {
+            Some(policy) => policy.wanted(&self.forwards.keys().copied().collect(), &self.reported),
+            None => BTreeSet::new(),
+        };
+        self.forwards.retain(|key, _| wanted.contains(key));
         for (protocol, guest) in wanted {
-            if forwards.contains_key(&(protocol, guest)) {
+            if self.forwards.contains_key(&(protocol, guest)) {
                 continue;
             }
             let opened = match protocol {
-                Protocol::Tcp => tcp::open(guest, &target),
-                Protocol::Udp => udp::open(guest, &target),
+                Protocol::Tcp => tcp::open(guest, &self.target),
+                Protocol::Udp => udp::open(guest, &self.target),
             };
             match opened {
                 Ok((host, stop)) => {
                     if host != guest {
                         log!("guest port {guest}/{protocol} is forwarded from 127.0.0.1:{host} (its own number is taken or privileged)");
                     }
-                    forwards.insert((protocol, guest), Forward { host, stop });
+                    self.forwards.insert((protocol, guest), Forward { host, stop });
                 }
                 Err(error) => log!("cannot forward guest port {guest}/{protocol}: {error}"),
             }
         }
-        let listed: Vec<AutoForward> = forwards
+        let listed: Vec<AutoForward> = self
+            .forwards
             .iter()
             .map(|(&(protocol, guest), forward)| AutoForward { host: forward.host, guest, protocol })
             .collect();
-        if listed_before.as_ref() != Some(&listed) {
-            crate::atomic::write_atomic(&run_dir.join(AUTO_PORTS_FILE), &serde_json::to_vec(&listed)?)
-                .map_err(io::Error::other)?;
-            listed_before = Some(listed);
+        if self.listed_before.as_ref() != Some(&listed) {
+            let written = serde_json::to_vec(&listed)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| crate::atomic::write_atomic(&self.run_dir.join(AUTO_PORTS_FILE), &bytes));
+            match written {
+                Ok(()) => self.listed_before = Some(listed),
+                Err(error) => log!("cannot list the automatic forwards: {error:#}"),
+            }
         }
     }
-    Ok(())
 }
 
 /// The host ports to try for guest port `guest`, best first: the same one (8000 above

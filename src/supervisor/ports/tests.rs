@@ -112,6 +112,64 @@ fn a_silent_guest_holds_a_bounded_number_of_connections() {
     assert_eq!(target.relays.load(Ordering::SeqCst), tcp::MAX_RELAYS);
 }
 
+/// A stand-in agent that reports `listening` to a `WatchListeners` and then holds on.
+fn reporting_agent(dir: &Path, listening: Listening) -> PathBuf {
+    let path = dir.join("watch.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let listening = listening.clone();
+            std::thread::spawn(move || {
+                let mut line = [0u8; 13];
+                stream.read_exact(&mut line).unwrap();
+                stream.write_all(b"OK 1\n").unwrap();
+                if let Ok(Some(Frame::WatchListeners)) = Frame::read_from(&mut stream) {
+                    Frame::Listeners(listening).write_to(&mut stream).unwrap();
+                    std::thread::sleep(Duration::from_secs(600));
+                }
+            });
+        }
+    });
+    path
+}
+
+/// Waits until the listed automatic forwards are `expected`.
+fn until_listed(run_dir: &Path, expected: &[AutoForward]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while read(run_dir) != expected {
+        assert!(std::time::Instant::now() < deadline, "listed {:?}, not {expected:?}", read(run_dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A port declared with `mvm port` while the VM runs, or automatic forwarding switched
+/// off in `vm.toml`, takes the automatic forward away within seconds, with no new report
+/// from the guest; switched on again, it comes back.
+#[test]
+fn the_forwards_follow_the_vms_config_as_it_changes() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let guest = free_port();
+    let vsock = reporting_agent(dir.path(), listening(&[guest], &[]));
+    let open = Policy { declared: BTreeSet::new(), ignored: Vec::new() };
+    let current = Arc::new(Mutex::new(Some(open.clone())));
+    let reload = {
+        let current = current.clone();
+        Box::new(move || Ok(current.lock().unwrap().clone()))
+    };
+    spawn(vsock, dir.path().to_path_buf(), None, Some(open.clone()), reload);
+    let forwarded = [AutoForward { host: guest, guest, protocol: Protocol::Tcp }];
+    until_listed(dir.path(), &forwarded);
+    let declared = Policy { declared: BTreeSet::from([(Protocol::Tcp, guest)]), ..open.clone() };
+    *current.lock().unwrap() = Some(declared);
+    until_listed(dir.path(), &[]);
+    *current.lock().unwrap() = Some(open);
+    until_listed(dir.path(), &forwarded);
+    *current.lock().unwrap() = None;
+    until_listed(dir.path(), &[]);
+}
+
 /// What `uid` reads back after sending `hi` through host port `port` with bash's
 /// `/dev/tcp` or `/dev/udp`.
 fn answer_as(uid: u32, protocol: Protocol, port: u16) -> String {
@@ -161,7 +219,6 @@ fn forwards_are_capped_and_never_declared_or_ignored() {
     let policy = Policy {
         declared: BTreeSet::from([(Protocol::Tcp, 3000)]),
         ignored: vec!["5432".parse().unwrap(), "9000-9100".parse().unwrap()],
-        owner: None,
     };
     let current = BTreeSet::from([(Protocol::Tcp, 60000), (Protocol::Udp, 60001)]);
     let everything: Vec<u16> = (1..=u16::MAX).collect();
@@ -182,19 +239,17 @@ fn the_policy_follows_the_vm_then_the_host() {
     config.auto_ports = None;
     config.auto_ports_ignore = vec!["7000".parse().unwrap()];
     host.defaults.auto_ports_ignore = vec!["6000".parse().unwrap()];
-    let policy = Policy::of(&config, &host, 1000).unwrap();
-    assert_eq!(policy.owner, Some(1000));
+    let policy = Policy::of(&config, &host).unwrap();
     assert!(!policy.allows(Protocol::Tcp, 6000) && !policy.allows(Protocol::Udp, 7000));
     assert!(!policy.allows(Protocol::Tcp, 3000), "sample() declares 8080:3000");
     assert!(policy.allows(Protocol::Udp, 3000));
-    assert_eq!(Policy::of(&config, &host, 0).unwrap().owner, None);
     host.defaults.auto_ports = false;
-    assert!(Policy::of(&config, &host, 0).is_none());
+    assert!(Policy::of(&config, &host).is_none());
     config.auto_ports = Some(true);
-    assert!(Policy::of(&config, &host, 0).is_some());
+    assert!(Policy::of(&config, &host).is_some());
     host.defaults.auto_ports = true;
     config.auto_ports = Some(false);
-    assert!(Policy::of(&config, &host, 0).is_none());
+    assert!(Policy::of(&config, &host).is_none());
 }
 
 #[test]

@@ -332,13 +332,25 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__port)
-            opts="-w -h -V --rm --json --watch --help --version"
+            opts="-w -h -V --rm --json --watch --auto --ignore --no-ignore --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --rm)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --auto)
+                    COMPREPLY=($(compgen -W "on off" -- "${cur}"))
+                    return 0
+                    ;;
+                --ignore)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --no-ignore)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

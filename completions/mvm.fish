@@ -114,6 +114,10 @@ complete -c mvm -n "__fish_mvm_using_subcommand inspect" -l json -d 'Print JSON 
 complete -c mvm -n "__fish_mvm_using_subcommand inspect" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand inspect" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand port" -l rm -d 'Stop forwarding host port HOST (every protocol, or only /tcp or /udp)' -r
+complete -c mvm -n "__fish_mvm_using_subcommand port" -l auto -d 'Forward the guest\'s listeners by themselves, or not, for this VM' -r -f -a "on\t''
+off\t''"
+complete -c mvm -n "__fish_mvm_using_subcommand port" -l ignore -d 'Never forward these guest ports by themselves: PORT or FIRST-LAST, comma-separated' -r
+complete -c mvm -n "__fish_mvm_using_subcommand port" -l no-ignore -d 'Forward these ignored guest ports by themselves again' -r
 complete -c mvm -n "__fish_mvm_using_subcommand port" -l json -d 'List as JSON (with --watch: one JSON object per change, a line each)'
 complete -c mvm -n "__fish_mvm_using_subcommand port" -s w -l watch -d 'Print the forwards, then every change as it happens (automatic forwards come and go with the guest\'s listeners), until interrupted'
 complete -c mvm -n "__fish_mvm_using_subcommand port" -s h -l help -d 'Print help'

@@ -212,3 +212,21 @@ fn logs_print_the_console_or_say_there_is_none() {
     assert_eq!(sandbox.mvm(&["logs", "web", "-f"]).ok(), "booted\n");
     sandbox.mvm(&["logs", "ghost"]).fails(3, &["no VM named 'ghost'"]);
 }
+
+#[test]
+fn automatic_forwarding_is_switched_per_vm() {
+    let sandbox = Sandbox::new();
+    sandbox.mvm(&["create", "a"]).ok();
+    let said = sandbox.mvm(&["port", "a", "--auto", "off", "--ignore", "5432,9000-9100"]).ok().to_string();
+    assert_eq!(said.trim(), "VM 'a' forwards its listeners by itself: off, never for 5432, 9000-9100");
+    let text = std::fs::read_to_string(sandbox.state_dir().join("a/vm.toml")).unwrap();
+    assert!(
+        text.contains("auto_ports = false") && text.contains(r#"auto_ports_ignore = [5432, "9000-9100"]"#),
+        "{text}"
+    );
+    let said = sandbox.mvm(&["port", "a", "--auto", "on", "--no-ignore", "5432"]).ok().to_string();
+    assert_eq!(said.trim(), "VM 'a' forwards its listeners by itself: on, never for 9000-9100");
+    sandbox.mvm(&["port", "a", "--no-ignore", "9050"]).fails(3, &["does not ignore 9050", "9000-9100"]);
+    sandbox.mvm(&["port", "a", "--ignore", "0"]).fails(2, &["invalid port range"]);
+    sandbox.mvm(&["port", "a", "--auto", "off", "--json"]).fails(2, &["cannot be used with"]);
+}

@@ -1,5 +1,7 @@
-//! `mvm port`: list, add and remove a VM's port forwards. Changes are saved in `vm.toml`
-//! and, when the VM runs, applied to the firewall at once.
+//! `mvm port`: list, add and remove a VM's port forwards, watch them change, and switch
+//! the automatic ones. Changes are saved in `vm.toml` and, when the VM runs, applied at
+//! once (declared forwards to the firewall; the supervisor reads the automatic forwarding
+//! switches again within a second).
 
 use anyhow::Context;
 use clap::Args;
@@ -8,7 +10,7 @@ use crate::config::vm::VmConfig;
 use crate::error::UserError;
 use crate::name::VmName;
 use crate::output::{self, print_json, print_table};
-use crate::spec::{HostPortSelector, PortForward};
+use crate::spec::{HostPortSelector, PortForward, PortRange};
 use crate::state::lock::FileLock;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
@@ -32,6 +34,22 @@ pub struct PortArgs {
     /// go with the guest's listeners), until interrupted
     #[arg(long, short = 'w', conflicts_with_all = ["forward", "remove"])]
     pub watch: bool,
+    /// Forward the guest's listeners by themselves, or not, for this VM
+    #[arg(long, value_enum, value_name = "on|off", conflicts_with_all = ["forward", "remove", "json", "watch"])]
+    pub auto: Option<Switch>,
+    /// Never forward these guest ports by themselves: PORT or FIRST-LAST, comma-separated
+    #[arg(long, value_name = "PORT[-PORT]", value_delimiter = ',', conflicts_with_all = ["forward", "remove", "json", "watch"])]
+    pub ignore: Vec<String>,
+    /// Forward these ignored guest ports by themselves again
+    #[arg(long = "no-ignore", value_name = "PORT[-PORT]", value_delimiter = ',', conflicts_with_all = ["forward", "remove", "json", "watch"])]
+    pub unignore: Vec<String>,
+}
+
+/// `--auto on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Runs `mvm port`.
@@ -57,6 +75,32 @@ pub fn run(args: PortArgs, paths: &Paths) -> anyhow::Result<i32> {
             for forward in removed {
                 println!("stopped forwarding host port {}/{} to VM '{name}'", forward.host, forward.protocol);
             }
+        }
+        (None, None) if args.auto.is_some() || !args.ignore.is_empty() || !args.unignore.is_empty() => {
+            let ignore: Vec<PortRange> =
+                args.ignore.iter().map(|text| text.parse()).collect::<Result<_, _>>()?;
+            let unignore: Vec<PortRange> =
+                args.unignore.iter().map(|text| text.parse()).collect::<Result<_, _>>()?;
+            let config = switch_automatic(
+                paths,
+                &name,
+                args.auto.map(|switch| switch == Switch::On),
+                &ignore,
+                &unignore,
+            )
+            .with_context(|| format!("cannot change VM '{name}''s automatic forwarding"))?;
+            let state = match config.auto_ports {
+                Some(true) => "on",
+                Some(false) => "off",
+                None => "as the host's default",
+            };
+            let ignored: Vec<String> = config.auto_ports_ignore.iter().map(ToString::to_string).collect();
+            let ignored = if ignored.is_empty() {
+                String::new()
+            } else {
+                format!(", never for {}", ignored.join(", "))
+            };
+            println!("VM '{name}' forwards its listeners by itself: {state}{ignored}");
         }
         (None, None) if args.watch => watch(paths, &name, args.json)?,
         (None, None) => list(paths, &name, args.json)?,
@@ -204,6 +248,40 @@ pub fn add(paths: &Paths, name: &VmName, mut forward: PortForward) -> anyhow::Re
     config.ports.push(forward);
     let applied = save_and_apply(paths, &previous, &config)?;
     Ok((forward, applied))
+}
+
+/// Switches VM `name`'s automatic forwarding (`on`; `None` leaves it), adds `ignore` to
+/// its ignored ports and takes `unignore` away; returns the saved config.
+pub fn switch_automatic(
+    paths: &Paths,
+    name: &VmName,
+    on: Option<bool>,
+    ignore: &[PortRange],
+    unignore: &[PortRange],
+) -> anyhow::Result<VmConfig> {
+    let _lock = FileLock::exclusive(&paths.create_lock())?;
+    let mut config = store::load(paths, name)?;
+    if let Some(on) = on {
+        config.auto_ports = Some(on);
+    }
+    if let Some(missing) = unignore.iter().find(|range| !config.auto_ports_ignore.contains(range)) {
+        let ignored: Vec<String> = config.auto_ports_ignore.iter().map(ToString::to_string).collect();
+        return Err(UserError::not_found(format!("VM '{name}' does not ignore {missing}"))
+            .hint(match ignored.is_empty() {
+                true => "it ignores no port of its own (the host's `auto_ports_ignore` applies to every VM)"
+                    .into(),
+                false => format!("it ignores {}: give one of those as written", ignored.join(", ")),
+            })
+            .into());
+    }
+    config.auto_ports_ignore.retain(|range| !unignore.contains(range));
+    for range in ignore {
+        if !config.auto_ports_ignore.contains(range) {
+            config.auto_ports_ignore.push(*range);
+        }
+    }
+    config.save(&paths.vm_config(name))?;
+    Ok(config)
 }
 
 /// Removes the forwards `selector` picks from VM `name`; returns them.

@@ -65,7 +65,7 @@ pub fn run(args: ShellArgs, paths: &Paths) -> anyhow::Result<i32> {
         _ => BTreeMap::new(),
     };
     let request = request(&config, &project_variables, &args)?;
-    let stream = client::connect(&paths.vm_run_dir(&name).join("vsock.sock"), Duration::from_secs(5))
+    let stream = client::connect(&paths.agent_socket(&name), Duration::from_secs(5))
         .with_context(|| format!("cannot reach the agent of VM '{name}'"))?;
     // While the session lasts, a VM that stops when idle (`mvm up`) is in use.
     let run_dir = paths.vm_run_dir(&name);

@@ -97,7 +97,15 @@ impl Paths {
     pub fn run_lock(&self, name: &VmName) -> PathBuf {
         self.vm_run_dir(name).join("lock")
     }
+
+    /// The hybrid vsock socket of a VM's guest agent (`agent::client`).
+    pub fn agent_socket(&self, name: &VmName) -> PathBuf {
+        self.vm_run_dir(name).join(AGENT_SOCKET)
+    }
 }
+
+/// The file name of the guest agent's hybrid vsock socket in a VM's runtime dir.
+pub const AGENT_SOCKET: &str = "vsock.sock";
 
 /// Makes one of mvm's roots if missing; a caller who may not is told how to get there.
 pub fn ensure_root(dir: &Path) -> anyhow::Result<()> {

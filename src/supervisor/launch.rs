@@ -141,7 +141,7 @@ impl Launch {
             shares,
             tap: config.network.tap.clone(),
             mac: config.network.mac.clone(),
-            vsock_socket: run_dir.join("vsock.sock"),
+            vsock_socket: run_dir.join(crate::state::paths::AGENT_SOCKET),
             control_socket: run_dir.join(control),
             console_log: vm_dir.join("log/console.log"),
         };

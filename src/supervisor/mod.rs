@@ -399,7 +399,13 @@ fn serve_auto_ports(paths: &Paths, name: &VmName, run_dir: &Path) {
     // Root's VMs' forwards are open like their DNAT'ed ports; a user's are theirs.
     let uid = nix::unistd::geteuid().as_raw();
     let owner = (uid != 0).then_some(uid);
-    ports::spawn(run_dir.join("vsock.sock"), run_dir.to_path_buf(), owner, policy, Box::new(reload));
+    ports::spawn(
+        run_dir.join(crate::state::paths::AGENT_SOCKET),
+        run_dir.to_path_buf(),
+        owner,
+        policy,
+        Box::new(reload),
+    );
 }
 
 /// Pauses (`pause`) or resumes the VM if it is not so already, recording it in the status.

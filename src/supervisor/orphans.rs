@@ -21,7 +21,7 @@ pub struct Orphan {
 /// Whether `cmdline` (arguments joined by spaces) names a socket in `run_dir`.
 pub fn names_a_socket_of(cmdline: &str, run_dir: &Path) -> bool {
     let dir = run_dir.display().to_string();
-    ["fs-", "qmp.sock", "api.sock", "vsock.sock", "vhost-vsock.sock"]
+    ["fs-", "qmp.sock", "api.sock", crate::state::paths::AGENT_SOCKET, "vhost-vsock.sock"]
         .iter()
         .any(|socket| cmdline.contains(&format!("{dir}/{socket}")))
 }

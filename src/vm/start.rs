@@ -120,7 +120,7 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
     let spinner = crate::output::spinner(&format!("booting {name}"));
     let console = paths.vm_dir(name).join("log/console.log");
     let ready = crate::agent::client::wait_ready(
-        &paths.vm_run_dir(name).join("vsock.sock"),
+        &paths.agent_socket(name),
         Instant::now() + timeout,
         || RunLock::is_held(&run_lock).unwrap_or(false),
         || launch::guest_ready(&console),

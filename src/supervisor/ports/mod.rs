@@ -6,7 +6,8 @@
 //! next free one. Declared forwards (`mvm port`, DNAT) are left to the firewall, ignored
 //! ports (`--ignore-port`, `[defaults] auto_ports_ignore`) to nobody. A user's VM's
 //! forwards take connections from the user's programs (and root's) alone, as its DNAT'ed
-//! ports do (`peer`). The forwards are listed in the runtime dir's [`AUTO_PORTS_FILE`]
+//! ports do (`peer`), and are TCP only (a UDP sender cannot be known; `mvm port` declares a
+//! UDP forward, which the firewall keeps the owner's). The forwards are listed in the runtime dir's [`AUTO_PORTS_FILE`]
 //! for `mvm port NAME`.
 
 mod peer;
@@ -170,6 +171,7 @@ pub fn spawn(vsock: PathBuf, run_dir: PathBuf, owner: Option<u32>, policy: Optio
             reported: Listening::default(),
             forwards: BTreeMap::new(),
             listed_before: None,
+            noted: Throttle::default(),
         };
         loop {
             match received.recv_timeout(RELOAD_EVERY) {
@@ -236,13 +238,20 @@ struct Forwarder {
     forwards: BTreeMap<(Protocol, u16), Forward>,
     /// What `auto-ports.json` says now.
     listed_before: Option<Vec<AutoForward>>,
+    /// The log of forwards made elsewhere than their own port, or not at all.
+    noted: Throttle,
 }
 
 impl Forwarder {
     /// Makes the forwards what the policy wants of the last report, and lists them.
     fn apply(&mut self) {
+        let mut reported = self.reported.clone();
+        if self.target.owner.is_some() {
+            // A user's VM: UDP senders cannot be told apart (`peer`), so no UDP forward.
+            reported.udp.clear();
+        }
         let wanted = match &self.policy {
-            Some(policy) => policy.wanted(&self.forwards.keys().copied().collect(), &self.reported),
+            Some(policy) => policy.wanted(&self.forwards.keys().copied().collect(), &reported),
             None => BTreeSet::new(),
         };
         self.forwards.retain(|key, _| wanted.contains(key));
@@ -257,11 +266,15 @@ impl Forwarder {
             match opened {
                 Ok((host, stop)) => {
                     if host != guest {
-                        log!("guest port {guest}/{protocol} is forwarded from 127.0.0.1:{host} (its own number is taken or privileged)");
+                        self.noted.log(|| {
+                            format!("guest port {guest}/{protocol} is forwarded from 127.0.0.1:{host} (its own number is taken or privileged)")
+                        });
                     }
                     self.forwards.insert((protocol, guest), Forward { host, stop });
                 }
-                Err(error) => log!("cannot forward guest port {guest}/{protocol}: {error}"),
+                Err(error) => {
+                    self.noted.log(|| format!("cannot forward guest port {guest}/{protocol}: {error}"))
+                }
             }
         }
         let listed: Vec<AutoForward> = self
@@ -304,6 +317,32 @@ fn bind_for<T>(guest: u16, protocol: Protocol, bind: impl Fn(u16) -> io::Result<
         .filter(|&port| !used_on_ipv6(port))
         .find_map(|port| bind(port).ok())
         .map_or_else(|| bind(0), Ok)
+}
+
+/// How often a repeating log line is written at most.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A log line that comes back (a refused peer, a moved port): written at most once per
+/// [`LOG_EVERY`], with how many were left out, so neither a local user knocking nor a
+/// guest flapping its listeners fills the supervisor's log.
+#[derive(Default)]
+struct Throttle {
+    last: Option<std::time::Instant>,
+    left_out: u64,
+}
+
+impl Throttle {
+    fn log(&mut self, line: impl FnOnce() -> String) {
+        if self.last.is_some_and(|last| last.elapsed() < LOG_EVERY) {
+            self.left_out += 1;
+            return;
+        }
+        match std::mem::take(&mut self.left_out) {
+            0 => log!("{}", line()),
+            more => log!("{} ({more} more like it since)", line()),
+        }
+        self.last = Some(std::time::Instant::now());
+    }
 }
 
 /// A stream to the agent that took `request` (`Connect` or `ConnectUdp`): after the

@@ -53,12 +53,15 @@ pub(super) fn open(guest: u16, target: &Target) -> io::Result<(u16, Arc<AtomicBo
 }
 
 fn serve(listener: TcpListener, stop: &AtomicBool, target: &Target, guest: u16) {
+    let mut refusals = super::Throttle::default();
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((client, from)) => {
                 let local = listener.local_addr().expect("a bound listener has an address");
-                if !peer::admitted(target.owner, Protocol::Tcp, local, from) {
-                    log!("refused {from} on 127.0.0.1:{}: not the VM owner's program", local.port());
+                if !peer::admitted(target.owner, local, from) {
+                    refusals.log(|| {
+                        format!("refused {from} on 127.0.0.1:{}: not the VM owner's program", local.port())
+                    });
                     continue;
                 }
                 let Some(slot) = RelaySlot::take(&target.relays) else {
@@ -85,6 +88,8 @@ fn serve(listener: TcpListener, stop: &AtomicBool, target: &Target, guest: u16) 
 /// Carries one host connection to guest port `guest` through the agent.
 fn relay(client: TcpStream, vsock: &Path, guest: u16) -> io::Result<()> {
     client.set_nonblocking(false)?;
+    // A client that stops reading holds its relay this long at most.
+    client.set_write_timeout(Some(HALF_CLOSED_IDLE))?;
     let agent = super::agent_stream(vsock, Frame::Connect(guest))?;
     let client_done = Arc::new(AtomicBool::new(false));
     let (mut to_guest, mut from_client, done) =

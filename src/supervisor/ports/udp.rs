@@ -2,7 +2,8 @@
 //! a session of its own, a stream through the agent (`ConnectUdp`) whose `Datagram`
 //! frames the agent sends from and receives on a socket of its own in the guest — so the
 //! guest's server answers each peer apart, as it would over a network. A session ends
-//! after [`IDLE`] without traffic; at most [`MAX_PEERS`] are open at once.
+//! after [`IDLE`] without a datagram from its peer; at most [`MAX_PEERS`] are open at
+//! once. Only root's VMs, whose forwards are anyone's, get UDP forwards (`peer` says why).
 
 use std::collections::HashMap;
 use std::io;
@@ -16,9 +17,9 @@ use std::time::{Duration, Instant};
 use crate::agent::protocol::Frame;
 use crate::spec::Protocol;
 
-use super::{bind_for, peer, Target};
+use super::{bind_for, Target};
 
-/// How long a peer's session lasts without a datagram either way (conntrack's UDP
+/// How long a peer's session lasts without a datagram from it (conntrack's UDP
 /// stream timeout is 120 s, an unreplied flow's 30 s).
 pub(super) const IDLE: Duration = Duration::from_secs(60);
 /// The most peers one forward serves at once.
@@ -31,8 +32,7 @@ pub(super) fn open(guest: u16, target: &Target) -> io::Result<(u16, Arc<AtomicBo
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     let host = socket.local_addr()?.port();
     let stop = Arc::new(AtomicBool::new(false));
-    let forward =
-        Forward { socket: Arc::new(socket), vsock: target.vsock.clone(), guest, owner: target.owner };
+    let forward = Forward { socket: Arc::new(socket), vsock: target.vsock.clone(), guest };
     let stopped = stop.clone();
     std::thread::spawn(move || forward.serve(&stopped));
     Ok((host, stop))
@@ -42,13 +42,13 @@ struct Forward {
     socket: Arc<UdpSocket>,
     vsock: PathBuf,
     guest: u16,
-    owner: Option<u32>,
 }
 
 /// One peer's way to the guest.
 struct Session {
     agent: UnixStream,
-    /// When a datagram last went either way (ms since the forward began).
+    /// When the peer last sent a datagram (ms since the forward began): the guest alone
+    /// cannot keep a session, and its way to whatever later takes the peer's port, open.
     last: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -63,7 +63,6 @@ impl Forward {
     fn serve(&self, stop: &AtomicBool) {
         let began = Instant::now();
         let now_ms = || began.elapsed().as_millis() as u64;
-        let local = self.socket.local_addr().expect("a bound socket has an address");
         let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
         let mut buffer = vec![0u8; 65536];
         while !stop.load(Ordering::SeqCst) {
@@ -74,10 +73,6 @@ impl Forward {
             let Ok((length, from)) = received else { continue };
             if !sessions.contains_key(&from) {
                 if sessions.len() >= MAX_PEERS {
-                    continue;
-                }
-                if !peer::admitted(self.owner, Protocol::Udp, local, from) {
-                    log!("refused {from} on 127.0.0.1:{}/udp: not the VM owner's program", local.port());
                     continue;
                 }
                 match self.session(from, began) {
@@ -99,10 +94,9 @@ impl Forward {
         // A guest that stops reading loses this peer's datagrams, not the forward.
         agent.set_write_timeout(Some(Duration::from_secs(1)))?;
         let last = Arc::new(std::sync::atomic::AtomicU64::new(began.elapsed().as_millis() as u64));
-        let (mut answers, socket, seen) = (agent.try_clone()?, self.socket.clone(), last.clone());
+        let (mut answers, socket) = (agent.try_clone()?, self.socket.clone());
         std::thread::spawn(move || {
             while let Ok(Some(Frame::Datagram(data))) = Frame::read_from(&mut answers) {
-                seen.store(began.elapsed().as_millis() as u64, Ordering::SeqCst);
                 let _ = socket.send_to(&data, peer);
             }
         });

@@ -545,11 +545,14 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
         resolv_conf: dir.path().join("resolv.conf"),
         hosts: dir.path().join("hosts"),
     };
-    for vm in [&web, &api, &off] {
-        let (gateway, guest, resolver, offline) =
-            (vm.network.gateway, vm.network.address, resolver.clone(), vm.offline);
-        lab.host.run(move || mvm::dns::serve(mvm::dns::bind(gateway).unwrap(), guest, resolver, offline));
-    }
+    let serve = |vm: &VmConfig| {
+        let (gateway, bridge, guest, resolver, offline) =
+            (vm.network.gateway, vm.network.bridge.clone(), vm.network.address, resolver.clone(), vm.offline);
+        lab.host.run(move || {
+            mvm::dns::serve(mvm::dns::bind(gateway, &bridge).unwrap(), guest, resolver, offline).unwrap()
+        })
+    };
+    let mut servers: Vec<mvm::dns::Server> = [&web, &api, &off].into_iter().map(serve).collect();
     let ask_about = |guest: &NetNs, server: std::net::Ipv4Addr, name: Name| -> Option<Message> {
         let server = std::net::SocketAddr::from((server, 53));
         guest.run(move || {
@@ -614,4 +617,26 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
     assert!(bind_as_nobody(6300), "the check itself is broken: nobody cannot bind a high port");
     let refused = !bind_as_nobody(mvm::dns::GATEWAY_DNS_PORT);
     assert!(refused, "a user bound a VM's DNS port before it");
+
+    // Sockets someone kept from an earlier VM on this gateway (a user gets their VM's from
+    // the helper): once that bridge is gone and the next VM's made, they neither stand in
+    // its way nor take its queries.
+    drop(servers.remove(0));
+    std::thread::sleep(Duration::from_millis(600));
+    let (gateway, bridge) = (web.network.gateway, web.network.bridge.clone());
+    let stale = lab.host.run(move || mvm::dns::bind(gateway, &bridge).unwrap());
+    assert!(stale.tcp.is_some());
+    lab.down(&web);
+    lab.up(&web);
+    lab.host.ip(&["link", "set", &format!("vg{}", web.network.index), "master", &web.network.bridge, "up"]);
+    let (bridge, guest) = (web.network.bridge.clone(), web.network.address);
+    let fresh = lab.host.run(move || mvm::dns::bind(gateway, &bridge).unwrap());
+    assert!(fresh.tcp.is_some(), "a stale TCP socket stood in the way of the VM's DNS");
+    let resolver = resolver.clone();
+    let _fresh = lab.host.run(move || mvm::dns::serve(fresh, guest, resolver, false).unwrap());
+    let answer =
+        ask(&lab.guests[web_guest], web.network.gateway).expect("no answer from the new bridge's DNS");
+    assert_eq!(answer.answers()[0].data(), &RData::A(A(support::dns::VPN_ADDRESS.parse().unwrap())));
+    stale.udp.set_nonblocking(true).unwrap();
+    assert!(stale.udp.recv(&mut [0u8; 512]).is_err(), "a stale socket got the guest's query");
 }

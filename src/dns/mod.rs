@@ -18,8 +18,9 @@ mod tcp;
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use answer::answer;
 
@@ -66,17 +67,44 @@ pub struct Sockets {
     pub tcp: Option<TcpListener>,
 }
 
-/// Answers every query from `guest` arriving on `sockets` (a query from anywhere else is
-/// dropped), each on a thread of its own, for as long as the process lives.
-pub fn serve(sockets: Sockets, guest: Ipv4Addr, resolver: HostResolver, offline: bool) {
-    if let Some(tcp) = sockets.tcp {
-        tcp::serve(tcp, guest, resolver.clone(), offline);
+/// A VM's DNS being served; it stops (and its sockets close) when this is dropped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// How often a server's threads look whether to stop.
+const STOP_POLL: Duration = Duration::from_millis(250);
+
+/// Answers every query from `guest` arriving on `sockets` (a query from anywhere else is
+/// dropped), each on a thread of its own, until the returned [`Server`] is dropped.
+pub fn serve(
+    sockets: Sockets,
+    guest: Ipv4Addr,
+    resolver: HostResolver,
+    offline: bool,
+) -> std::io::Result<Server> {
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Some(tcp) = sockets.tcp {
+        nix::sys::socket::setsockopt(
+            &tcp,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(0, STOP_POLL.as_micros() as _),
+        )?;
+        tcp::serve(tcp, guest, resolver.clone(), offline, stop.clone());
+    }
+    sockets.udp.set_read_timeout(Some(STOP_POLL))?;
     let socket = Arc::new(sockets.udp);
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let stopped = stop.clone();
     std::thread::spawn(move || {
         let mut buffer = [0u8; 4096];
-        loop {
+        while !stopped.load(Ordering::SeqCst) {
             let Ok((length, client)) = socket.recv_from(&mut buffer) else { continue };
             if client.ip() != guest {
                 continue;
@@ -95,20 +123,26 @@ pub fn serve(sockets: Sockets, guest: Ipv4Addr, resolver: HostResolver, offline:
             });
         }
     });
+    Ok(Server { stop })
 }
 
-/// Binds the DNS sockets of a VM whose gateway is `gateway` (needs root, or
-/// `CAP_NET_BIND_SERVICE`), before the gateway address exists (`IP_FREEBIND`): they
-/// outlive the bridge across a guest's reboot. `SO_REUSEADDR` lets them share port 53
-/// with a host DNS server on the wildcard address that allows it (dnsmasq's default), the
-/// more specific address winning; on a port this low, only privileged sockets can share.
-pub fn bind(gateway: Ipv4Addr) -> std::io::Result<Sockets> {
+/// Binds the DNS sockets of a VM whose gateway is `gateway` on bridge `bridge` (needs root,
+/// or `CAP_NET_BIND_SERVICE` and `CAP_NET_RAW`). They are bound to the bridge itself
+/// (`SO_BINDTODEVICE`, which their holder cannot change without `CAP_NET_RAW`): sockets
+/// someone kept from an earlier VM on the same gateway belong to a bridge that is gone,
+/// and neither take this VM's queries nor stand in the way of its sockets. `SO_REUSEADDR`
+/// lets them share port 53 with a host DNS server on the wildcard address that allows it
+/// (dnsmasq's default), the more specific address winning; on a port this low, only
+/// privileged sockets can share.
+pub fn bind(gateway: Ipv4Addr, bridge: &str) -> std::io::Result<Sockets> {
     use nix::sys::socket::{
         bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
     };
     let address = SockaddrIn::from(std::net::SocketAddrV4::new(gateway, GATEWAY_DNS_PORT));
+    let device = std::ffi::OsString::from(bridge);
     let open = |kind: SockType| -> std::io::Result<std::os::fd::OwnedFd> {
         let fd = socket(AddressFamily::Inet, kind, SockFlag::SOCK_CLOEXEC, None)?;
+        setsockopt(&fd, sockopt::BindToDevice, &device)?;
         setsockopt(&fd, sockopt::IpFreebind, &true)?;
         setsockopt(&fd, sockopt::ReuseAddr, &true)?;
         bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &address)?;

@@ -4,7 +4,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,23 +15,32 @@ const MAX_CONNECTIONS: usize = 16;
 /// How long a connection may sit without a whole query.
 const IDLE: Duration = Duration::from_secs(10);
 
-/// Serves the connections from `guest` to `listener` for as long as the process lives.
-pub(super) fn serve(listener: TcpListener, guest: Ipv4Addr, resolver: HostResolver, offline: bool) {
+/// Serves the connections from `guest` to `listener` until `stop` is set (the listener
+/// has a receive timeout, so `accept` comes back to look).
+pub(super) fn serve(
+    listener: TcpListener,
+    guest: Ipv4Addr,
+    resolver: HostResolver,
+    offline: bool,
+    stop: Arc<AtomicBool>,
+) {
     let open = Arc::new(AtomicUsize::new(0));
-    std::thread::spawn(move || loop {
-        let Ok((connection, from)) = listener.accept() else { continue };
-        if from.ip() != guest {
-            continue;
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((connection, from)) = listener.accept() else { continue };
+            if from.ip() != guest {
+                continue;
+            }
+            if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                open.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            let (resolver, open) = (resolver.clone(), open.clone());
+            std::thread::spawn(move || {
+                let _ = answer_all(connection, &resolver, offline);
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
         }
-        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            open.fetch_sub(1, Ordering::SeqCst);
-            continue;
-        }
-        let (resolver, open) = (resolver.clone(), open.clone());
-        std::thread::spawn(move || {
-            let _ = answer_all(connection, &resolver, offline);
-            open.fetch_sub(1, Ordering::SeqCst);
-        });
     });
 }
 

@@ -67,7 +67,7 @@ impl HostNetwork for InProcess {
     }
 
     fn dns_sockets(&mut self, vm: &VmConfig) -> anyhow::Result<crate::dns::Sockets> {
-        crate::dns::bind(vm.network.gateway)
+        crate::dns::bind(vm.network.gateway, &vm.network.bridge)
             .with_context(|| format!("cannot bind DNS on {}", vm.network.gateway))
     }
 }

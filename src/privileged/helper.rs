@@ -49,7 +49,7 @@ pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()
         Request::NetworkRules(_) => open()?.update_rules(&vm).map(drop),
         Request::NetworkDown(_) => open()?.down(&vm),
         Request::DnsSockets(_) => {
-            let sockets = crate::dns::bind(vm.network.gateway)
+            let sockets = crate::dns::bind(vm.network.gateway, &vm.network.bridge)
                 .with_context(|| format!("cannot bind DNS on {}", vm.network.gateway))?;
             send_dns_sockets(std::io::stdin().as_fd(), &sockets)
         }

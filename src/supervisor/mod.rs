@@ -92,7 +92,6 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     status.write(&run_dir)?;
     clean_run_dir(&run_dir);
     log!("supervisor {} starting VM '{name}'", std::process::id());
-    serve_dns(paths, name);
     serve_auto_ports(paths, name, &run_dir);
     let (phase, reason) = loop {
         let mut processes = Processes::default();
@@ -162,6 +161,8 @@ fn run(
     *network_up = Some(config.clone());
     crate::privileged::client::host_network(paths).up(&config)?;
     log!("network up ({} ms)", started.elapsed().as_millis());
+    // Until this boot ends: the sockets belong to this boot's bridge.
+    let _dns = serve_dns(paths, &config);
     for pin in &launch.pins {
         processes::pin_directory(&crate::fs::Tree::open_exact(&pin.source)?, &pin.at, pin.read_only)?;
     }
@@ -366,21 +367,17 @@ fn run(
     }
 }
 
-/// Answers the guest's DNS on its gateway for as long as the supervisor lives (`dns`);
+/// Answers the guest's DNS on its gateway until the returned server is dropped (`dns`);
 /// without it, the guest's names do not resolve, which the log says.
-fn serve_dns(paths: &Paths, name: &VmName) {
-    let served = store::load(paths, name).and_then(|config| {
-        let sockets = crate::privileged::client::host_network(paths).dns_sockets(&config)?;
+fn serve_dns(paths: &Paths, config: &crate::config::vm::VmConfig) -> Option<crate::dns::Server> {
+    let served = crate::privileged::client::host_network(paths).dns_sockets(config).and_then(|sockets| {
         if sockets.tcp.is_none() {
             log!("no DNS over TCP for the guest: a host service holds TCP port 53 on every address");
         }
         let resolver = crate::dns::HostResolver::from_env();
-        crate::dns::serve(sockets, config.network.address, resolver, config.offline);
-        Ok(())
+        Ok(crate::dns::serve(sockets, config.network.address, resolver, config.offline)?)
     });
-    if let Err(error) = served {
-        log!("no DNS for the guest: {error:#}");
-    }
+    served.map_err(|error| log!("no DNS for the guest: {error:#}")).ok()
 }
 
 /// Forwards the guest's listeners by themselves (`ports`) for as long as the supervisor

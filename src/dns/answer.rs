@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
 
@@ -29,7 +29,8 @@ pub fn answer(query: &[u8], resolver: &HostResolver, offline: bool, transport: T
     let plain = message.queries().len() == 1
         && message.answers().is_empty()
         && message.name_servers().is_empty()
-        && message.additionals().is_empty();
+        && message.additionals().is_empty()
+        && message.signature().is_empty();
     if !plain {
         return reply(&message, ResponseCode::FormErr, Vec::new());
     }
@@ -54,8 +55,27 @@ pub fn answer(query: &[u8], resolver: &HostResolver, offline: bool, transport: T
             return reply(&message, ResponseCode::NoError, records);
         }
     }
-    let rewritten = message.to_vec().ok()?;
+    let rewritten = upstream_query(&message).to_vec().ok()?;
     forward(&rewritten, resolver, transport).or_else(|| reply(&message, ResponseCode::ServFail, Vec::new()))
+}
+
+/// What goes upstream for the plain question `query`: its id, flags and question, and of
+/// its EDNS only the payload size and the DNSSEC bit (no option the guest chose).
+fn upstream_query(query: &Message) -> Message {
+    let mut upstream = Message::new();
+    upstream
+        .set_id(query.id())
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(query.recursion_desired())
+        .set_checking_disabled(query.checking_disabled())
+        .add_queries(query.queries().to_vec());
+    if let Some(edns) = query.extensions() {
+        let mut fresh = Edns::new();
+        fresh.set_max_payload(edns.max_payload().clamp(512, 4096)).set_dnssec_ok(edns.flags().dnssec_ok);
+        upstream.set_edns(fresh);
+    }
+    upstream
 }
 
 /// A response to `query` with `code` and `answers`.
@@ -121,7 +141,7 @@ fn ask_udp(server: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
     socket.set_read_timeout(Some(UPSTREAM_TIMEOUT)).ok()?;
     socket.connect(server).ok()?;
     socket.send(query).ok()?;
-    let mut buffer = vec![0u8; 4096];
+    let mut buffer = vec![0u8; 65535];
     let length = socket.recv(&mut buffer).ok()?;
     buffer.truncate(length);
     Some(buffer)
@@ -201,6 +221,23 @@ mod tests {
         chaos.take_queries();
         chaos.add_query(question);
         assert_eq!(code(chaos), ResponseCode::Refused);
+    }
+
+    /// What goes upstream is the question alone, written anew: an EDNS option the guest
+    /// chose (a client subnet, a cookie) does not go with it.
+    #[test]
+    fn the_upstream_query_carries_no_option_of_the_guests() {
+        use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+        let mut asked = Message::from_vec(&query("www.example.test.", RecordType::A)).unwrap();
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232).set_dnssec_ok(true);
+        edns.options_mut().insert(EdnsOption::Unknown(EdnsCode::Cookie.into(), vec![7; 8]));
+        asked.set_edns(edns);
+        let sent = Message::from_vec(&upstream_query(&asked).to_vec().unwrap()).unwrap();
+        assert_eq!((sent.id(), sent.queries()), (asked.id(), asked.queries()));
+        let edns = sent.extensions().as_ref().unwrap();
+        assert_eq!((edns.max_payload(), edns.flags().dnssec_ok), (1232, true));
+        assert!(edns.options().as_ref().is_empty(), "{:?}", edns.options());
     }
 
     /// The answer to `query` when no upstream could be asked (resolv.conf points at port

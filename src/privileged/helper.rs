@@ -49,11 +49,32 @@ pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()
         Request::NetworkRules(_) => open()?.update_rules(&vm).map(drop),
         Request::NetworkDown(_) => open()?.down(&vm),
         Request::DnsSockets(_) => {
+            let channel = std::io::stdin();
+            check_channel(channel.as_fd(), caller)?;
             let sockets = crate::dns::bind(vm.network.gateway, &vm.network.bridge)
                 .with_context(|| format!("cannot bind DNS on {}", vm.network.gateway))?;
-            send_dns_sockets(std::io::stdin().as_fd(), &sockets)
+            send_dns_sockets(channel.as_fd(), &sockets)
         }
     }
+}
+
+/// Refuses a `channel` that is not the caller's own socket pair: a Unix stream socket
+/// whose other end `caller` made (never, say, a root daemon's socket the caller connected,
+/// which would then get a message from root).
+pub fn check_channel(channel: BorrowedFd, caller: u32) -> anyhow::Result<()> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
+    let refused = || {
+        UserError::usage(
+            "dns-sockets passes the sockets back over stdin, which must be a socket pair of yours",
+        )
+    };
+    let unix = getsockname::<UnixAddr>(channel.as_raw_fd()).map_err(|_| refused())?;
+    let kind = getsockopt(&channel, sockopt::SockType).map_err(|_| refused())?;
+    let peer = getsockopt(&channel, sockopt::PeerCredentials).map_err(|_| refused())?;
+    if kind != SockType::Stream || unix.path().is_some() || peer.uid() != caller {
+        return Err(refused().into());
+    }
+    Ok(())
 }
 
 /// Sends `sockets` over the Unix socket `channel` (`SCM_RIGHTS`): one byte, `U` or `UT`
@@ -206,6 +227,25 @@ pub fn verified_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sockets go back only over the caller's own socket pair.
+    #[test]
+    fn dns_sockets_go_back_over_the_callers_socket_pair_only() {
+        let me = nix::unistd::geteuid().as_raw();
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(check_channel(ours.as_fd(), me).is_ok());
+        assert!(check_channel(ours.as_fd(), me + 1).is_err(), "another uid's pair");
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("daemon.sock")).unwrap();
+        let connected = std::os::unix::net::UnixStream::connect(dir.path().join("daemon.sock")).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(check_channel(accepted.as_fd(), me).is_err(), "a named (daemon's) socket");
+        drop(connected);
+        let (datagrams, _other) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        assert!(check_channel(datagrams.as_fd(), me).is_err(), "a datagram socket");
+        let file = tempfile::tempfile().unwrap();
+        assert!(check_channel(file.as_fd(), me).is_err(), "a file");
+    }
     use std::os::unix::fs::{chown, symlink, PermissionsExt};
 
     const ALICE: u32 = 4242;

@@ -98,6 +98,11 @@ impl Paths {
         self.vm_run_dir(name).join("lock")
     }
 
+    /// The log a VM's supervisor writes (its stderr).
+    pub fn supervisor_log(&self, name: &VmName) -> PathBuf {
+        self.vm_dir(name).join("log/supervisor.log")
+    }
+
     /// The hybrid vsock socket of a VM's guest agent (`agent::client`).
     pub fn agent_socket(&self, name: &VmName) -> PathBuf {
         self.vm_run_dir(name).join(AGENT_SOCKET)

@@ -286,10 +286,14 @@ fn run(
                         stop = Some((Instant::now() + Duration::from_secs(3600), String::new()));
                         continue;
                     }
-                    if let Err(error) =
-                        crate::log_cap::cap_log(&launch.spec.console_log, crate::log_cap::LOG_CAP)
-                    {
-                        log!("cannot rotate {}: {error}", launch.spec.console_log.display());
+                    // The guest fills the console; the supervisor's own log it can fill
+                    // only slowly (what a guest causes there is throttled), but it is
+                    // kept to the same size.
+                    let own_log = paths.supervisor_log(name);
+                    for log in [&launch.spec.console_log, &own_log] {
+                        if let Err(error) = crate::log_cap::cap_log(log, crate::log_cap::LOG_CAP) {
+                            log!("cannot rotate {}: {error}", log.display());
+                        }
                     }
                     match idle.tick(&run_dir, project.as_deref(), Instant::now()) {
                         Some(IdleAction::Pause) if !paused && ready => {

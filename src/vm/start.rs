@@ -92,7 +92,7 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         .into());
     }
     launch::ensure_dirs(paths, &config)?;
-    let log = paths.vm_dir(name).join("log/supervisor.log");
+    let log = paths.supervisor_log(name);
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
     let mut command = Command::new(std::env::current_exe().context("cannot find the mvm binary")?);
     command.args(["supervise", name.as_str()]).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
@@ -164,7 +164,7 @@ fn close_inherited_fds_on_exec() {
 fn failure(paths: &Paths, name: &VmName) -> anyhow::Error {
     let reason = RuntimeStatus::read(&paths.vm_run_dir(name))
         .and_then(|status| status.reason)
-        .unwrap_or_else(|| launch::log_tail(&paths.vm_dir(name).join("log/supervisor.log"), 5));
+        .unwrap_or_else(|| launch::log_tail(&paths.supervisor_log(name), 5));
     let console = launch::log_tail(&paths.vm_dir(name).join("log/console.log"), 10);
     let mut message = format!("the VM stopped during start: {reason}");
     if !console.trim().is_empty() {

@@ -190,9 +190,9 @@ pub fn spawn(vsock: PathBuf, run_dir: PathBuf, owner: Option<u32>, policy: Optio
                 }
                 Ok(Event::Lost(error)) => {
                     if vsock.exists() {
-                        log!(
-                            "automatic port forwarding: the agent connection ended ({error}); watching again"
-                        );
+                        forwarder.noted.log(|| {
+                            format!("automatic port forwarding: the agent connection ended ({error}); watching again")
+                        });
                     }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => match reload() {
@@ -201,7 +201,9 @@ pub fn spawn(vsock: PathBuf, run_dir: PathBuf, owner: Option<u32>, policy: Optio
                         forwarder.apply();
                     }
                     Ok(_) => {}
-                    Err(error) => log!("automatic port forwarding: cannot read the VM's config: {error:#}"),
+                    Err(error) => forwarder
+                        .noted
+                        .log(|| format!("automatic port forwarding: cannot read the VM's config: {error:#}")),
                 },
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             }

@@ -301,3 +301,18 @@ fn a_privileged_or_taken_port_gets_another() {
         assert!(listener.local_addr().unwrap().port() >= 1024);
     }
 }
+
+/// A local user knocking a thousand times (or a guest flapping its listeners) writes one
+/// log line, not a thousand.
+#[test]
+fn repeated_log_lines_are_throttled() {
+    let mut throttle = Throttle::default();
+    let mut written = 0;
+    for _ in 0..1000 {
+        throttle.log(|| {
+            written += 1;
+            "refused".into()
+        });
+    }
+    assert_eq!((written, throttle.left_out), (1, 999));
+}

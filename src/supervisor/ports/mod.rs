@@ -111,7 +111,7 @@ struct Target {
     /// The only uid (beside root) whose programs may connect; `None`: anyone's.
     owner: Option<u32>,
     /// The TCP connections relayed now, over all the forwards (`tcp::MAX_RELAYS`).
-    relays: Arc<std::sync::atomic::AtomicUsize>,
+    relays: Arc<tcp::Relays>,
 }
 
 impl Target {

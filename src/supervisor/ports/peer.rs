@@ -9,17 +9,17 @@ use std::net::SocketAddr;
 
 use crate::proc_net;
 
-/// Whether the program at `peer`, connected to our listener at `local`, may use a forward
-/// that is `owner`'s (anyone's when `None`).
-pub(super) fn admitted(owner: Option<u32>, local: SocketAddr, peer: SocketAddr) -> bool {
+/// Whether a program of `uid` (`None`: unknown) may use a forward that is `owner`'s
+/// (anyone's when `None`).
+pub(super) fn admitted(owner: Option<u32>, uid: Option<u32>) -> bool {
     let Some(owner) = owner else { return true };
-    uid_of(local, peer).is_some_and(|uid| uid == owner || uid == 0)
+    uid.is_some_and(|uid| uid == owner || uid == 0)
 }
 
 /// The uid owning the local socket at `peer` connected to `local`. A socket the kernel
 /// shows without an inode (one closed already, waiting out its FIN or TIME-WAIT) is
 /// nobody's: the table prints uid 0 for it, which must not pass for root's.
-fn uid_of(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
+pub(super) fn uid_of(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
     let canonical = |address: SocketAddr| SocketAddr::new(address.ip().to_canonical(), address.port());
     // A dual-stack socket's IPv4 peer shows as `::ffff:a.b.c.d` in the IPv6 table.
     proc_net::read(&["tcp", "tcp6"])

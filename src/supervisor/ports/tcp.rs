@@ -1,14 +1,16 @@
 //! A TCP forward: a listener on the host's loopback whose connections are each carried to
 //! the guest's port through the agent (`Connect`). At most [`MAX_RELAYS`] connections are
-//! relayed at once over all of a supervisor's forwards, and one whose host side has
+//! relayed at once over all of a supervisor's forwards ([`MAX_RELAYS_PER_UID`] of one
+//! uid's programs), and one whose host side has
 //! finished ends after [`HALF_CLOSED_IDLE`] without a byte from the guest: a guest that
 //! never answers or never closes holds no host thread for good.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::agent::protocol::Frame;
@@ -18,25 +20,54 @@ use super::{bind_for, peer, Target};
 
 /// The most host connections one supervisor relays at once.
 pub(super) const MAX_RELAYS: usize = 256;
+/// The most of them one uid's programs hold (root's VMs' forwards are anyone's: one user
+/// keeping connections open leaves room for the others).
+pub(super) const MAX_RELAYS_PER_UID: usize = 64;
 /// How long a relayed connection whose host side is done may wait for the guest.
 pub(super) const HALF_CLOSED_IDLE: Duration = Duration::from_secs(60);
 
-/// One of a supervisor's [`MAX_RELAYS`]; given back when dropped.
-struct RelaySlot(Arc<AtomicUsize>);
+/// The connections a supervisor relays now, by the uid of the program on the host's side
+/// (`u32::MAX`: not known).
+#[derive(Debug, Default)]
+pub(super) struct Relays {
+    by_uid: Mutex<HashMap<u32, usize>>,
+}
 
-impl RelaySlot {
-    fn take(relays: &Arc<AtomicUsize>) -> Option<RelaySlot> {
-        if relays.fetch_add(1, Ordering::SeqCst) >= MAX_RELAYS {
-            relays.fetch_sub(1, Ordering::SeqCst);
+impl Relays {
+    /// A slot for a connection of `uid`'s, unless the supervisor or that uid has its most.
+    fn take(self: &Arc<Self>, uid: u32) -> Option<RelaySlot> {
+        let mut by_uid = self.by_uid.lock().expect("relay counts");
+        let total: usize = by_uid.values().sum();
+        let theirs = by_uid.entry(uid).or_default();
+        if total >= MAX_RELAYS || *theirs >= MAX_RELAYS_PER_UID {
             return None;
         }
-        Some(RelaySlot(relays.clone()))
+        *theirs += 1;
+        Some(RelaySlot { relays: self.clone(), uid })
     }
+
+    /// How many connections are relayed now.
+    #[cfg(test)]
+    pub(super) fn count(&self) -> usize {
+        self.by_uid.lock().expect("relay counts").values().sum()
+    }
+}
+
+/// One relayed connection's place; given back when dropped.
+struct RelaySlot {
+    relays: Arc<Relays>,
+    uid: u32,
 }
 
 impl Drop for RelaySlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        let mut by_uid = self.relays.by_uid.lock().expect("relay counts");
+        if let Some(count) = by_uid.get_mut(&self.uid) {
+            *count -= 1;
+            if *count == 0 {
+                by_uid.remove(&self.uid);
+            }
+        }
     }
 }
 
@@ -58,17 +89,17 @@ fn serve(listener: TcpListener, stop: &AtomicBool, target: &Target, guest: u16) 
         match listener.accept() {
             Ok((client, from)) => {
                 let local = listener.local_addr().expect("a bound listener has an address");
-                if !peer::admitted(target.owner, local, from) {
+                let uid = peer::uid_of(local, from);
+                if !peer::admitted(target.owner, uid) {
                     refusals.log(|| {
                         format!("refused {from} on 127.0.0.1:{}: not the VM owner's program", local.port())
                     });
                     continue;
                 }
-                let Some(slot) = RelaySlot::take(&target.relays) else {
-                    log!(
-                        "refused {from} on 127.0.0.1:{}: {MAX_RELAYS} connections are relayed already",
-                        local.port()
-                    );
+                let Some(slot) = target.relays.take(uid.unwrap_or(u32::MAX)) else {
+                    refusals.log(|| {
+                        format!("refused {from} on 127.0.0.1:{}: too many connections relayed", local.port())
+                    });
                     continue;
                 };
                 let vsock: PathBuf = target.vsock.clone();

@@ -100,25 +100,35 @@ fn tcp_and_udp_forwards_carry_traffic_through_the_agent() {
     assert!(UdpSocket::bind(("127.0.0.1", host)).is_ok());
 }
 
-/// A guest that never answers holds at most `MAX_RELAYS` host connections (and their
-/// threads): the next is closed at once.
+/// A guest that never answers holds a bounded number of host connections (and their
+/// threads): one uid's programs get at most `MAX_RELAYS_PER_UID`, the next is closed at
+/// once — and another user's still gets through (root's VMs' forwards are anyone's).
 #[test]
 fn a_silent_guest_holds_a_bounded_number_of_connections() {
     let dir = tempfile::tempdir().unwrap();
     let target = Target::new(&agent(dir.path(), true), None);
     let (host, _stop) = tcp::open(free_port(), &target).unwrap();
     let clients: Vec<TcpStream> =
-        (0..tcp::MAX_RELAYS).map(|_| TcpStream::connect(("127.0.0.1", host)).unwrap()).collect();
+        (0..tcp::MAX_RELAYS_PER_UID).map(|_| TcpStream::connect(("127.0.0.1", host)).unwrap()).collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while target.relays.load(Ordering::SeqCst) < tcp::MAX_RELAYS {
+    while target.relays.count() < tcp::MAX_RELAYS_PER_UID {
         assert!(std::time::Instant::now() < deadline, "the relays did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    drop(clients);
     let mut one_more = TcpStream::connect(("127.0.0.1", host)).unwrap();
     one_more.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(one_more.read(&mut [0u8; 1]).unwrap(), 0, "a connection past the cap was relayed");
-    assert_eq!(target.relays.load(Ordering::SeqCst), tcp::MAX_RELAYS);
+    assert_eq!(target.relays.count(), tcp::MAX_RELAYS_PER_UID);
+    if crate::host::is_root() {
+        // Exit 124: `timeout` ended a read the silent guest never answered, so relayed.
+        let script = format!("exec 3<>/dev/tcp/127.0.0.1/{host} && timeout 2 head -c 1 <&3; echo $?");
+        let output = Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "bash", "-c", &script])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "124", "another user was shut out");
+    }
+    drop(clients);
 }
 
 /// A stand-in agent that reports `listening` to a `WatchListeners` and then holds on.

@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::UserError;
 
 /// A transport protocol for a port forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// What a forward without a protocol means.
+    #[default]
     Tcp,
     Udp,
 }
@@ -35,12 +37,8 @@ impl fmt::Display for Protocol {
 pub struct PortForward {
     pub host: u16,
     pub guest: u16,
-    #[serde(default = "default_protocol")]
+    #[serde(default)]
     pub protocol: Protocol,
-}
-
-fn default_protocol() -> Protocol {
-    Protocol::Tcp
 }
 
 const PORT_HINT: &str = "write HOST:GUEST or HOST:GUEST/udp, with ports 1-65535, e.g. 8080:3000";

@@ -137,11 +137,14 @@ fn walk_beneath(dir: BorrowedFd, relative: &Path, flags: OFlag, mode: Mode) -> i
 
 /// Reopens an `O_PATH` descriptor of a regular file for reading. The descriptor pins
 /// the inode, so the reopened file is the one that was checked.
+/// The largest runtime record [`read_record`] reads.
+pub const RUNTIME_RECORD_CAP: u64 = 64 * 1024;
+
 /// The regular file `name` in the directory `dir` (itself no symlink), refused when larger
-/// than `cap` bytes: for the small records kept in a VM's runtime dir, which its owner
-/// could have replaced by a symlink, a FIFO or something huge.
-pub fn read_record(dir: &Path, name: &str, cap: u64) -> io::Result<Vec<u8>> {
-    Tree::open(dir)?.read(Path::new(name), cap)
+/// than [`RUNTIME_RECORD_CAP`]: for the small records kept in a VM's runtime dir, which its
+/// owner could have replaced by a symlink, a FIFO or something huge.
+pub fn read_record(dir: &Path, name: &str) -> io::Result<Vec<u8>> {
+    Tree::open(dir)?.read(Path::new(name), RUNTIME_RECORD_CAP)
 }
 
 fn reopen_for_reading(fd: &OwnedFd) -> io::Result<File> {

@@ -21,13 +21,12 @@ use anyhow::Context;
 use crate::config::host::HostConfig;
 use crate::config::vm::VmConfig;
 use crate::error::UserError;
+// The largest `vm.toml` the helper reads.
+use crate::fs::RECORD_CAP;
 use crate::name::VmName;
 use crate::net::host::HostNet;
 use crate::privileged::Request;
 use crate::state::{claims, store, Paths};
-
-/// The largest `vm.toml` the helper reads.
-const RECORD_CAP: u64 = 1 << 20;
 
 /// Carries out `request` for the user `caller` (uid), under the roots `paths`.
 pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()> {

@@ -43,7 +43,7 @@ impl RuntimeStatus {
     /// Reads `status.json` from `run_dir`; `None` if absent or unreadable — or no regular
     /// file, or too large (root lists every user's VMs, whose runtime dirs are theirs).
     pub fn read(run_dir: &Path) -> Option<RuntimeStatus> {
-        serde_json::from_slice(&crate::fs::read_record(run_dir, STATUS_FILE, RECORD_CAP).ok()?).ok()
+        serde_json::from_slice(&crate::fs::read_record(run_dir, STATUS_FILE).ok()?).ok()
     }
 
     /// Writes it atomically into `run_dir`.
@@ -54,8 +54,6 @@ impl RuntimeStatus {
 
 /// The file's name.
 pub const STATUS_FILE: &str = "status.json";
-/// The largest runtime record read.
-const RECORD_CAP: u64 = 64 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -7,8 +7,8 @@
 //! ports (`--ignore-port`, `[defaults] auto_ports_ignore`) to nobody. A user's VM's
 //! forwards take connections from the user's programs (and root's) alone, as its DNAT'ed
 //! ports do (`peer`), and are TCP only (a UDP sender cannot be known; `mvm port` declares a
-//! UDP forward, which the firewall keeps the owner's). The forwards are listed in the runtime dir's [`AUTO_PORTS_FILE`]
-//! for `mvm port NAME`.
+//! UDP forward, which the firewall keeps the owner's). The forwards are listed in the
+//! runtime dir's [`AUTO_PORTS_FILE`] for `mvm port NAME`.
 
 mod peer;
 mod tcp;
@@ -44,17 +44,13 @@ const MIN_APPLY_INTERVAL: Duration = Duration::from_millis(100);
 pub struct AutoForward {
     pub host: u16,
     pub guest: u16,
-    #[serde(default = "tcp")]
+    #[serde(default)]
     pub protocol: Protocol,
-}
-
-fn tcp() -> Protocol {
-    Protocol::Tcp
 }
 
 /// The automatic forwards of the VM whose runtime dir is `run_dir`.
 pub fn read(run_dir: &Path) -> Vec<AutoForward> {
-    crate::fs::read_record(run_dir, AUTO_PORTS_FILE, 64 * 1024)
+    crate::fs::read_record(run_dir, AUTO_PORTS_FILE)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default()

@@ -13,10 +13,20 @@ use anyhow::Context;
 use crate::error::UserError;
 
 /// What a guest must load to reach its disks, shares, network and agent: virtio over
-/// MMIO (QEMU microvm) and PCI (cloud-hypervisor), virtio-fs, overlayfs, virtio-net and
-/// virtio vsock.
-pub const GUEST_MODULES: &[&str] =
-    &["virtio_mmio", "virtio_pci", "virtiofs", "overlay", "virtio_net", "vmw_vsock_virtio_transport"];
+/// MMIO (QEMU microvm) and PCI (cloud-hypervisor), virtio-fs, overlayfs, virtio-blk and
+/// ext4 for the system disk (with crc32c, which ext4 asks the crypto API for and the
+/// initramfs has no modprobe to load), virtio-net and virtio vsock.
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "virtio_pci",
+    "virtiofs",
+    "overlay",
+    "virtio_blk",
+    "crc32c_generic",
+    "ext4",
+    "virtio_net",
+    "vmw_vsock_virtio_transport",
+];
 
 /// A module to load: its name and its file relative to the modules directory.
 #[derive(Debug, Clone, PartialEq, Eq)]

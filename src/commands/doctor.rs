@@ -314,7 +314,7 @@ fn tool_checks(host: &HostConfig, kvm: &KvmSupport) -> Vec<Check> {
             Ok(path) => Check::ok(tool.program(), path.display().to_string()),
             Err(error) => {
                 let status = match tool {
-                    Tool::Virtiofsd | Tool::Iptables => Status::Error,
+                    Tool::Virtiofsd | Tool::Iptables | Tool::MkfsExt4 => Status::Error,
                     Tool::Qemu if host.defaults.hypervisor == Hypervisor::Qemu || !kvm.can_accelerate() => {
                         Status::Error
                     }

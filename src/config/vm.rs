@@ -134,6 +134,10 @@ pub struct VmConfig {
     pub cpus: u32,
     pub memory_mib: u64,
     pub root: RootModel,
+    /// Drop the system layer (what guest root installed) at every start instead of
+    /// keeping it like `/var`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral_system: bool,
     /// An explicit kernel; `None` means the host's (DESIGN §4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
@@ -266,6 +270,7 @@ pub(crate) mod tests {
             cpus: 2,
             memory_mib: 1024,
             root: RootModel::Host,
+            ephemeral_system: true,
             kernel: None,
             offline: false,
             host_access: true,

@@ -6,6 +6,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+/// The serial of the disk that holds a VM's system layer (`state::system_disk`).
+pub const SYSTEM_DISK_SERIAL: &str = "mvm-system";
+
 /// The guest's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestConfig {
@@ -22,9 +25,11 @@ pub struct GuestConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GuestRoot {
-    /// The host's `/usr` (tag `usr`, read-only), the VM's own `/etc` and `/var` (tags
-    /// `etc`, `var`), and `/nix/store` (tag `nix`) when `nix` is set.
-    Host { nix: bool },
+    /// The host's `/usr` (tag `usr`, read-only) under the VM's system layer (the disk
+    /// with serial [`SYSTEM_DISK_SERIAL`], which also holds `/` itself), the VM's own
+    /// `/etc` and `/var` (tags `etc`, `var`), the host's package database under the
+    /// VM's (tag `dpkg`) when `dpkg` is set, and `/nix/store` (tag `nix`) when `nix` is.
+    Host { nix: bool, dpkg: bool },
     /// A whole tree (tag `root`), assembled on the host.
     Dir,
 }

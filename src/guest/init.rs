@@ -1,8 +1,9 @@
 //! The guest init: mvm running as PID 1 inside the VM.
 //!
 //! Mount the kernel file systems; load the modules the initramfs carries, in order;
-//! assemble the root in a tmpfs from the virtio-fs shares (the host's `/usr` read-only,
-//! the VM's own `/etc` and `/var`, or a whole tree), then switch into it; mount the
+//! assemble the root (the VM's system disk, with the host's `/usr` and package database
+//! as read-only overlay lowers beneath it and the VM's own `/etc` and `/var` shares; or
+//! a whole tree), then switch into it; mount the
 //! project and volumes at their paths; configure `eth0`, hostname and DNS; start the
 //! agent; reap children; power off cleanly when asked. PID 1 must never exit, so every
 //! failure ends in a message on the console and a power-off.
@@ -17,7 +18,7 @@ use nix::kmod::{finit_module, ModuleInitFlags};
 use nix::mount::{mount, MsFlags};
 
 use crate::boot::initramfs::{GUEST_CONFIG, MODULE_LIST};
-use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot};
+use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot, SYSTEM_DISK_SERIAL};
 use crate::guest::{agent, processes, reaper};
 use crate::net::netlink::Netlink;
 
@@ -29,6 +30,10 @@ pub const REBOOT_MARKER: &str = "mvm-init: reboot requested";
 
 /// Where the new root is assembled before the switch.
 const NEW_ROOT: &str = "/newroot";
+/// Where the system disk is mounted (in `/run`, which moves into the new root).
+const SYSTEM_MOUNT: &str = "/run/mvm/system";
+/// Where the read-only base shares are mounted beneath the system layer.
+const BASE_MOUNT: &str = "/run/mvm/base";
 
 /// Runs the guest; never returns.
 pub fn main() -> ! {
@@ -171,18 +176,31 @@ fn assemble_root(config: &GuestConfig) -> anyhow::Result<()> {
     let root = Path::new(NEW_ROOT);
     match config.root {
         GuestRoot::Dir => mount_share(&share("root", false), root)?,
-        GuestRoot::Host { nix } => {
-            mount_fs("tmpfs", NEW_ROOT, "tmpfs", MsFlags::empty(), Some("mode=0755"))?;
-            mount_share(&share("usr", true), &root.join("usr"))?;
+        GuestRoot::Host { nix, dpkg } => {
+            let system = Path::new(SYSTEM_MOUNT);
+            mount_system_disk(system)?;
+            // `/` itself is the system disk's `root/`: /opt, /srv, /root are the VM's.
+            let tree = system.join("root");
+            make_dir(&tree, 0o755)?;
+            make_dir(root, 0o755)?;
+            mount(Some(&tree), root, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .context("cannot bind the system disk's root")?;
+            let base = Path::new(BASE_MOUNT);
+            mount_share(&share("usr", true), &base.join("usr"))?;
+            mount_layer(&base.join("usr"), &system.join("usr"), &root.join("usr"))?;
             for (link, target) in
                 [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")]
             {
-                if root.join(target).exists() {
+                if root.join(target).exists() && std::fs::symlink_metadata(root.join(link)).is_err() {
                     std::os::unix::fs::symlink(target, root.join(link))?;
                 }
             }
             mount_share(&share("etc", false), &root.join("etc"))?;
             mount_share(&share("var", false), &root.join("var"))?;
+            if dpkg {
+                mount_share(&share("dpkg", true), &base.join("dpkg"))?;
+                mount_layer(&base.join("dpkg"), &system.join("dpkg"), &root.join("var/lib/dpkg"))?;
+            }
             if nix {
                 mount_share(&share("nix", true), &root.join("nix/store"))?;
             }
@@ -196,7 +214,7 @@ fn assemble_root(config: &GuestConfig) -> anyhow::Result<()> {
                 None::<&str>,
             )
             .context("cannot bind /var/home on /home")?;
-            mount_fs("tmpfs", &format!("{NEW_ROOT}/root"), "tmpfs", MsFlags::empty(), Some("mode=0700"))?;
+            make_dir(&root.join("root"), 0o700)?;
         }
     }
     mount_fs(
@@ -213,6 +231,54 @@ fn assemble_root(config: &GuestConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot move /{dir} into the new root"))?;
     }
     Ok(())
+}
+
+/// Makes directory `path` with `mode` unless it exists.
+fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().recursive(true).mode(mode).create(path) {
+        Ok(()) => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+/// Mounts the disk whose serial is [`SYSTEM_DISK_SERIAL`] (ext4) on `target`.
+fn mount_system_disk(target: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let device = loop {
+        if let Some(device) = block_device_with_serial(SYSTEM_DISK_SERIAL) {
+            break device;
+        }
+        if Instant::now() > deadline {
+            bail!("no disk with serial {SYSTEM_DISK_SERIAL} appeared");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::fs::create_dir_all(target).with_context(|| format!("cannot create {}", target.display()))?;
+    // The host made the disk sparse: its inode tables read as zeros already.
+    mount(Some(&device), target, Some("ext4"), MsFlags::MS_NOATIME, Some("noinit_itable,discard"))
+        .with_context(|| format!("cannot mount the system disk {} on {}", device.display(), target.display()))
+}
+
+/// `/dev/NAME` of the block device whose serial is `serial`.
+fn block_device_with_serial(serial: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/sys/block").ok()?.filter_map(Result::ok).find_map(|entry| {
+        let found = std::fs::read_to_string(entry.path().join("serial")).ok()?;
+        (found.trim() == serial).then(|| Path::new("/dev").join(entry.file_name()))
+    })
+}
+
+/// Mounts at `target` an overlay of `lower` (read-only) under the writable layer kept in
+/// `layer` (`upper/`, `work/`, made when missing).
+fn mount_layer(lower: &Path, layer: &Path, target: &Path) -> anyhow::Result<()> {
+    let (upper, work) = (layer.join("upper"), layer.join("work"));
+    for dir in [&upper, &work, &target.to_path_buf()] {
+        make_dir(dir, 0o755)?;
+    }
+    let options =
+        format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+        .with_context(|| format!("cannot mount the system layer on {}", target.display()))
 }
 
 fn switch_root() -> anyhow::Result<()> {

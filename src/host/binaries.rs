@@ -15,12 +15,20 @@ pub enum Tool {
     Virtiofsd,
     VhostDeviceVsock,
     Iptables,
+    /// `mkfs.ext4`, which formats each VM's system disk.
+    MkfsExt4,
 }
 
 impl Tool {
     /// Every tool, in the order `doctor` reports them.
-    pub const ALL: [Tool; 5] =
-        [Tool::CloudHypervisor, Tool::Qemu, Tool::Virtiofsd, Tool::VhostDeviceVsock, Tool::Iptables];
+    pub const ALL: [Tool; 6] = [
+        Tool::CloudHypervisor,
+        Tool::Qemu,
+        Tool::Virtiofsd,
+        Tool::VhostDeviceVsock,
+        Tool::Iptables,
+        Tool::MkfsExt4,
+    ];
 
     /// The program name looked up on `PATH`.
     pub fn program(self) -> &'static str {
@@ -30,6 +38,7 @@ impl Tool {
             Tool::Virtiofsd => "virtiofsd",
             Tool::VhostDeviceVsock => "vhost-device-vsock",
             Tool::Iptables => "iptables",
+            Tool::MkfsExt4 => "mkfs.ext4",
         }
     }
 
@@ -38,6 +47,7 @@ impl Tool {
         match self {
             Tool::Virtiofsd => &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"],
             Tool::Iptables => &["/usr/sbin/iptables", "/sbin/iptables"],
+            Tool::MkfsExt4 => &["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"],
             _ => &[],
         }
     }
@@ -48,7 +58,7 @@ impl Tool {
             Tool::Qemu => paths.qemu.as_deref(),
             Tool::Virtiofsd => paths.virtiofsd.as_deref(),
             Tool::VhostDeviceVsock => paths.vhost_device_vsock.as_deref(),
-            Tool::Iptables => None,
+            Tool::Iptables | Tool::MkfsExt4 => None,
         }
     }
 
@@ -63,6 +73,7 @@ impl Tool {
             Tool::Virtiofsd => "cargo install virtiofsd (needs libseccomp-dev and libcap-ng-dev)",
             Tool::VhostDeviceVsock => "cargo install vhost-device-vsock (needed by the QEMU backend)",
             Tool::Iptables => "apt-get install iptables",
+            Tool::MkfsExt4 => "apt-get install e2fsprogs",
         }
     }
 

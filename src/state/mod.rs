@@ -8,5 +8,6 @@ pub mod paths;
 pub mod seed;
 pub mod status;
 pub mod store;
+pub mod system_disk;
 
 pub use paths::Paths;

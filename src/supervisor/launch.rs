@@ -17,7 +17,7 @@ use crate::host::binaries::Tool;
 use crate::host::kvm::{self, KvmSupport};
 use crate::state::Paths;
 use crate::vmm::qemu::Accel;
-use crate::vmm::{kernel_cmdline, GuestIds, LaunchSpec, Share, Vmm, VOLUME_ID_BASE};
+use crate::vmm::{kernel_cmdline, Disk, GuestIds, LaunchSpec, Share, Vmm, VOLUME_ID_BASE};
 
 /// An overlay the supervisor mounts on the host before the shares start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,8 @@ pub struct Launch {
     pub vmm: Vmm,
     pub vmm_choice: String,
     pub virtiofsd: PathBuf,
+    /// `mkfs.ext4`, for a VM that has a system disk.
+    pub mkfs: Option<PathBuf>,
     /// vhost-device-vsock, for QEMU.
     pub vhost_vsock: Option<PathBuf>,
     pub accel: Accel,
@@ -101,6 +103,11 @@ impl Launch {
             Vmm::CloudHypervisor => None,
         };
         let (accel, accel_warning) = choose_accel(&kvm, host);
+        // A VM on the host's /usr keeps what guest root installs on a disk of its own.
+        let mkfs = match config.root {
+            RootModel::Host => Some(Tool::MkfsExt4.find(&host.paths)?),
+            RootModel::Dir(_) => None,
+        };
         // What the guest writes into the project becomes its owner's.
         let project_owner = match &config.project {
             Some(project) => {
@@ -139,6 +146,7 @@ impl Launch {
             initramfs: run_dir.join("boot.cpio"),
             cmdline: kernel_cmdline(&guest_cmdline(&network, vmm, accel)),
             shares,
+            disks: system_disks(config, &vm_dir),
             tap: config.network.tap.clone(),
             mac: config.network.mac.clone(),
             vsock_socket: run_dir.join(crate::state::paths::AGENT_SOCKET),
@@ -152,6 +160,7 @@ impl Launch {
             vmm,
             vmm_choice,
             virtiofsd,
+            mkfs,
             vhost_vsock,
             accel,
             accel_warning,
@@ -172,6 +181,18 @@ impl Launch {
             Vmm::CloudHypervisor => crate::vmm::cloud_hypervisor::args(&self.spec),
             Vmm::Qemu => crate::vmm::qemu::args(&self.spec, self.accel, &self.vhost_vsock_socket),
         }
+    }
+}
+
+/// The disks of `config`'s VM: its system disk, when it runs on the host's `/usr`.
+pub fn system_disks(config: &VmConfig, vm_dir: &Path) -> Vec<Disk> {
+    match config.root {
+        RootModel::Host => vec![Disk {
+            path: crate::state::system_disk::path(vm_dir),
+            serial: crate::guest::config::SYSTEM_DISK_SERIAL.to_string(),
+            read_only: false,
+        }],
+        RootModel::Dir(_) => Vec::new(),
     }
 }
 
@@ -236,6 +257,9 @@ pub struct Pin {
     /// Only read through (an overlay's lower layer, an `ro` project).
     pub read_only: bool,
 }
+
+/// The host's package database, which describes the `/usr` a VM's system layer sits on.
+pub const HOST_DPKG_DATABASE: &str = "/var/lib/dpkg";
 
 /// Where the project is bound in the runtime dir.
 pub const PINNED_PROJECT: &str = "lower";
@@ -309,11 +333,16 @@ pub fn plan_shares(
             shares.push(share("usr", PathBuf::from("/usr"), true, ids(GuestIds::AsIs)));
             shares.push(share("etc", vm_dir.join("etc"), false, ids(GuestIds::AsIs)));
             shares.push(share("var", vm_dir.join("var"), false, ids(GuestIds::AsIs)));
+            // The package database of the host's /usr, read-only beneath the guest's own.
+            let dpkg = Path::new(HOST_DPKG_DATABASE).is_dir();
+            if dpkg {
+                shares.push(share("dpkg", PathBuf::from(HOST_DPKG_DATABASE), true, ids(GuestIds::AsIs)));
+            }
             let nix = Path::new("/nix/store").is_dir();
             if nix {
                 shares.push(share("nix", PathBuf::from("/nix/store"), true, ids(GuestIds::AsIs)));
             }
-            GuestRoot::Host { nix }
+            GuestRoot::Host { nix, dpkg }
         }
         RootModel::Dir(dir) => {
             let merged = run_dir.join("root");
@@ -470,6 +499,7 @@ mod tests {
             cpus: 1,
             memory_mib: 512,
             root: RootModel::Host,
+            ephemeral_system: false,
             kernel: None,
             offline: false,
             host_access: false,

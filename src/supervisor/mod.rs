@@ -142,6 +142,14 @@ fn run(
     launch::ensure_dirs(paths, &config)?;
     let launch = Launch::prepare(paths, &host, &config)?;
     log!("{}", launch.vmm_choice);
+    if let Some(mkfs) = &launch.mkfs {
+        let vm_dir = paths.vm_dir(name);
+        let size = crate::state::system_disk::DEFAULT_SIZE_MIB;
+        if crate::state::system_disk::ensure(&vm_dir, size, config.ephemeral_system, mkfs)? {
+            let kind = if config.ephemeral_system { "an ephemeral" } else { "a" };
+            log!("made {kind} system disk ({} ms)", started.elapsed().as_millis());
+        }
+    }
     if let Some(warning) = &launch.accel_warning {
         log!("{warning}");
     }

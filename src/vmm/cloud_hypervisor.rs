@@ -25,6 +25,13 @@ pub fn args(spec: &LaunchSpec) -> Vec<String> {
             args.push(format!("tag={},socket={}", share.tag, share.socket.display()));
         }
     }
+    if !spec.disks.is_empty() {
+        args.push("--disk".to_string());
+        for disk in &spec.disks {
+            let read_only = if disk.read_only { ",readonly=on" } else { "" };
+            args.push(format!("path={},serial={}{read_only}", disk.path.display(), disk.serial));
+        }
+    }
     args.extend([
         "--net".to_string(),
         format!("tap={},mac={}", spec.tap, spec.mac),
@@ -64,6 +71,8 @@ mod tests {
                 "--fs",
                 "tag=usr,socket=/run/mvm/web/fs-usr.sock",
                 "tag=etc,socket=/run/mvm/web/fs-etc.sock",
+                "--disk",
+                "path=/var/lib/microvms/web/system.img,serial=mvm-system",
                 "--net",
                 "tap=mvmtap0,mac=02:6d:76:00:00:00",
                 "--vsock",

@@ -39,6 +39,15 @@ pub struct Share {
     pub ids: GuestIds,
 }
 
+/// A virtio-blk disk: a raw image file the guest sees as a block device, found by its
+/// serial (`/sys/block/vdX/serial`) rather than by the order devices appear in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub serial: String,
+    pub read_only: bool,
+}
+
 /// How the ids of what a guest writes become host ids (virtiofsd's `--translate-uid`
 /// and `--translate-gid`, done by virtiofsd itself, with no user namespace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +89,7 @@ pub struct LaunchSpec {
     pub initramfs: PathBuf,
     pub cmdline: String,
     pub shares: Vec<Share>,
+    pub disks: Vec<Disk>,
     pub tap: String,
     pub mac: String,
     /// The hybrid-vsock unix socket the host talks to the guest agent through.

@@ -57,6 +57,22 @@ pub fn args(spec: &LaunchSpec, accel: Accel, vhost_vsock: &Path) -> Vec<String> 
         args.push("-device".into());
         args.push(format!("vhost-user-fs-device,chardev=fs{index},tag={}", share.tag));
     }
+    for (index, disk) in spec.disks.iter().enumerate() {
+        // Freed blocks go back to the host: the image stays sparse.
+        let mut drive = format!(
+            "file={},if=none,id=disk{index},format=raw,discard=unmap,detect-zeroes=unmap",
+            disk.path.display()
+        );
+        if disk.read_only {
+            drive.push_str(",readonly=on");
+        }
+        args.extend([
+            "-drive".to_string(),
+            drive,
+            "-device".to_string(),
+            format!("virtio-blk-device,drive=disk{index},serial={}", disk.serial),
+        ]);
+    }
     args.extend([
         "-netdev".to_string(),
         format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap),
@@ -123,6 +139,11 @@ pub(crate) mod tests {
                     ids: crate::vmm::GuestIds::AsIs,
                 },
             ],
+            disks: vec![crate::vmm::Disk {
+                path: "/var/lib/microvms/web/system.img".into(),
+                serial: "mvm-system".into(),
+                read_only: false,
+            }],
             tap: "mvmtap0".into(),
             mac: "02:6d:76:00:00:00".into(),
             vsock_socket: "/run/mvm/web/vsock.sock".into(),
@@ -143,12 +164,23 @@ pub(crate) mod tests {
              -global virtio-mmio.force-legacy=false \
              -chardev socket,id=fs0,path=/run/mvm/web/fs-usr.sock -device vhost-user-fs-device,chardev=fs0,tag=usr \
              -chardev socket,id=fs1,path=/run/mvm/web/fs-etc.sock -device vhost-user-fs-device,chardev=fs1,tag=etc \
+             -drive file=/var/lib/microvms/web/system.img,if=none,id=disk0,format=raw,discard=unmap,detect-zeroes=unmap \
+             -device virtio-blk-device,drive=disk0,serial=mvm-system \
              -netdev tap,id=n0,ifname=mvmtap0,script=no,downscript=no \
              -device virtio-net-device,netdev=n0,mac=02:6d:76:00:00:00 \
              -chardev socket,id=vs0,path=/run/mvm/web/vhost-vsock.sock -device vhost-user-vsock-device,chardev=vs0 \
              -chardev file,id=console,path=/var/lib/microvms/web/log/console.log,append=on -serial chardev:console \
              -qmp unix:/run/mvm/web/qmp.sock,server=on,wait=off"
         );
+    }
+
+    #[test]
+    fn a_read_only_disk_is_read_only_to_qemu() {
+        let mut spec = spec();
+        spec.disks[0].read_only = true;
+        let argv = args(&spec, Accel::Tcg, Path::new("/v.sock"));
+        let drive = argv.iter().find(|arg| arg.starts_with("file=")).unwrap();
+        assert!(drive.ends_with(",readonly=on"), "{drive}");
     }
 
     #[test]

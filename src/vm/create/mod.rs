@@ -76,6 +76,10 @@ pub struct CreateArgs {
     /// Root file system: the host's /usr read-only, or a directory tree
     #[arg(long, value_name = "host|DIR", default_value = "host")]
     pub root: String,
+    /// Drop what guest root installs (the system layer) at every start [default: kept,
+    /// like /var]
+    #[arg(long)]
+    pub ephemeral_system: bool,
     /// No network egress at all
     #[arg(long)]
     pub offline: bool,

@@ -28,6 +28,7 @@ pub(super) struct Request {
     pub(super) hypervisor: Hypervisor,
     pub(super) kernel: Option<PathBuf>,
     pub(super) root: RootModel,
+    pub(super) ephemeral_system: bool,
     pub(super) offline: bool,
     pub(super) host_access: bool,
     pub(super) auto_ports: Option<bool>,
@@ -44,6 +45,7 @@ impl Request {
             cpus: self.cpus,
             memory_mib: self.memory.mib(),
             root: self.root,
+            ephemeral_system: self.ephemeral_system,
             kernel: self.kernel,
             offline: self.offline,
             host_access: self.host_access,
@@ -126,6 +128,11 @@ pub(super) fn validate(
             return Err(UserError::usage(why).hint("use --root host or an absolute directory").into())
         }
     };
+    if args.ephemeral_system && root != RootModel::Host {
+        return Err(UserError::usage("--ephemeral-system is for a VM on the host's /usr (--root host)")
+            .hint("a --root DIR tree keeps its own layer; drop --ephemeral-system")
+            .into());
+    }
     let kernel = match &args.kernel {
         Some(path) => {
             // Opened as the invoking user: a kernel they cannot read is not theirs to boot.
@@ -161,6 +168,7 @@ pub(super) fn validate(
         hypervisor: args.hypervisor.unwrap_or(host.defaults.hypervisor),
         kernel,
         root,
+        ephemeral_system: args.ephemeral_system,
         offline: args.offline,
         host_access: args.host_access,
         auto_ports: if args.no_auto_ports { Some(false) } else { template.and_then(|t| t.auto_ports) },

@@ -36,6 +36,10 @@ pub struct ShellArgs {
     /// Run the command on a terminal even with a command given
     #[arg(short, long)]
     pub tty: bool,
+    /// Run as this guest user: `root` (to install software into the VM's system layer)
+    /// or UID[:GID] [default: you, with your host uid and gid]
+    #[arg(short, long, value_name = "root|UID[:GID]", value_parser = parse_guest_user)]
+    pub user: Option<(u32, u32)>,
     /// The command to run instead of a login shell
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -87,7 +91,8 @@ fn request(
     project_variables: &BTreeMap<String, String>,
     args: &ShellArgs,
 ) -> anyhow::Result<ExecRequest> {
-    let user = crate::host::user::invoking_user();
+    let invoking = crate::host::user::invoking_user();
+    let (uid, gid) = args.user.unwrap_or((invoking.uid, invoking.gid));
     let tty = args.tty || (args.command.is_empty() && std::io::stdin().is_terminal());
     let (rows, cols) = session::terminal_size().unwrap_or((24, 80));
     let mut env: Vec<(String, String)> = Vec::new();
@@ -105,12 +110,24 @@ fn request(
         argv: args.command.clone(),
         env,
         cwd: args.workdir.clone().or_else(|| default_workdir(config)),
-        uid: user.uid,
-        gid: user.gid,
+        uid,
+        gid,
         tty,
         rows,
         cols,
     })
+}
+
+/// `--user`: `root`, `UID` (its group the same number) or `UID:GID`. Any guest user is
+/// the VM owner's to be: the VM's processes run as guest root already.
+fn parse_guest_user(text: &str) -> Result<(u32, u32), String> {
+    let number = |part: &str| part.parse::<u32>().ok().filter(|id| *id != u32::MAX);
+    let parsed = match text.split_once(':') {
+        _ if text == "root" => Some((0, 0)),
+        Some((uid, gid)) => number(uid).zip(number(gid)),
+        None => number(text).map(|id| (id, id)),
+    };
+    parsed.ok_or_else(|| format!("{text:?} is neither 'root' nor UID[:GID]"))
 }
 
 /// The current directory when it lies inside the project, else the project itself.
@@ -119,4 +136,19 @@ fn default_workdir(config: &VmConfig) -> Option<String> {
     let here: Option<PathBuf> = std::env::current_dir().ok();
     let dir = here.filter(|dir| dir.starts_with(project)).unwrap_or_else(|| project.clone());
     Some(dir.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_guest_user;
+
+    #[test]
+    fn guest_user_forms() {
+        assert_eq!(parse_guest_user("root"), Ok((0, 0)));
+        assert_eq!(parse_guest_user("1000"), Ok((1000, 1000)));
+        assert_eq!(parse_guest_user("105:110"), Ok((105, 110)));
+        for bad in ["", "postgres", "1:x", "-1", "4294967295", "1:2:3"] {
+            assert!(parse_guest_user(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

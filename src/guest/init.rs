@@ -200,6 +200,7 @@ fn assemble_root(config: &GuestConfig) -> anyhow::Result<()> {
             if dpkg {
                 mount_share(&share("dpkg", true), &base.join("dpkg"))?;
                 mount_layer(&base.join("dpkg"), &system.join("dpkg"), &root.join("var/lib/dpkg"))?;
+                own_dpkg_locks(&system.join("dpkg/upper"), &root.join("var/lib/dpkg"))?;
             }
             if nix {
                 mount_share(&share("nix", true), &root.join("nix/store"))?;
@@ -279,6 +280,31 @@ fn mount_layer(lower: &Path, layer: &Path, target: &Path) -> anyhow::Result<()> 
         format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
     mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
         .with_context(|| format!("cannot mount the system layer on {}", target.display()))
+}
+
+/// dpkg's lock files, beneath its database.
+const DPKG_LOCKS: [&str; 3] = ["lock", "lock-frontend", "triggers/Lock"];
+
+/// Gives the VM lock files of its own in its package database (`database`, whose
+/// writable layer is `upper`). The host's are empty and readable by root alone, and a
+/// user's virtiofsd is not root: the overlay could not copy them up to open them for
+/// writing. Replacing them needs no read.
+fn own_dpkg_locks(upper: &Path, database: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    for lock in DPKG_LOCKS {
+        let path = database.join(lock);
+        if std::fs::symlink_metadata(upper.join(lock)).is_ok() || std::fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        std::fs::remove_file(&path).with_context(|| format!("cannot replace {}", path.display()))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn switch_root() -> anyhow::Result<()> {

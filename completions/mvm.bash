@@ -134,7 +134,7 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__create)
-            opts="-t -h -V --template --project --cpus --memory --port --mount --persist --volume --env --hypervisor --kernel --root --offline --host-access --no-auto-ports --ignore-port --help --version"
+            opts="-t -h -V --template --project --cpus --memory --port --mount --persist --volume --env --hypervisor --kernel --root --ephemeral-system --offline --host-access --no-auto-ports --ignore-port --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -422,7 +422,7 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__shell)
-            opts="-w -t -h -V --env --workdir --start --tty --help --version"
+            opts="-w -t -u -h -V --env --workdir --start --tty --user --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -437,6 +437,14 @@ _mvm() {
                     return 0
                     ;;
                 -w)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -u)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -66,6 +66,7 @@ complete -c mvm -n "__fish_mvm_using_subcommand create" -l kernel -d 'Kernel ima
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l root -d 'Root file system: the host\'s /usr read-only, or a directory tree' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l ignore-port -d 'Never forward these guest ports by themselves: PORT or FIRST-LAST, repeatable or comma-separated' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l persist -d 'Keep the overlay\'s writable layer across stops'
+complete -c mvm -n "__fish_mvm_using_subcommand create" -l ephemeral-system -d 'Drop what guest root installs (the system layer) at every start [default: kept, like /var]'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l offline -d 'No network egress at all'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l host-access -d 'Let the guest reach services listening on the host'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l no-auto-ports -d 'Do not forward the guest\'s listeners by themselves (see `mvm port`)'
@@ -100,6 +101,7 @@ complete -c mvm -n "__fish_mvm_using_subcommand resume" -s h -l help -d 'Print h
 complete -c mvm -n "__fish_mvm_using_subcommand resume" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand shell" -l env -d 'An environment variable for the command (repeatable)' -r
 complete -c mvm -n "__fish_mvm_using_subcommand shell" -s w -l workdir -d 'Directory to run in [default: the current directory if inside the project, else the project]' -r
+complete -c mvm -n "__fish_mvm_using_subcommand shell" -s u -l user -d 'Run as this guest user: `root` (to install software into the VM\'s system layer) or UID[:GID] [default: you, with your host uid and gid]' -r
 complete -c mvm -n "__fish_mvm_using_subcommand shell" -l start -d 'Start the VM first if it is stopped'
 complete -c mvm -n "__fish_mvm_using_subcommand shell" -s t -l tty -d 'Run the command on a terminal even with a command given'
 complete -c mvm -n "__fish_mvm_using_subcommand shell" -s h -l help -d 'Print help'

@@ -1,4 +1,4 @@
-//! Shared output helpers: tables, JSON, durations.
+//! Shared output helpers: tables, JSON, durations, sizes.
 
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
@@ -52,6 +52,21 @@ pub fn short_duration(seconds: u64) -> String {
     }
 }
 
+/// A short human size in binary units: `512 B`, `8.3 MiB`, `1.2 GiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
@@ -68,6 +83,13 @@ mod tests {
         assert_eq!(short_duration(61), "1m");
         assert_eq!(short_duration(3600 + 4 * 60), "1h4m");
         assert_eq!(short_duration(2 * 86400 + 5 * 3600), "2d5h");
+    }
+
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(format_bytes(512), "512 B");
+        assert_eq!(format_bytes(8_700_000), "8.3 MiB");
+        assert_eq!(format_bytes(3 << 30), "3.0 GiB");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use support::debs::{self, Repo};
 use support::netns::{host_with_uplink, NetNs};
 use support::Run;
 
@@ -249,6 +250,16 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     lab.mvm(&alice, &["apply", "uweb"]).ok();
     assert_eq!(std::fs::metadata(project.join("from-guest")).unwrap().uid(), alice.uid);
 
+    // Software: her guest's root installs into her VM's own layer, on a disk that is
+    // hers alone, and nowhere else.
+    let repo = Repo::new(&project.join("repo"), &[debs::download("hello")]);
+    let install = format!("{} && hello", repo.install("hello"));
+    let installed = lab.mvm(&alice, &["shell", "uweb", "--user", "root", "--", "sh", "-c", &install]);
+    assert!(installed.ok().contains("Hello, world!"), "{}", installed.stdout);
+    assert!(!Path::new("/usr/bin/hello").exists(), "her guest's install reached the host");
+    let disk = std::fs::metadata(vm_dir.join(mvm::state::system_disk::FILE)).unwrap();
+    assert_eq!((disk.uid(), disk.mode() & 0o777), (alice.uid, 0o600), "her system disk is not hers alone");
+
     // Bob: cannot see, stop, enter or re-route Alice's VM.
     assert!(!lab.mvm(&bob, &["list"]).ok().contains("uweb"));
     lab.mvm(&bob, &["stop", "uweb"]).fails(6, &["belongs to"]);
@@ -303,6 +314,10 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     assert!(!links.contains("mvmtap") && !links.contains("mvmbr"), "links left:\n{links}");
     let rules = String::from_utf8_lossy(&lab.host.exec("iptables-save", &[]).stdout).into_owned();
     assert!(!rules.contains("mvm:uweb"), "rules left:\n{rules}");
+    // What her guest installed outlives the stop.
+    lab.mvm(&alice, &["start", "uweb"]).ok();
+    assert!(lab.mvm(&alice, &["shell", "uweb", "--", "hello"]).ok().contains("Hello, world!"));
+    lab.mvm(&alice, &["stop", "uweb"]).ok();
     lab.mvm(&alice, &["rm", "uweb"]).ok();
     lab.mvm(&bob, &["rm", "ubob"]).ok();
     // Root removing Bob's VM meets Bob's files with Bob's rights: a runtime dir he turned

@@ -35,8 +35,40 @@ struct Inspection {
     auto_stop: Option<AutoStop>,
     /// The hypervisor a start on this host runs (what `auto` picks), and why.
     hypervisor_choice: String,
+    /// What guest root installed: the VM's system disk (none for a `--root DIR` VM).
+    system_layer: Option<SystemLayer>,
     state_dir: PathBuf,
     run_dir: PathBuf,
+}
+
+/// The VM's system layer (`state::system_disk`).
+#[derive(Debug, Serialize)]
+struct SystemLayer {
+    /// Kept across stops (else made anew at every start).
+    persistent: bool,
+    /// What its disk takes on the host; `None` until the first start makes it.
+    used_bytes: Option<u64>,
+    /// The most it can take.
+    size_bytes: u64,
+}
+
+impl SystemLayer {
+    fn of(config: &VmConfig, vm_dir: &std::path::Path) -> Option<SystemLayer> {
+        (config.root == crate::config::vm::RootModel::Host).then(|| SystemLayer {
+            persistent: !config.ephemeral_system,
+            used_bytes: crate::state::system_disk::allocated_bytes(vm_dir),
+            size_bytes: crate::state::system_disk::DEFAULT_SIZE_MIB << 20,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let kind = if self.persistent { "persistent" } else { "ephemeral" };
+        let size = crate::spec::MemorySize::from_mib(self.size_bytes >> 20);
+        match self.used_bytes {
+            Some(used) => format!("{kind}, {} used of {size}", crate::output::format_bytes(used)),
+            None => format!("{kind}, made at the next start (up to {size})"),
+        }
+    }
 }
 
 /// A VM's auto-stop (`mvm up`): the idle time and the shells holding leases.
@@ -88,7 +120,9 @@ pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
         shells: lease::holders(&run_dir).iter().map(|(holder, _)| holder.pid).collect(),
     });
     let hypervisor_choice = hypervisor_choice(paths, &config);
+    let system_layer = SystemLayer::of(&config, &paths.vm_dir(&name));
     let inspection = Inspection {
+        system_layer,
         summary,
         processes,
         auto_stop,
@@ -126,6 +160,13 @@ fn text_fields(inspection: &Inspection) -> Vec<(&'static str, String)> {
         ("cpus", config.cpus.to_string()),
         ("memory", config.memory().to_string()),
         ("root", config.root.to_string()),
+        (
+            "system",
+            inspection
+                .system_layer
+                .as_ref()
+                .map_or("the root tree's own layer".to_string(), SystemLayer::describe),
+        ),
         (
             "kernel",
             config.kernel.as_ref().map_or("the host's".to_string(), |path| path.display().to_string()),

@@ -216,6 +216,9 @@ fn assemble_root(config: &GuestConfig) -> anyhow::Result<()> {
             )
             .context("cannot bind /var/home on /home")?;
             make_dir(&root.join("root"), 0o700)?;
+            for dir in ["opt", "srv", "mnt", "media"] {
+                make_dir(&root.join(dir), 0o755)?;
+            }
         }
     }
     mount_fs(

@@ -3,6 +3,7 @@
 //! themselves.
 #![allow(dead_code)]
 
+pub mod debs;
 pub mod dns;
 pub mod e2e;
 pub mod netns;

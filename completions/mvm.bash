@@ -37,6 +37,9 @@ _mvm() {
             mvm,doctor)
                 cmd="mvm__subcmd__doctor"
                 ;;
+            mvm,image)
+                cmd="mvm__subcmd__image"
+                ;;
             mvm,inspect)
                 cmd="mvm__subcmd__inspect"
                 ;;
@@ -85,6 +88,18 @@ _mvm() {
             mvm,up)
                 cmd="mvm__subcmd__up"
                 ;;
+            mvm__subcmd__image,build)
+                cmd="mvm__subcmd__image__subcmd__build"
+                ;;
+            mvm__subcmd__image,list)
+                cmd="mvm__subcmd__image__subcmd__list"
+                ;;
+            mvm__subcmd__image,ls)
+                cmd="mvm__subcmd__image__subcmd__list"
+                ;;
+            mvm__subcmd__image,rm)
+                cmd="mvm__subcmd__image__subcmd__rm"
+                ;;
             *)
                 ;;
         esac
@@ -92,7 +107,7 @@ _mvm() {
 
     case "${cmd}" in
         mvm)
-            opts="-h -V --help --version create start stop up direnv restart pause resume shell list ls inspect port diff apply discard logs rm templates doctor setup completions supervise"
+            opts="-h -V --help --version create start stop up direnv restart pause resume shell list ls inspect port diff apply discard logs rm image templates doctor setup completions supervise"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -134,7 +149,7 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__create)
-            opts="-t -h -V --template --project --cpus --memory --port --mount --persist --volume --env --hypervisor --kernel --root --ephemeral-system --offline --host-access --no-auto-ports --ignore-port --help --version"
+            opts="-t -h -V --template --project --cpus --memory --port --mount --persist --volume --env --hypervisor --kernel --root --image --ephemeral-system --offline --host-access --no-auto-ports --ignore-port --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -185,6 +200,10 @@ _mvm() {
                     return 0
                     ;;
                 --root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --image)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -256,6 +275,70 @@ _mvm() {
         mvm__subcmd__doctor)
             opts="-h -V --json --fix --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__image)
+            opts="-h -V --help --version build list ls rm"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__image__subcmd__build)
+            opts="-h -V --suite --include --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --suite)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --include)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__image__subcmd__list)
+            opts="-h -V --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        mvm__subcmd__image__subcmd__rm)
+            opts="-h -V --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -44,6 +44,7 @@ complete -c mvm -n "__fish_mvm_needs_command" -f -a "apply" -d 'Copy a VM\'s ove
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "discard" -d 'Drop a stopped VM\'s overlay changes'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "logs" -d 'Show a VM\'s console (or another log)'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "rm" -d 'Remove a stopped VM with its state, volumes and logs'
+complete -c mvm -n "__fish_mvm_needs_command" -f -a "image" -d 'Build, list and remove images: clean Debian trees VMs boot with `create --image`'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "templates" -d 'List the templates `create --template` takes, or show one'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "doctor" -d 'Check that this host can run VMs'
 complete -c mvm -n "__fish_mvm_needs_command" -f -a "setup" -d 'Prepare this host once so that a group\'s members use mvm without root'
@@ -64,6 +65,7 @@ cloud-hypervisor\t''
 qemu\t''"
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l kernel -d 'Kernel image to boot [default: the host\'s]' -r -F
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l root -d 'Root file system: the host\'s /usr read-only, or a directory tree' -r
+complete -c mvm -n "__fish_mvm_using_subcommand create" -l image -d 'Boot an image built with `mvm image build` (a clean Debian tree, shared read-only) instead of the host\'s /usr' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l ignore-port -d 'Never forward these guest ports by themselves: PORT or FIRST-LAST, repeatable or comma-separated' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l persist -d 'Keep the overlay\'s writable layer across stops'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l ephemeral-system -d 'Drop what guest root installs (the system layer) at every start [default: kept, like /var]'
@@ -144,6 +146,24 @@ complete -c mvm -n "__fish_mvm_using_subcommand rm" -l force -d 'Stop the VM fir
 complete -c mvm -n "__fish_mvm_using_subcommand rm" -l keep-volumes -d 'Keep the VM\'s volumes; a new VM of the same name with the same volumes gets them back'
 complete -c mvm -n "__fish_mvm_using_subcommand rm" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand rm" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and not __fish_seen_subcommand_from build list ls rm" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and not __fish_seen_subcommand_from build list ls rm" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and not __fish_seen_subcommand_from build list ls rm" -f -a "build" -d 'Build an image from Debian\'s archive with mmdebstrap (root; once per name)'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and not __fish_seen_subcommand_from build list ls rm" -f -a "list" -d 'List the images'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and not __fish_seen_subcommand_from build list ls rm" -f -a "ls" -d 'List the images'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and not __fish_seen_subcommand_from build list ls rm" -f -a "rm" -d 'Remove an image no VM is made from (root)'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from build" -l suite -d 'The Debian suite' -r
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from build" -l include -d 'Packages to add to Debian\'s minimal system with apt (repeatable or comma-separated)' -r
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from build" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from build" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from list" -l json -d 'Print JSON (stable field names)'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from ls" -l json -d 'Print JSON (stable field names)'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from ls" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from ls" -s V -l version -d 'Print version'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from rm" -s h -l help -d 'Print help'
+complete -c mvm -n "__fish_mvm_using_subcommand image; and __fish_seen_subcommand_from rm" -s V -l version -d 'Print version'
 complete -c mvm -n "__fish_mvm_using_subcommand templates" -l json -d 'Print a JSON array instead of a table'
 complete -c mvm -n "__fish_mvm_using_subcommand templates" -s h -l help -d 'Print help'
 complete -c mvm -n "__fish_mvm_using_subcommand templates" -s V -l version -d 'Print version'

@@ -8,6 +8,7 @@ use crate::commands::{
     diff::{ApplyArgs, DiffArgs, DiscardArgs},
     direnv::DirenvArgs,
     doctor::DoctorArgs,
+    image::ImageArgs,
     inspect::InspectArgs,
     list::ListArgs,
     logs::LogsArgs,
@@ -86,6 +87,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Remove a stopped VM with its state, volumes and logs
     Rm(RmArgs),
+    /// Build, list and remove images: clean Debian trees VMs boot with `create --image`
+    Image(ImageArgs),
     /// List the templates `create --template` takes, or show one
     Templates(TemplatesArgs),
     /// Check that this host can run VMs

@@ -19,6 +19,7 @@ pub mod fs;
 pub mod generate;
 pub mod guest;
 pub mod host;
+pub mod image;
 pub mod log_cap;
 pub mod name;
 pub mod net;
@@ -58,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Port(args) => commands::port::run(args, &paths),
         Command::Rm(args) => commands::rm::run(args, &paths),
         Command::Templates(args) => commands::templates::run(args, &paths),
+        Command::Image(args) => commands::image::run(args, &paths),
         Command::Up(args) => commands::up::run(args, &paths),
         Command::Direnv(args) => commands::direnv::run(args),
         Command::Doctor(args) => commands::doctor::run(args, &paths),

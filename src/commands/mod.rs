@@ -5,6 +5,7 @@ pub mod create;
 pub mod diff;
 pub mod direnv;
 pub mod doctor;
+pub mod image;
 pub mod inspect;
 pub mod list;
 pub mod logs;

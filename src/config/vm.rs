@@ -75,6 +75,9 @@ pub enum RootModel {
     Host,
     /// A directory tree as the read-only lower layer, with a per-VM upper layer.
     Dir(PathBuf),
+    /// An image built once (`mvm image build`), shared read-only, the VM's system layer
+    /// above it; nothing of the host's `/etc` or `/usr`.
+    Image(crate::image::ImageName),
 }
 
 impl FromStr for RootModel {
@@ -83,6 +86,9 @@ impl FromStr for RootModel {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
             "host" => Ok(RootModel::Host),
+            image if image.starts_with("image:") => {
+                image["image:".len()..].parse().map(RootModel::Image).map_err(|error| error.to_string())
+            }
             path if Path::new(path).is_absolute() => Ok(RootModel::Dir(PathBuf::from(path))),
             other => Err(format!("root {other:?} is neither 'host' nor an absolute directory")),
         }
@@ -108,6 +114,7 @@ impl fmt::Display for RootModel {
         match self {
             RootModel::Host => f.write_str("host"),
             RootModel::Dir(path) => write!(f, "{}", path.display()),
+            RootModel::Image(name) => write!(f, "image:{name}"),
         }
     }
 }
@@ -327,5 +334,9 @@ pub(crate) mod tests {
         assert_eq!("host".parse::<RootModel>().unwrap(), RootModel::Host);
         assert_eq!("/srv/root".parse::<RootModel>().unwrap().to_string(), "/srv/root");
         assert!("relative".parse::<RootModel>().is_err());
+        let image = "image:dev".parse::<RootModel>().unwrap();
+        assert_eq!(image, RootModel::Image("dev".parse().unwrap()));
+        assert_eq!(image.to_string(), "image:dev");
+        assert!("image:../x".parse::<RootModel>().is_err());
     }
 }

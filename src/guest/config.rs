@@ -32,6 +32,9 @@ pub enum GuestRoot {
     Host { nix: bool, dpkg: bool },
     /// A whole tree (tag `root`), assembled on the host.
     Dir,
+    /// An image's tree (tag `image`, read-only) under the VM's system layer, which is the
+    /// whole root; the VM's `var` share serves only `/var/log/mvm`.
+    Image,
 }
 
 /// A virtio-fs share and where it goes.

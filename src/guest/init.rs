@@ -34,6 +34,8 @@ const NEW_ROOT: &str = "/newroot";
 const SYSTEM_MOUNT: &str = "/run/mvm/system";
 /// Where the read-only base shares are mounted beneath the system layer.
 const BASE_MOUNT: &str = "/run/mvm/base";
+/// Where an image's VM mounts its `var` share, whose `log/mvm` is its `/var/log/mvm`.
+const HOST_VAR_MOUNT: &str = "/run/mvm/host-var";
 
 /// Runs the guest; never returns.
 pub fn main() -> ! {
@@ -176,6 +178,21 @@ fn assemble_root(config: &GuestConfig) -> anyhow::Result<()> {
     let root = Path::new(NEW_ROOT);
     match config.root {
         GuestRoot::Dir => mount_share(&share("root", false), root)?,
+        GuestRoot::Image => {
+            let system = Path::new(SYSTEM_MOUNT);
+            mount_system_disk(system)?;
+            let image = Path::new(BASE_MOUNT).join("image");
+            mount_share(&share("image", true), &image)?;
+            mount_layer(&image, &system.join("image"), root)?;
+            // The processes' logs and states go where the host reads them.
+            let host_var = Path::new(HOST_VAR_MOUNT);
+            mount_share(&share("var", false), host_var)?;
+            let logs = host_var.join("log/mvm");
+            make_dir(&logs, 0o755)?;
+            make_dir(&root.join("var/log/mvm"), 0o755)?;
+            mount(Some(&logs), &root.join("var/log/mvm"), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .context("cannot bind the VM's log directory")?;
+        }
         GuestRoot::Host { nix, dpkg } => {
             let system = Path::new(SYSTEM_MOUNT);
             mount_system_disk(system)?;

@@ -17,17 +17,20 @@ pub enum Tool {
     Iptables,
     /// `mkfs.ext4`, which formats each VM's system disk.
     MkfsExt4,
+    /// mmdebstrap, which builds images.
+    Mmdebstrap,
 }
 
 impl Tool {
     /// Every tool, in the order `doctor` reports them.
-    pub const ALL: [Tool; 6] = [
+    pub const ALL: [Tool; 7] = [
         Tool::CloudHypervisor,
         Tool::Qemu,
         Tool::Virtiofsd,
         Tool::VhostDeviceVsock,
         Tool::Iptables,
         Tool::MkfsExt4,
+        Tool::Mmdebstrap,
     ];
 
     /// The program name looked up on `PATH`.
@@ -39,6 +42,7 @@ impl Tool {
             Tool::VhostDeviceVsock => "vhost-device-vsock",
             Tool::Iptables => "iptables",
             Tool::MkfsExt4 => "mkfs.ext4",
+            Tool::Mmdebstrap => "mmdebstrap",
         }
     }
 
@@ -58,7 +62,7 @@ impl Tool {
             Tool::Qemu => paths.qemu.as_deref(),
             Tool::Virtiofsd => paths.virtiofsd.as_deref(),
             Tool::VhostDeviceVsock => paths.vhost_device_vsock.as_deref(),
-            Tool::Iptables | Tool::MkfsExt4 => None,
+            Tool::Iptables | Tool::MkfsExt4 | Tool::Mmdebstrap => None,
         }
     }
 
@@ -74,6 +78,7 @@ impl Tool {
             Tool::VhostDeviceVsock => "cargo install vhost-device-vsock (needed by the QEMU backend)",
             Tool::Iptables => "apt-get install iptables",
             Tool::MkfsExt4 => "apt-get install e2fsprogs",
+            Tool::Mmdebstrap => "apt-get install mmdebstrap (needed by `mvm image build` alone)",
         }
     }
 

@@ -105,9 +105,12 @@ impl Launch {
         let (accel, accel_warning) = choose_accel(&kvm, host);
         // A VM on the host's /usr keeps what guest root installs on a disk of its own.
         let mkfs = match config.root {
-            RootModel::Host => Some(Tool::MkfsExt4.find(&host.paths)?),
+            RootModel::Host | RootModel::Image(_) => Some(Tool::MkfsExt4.find(&host.paths)?),
             RootModel::Dir(_) => None,
         };
+        if let RootModel::Image(image) = &config.root {
+            crate::image::load(paths, image)?;
+        }
         // What the guest writes into the project becomes its owner's.
         let project_owner = match &config.project {
             Some(project) => {
@@ -123,7 +126,9 @@ impl Launch {
         let run_dir = paths.vm_run_dir(&config.name);
         let vm_dir = paths.vm_dir(&config.name);
         let run_as = RunAs::this_process();
-        let (shares, overlays, mut guest) = plan_shares(config, &vm_dir, &run_dir, project_owner, run_as);
+        let image_store = crate::image::store_dir(paths);
+        let (shares, overlays, mut guest) =
+            plan_shares(config, &vm_dir, &run_dir, &image_store, project_owner, run_as);
         if let Some(environment) = crate::project_env::cached(&vm_dir, config) {
             let workdir = config.project.as_ref().map_or("/".into(), |p| p.path.display().to_string());
             environment.apply_to(&mut guest.processes, &config.env, &workdir);
@@ -184,10 +189,11 @@ impl Launch {
     }
 }
 
-/// The disks of `config`'s VM: its system disk, when it runs on the host's `/usr`.
+/// The disks of `config`'s VM: its system disk, when it runs on the host's `/usr` or an
+/// image.
 pub fn system_disks(config: &VmConfig, vm_dir: &Path) -> Vec<Disk> {
     match config.root {
-        RootModel::Host => vec![Disk {
+        RootModel::Host | RootModel::Image(_) => vec![Disk {
             path: crate::state::system_disk::path(vm_dir),
             serial: crate::guest::config::SYSTEM_DISK_SERIAL.to_string(),
             read_only: false,
@@ -304,12 +310,14 @@ fn lower(run_as: RunAs, recorded: &Path, run_dir: &Path, pinned: &str) -> PathBu
     }
 }
 
-/// The shares, overlays and guest mount plan of `config`. What the guest writes into its
-/// project belongs to `project_owner` (uid, gid) on the host.
+/// The shares, overlays and guest mount plan of `config` (whose image, if it has one, is
+/// in `image_store`). What the guest writes into its project belongs to `project_owner`
+/// (uid, gid) on the host.
 pub fn plan_shares(
     config: &VmConfig,
     vm_dir: &Path,
     run_dir: &Path,
+    image_store: &Path,
     project_owner: (u32, u32),
     run_as: RunAs,
 ) -> (Vec<Share>, Vec<Overlay>, GuestConfig) {
@@ -354,6 +362,13 @@ pub fn plan_shares(
             });
             shares.push(share("root", merged, false, ids(GuestIds::AsIs)));
             GuestRoot::Dir
+        }
+        RootModel::Image(image) => {
+            let tree = image_store.join(image.as_str()).join(crate::image::ROOTFS);
+            shares.push(share("image", tree, true, ids(GuestIds::AsIs)));
+            // Only for the processes' logs and states, which the host reads.
+            shares.push(share("var", vm_dir.join("var"), false, ids(GuestIds::AsIs)));
+            GuestRoot::Image
         }
     };
     let mut mounts = Vec::new();
@@ -457,7 +472,8 @@ pub fn remove_scratch_layers(vm_dir: &Path) -> anyhow::Result<()> {
 /// are the guest's after create: only what is missing is added, beneath them.
 pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     let vm_dir = paths.vm_dir(&config.name);
-    if std::fs::symlink_metadata(vm_dir.join("etc")).is_err() {
+    // An image's VM has its image's /etc: nothing of the host's.
+    if config.root == RootModel::Host && std::fs::symlink_metadata(vm_dir.join("etc")).is_err() {
         crate::state::seed::seed_etc(&vm_dir, Path::new("/etc"))?;
     }
     crate::state::seed::repair_var(&vm_dir)?;
@@ -520,6 +536,7 @@ mod tests {
             &config(MountMode::Overlay, false),
             Path::new("/state/web"),
             Path::new("/run/mvm/web"),
+            Path::new("/state/.images"),
             (1000, 100),
             RunAs::Root,
         );
@@ -555,6 +572,7 @@ mod tests {
             &config(MountMode::Overlay, true),
             Path::new("/state/web"),
             Path::new("/run/mvm/web"),
+            Path::new("/state/.images"),
             (1000, 100),
             RunAs::Root,
         );
@@ -565,6 +583,7 @@ mod tests {
                 &config(mode, false),
                 Path::new("/state/web"),
                 Path::new("/run/mvm/web"),
+                Path::new("/state/.images"),
                 (0, 0),
                 RunAs::Root,
             );

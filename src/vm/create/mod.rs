@@ -19,7 +19,7 @@ use clap::Args;
 use crate::atomic::sync_dir;
 use crate::config::host::HostConfig;
 use crate::config::template::Catalog;
-use crate::config::vm::{Hypervisor, MountMode, VmConfig};
+use crate::config::vm::{Hypervisor, MountMode, RootModel, VmConfig};
 use crate::error::UserError;
 use crate::failpoint;
 use crate::name::VmName;
@@ -76,6 +76,10 @@ pub struct CreateArgs {
     /// Root file system: the host's /usr read-only, or a directory tree
     #[arg(long, value_name = "host|DIR", default_value = "host")]
     pub root: String,
+    /// Boot an image built with `mvm image build` (a clean Debian tree, shared read-only)
+    /// instead of the host's /usr
+    #[arg(long, value_name = "IMAGE", conflicts_with = "root")]
+    pub image: Option<String>,
     /// Drop what guest root installs (the system layer) at every start [default: kept,
     /// like /var]
     #[arg(long)]
@@ -120,7 +124,7 @@ pub fn create(
         Some(reference) => Some(Catalog::beside(&paths.config_file).get(reference)?),
         None => None,
     };
-    let mut request = validate(args, template.as_ref(), host, limits)?;
+    let mut request = validate(args, paths, template.as_ref(), host, limits)?;
     check_socket_paths_fit(paths, &request.name)?;
     crate::state::paths::ensure_root(&paths.state_dir)?;
 
@@ -235,7 +239,11 @@ fn write_vm_dir(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     if kept_is_mine {
         let _ = std::fs::remove_dir(&kept);
     }
-    crate::state::seed::seed_root(&staging, Path::new("/etc"))?;
+    match config.root {
+        // An image's VM has its image's /etc: nothing of the host's enters it.
+        RootModel::Image(_) => crate::state::seed::repair_var(&staging)?,
+        _ => crate::state::seed::seed_root(&staging, Path::new("/etc"))?,
+    }
     config.save(&staging.join(crate::config::vm::VM_CONFIG_FILE))?;
     failpoint::hit("create-staged");
     let target = paths.vm_dir(&config.name);

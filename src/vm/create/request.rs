@@ -63,6 +63,7 @@ impl Request {
 
 pub(super) fn validate(
     args: &CreateArgs,
+    paths: &crate::state::Paths,
     template: Option<&Template>,
     host: &HostConfig,
     limits: HostLimits,
@@ -121,15 +122,23 @@ pub(super) fn validate(
         }
         None => None,
     };
-    let root = match args.root.parse::<RootModel>() {
+    let root = match args
+        .image
+        .as_deref()
+        .map_or_else(|| args.root.parse(), |image| format!("image:{image}").parse())
+    {
         Ok(RootModel::Dir(dir)) => RootModel::Dir(check_directory(&dir, "--root", false)?),
         Ok(RootModel::Host) => RootModel::Host,
+        Ok(RootModel::Image(image)) => {
+            crate::image::load(paths, &image)?;
+            RootModel::Image(image)
+        }
         Err(why) => {
             return Err(UserError::usage(why).hint("use --root host or an absolute directory").into())
         }
     };
-    if args.ephemeral_system && root != RootModel::Host {
-        return Err(UserError::usage("--ephemeral-system is for a VM on the host's /usr (--root host)")
+    if args.ephemeral_system && matches!(root, RootModel::Dir(_)) {
+        return Err(UserError::usage("--ephemeral-system is for a VM on the host's /usr or an image")
             .hint("a --root DIR tree keeps its own layer; drop --ephemeral-system")
             .into());
     }

@@ -8,6 +8,8 @@
 //! - `mvm start` to agent-ready, against a plain QEMU boot of the same kernel to a
 //!   trivial `/init` (busybox, which powers off at once): what mvm adds over the kernel's
 //!   own boot (target: ratio at most 1.3);
+//! - the start of a second VM from an image against a plain start (target: ratio at
+//!   most 1.2), and what each image VM's own disk takes;
 //! - `mvm shell NAME -- true` round trips on a running VM;
 //! - instant re-entry (`up` on a paused VM) and a paused VM's CPU;
 //! - automatic port forwarding: a guest listener up → the host's `127.0.0.1` port
@@ -201,6 +203,8 @@ fn run(bench: &Bench) {
         median(starts.clone()) / median(bare.clone())
     );
 
+    image_starts(bench, &starts);
+
     bench.ok(&["start", "web"]);
     let shells: Vec<f64> = (0..20)
         .map(|_| {
@@ -269,6 +273,62 @@ fn run(bench: &Bench) {
         None => println!("ssh comparison skipped: needs ssh, ssh-keygen and /usr/sbin/sshd (openssh-server)"),
     }
     bench.ok(&["stop", "web"]);
+}
+
+/// VMs from an image: the second VM made from an image starts like a plain one
+/// (target: at most 1.2 times `plain` starts' median), and costs only its own layer.
+fn image_starts(bench: &Bench, plain: &[f64]) {
+    if which::which("mmdebstrap").is_err() {
+        println!("image benchmarks skipped: they need mmdebstrap (scripts/setup installs it)");
+        return;
+    }
+    // Built with the host's own network (the bench's namespace has none), once.
+    let started = Instant::now();
+    let built = Command::new(env!("CARGO_BIN_EXE_mvm"))
+        .args(["image", "build", "bench"])
+        .env("MVM_STATE_DIR", &bench.paths.state_dir)
+        .env("MVM_RUN_DIR", &bench.paths.run_dir)
+        .env("MVM_CONFIG", &bench.paths.config_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(built.success(), "mvm image build failed");
+    println!("{:<52} {:>8.1} s", "mvm image build (bookworm, minimal)", started.elapsed().as_secs_f64());
+    bench.ok(&["create", "first", "--image", "bench"]);
+    bench.ok(&["start", "first"]);
+    bench.ok(&["stop", "first"]);
+    bench.ok(&["create", "second", "--image", "bench"]);
+    let starts: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            bench.ok(&["start", "second"]);
+            let elapsed = start.elapsed().as_secs_f64();
+            bench.ok(&["stop", "second"]);
+            elapsed
+        })
+        .collect();
+    line("mvm start of a second VM from an image (TCG)", &starts, "s");
+    println!(
+        "{:<52} {:.2}",
+        "ratio image VM start / plain start (medians)",
+        median(starts) / median(plain.to_vec())
+    );
+    for vm in ["first", "second"] {
+        let disk = bench.paths.state_dir.join(vm).join(mvm::state::system_disk::FILE);
+        let used =
+            std::fs::metadata(disk).map_or(0, |meta| std::os::unix::fs::MetadataExt::blocks(&meta) * 512);
+        println!(
+            "{:<52} {:>8.1} MiB",
+            format!("disk of VM '{vm}' beside the shared image"),
+            used as f64 / 1048576.0
+        );
+    }
+    for vm in ["first", "second"] {
+        bench.ok(&["rm", vm]);
+    }
+    bench.ok(&["image", "rm", "bench"]);
 }
 
 /// Runs `job` in the bench's network namespace (where the supervisors' forwards listen).

@@ -66,6 +66,7 @@ qemu\t''"
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l kernel -d 'Kernel image to boot [default: the host\'s]' -r -F
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l root -d 'Root file system: the host\'s /usr read-only, or a directory tree' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l image -d 'Boot an image built with `mvm image build` (a clean Debian tree, shared read-only) instead of the host\'s /usr' -r
+complete -c mvm -n "__fish_mvm_using_subcommand create" -l package -d 'Debian packages the VM runs on, installed once into a cached layer shared by every VM that asks for the same (repeatable or comma-separated; adds to a template\'s)' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l ignore-port -d 'Never forward these guest ports by themselves: PORT or FIRST-LAST, repeatable or comma-separated' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l persist -d 'Keep the overlay\'s writable layer across stops'
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l ephemeral-system -d 'Drop what guest root installs (the system layer) at every start [default: kept, like /var]'

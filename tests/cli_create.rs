@@ -289,6 +289,22 @@ fn templates_are_listed_shown_and_checked() {
         serde_json::from_str(sandbox.mvm(&["inspect", "db", "--json"]).ok()).unwrap();
     assert_eq!(inspect["config"]["env"]["PGUSER"], "postgres");
     assert_eq!(inspect["config"]["volumes"][0]["name"], "pgdata");
+    // Its software is a package layer, named by what it holds; --package adds to it.
+    assert_eq!(postgres["packages"], serde_json::json!(["postgresql"]));
+    assert_eq!(inspect["config"]["packages"], serde_json::json!(["postgresql"]));
+    let layer = &inspect["package_layer"];
+    assert!(layer["image"].as_str().unwrap().starts_with("pkg-"), "{layer}");
+    assert_eq!(layer["built"], false);
+    sandbox.mvm(&["create", "db2", "--template", "postgres", "--package", "curl,postgresql"]).ok();
+    let second: serde_json::Value =
+        serde_json::from_str(sandbox.mvm(&["inspect", "db2", "--json"]).ok()).unwrap();
+    assert_eq!(second["config"]["packages"], serde_json::json!(["curl", "postgresql"]));
+    assert_ne!(second["package_layer"]["image"], layer["image"]);
+    sandbox.mvm(&["create", "bad", "--package=--hook-dir=/tmp"]).fails(2, &["not a Debian package name"]);
+    sandbox.mvm(&["create", "bad", "--package", "curl", "--root", "/tmp"]).fails(2, &["not --root DIR"]);
+    // A pkg- name builds only with the packages it stands for.
+    let forged = ["image", "build", layer["image"].as_str().unwrap(), "--include", "curl"];
+    sandbox.mvm(&forged).fails(2, &["is the name of a package layer"]);
 }
 
 /// Through sudo, paths on the command line are opened with the invoking user's rights:

@@ -174,7 +174,7 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     };
     let alice = User::create(ALICE);
     let bob = User::create(BOB);
-    lab.vms = vec!["uweb".into(), "ubob".into(), "uthief".into(), "uproj".into()];
+    lab.vms = vec!["uweb".into(), "ubob".into(), "uthief".into(), "uproj".into(), "utpl".into()];
     let secret = PathBuf::from(format!("/root/mvmt-secret-{}", std::process::id()));
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -351,5 +351,56 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
         .all(|(_, uids)| uids == &format!("Uid:\t{0}\t{0}\t{0}\t{0}", alice.uid)));
     lab.mvm(&alice, &["stop", "uproj"]).ok();
     lab.mvm(&alice, &["rm", "uproj"]).ok();
+
+    // A template whose software the host lacks: its package layer is built once by root
+    // (a member may not; the first start says how), then her VM runs on it.
+    let site = alice.project("site");
+    support::django::write_project(&site);
+    run_ok(Command::new("chown").args(["-R", &format!("{0}:{0}", alice.name)]).arg(&site));
+    lab.mvm(
+        &alice,
+        &[
+            "create",
+            "utpl",
+            "--template",
+            "django",
+            "--project",
+            site.to_str().unwrap(),
+            "--port",
+            "18090:8000",
+        ],
+    )
+    .ok();
+    let inspect: serde_json::Value =
+        serde_json::from_str(lab.mvm(&alice, &["inspect", "utpl", "--json"]).ok()).unwrap();
+    let layer = &inspect["package_layer"];
+    let image = layer["image"].as_str().unwrap();
+    if !layer["built"].as_bool().unwrap() {
+        lab.mvm(&alice, &["start", "utpl"])
+            .fails(6, &["only root builds them", &format!("sudo mvm image build {image}")]);
+        let include: Vec<&str> =
+            layer["include"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        // Root, with the host's own network (the lab's namespace has none).
+        let suite = layer["suite"].as_str().unwrap();
+        let built = Command::new(&lab.mvm)
+            .args(["image", "build", image, "--suite", suite, "--include", &include.join(",")])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    }
+    let started = lab.mvm(&alice, &["start", "utpl"]);
+    assert!(
+        !started.ok().is_empty() && started.stderr.contains("using the cached package layer"),
+        "{}",
+        started.stderr
+    );
+    let page = "import sys, time, urllib.request\nfor _ in range(600):\n    try:\n        print(urllib.request.urlopen('http://127.0.0.1:18090/', timeout=2).read().decode()); sys.exit(0)\n    except Exception:\n        time.sleep(0.5)\nsys.exit(1)";
+    assert!(lab
+        .as_user(&alice, "/usr/bin/python3", &["-c", page])
+        .ok()
+        .contains("The install worked successfully"));
+    lab.mvm(&alice, &["stop", "utpl"]).ok();
+    lab.mvm(&alice, &["rm", "utpl"]).ok();
     let _ = std::fs::remove_file(&secret);
 }

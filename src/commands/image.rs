@@ -50,17 +50,12 @@ pub fn run(args: ImageArgs, paths: &Paths) -> anyhow::Result<i32> {
     match args.action {
         ImageAction::Build { name, suite, include } => {
             let request = BuildRequest { name: name.parse()?, suite, include };
+            crate::image::packages::check_layer_name(&request)?;
             let host = HostConfig::load(&paths.config_file)?;
             let mmdebstrap = Tool::Mmdebstrap.find(&host.paths)?;
-            let spinner = crate::output::spinner(&format!("building image '{}'", request.name));
-            let mut progress = |line: &str| match &spinner {
-                Some(spinner) => spinner.set_message(format!("building image '{}': {line}", request.name)),
-                None => eprintln!("{line}"),
-            };
-            let built = image::build::build(paths, &request, &mmdebstrap, &mut progress);
-            if let Some(spinner) = &spinner {
-                spinner.finish_and_clear();
-            }
+            let mut progress = image::build::Progress::new(&format!("image '{}'", request.name));
+            let built = image::build::build(paths, &request, &mmdebstrap, &mut |line| progress.line(line));
+            progress.finish();
             let record = built?;
             println!(
                 "built image '{}' ({} {}, {}) in {} s",

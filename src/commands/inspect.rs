@@ -37,6 +37,8 @@ struct Inspection {
     hypervisor_choice: String,
     /// What guest root installed: the VM's system disk (none for a `--root DIR` VM).
     system_layer: Option<SystemLayer>,
+    /// The package layer the VM boots, when it declares packages.
+    package_layer: Option<PackageLayer>,
     state_dir: PathBuf,
     run_dir: PathBuf,
 }
@@ -68,6 +70,34 @@ impl SystemLayer {
             Some(used) => format!("{kind}, {} used of {size}", crate::output::format_bytes(used)),
             None => format!("{kind}, made at the next start (up to {size})"),
         }
+    }
+}
+
+/// The image a VM's packages are cached as (`image::packages`).
+#[derive(Debug, Serialize)]
+struct PackageLayer {
+    image: String,
+    suite: String,
+    /// Everything the image holds beyond Debian's minimal system.
+    include: Vec<String>,
+    /// Whether it is built (else the next start builds it).
+    built: bool,
+}
+
+impl PackageLayer {
+    fn of(paths: &Paths, config: &VmConfig) -> Option<PackageLayer> {
+        let layer = crate::image::packages::layer_of(paths, config).ok()??;
+        Some(PackageLayer {
+            built: crate::image::load(paths, &layer.name).is_ok(),
+            image: layer.name.to_string(),
+            suite: layer.suite,
+            include: layer.include,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let state = if self.built { "built" } else { "built at the next start" };
+        format!("{} ({} {}, {state})", self.image, self.suite, self.include.join(","))
     }
 }
 
@@ -121,8 +151,10 @@ pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
     });
     let hypervisor_choice = hypervisor_choice(paths, &config);
     let system_layer = SystemLayer::of(&config, &paths.vm_dir(&name));
+    let package_layer = PackageLayer::of(paths, &config);
     let inspection = Inspection {
         system_layer,
+        package_layer,
         summary,
         processes,
         auto_stop,
@@ -160,6 +192,7 @@ fn text_fields(inspection: &Inspection) -> Vec<(&'static str, String)> {
         ("cpus", config.cpus.to_string()),
         ("memory", config.memory().to_string()),
         ("root", config.root.to_string()),
+        ("packages", inspection.package_layer.as_ref().map_or("none".to_string(), PackageLayer::describe)),
         (
             "system",
             inspection

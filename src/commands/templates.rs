@@ -29,6 +29,8 @@ struct TemplateSummary {
     ports: Vec<String>,
     volumes: Vec<String>,
     processes: Vec<String>,
+    /// The Debian packages its VMs run on (their package layer).
+    packages: Vec<String>,
 }
 
 impl From<&Template> for TemplateSummary {
@@ -46,6 +48,7 @@ impl From<&Template> for TemplateSummary {
                 .map(|volume| format!("{}:{}", volume.name, volume.guest_path.display()))
                 .collect(),
             processes: template.processes.iter().map(|process| process.name.clone()).collect(),
+            packages: template.packages.clone(),
         }
     }
 }
@@ -70,7 +73,8 @@ pub fn run(args: TemplatesArgs, paths: &Paths) -> anyhow::Result<i32> {
         print_json(&summaries)?;
         return Ok(0);
     }
-    let mut table = output::table(["NAME", "CPUS", "MEMORY", "PORTS", "PROCESSES", "DESCRIPTION"]);
+    let mut table =
+        output::table(["NAME", "CPUS", "MEMORY", "PORTS", "PROCESSES", "PACKAGES", "DESCRIPTION"]);
     for template in &summaries {
         table.add_row([
             template.name.clone(),
@@ -78,6 +82,7 @@ pub fn run(args: TemplatesArgs, paths: &Paths) -> anyhow::Result<i32> {
             template.memory.clone().unwrap_or_else(|| "-".into()),
             template.ports.join(","),
             template.processes.join(","),
+            if template.packages.is_empty() { "-".into() } else { template.packages.join(",") },
             template.description.clone(),
         ]);
     }

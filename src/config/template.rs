@@ -53,6 +53,9 @@ struct TemplateFile {
     /// Guest ports never forwarded by themselves.
     #[serde(default)]
     auto_ports_ignore: Vec<PortRange>,
+    /// Debian packages the VM runs on (a cached package layer; see `image::packages`).
+    #[serde(default)]
+    packages: Vec<String>,
 }
 
 /// Where a template comes from.
@@ -88,6 +91,8 @@ pub struct Template {
     pub processes: Vec<Process>,
     pub auto_ports: Option<bool>,
     pub auto_ports_ignore: Vec<PortRange>,
+    /// Debian packages, its includes' first, each once.
+    pub packages: Vec<String>,
 }
 
 /// The templates a host offers: built-ins and the files in `host_dir`.
@@ -185,6 +190,7 @@ impl Catalog {
             processes: Vec::new(),
             auto_ports: None,
             auto_ports_ignore: Vec::new(),
+            packages: Vec::new(),
         };
         for included in &file.include {
             let part = self.resolve(included, depth + 1).with_context(|| format!("included {included:?}"))?;
@@ -196,6 +202,7 @@ impl Catalog {
             template.processes.extend(part.processes);
             template.auto_ports = template.auto_ports.or(part.auto_ports);
             template.auto_ports_ignore.extend(part.auto_ports_ignore);
+            template.packages.extend(part.packages);
         }
         template.cpus = file.cpus.or(template.cpus);
         if let Some(memory) = &file.memory {
@@ -211,6 +218,8 @@ impl Catalog {
         template.processes.extend(file.processes);
         template.auto_ports = file.auto_ports.or(template.auto_ports);
         template.auto_ports_ignore.extend(file.auto_ports_ignore);
+        template.packages.extend(file.packages);
+        template.packages = crate::image::packages::normalized(&template.packages)?;
         check_processes(&template.processes)?;
         spec::check_unique_volumes(&template.volumes)?;
         Ok(template)

@@ -170,6 +170,10 @@ pub struct VmConfig {
     pub ports: Vec<PortForward>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Debian packages the VM runs on: a package layer (an image of the base's suite
+    /// with them, built once and cached; `image::packages`) replaces the base.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
     /// Processes the guest init starts at boot and keeps running.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processes: Vec<Process>,
@@ -288,6 +292,7 @@ pub(crate) mod tests {
             network: pool.vm(4).unwrap(),
             ports: vec!["8080:3000".parse().unwrap(), "53:53/udp".parse().unwrap()],
             volumes: vec!["data:/data".parse().unwrap()],
+            packages: vec!["curl".into()],
             processes: vec![Process {
                 name: "web".into(),
                 command: "python3 -m http.server 3000".into(),

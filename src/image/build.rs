@@ -24,9 +24,10 @@ pub struct BuildRequest {
 }
 
 /// mmdebstrap's arguments for `request`, into `target`: Debian's `apt` variant (the
-/// essential packages and apt, so guest root installs the rest), plus what was asked.
+/// essential packages and apt, so guest root installs the rest), plus what was asked;
+/// verbose, so that each package unpacked is a line of progress.
 pub fn mmdebstrap_args(request: &BuildRequest, target: &Path) -> Vec<String> {
-    let mut args = vec!["--mode=root".to_string(), "--variant=apt".to_string()];
+    let mut args = vec!["--mode=root".to_string(), "--variant=apt".to_string(), "--verbose".to_string()];
     if !request.include.is_empty() {
         args.push(format!("--include={}", request.include.join(",")));
     }
@@ -105,6 +106,47 @@ pub fn build(
     std::fs::write(staging.join(RECORD), toml::to_string(&record)?)?;
     std::fs::rename(&staging, &dir).with_context(|| format!("cannot move the image to {}", dir.display()))?;
     Ok(record)
+}
+
+/// A build's progress for a person: on a terminal, a spinner naming the step or the
+/// package being unpacked; otherwise plain lines, one per step and per package.
+pub struct Progress {
+    what: String,
+    spinner: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    /// Progress of building `what` ("image 'dev'", "the package layer …").
+    pub fn new(what: &str) -> Progress {
+        Progress { what: what.to_string(), spinner: crate::output::spinner(&format!("building {what}")) }
+    }
+
+    /// What a line mmdebstrap printed says to a person: its steps and each package it
+    /// unpacks; nothing for the rest.
+    pub fn text_of(line: &str) -> Option<String> {
+        if let Some(step) = line.strip_prefix("I: ") {
+            Some(step.to_string())
+        } else {
+            let package = line.strip_prefix("Unpacking ")?;
+            Some(format!("unpacking {}", package.split_whitespace().next().unwrap_or(package)))
+        }
+    }
+
+    /// Takes one line mmdebstrap printed.
+    pub fn line(&mut self, line: &str) {
+        let Some(shown) = Self::text_of(line) else { return };
+        match &self.spinner {
+            Some(spinner) => spinner.set_message(format!("building {}: {shown}", self.what)),
+            None => eprintln!("{shown}"),
+        }
+    }
+
+    /// Clears the spinner.
+    pub fn finish(self) {
+        if let Some(spinner) = self.spinner {
+            spinner.finish_and_clear();
+        }
+    }
 }
 
 /// Runs mmdebstrap, handing each line it prints to `progress`; on failure, the error
@@ -207,6 +249,7 @@ mod tests {
             [
                 "--mode=root",
                 "--variant=apt",
+                "--verbose",
                 "--include=curl,git",
                 "bookworm",
                 "/s/.images/.build-dev/rootfs"
@@ -214,8 +257,21 @@ mod tests {
         );
         assert_eq!(
             mmdebstrap_args(&request(&[]), Path::new("/t")),
-            ["--mode=root", "--variant=apt", "bookworm", "/t"]
+            ["--mode=root", "--variant=apt", "--verbose", "bookworm", "/t"]
         );
+    }
+
+    #[test]
+    fn progress_names_steps_and_packages() {
+        assert_eq!(
+            Progress::text_of("I: installing remaining packages inside the chroot...").unwrap(),
+            "installing remaining packages inside the chroot..."
+        );
+        assert_eq!(
+            Progress::text_of("Unpacking postgresql-15 (15.8-0+deb12u1) ...").unwrap(),
+            "unpacking postgresql-15"
+        );
+        assert_eq!(Progress::text_of("Selecting previously unselected package libpq5:amd64."), None);
     }
 
     #[test]

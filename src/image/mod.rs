@@ -8,6 +8,7 @@
 //! `.images` first and hand root's VMs a tree of theirs.
 
 pub mod build;
+pub mod packages;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

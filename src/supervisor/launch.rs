@@ -83,7 +83,10 @@ pub struct Launch {
 
 impl Launch {
     /// Works out the launch of `config`, checking every input exists.
-    pub fn prepare(paths: &Paths, host: &HostConfig, config: &VmConfig) -> anyhow::Result<Launch> {
+    pub fn prepare(paths: &Paths, host: &HostConfig, declared: &VmConfig) -> anyhow::Result<Launch> {
+        // A VM that declares packages boots their layer's image.
+        let config =
+            &VmConfig { root: crate::image::packages::effective_root(paths, declared)?, ..declared.clone() };
         let kernel = kernel::discover(
             Path::new("/"),
             config.kernel.as_deref().or(host.paths.kernel.as_deref()),
@@ -473,7 +476,8 @@ pub fn remove_scratch_layers(vm_dir: &Path) -> anyhow::Result<()> {
 pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     let vm_dir = paths.vm_dir(&config.name);
     // An image's VM has its image's /etc: nothing of the host's.
-    if config.root == RootModel::Host && std::fs::symlink_metadata(vm_dir.join("etc")).is_err() {
+    let on_host = crate::image::packages::effective_root(paths, config)? == RootModel::Host;
+    if on_host && std::fs::symlink_metadata(vm_dir.join("etc")).is_err() {
         crate::state::seed::seed_etc(&vm_dir, Path::new("/etc"))?;
     }
     crate::state::seed::repair_var(&vm_dir)?;
@@ -526,6 +530,7 @@ mod tests {
             network: AddressPool::new("10.200.0.0/16".parse().unwrap(), 24).unwrap().vm(0).unwrap(),
             ports: vec![],
             volumes: vec!["data:/data".parse().unwrap()],
+            packages: vec![],
             processes: vec![],
         }
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod debs;
+pub mod django;
 pub mod dns;
 pub mod e2e;
 pub mod netns;

@@ -80,6 +80,10 @@ pub struct CreateArgs {
     /// instead of the host's /usr
     #[arg(long, value_name = "IMAGE", conflicts_with = "root")]
     pub image: Option<String>,
+    /// Debian packages the VM runs on, installed once into a cached layer shared by every
+    /// VM that asks for the same (repeatable or comma-separated; adds to a template's)
+    #[arg(long = "package", value_name = "PKG", value_delimiter = ',')]
+    pub packages: Vec<String>,
     /// Drop what guest root installs (the system layer) at every start [default: kept,
     /// like /var]
     #[arg(long)]
@@ -239,7 +243,7 @@ fn write_vm_dir(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     if kept_is_mine {
         let _ = std::fs::remove_dir(&kept);
     }
-    match config.root {
+    match crate::image::packages::effective_root(paths, config)? {
         // An image's VM has its image's /etc: nothing of the host's enters it.
         RootModel::Image(_) => crate::state::seed::repair_var(&staging)?,
         _ => crate::state::seed::seed_root(&staging, Path::new("/etc"))?,

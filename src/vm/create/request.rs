@@ -34,6 +34,7 @@ pub(super) struct Request {
     pub(super) auto_ports: Option<bool>,
     pub(super) auto_ports_ignore: Vec<spec::PortRange>,
     pub(super) processes: Vec<Process>,
+    pub(super) packages: Vec<String>,
 }
 
 impl Request {
@@ -56,6 +57,7 @@ impl Request {
             network,
             ports: self.ports,
             volumes: self.volumes,
+            packages: self.packages,
             processes: self.processes,
         }
     }
@@ -166,6 +168,11 @@ pub(super) fn validate(
         }
         None => None,
     };
+    let declared = template.map(|t| t.packages.clone()).unwrap_or_default();
+    let packages = crate::image::packages::normalized(&[declared, args.packages.clone()].concat())?;
+    if !packages.is_empty() && matches!(root, RootModel::Dir(_)) {
+        return Err(crate::image::packages::not_on_a_tree().into());
+    }
     Ok(Request {
         name,
         cpus,
@@ -188,6 +195,7 @@ pub(super) fn validate(
             .chain(parse_all(&args.ignore_ports)?)
             .collect(),
         processes,
+        packages,
     })
 }
 

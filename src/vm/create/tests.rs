@@ -63,6 +63,7 @@ fn builds_the_expected_config() {
         network: HostConfig::default().address_pool().unwrap().vm(0).unwrap(),
         ports: vec!["8080:3000".parse().unwrap(), "5353:53/udp".parse().unwrap()],
         volumes: vec!["data:/data".parse().unwrap()],
+        packages: vec![],
         processes: vec![],
     };
     assert_eq!(config, expected);

@@ -375,20 +375,20 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
         serde_json::from_str(lab.mvm(&alice, &["inspect", "utpl", "--json"]).ok()).unwrap();
     let layer = &inspect["package_layer"];
     let image = layer["image"].as_str().unwrap();
-    if !layer["built"].as_bool().unwrap() {
-        lab.mvm(&alice, &["start", "utpl"])
-            .fails(6, &["only root builds them", &format!("sudo mvm image build {image}")]);
-        let include: Vec<&str> =
-            layer["include"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
-        // Root, with the host's own network (the lab's namespace has none).
-        let suite = layer["suite"].as_str().unwrap();
-        let built = Command::new(&lab.mvm)
-            .args(["image", "build", image, "--suite", suite, "--include", &include.join(",")])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
-    }
+    // As on a host that never built it (an earlier run's stays in the installed store).
+    let _ = Command::new(&lab.mvm).args(["image", "rm", image]).output();
+    lab.mvm(&alice, &["start", "utpl"])
+        .fails(6, &["only root builds them", &format!("sudo mvm image build {image}")]);
+    let include: Vec<&str> =
+        layer["include"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    // Root, with the host's own network (the lab's namespace has none).
+    let suite = layer["suite"].as_str().unwrap();
+    let built = Command::new(&lab.mvm)
+        .args(["image", "build", image, "--suite", suite, "--include", &include.join(",")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     let started = lab.mvm(&alice, &["start", "utpl"]);
     assert!(
         !started.ok().is_empty() && started.stderr.contains("using the cached package layer"),
@@ -402,5 +402,6 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
         .contains("The install worked successfully"));
     lab.mvm(&alice, &["stop", "utpl"]).ok();
     lab.mvm(&alice, &["rm", "utpl"]).ok();
+    run_ok(Command::new(&lab.mvm).args(["image", "rm", image]));
     let _ = std::fs::remove_file(&secret);
 }

@@ -4,7 +4,6 @@
 use clap::{Args, Subcommand};
 
 use crate::config::host::HostConfig;
-use crate::host::binaries::Tool;
 use crate::image::build::BuildRequest;
 use crate::image::{self, ImageName};
 use crate::output::{format_bytes, print_json, print_table, table};
@@ -52,9 +51,9 @@ pub fn run(args: ImageArgs, paths: &Paths) -> anyhow::Result<i32> {
             let request = BuildRequest { name: name.parse()?, suite, include };
             crate::image::packages::check_layer_name(&request)?;
             let host = HostConfig::load(&paths.config_file)?;
-            let mmdebstrap = Tool::Mmdebstrap.find(&host.paths)?;
+            let tools = image::build::BuildTools::find(&host)?;
             let mut progress = image::build::Progress::new(&format!("image '{}'", request.name));
-            let built = image::build::build(paths, &request, &mmdebstrap, &mut |line| progress.line(line));
+            let built = image::build::build(paths, &request, &tools, &mut |line| progress.line(line));
             progress.finish();
             let record = built?;
             println!(

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// The serial of the disk that holds a VM's system layer (`state::system_disk`).
 pub const SYSTEM_DISK_SERIAL: &str = "mvm-system";
 
+/// The serial of the read-only disk that holds an image's tree (`image`).
+pub const IMAGE_DISK_SERIAL: &str = "mvm-image";
+
 /// The guest's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestConfig {
@@ -32,8 +35,9 @@ pub enum GuestRoot {
     Host { nix: bool, dpkg: bool },
     /// A whole tree (tag `root`), assembled on the host.
     Dir,
-    /// An image's tree (tag `image`, read-only) under the VM's system layer, which is the
-    /// whole root; the VM's `var` share serves only `/var/log/mvm`.
+    /// An image's tree (the read-only disk with serial [`IMAGE_DISK_SERIAL`]) under the
+    /// VM's system layer, which is the whole root; the VM's `var` share serves only
+    /// `/var/log/mvm`.
     Image,
 }
 

@@ -18,7 +18,9 @@ use nix::kmod::{finit_module, ModuleInitFlags};
 use nix::mount::{mount, MsFlags};
 
 use crate::boot::initramfs::{GUEST_CONFIG, MODULE_LIST};
-use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot, SYSTEM_DISK_SERIAL};
+use crate::guest::config::{
+    GuestConfig, GuestMount, GuestNetwork, GuestRoot, IMAGE_DISK_SERIAL, SYSTEM_DISK_SERIAL,
+};
 use crate::guest::{agent, processes, reaper};
 use crate::net::netlink::Netlink;
 
@@ -182,7 +184,7 @@ fn assemble_root(config: &GuestConfig) -> anyhow::Result<()> {
             let system = Path::new(SYSTEM_MOUNT);
             mount_system_disk(system)?;
             let image = Path::new(BASE_MOUNT).join("image");
-            mount_share(&share("image", true), &image)?;
+            mount_disk(IMAGE_DISK_SERIAL, &image, MsFlags::MS_RDONLY, "noload")?;
             mount_layer(&image, &system.join("image"), root)?;
             // The processes' logs and states go where the host reads them.
             let host_var = Path::new(HOST_VAR_MOUNT);
@@ -263,22 +265,27 @@ fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
     }
 }
 
-/// Mounts the disk whose serial is [`SYSTEM_DISK_SERIAL`] (ext4) on `target`.
+/// Mounts the VM's system disk (ext4) on `target`. The host made it sparse: its inode
+/// tables read as zeros already, and what the guest frees goes back (`discard`).
 fn mount_system_disk(target: &Path) -> anyhow::Result<()> {
+    mount_disk(SYSTEM_DISK_SERIAL, target, MsFlags::MS_NOATIME, "noinit_itable,discard")
+}
+
+/// Mounts the ext4 disk whose serial is `serial` on `target`.
+fn mount_disk(serial: &str, target: &Path, flags: MsFlags, options: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let device = loop {
-        if let Some(device) = block_device_with_serial(SYSTEM_DISK_SERIAL) {
+        if let Some(device) = block_device_with_serial(serial) {
             break device;
         }
         if Instant::now() > deadline {
-            bail!("no disk with serial {SYSTEM_DISK_SERIAL} appeared");
+            bail!("no disk with serial {serial} appeared");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     std::fs::create_dir_all(target).with_context(|| format!("cannot create {}", target.display()))?;
-    // The host made the disk sparse: its inode tables read as zeros already.
-    mount(Some(&device), target, Some("ext4"), MsFlags::MS_NOATIME, Some("noinit_itable,discard"))
-        .with_context(|| format!("cannot mount the system disk {} on {}", device.display(), target.display()))
+    mount(Some(&device), target, Some("ext4"), flags, Some(options))
+        .with_context(|| format!("cannot mount disk {serial} ({}) on {}", device.display(), target.display()))
 }
 
 /// `/dev/NAME` of the block device whose serial is `serial`.

@@ -36,12 +36,14 @@ pub fn mmdebstrap_args(request: &BuildRequest, target: &Path) -> Vec<String> {
     args
 }
 
-/// Checks a suite or package name before it reaches mmdebstrap's command line.
+/// Checks a suite or package name (Debian's rules: a lowercase letter or digit, then
+/// those, `+`, `-` and `.`) before it reaches mmdebstrap's command line: no option, no
+/// version pin (`=`), no architecture (`:`) and no apt pattern (`~`) can pass.
 pub fn check_word(what: &str, word: &str) -> Result<(), UserError> {
-    let valid = !word.is_empty()
-        && word.len() <= 128
-        && !word.starts_with('-')
-        && word.chars().all(|c| c.is_ascii_alphanumeric() || "+-.:=~_".contains(c));
+    let lower_or_digit = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = word.len() <= 128
+        && word.starts_with(lower_or_digit)
+        && word.chars().all(|c| lower_or_digit(c) || "+-.".contains(c));
     if valid {
         Ok(())
     } else {
@@ -52,11 +54,39 @@ pub fn check_word(what: &str, word: &str) -> Result<(), UserError> {
     }
 }
 
-/// Builds `request` with `mmdebstrap`; prints its progress (`progress` gets each line).
+/// The programs a build runs.
+#[derive(Debug, Clone)]
+pub struct BuildTools {
+    pub mmdebstrap: PathBuf,
+    /// `mkfs.ext4`, which packs the tree into the image's disk.
+    pub mkfs: PathBuf,
+}
+
+impl BuildTools {
+    /// The host's, or what is missing and how to install it.
+    pub fn find(host: &crate::config::host::HostConfig) -> Result<BuildTools, UserError> {
+        use crate::host::binaries::Tool;
+        Ok(BuildTools {
+            mmdebstrap: Tool::Mmdebstrap.find(&host.paths)?,
+            mkfs: Tool::MkfsExt4.find(&host.paths)?,
+        })
+    }
+}
+
+/// Where mmdebstrap writes the tree, beneath the staging directory; packed into
+/// [`ROOTFS`] and removed.
+const TREE: &str = "tree";
+
+/// Files that make one machine of a tree: keys generated while packages were installed.
+/// Left in an image, every VM of it would share them (and any could pose as another).
+const MACHINE_KEYS: &[&str] =
+    &["etc/ssl/private/ssl-cert-snakeoil.key", "etc/ssl/certs/ssl-cert-snakeoil.pem"];
+
+/// Builds `request` with `tools`; `progress` gets each line mmdebstrap prints.
 pub fn build(
     paths: &Paths,
     request: &BuildRequest,
-    mmdebstrap: &Path,
+    tools: &BuildTools,
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<ImageRecord> {
     if !nix::unistd::geteuid().is_root() {
@@ -84,28 +114,86 @@ pub fn build(
     remove_staging(&staging)?;
     std::fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
     std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755))?;
-    let started = Instant::now();
-    let result = run_mmdebstrap(mmdebstrap, &mmdebstrap_args(request, &staging.join(ROOTFS)), progress);
-    if let Err(error) = result {
+    let built = build_in(&staging, request, tools, progress).and_then(|record| {
+        std::fs::rename(&staging, &dir)
+            .with_context(|| format!("cannot move the image to {}", dir.display()))?;
+        Ok(record)
+    });
+    if built.is_err() {
         let _ = remove_staging(&staging);
-        return Err(error.context(format!("cannot build image '{}'", request.name)));
     }
+    built.with_context(|| format!("cannot build image '{}'", request.name))
+}
+
+/// The build's steps in `staging`: the tree, made one machine of no one's, packed into an
+/// ext4 disk image (so no program of it, setuid ones included, is ever a file on the
+/// host, and the guest reads it as a block device with its own permissions), the tree
+/// removed, the record written.
+fn build_in(
+    staging: &Path,
+    request: &BuildRequest,
+    tools: &BuildTools,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<ImageRecord> {
+    let started = Instant::now();
+    let tree = staging.join(TREE);
+    run_mmdebstrap(&tools.mmdebstrap, &mmdebstrap_args(request, &tree), progress)?;
     // mmdebstrap leaves no /etc/hosts, and a guest's programs expect localhost there.
-    let hosts = staging.join(ROOTFS).join("etc/hosts");
+    let hosts = tree.join("etc/hosts");
     if std::fs::symlink_metadata(&hosts).is_err() {
         std::fs::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")?;
     }
+    let etc = crate::fs::Tree::open(&tree.join("etc"))?;
+    for key in MACHINE_KEYS {
+        etc.remove(Path::new(key.trim_start_matches("etc/")))?;
+    }
+    for entry in etc.entries(Path::new("ssh")).unwrap_or_default() {
+        if entry.name.to_string_lossy().starts_with("ssh_host_") {
+            etc.remove(&Path::new("ssh").join(&entry.name))?;
+        }
+    }
+    progress("I: packing the tree into the image's disk...");
+    pack(&tools.mkfs, &tree, &staging.join(ROOTFS))?;
+    crate::fs::Tree::open(staging)?.remove(Path::new(TREE))?;
     let record = ImageRecord {
         name: request.name.clone(),
         suite: request.suite.clone(),
         include: request.include.clone(),
         built_at: crate::output::unix_now(),
-        size_bytes: tree_size(&staging.join(ROOTFS)),
+        size_bytes: crate::state::system_disk::allocated_bytes_of(&staging.join(ROOTFS)).unwrap_or(0),
         build_seconds: started.elapsed().as_secs(),
     };
     std::fs::write(staging.join(RECORD), toml::to_string(&record)?)?;
-    std::fs::rename(&staging, &dir).with_context(|| format!("cannot move the image to {}", dir.display()))?;
     Ok(record)
+}
+
+/// Packs `tree` into a new ext4 image at `image` with `mkfs` (`-d`, which keeps owners,
+/// modes, setuid bits, extended attributes and hard links), sized for the tree with room
+/// to spare, with no journal (guests mount it read-only), readable by every user.
+fn pack(mkfs: &Path, tree: &Path, image: &Path) -> anyhow::Result<()> {
+    let (bytes, inodes) = tree_size(tree);
+    let size = bytes + bytes / 4 + (64 << 20);
+    let file = std::fs::File::create(image).with_context(|| format!("cannot create {}", image.display()))?;
+    file.set_len(size.div_ceil(1 << 20) << 20)?;
+    drop(file);
+    let output = Command::new(mkfs)
+        .args(["-q", "-F", "-L", "mvm-image", "-m", "0", "-O", "^has_journal"])
+        .arg("-N")
+        .arg((inodes + inodes / 4 + 1024).to_string())
+        .args(["-E", "nodiscard", "-d"])
+        .arg(tree)
+        .arg(image)
+        .output()
+        .with_context(|| format!("cannot run {}", mkfs.display()))?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "{} could not pack the image: {}",
+            mkfs.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    std::fs::set_permissions(image, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
 }
 
 /// A build's progress for a person: on a terminal, a spinner naming the step or the
@@ -210,8 +298,8 @@ fn remove_staging(staging: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot remove the unfinished build {}", staging.display()))
 }
 
-/// The bytes `dir`'s files take on disk, each inode counted once.
-fn tree_size(dir: &Path) -> u64 {
+/// The bytes `dir`'s files take on disk and how many inodes it has, each counted once.
+fn tree_size(dir: &Path) -> (u64, u64) {
     let mut seen = std::collections::HashSet::new();
     let mut total = 0;
     let mut pending = vec![dir.to_path_buf()];
@@ -227,7 +315,7 @@ fn tree_size(dir: &Path) -> u64 {
             }
         }
     }
-    total
+    (total, seen.len() as u64)
 }
 
 #[cfg(test)]
@@ -278,7 +366,18 @@ mod tests {
     fn suites_and_packages_cannot_become_options() {
         assert!(check_word("package", "libstdc++6").is_ok());
         assert!(check_word("package", "python3.11").is_ok());
-        for bad in ["", "--hook-dir=/tmp", "a b", "a,b", "$(id)", "../x"] {
+        for bad in [
+            "",
+            "--hook-dir=/tmp",
+            "a b",
+            "a,b",
+            "$(id)",
+            "../x",
+            "sudo=1.9.13p3-1",
+            "curl:amd64",
+            "~n.",
+            "Curl",
+        ] {
             assert!(check_word("package", bad).is_err(), "{bad:?} passed");
         }
     }
@@ -287,58 +386,92 @@ mod tests {
     /// leaves no image and no staging behind, and says why.
     #[test]
     fn a_failed_build_leaves_nothing_and_says_why() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP a_failed_build_leaves_nothing: builds are root's");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
+        let Some(dir) = root_with_mkfs("a_failed_build_leaves_nothing") else { return };
         let paths = Paths::under(dir.path());
-        let fake = dir.path().join("mmdebstrap");
-        std::fs::write(&fake, "#!/bin/sh\necho 'I: working' >&2\nfor last; do :; done\nmkdir -p \"$last\"\necho 'E: Unable to locate package nosuch' >&2\nexit 1\n").unwrap();
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let tools = fake_tools(
+            dir.path(),
+            "echo 'I: working' >&2\nmkdir -p \"$last\"\necho 'E: Unable to locate package nosuch' >&2\nexit 1",
+        );
         let mut lines = Vec::new();
-        let error = build(&paths, &request(&["nosuch"]), &fake, &mut |line| lines.push(line.to_string()))
+        let error = build(&paths, &request(&["nosuch"]), &tools, &mut |line| lines.push(line.to_string()))
             .unwrap_err();
         let text = format!("{error:#}");
         assert!(text.contains("Unable to locate package nosuch"), "{text}");
         assert_eq!(lines, ["I: working", "E: Unable to locate package nosuch"]);
-        let left: Vec<String> = std::fs::read_dir(store_dir(&paths))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| !name.ends_with(".lock"))
-            .collect();
-        assert!(left.is_empty(), "left behind: {left:?}");
+        assert!(left_in_store(&paths).is_empty(), "left behind: {:?}", left_in_store(&paths));
+        // Failing after mmdebstrap (here: the tree cannot be packed) leaves nothing either.
+        let tools =
+            BuildTools { mkfs: "/bin/false".into(), ..fake_tools(dir.path(), "mkdir -p \"$last/etc\"") };
+        assert!(build(&paths, &request(&[]), &tools, &mut |_| {}).is_err());
+        assert!(left_in_store(&paths).is_empty(), "left behind: {:?}", left_in_store(&paths));
     }
 
     /// A build killed half-way left its staging tree: the next build of the name removes
-    /// it and succeeds.
+    /// it and succeeds. The image is a disk holding the tree, with no machine keys, and
+    /// no file of it is on the host.
     #[test]
     fn an_interrupted_build_can_be_run_again() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP an_interrupted_build_can_be_run_again: builds are root's");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
+        let Some(dir) = root_with_mkfs("an_interrupted_build_can_be_run_again") else { return };
         let paths = Paths::under(dir.path());
-        let staging = store_dir(&paths).join(".build-dev/rootfs/usr");
+        let staging = store_dir(&paths).join(".build-dev/tree/usr");
         std::fs::create_dir_all(&staging).unwrap();
         std::fs::write(staging.join("half"), "").unwrap();
-        let fake = dir.path().join("mmdebstrap");
-        std::fs::write(
-            &fake,
-            "#!/bin/sh\nfor last; do :; done\nmkdir -p \"$last/usr/bin\" \"$last/etc\" && echo ok > \"$last/usr/bin/tool\"\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let record = build(&paths, &request(&[]), &fake, &mut |_| {}).unwrap();
+        let tools = fake_tools(
+            dir.path(),
+            "mkdir -p \"$last/usr/bin\" \"$last/etc/ssh\" && echo ok > \"$last/usr/bin/tool\" && \
+             chmod 4755 \"$last/usr/bin/tool\" && echo key > \"$last/etc/ssh/ssh_host_ed25519_key\"",
+        );
+        let record = build(&paths, &request(&[]), &tools, &mut |_| {}).unwrap();
         assert_eq!(record.name.as_str(), "dev");
-        let root = super::super::rootfs(&paths, &record.name);
-        assert!(root.join("usr/bin/tool").is_file());
-        assert!(!root.join("usr/half").exists(), "the interrupted build's files were kept");
-        assert!(std::fs::read_to_string(root.join("etc/hosts")).unwrap().contains("localhost"));
+        let disk = super::super::rootfs(&paths, &record.name);
+        let debugfs = |request: &str| {
+            let out = Command::new("debugfs").args(["-R", request]).arg(&disk).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert_eq!(debugfs("cat /usr/bin/tool"), "ok\n");
+        assert!(debugfs("stat /usr/bin/tool").contains("Mode:  04755"), "{}", debugfs("stat /usr/bin/tool"));
+        assert!(debugfs("cat /etc/hosts").contains("localhost"));
+        assert!(!debugfs("ls /etc/ssh").contains("ssh_host_"), "a machine key stayed");
+        assert!(!debugfs("ls /usr").contains("half"), "the interrupted build's files were kept");
+        let image_dir = super::super::image_dir(&paths, &record.name);
+        let files: Vec<String> = std::fs::read_dir(&image_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(std::fs::metadata(&disk).unwrap().mode() & 0o7777, 0o644);
         assert_eq!(super::super::load(&paths, &record.name).unwrap(), record);
         // Built once: a second build of the name is refused.
-        let again = build(&paths, &request(&[]), &fake, &mut |_| {}).unwrap_err();
+        let again = build(&paths, &request(&[]), &tools, &mut |_| {}).unwrap_err();
         assert!(again.to_string().contains("exists"), "{again}");
+    }
+
+    /// A temporary directory, when this test can run (root, with mkfs.ext4).
+    fn root_with_mkfs(test: &str) -> Option<tempfile::TempDir> {
+        let ready = nix::unistd::geteuid().is_root() && which::which("debugfs").is_ok();
+        if !ready || crate::host::binaries::Tool::MkfsExt4.find(&Default::default()).is_err() {
+            eprintln!("SKIP {test}: builds are root's and need mkfs.ext4 and debugfs");
+            return None;
+        }
+        Some(tempfile::tempdir().unwrap())
+    }
+
+    /// The real mkfs.ext4 and a stand-in mmdebstrap running `script` (`$last`: the tree).
+    fn fake_tools(dir: &Path, script: &str) -> BuildTools {
+        let fake = dir.join("mmdebstrap");
+        std::fs::write(&fake, format!("#!/bin/sh\nfor last; do :; done\n{script}\n")).unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        BuildTools {
+            mmdebstrap: fake,
+            mkfs: crate::host::binaries::Tool::MkfsExt4.find(&Default::default()).unwrap(),
+        }
+    }
+
+    fn left_in_store(paths: &Paths) -> Vec<String> {
+        std::fs::read_dir(store_dir(paths))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| !name.ends_with(".lock"))
+            .collect()
     }
 }

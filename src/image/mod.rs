@@ -1,7 +1,7 @@
 //! Images: clean Debian root trees, built once (`build`, with mmdebstrap) into a shared
-//! store under the state root (`.images/NAME/rootfs`, with its record `image.toml`), and
-//! shared read-only with every VM made from them (`mvm create --image NAME`), each of
-//! which writes only its own system layer above.
+//! store under the state root (`.images/NAME/rootfs.img`, an ext4 disk image holding the
+//! tree, with its record `image.toml`), and attached read-only to every VM made from them
+//! (`mvm create --image NAME`), each of which writes only its own system layer above.
 //!
 //! Only root builds and removes images, and only a store that root alone can write is
 //! trusted: the state root is shared with the group, so a member could otherwise make
@@ -22,8 +22,10 @@ use crate::state::Paths;
 
 /// The store's directory beneath the state root.
 pub const STORE: &str = ".images";
-/// An image's root tree, beneath its directory.
-pub const ROOTFS: &str = "rootfs";
+/// An image's root tree (an ext4 disk image), beneath its directory.
+pub const ROOTFS: &str = "rootfs.img";
+/// The serial of the disk an image's VM finds the image's tree on.
+pub const DISK_SERIAL: &str = crate::guest::config::IMAGE_DISK_SERIAL;
 /// An image's record, beneath its directory.
 pub const RECORD: &str = "image.toml";
 /// The Debian suite an image is built from unless told.
@@ -102,15 +104,15 @@ pub fn image_dir(paths: &Paths, name: &ImageName) -> PathBuf {
     store_dir(paths).join(name.as_str())
 }
 
-/// Image `name`'s root tree, which VMs share read-only.
+/// Image `name`'s disk, which VMs attach read-only.
 pub fn rootfs(paths: &Paths, name: &ImageName) -> PathBuf {
     image_dir(paths, name).join(ROOTFS)
 }
 
-/// Whether `path` is a directory (not a symlink) that root alone can write.
+/// Whether `path` is a directory or regular file (not a symlink) that root alone can write.
 fn roots_alone(path: &Path) -> std::io::Result<bool> {
     let meta = std::fs::symlink_metadata(path)?;
-    Ok(meta.is_dir() && meta.uid() == 0 && meta.mode() & 0o022 == 0)
+    Ok((meta.is_dir() || meta.is_file()) && meta.uid() == 0 && meta.mode() & 0o022 == 0)
 }
 
 /// The record of image `name`, from a store root alone can write.
@@ -164,12 +166,15 @@ pub fn list(paths: &Paths) -> anyhow::Result<Vec<ImageRecord>> {
     Ok(images)
 }
 
-/// The VMs whose root is image `name`.
+/// The VMs whose root is image `name`, or whose packages' layer it is.
 pub fn users(paths: &Paths, name: &ImageName) -> anyhow::Result<Vec<VmName>> {
     Ok(crate::state::store::list(paths)?
         .into_iter()
         .filter_map(|entry| entry.config.ok())
-        .filter(|config| config.root == crate::config::vm::RootModel::Image(name.clone()))
+        .filter(|config| {
+            let image = crate::config::vm::RootModel::Image(name.clone());
+            config.root == image || packages::effective_root(paths, config).is_ok_and(|root| root == image)
+        })
         .map(|config| config.name)
         .collect())
 }
@@ -208,7 +213,8 @@ mod tests {
 
     fn write(paths: &Paths, record: &ImageRecord) {
         let dir = image_dir(paths, &record.name);
-        std::fs::create_dir_all(dir.join(ROOTFS)).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(ROOTFS), "").unwrap();
         std::fs::write(dir.join(RECORD), toml::to_string(record).unwrap()).unwrap();
     }
 

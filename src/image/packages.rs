@@ -46,7 +46,8 @@ pub fn layer_request(suite: &str, base: &[String], packages: &[String]) -> Build
     include.sort();
     include.dedup();
     let digest = Sha256::digest(format!("{suite}\n{}", include.join("\n")));
-    let hash: String = digest.iter().take(6).map(|byte| format!("{byte:02x}")).collect();
+    // 112 bits: no one finds another package set with the same name (and `matches` checks).
+    let hash: String = digest.iter().take(14).map(|byte| format!("{byte:02x}")).collect();
     let name: ImageName = format!("pkg-{hash}").parse().expect("a valid image name");
     BuildRequest { name, suite: suite.to_string(), include }
 }
@@ -89,7 +90,29 @@ pub fn layer_of(paths: &Paths, config: &VmConfig) -> anyhow::Result<Option<Build
         }
         RootModel::Dir(_) => return Err(not_on_a_tree().into()),
     };
-    Ok(Some(layer_request(&suite, &base, &config.packages)))
+    // As read from a vm.toml its owner may have edited since create.
+    Ok(Some(layer_request(&suite, &base, &normalized(&config.packages)?)))
+}
+
+/// Image `layer`'s record, when it is built and holds what its name stands for.
+fn built(paths: &Paths, layer: &BuildRequest) -> anyhow::Result<Option<super::ImageRecord>> {
+    let record = match super::load(paths, &layer.name) {
+        Ok(record) => record,
+        Err(error) if crate::error::exit_code_of(&error) == crate::error::ExitCode::NotFound => {
+            return Ok(None)
+        }
+        Err(error) => return Err(error),
+    };
+    if record.suite != layer.suite || normalized(&record.include)? != layer.include {
+        return Err(UserError::conflict(format!(
+            "image {} holds other packages than its name stands for ({})",
+            layer.name,
+            record.include.join(",")
+        ))
+        .hint(format!("remove it with `sudo mvm image rm {}`; the next start builds it right", layer.name))
+        .into());
+    }
+    Ok(Some(record))
 }
 
 /// What `config`'s VM boots: its package layer's image when it declares packages, else
@@ -101,16 +124,29 @@ pub fn effective_root(paths: &Paths, config: &VmConfig) -> anyhow::Result<RootMo
     })
 }
 
+/// Like [`effective_root`], for a launch: the layer must be built and hold its packages.
+pub fn launch_root(paths: &Paths, config: &VmConfig) -> anyhow::Result<RootModel> {
+    match layer_of(paths, config)? {
+        Some(layer) => match built(paths, &layer)? {
+            Some(_) => Ok(RootModel::Image(layer.name)),
+            None => Err(UserError::not_found(format!("the package layer {} is not built", layer.name))
+                .hint(format!("`mvm start {}` builds it (as root)", config.name))
+                .into()),
+        },
+        None => Ok(config.root.clone()),
+    }
+}
+
 /// Makes sure the package layer `config` runs on exists: says so when it was cached, or
 /// builds it (root), showing progress. A user needs root to build one once.
 pub fn ensure(
     paths: &Paths,
     config: &VmConfig,
-    mmdebstrap: impl FnOnce() -> anyhow::Result<std::path::PathBuf>,
+    tools: impl FnOnce() -> anyhow::Result<super::build::BuildTools>,
 ) -> anyhow::Result<()> {
     let Some(layer) = layer_of(paths, config)? else { return Ok(()) };
     let packages = config.packages.join(", ");
-    if super::load(paths, &layer.name).is_ok() {
+    if built(paths, &layer)?.is_some() {
         eprintln!("using the cached package layer {} ({packages})", layer.name);
         return Ok(());
     }
@@ -127,14 +163,14 @@ pub fn ensure(
         ))
         .into());
     }
-    let mmdebstrap = mmdebstrap()?;
+    let tools = tools()?;
     let mut progress = super::build::Progress::new(&format!("the package layer {} ({packages})", layer.name));
-    let built = super::build::build(paths, &layer, &mmdebstrap, &mut |line| progress.line(line));
+    let result = super::build::build(paths, &layer, &tools, &mut |line| progress.line(line));
     progress.finish();
-    let record = match built {
+    let record = match result {
         Ok(record) => record,
         // Another start built it meanwhile (builds of one name take turns).
-        Err(_) if super::load(paths, &layer.name).is_ok() => return Ok(()),
+        Err(_) if built(paths, &layer).is_ok_and(|record| record.is_some()) => return Ok(()),
         Err(error) => return Err(error),
     };
     eprintln!(
@@ -163,7 +199,7 @@ mod tests {
         let one = layer_request("bookworm", &[], &strings(&["postgresql", "curl"]));
         let two = layer_request("bookworm", &strings(&["curl"]), &strings(&["postgresql"]));
         assert_eq!(one, two);
-        assert!(one.name.as_str().starts_with("pkg-") && one.name.as_str().len() == 16, "{}", one.name);
+        assert!(one.name.as_str().starts_with("pkg-") && one.name.as_str().len() == 32, "{}", one.name);
         assert_eq!(one.include, ["curl", "postgresql"]);
         assert_ne!(one.name, layer_request("trixie", &[], &strings(&["postgresql", "curl"])).name);
         assert_ne!(one.name, layer_request("bookworm", &[], &strings(&["postgresql"])).name);
@@ -203,13 +239,23 @@ mod tests {
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut config = crate::config::vm::tests::sample();
         config.packages = strings(&["postgresql"]);
-        ensure(&paths, &config, || Ok(fake.clone())).unwrap();
+        let Ok(mkfs) = crate::host::binaries::Tool::MkfsExt4.find(&Default::default()) else {
+            eprintln!("SKIP the_first_start_builds_the_layer: no mkfs.ext4");
+            return;
+        };
+        let tools = super::super::build::BuildTools { mmdebstrap: fake.clone(), mkfs };
+        ensure(&paths, &config, || Ok(tools.clone())).unwrap();
         let layer = layer_of(&paths, &config).unwrap().unwrap();
         assert!(super::super::load(&paths, &layer.name).is_ok(), "the layer was not built");
         assert!(std::fs::read_to_string(&calls).unwrap().contains("--include=postgresql"));
         ensure(&paths, &config, || panic!("a cached layer was built again")).unwrap();
         assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 1);
-        assert_eq!(effective_root(&paths, &config).unwrap(), RootModel::Image(layer.name));
+        assert_eq!(launch_root(&paths, &config).unwrap(), RootModel::Image(layer.name.clone()));
+        // A layer that holds other packages than its name says is never used.
+        let record = super::super::image_dir(&paths, &layer.name).join(super::super::RECORD);
+        let text = std::fs::read_to_string(&record).unwrap().replace("postgresql", "evil");
+        std::fs::write(&record, text).unwrap();
+        assert!(launch_root(&paths, &config).unwrap_err().to_string().contains("holds other packages"));
     }
 
     #[test]

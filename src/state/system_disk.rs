@@ -87,7 +87,12 @@ pub fn format_args(image: &Path) -> Vec<String> {
 /// What the system disk takes on the host (its allocated blocks), when it exists; a
 /// disk replaced by anything but a regular file counts as none.
 pub fn allocated_bytes(vm_dir: &Path) -> Option<u64> {
-    std::fs::symlink_metadata(path(vm_dir)).ok().filter(|meta| meta.is_file()).map(|meta| meta.blocks() * 512)
+    allocated_bytes_of(&path(vm_dir))
+}
+
+/// What the regular file `file` takes on disk (not following a symlink).
+pub fn allocated_bytes_of(file: &Path) -> Option<u64> {
+    std::fs::symlink_metadata(file).ok().filter(|meta| meta.is_file()).map(|meta| meta.blocks() * 512)
 }
 
 #[cfg(test)]

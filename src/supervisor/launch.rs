@@ -86,7 +86,7 @@ impl Launch {
     pub fn prepare(paths: &Paths, host: &HostConfig, declared: &VmConfig) -> anyhow::Result<Launch> {
         // A VM that declares packages boots their layer's image.
         let config =
-            &VmConfig { root: crate::image::packages::effective_root(paths, declared)?, ..declared.clone() };
+            &VmConfig { root: crate::image::packages::launch_root(paths, declared)?, ..declared.clone() };
         let kernel = kernel::discover(
             Path::new("/"),
             config.kernel.as_deref().or(host.paths.kernel.as_deref()),
@@ -130,8 +130,7 @@ impl Launch {
         let vm_dir = paths.vm_dir(&config.name);
         let run_as = RunAs::this_process();
         let image_store = crate::image::store_dir(paths);
-        let (shares, overlays, mut guest) =
-            plan_shares(config, &vm_dir, &run_dir, &image_store, project_owner, run_as);
+        let (shares, overlays, mut guest) = plan_shares(config, &vm_dir, &run_dir, project_owner, run_as);
         if let Some(environment) = crate::project_env::cached(&vm_dir, config) {
             let workdir = config.project.as_ref().map_or("/".into(), |p| p.path.display().to_string());
             environment.apply_to(&mut guest.processes, &config.env, &workdir);
@@ -154,7 +153,7 @@ impl Launch {
             initramfs: run_dir.join("boot.cpio"),
             cmdline: kernel_cmdline(&guest_cmdline(&network, vmm, accel)),
             shares,
-            disks: system_disks(config, &vm_dir),
+            disks: disks(config, &vm_dir, &image_store),
             tap: config.network.tap.clone(),
             mac: config.network.mac.clone(),
             vsock_socket: run_dir.join(crate::state::paths::AGENT_SOCKET),
@@ -193,14 +192,23 @@ impl Launch {
 }
 
 /// The disks of `config`'s VM: its system disk, when it runs on the host's `/usr` or an
-/// image.
-pub fn system_disks(config: &VmConfig, vm_dir: &Path) -> Vec<Disk> {
-    match config.root {
-        RootModel::Host | RootModel::Image(_) => vec![Disk {
-            path: crate::state::system_disk::path(vm_dir),
-            serial: crate::guest::config::SYSTEM_DISK_SERIAL.to_string(),
-            read_only: false,
-        }],
+/// image, and the image's (in `image_store`), read-only.
+pub fn disks(config: &VmConfig, vm_dir: &Path, image_store: &Path) -> Vec<Disk> {
+    let system = || Disk {
+        path: crate::state::system_disk::path(vm_dir),
+        serial: crate::guest::config::SYSTEM_DISK_SERIAL.to_string(),
+        read_only: false,
+    };
+    match &config.root {
+        RootModel::Host => vec![system()],
+        RootModel::Image(image) => vec![
+            system(),
+            Disk {
+                path: image_store.join(image.as_str()).join(crate::image::ROOTFS),
+                serial: crate::image::DISK_SERIAL.to_string(),
+                read_only: true,
+            },
+        ],
         RootModel::Dir(_) => Vec::new(),
     }
 }
@@ -313,14 +321,12 @@ fn lower(run_as: RunAs, recorded: &Path, run_dir: &Path, pinned: &str) -> PathBu
     }
 }
 
-/// The shares, overlays and guest mount plan of `config` (whose image, if it has one, is
-/// in `image_store`). What the guest writes into its project belongs to `project_owner`
-/// (uid, gid) on the host.
+/// The shares, overlays and guest mount plan of `config`. What the guest writes into its
+/// project belongs to `project_owner` (uid, gid) on the host.
 pub fn plan_shares(
     config: &VmConfig,
     vm_dir: &Path,
     run_dir: &Path,
-    image_store: &Path,
     project_owner: (u32, u32),
     run_as: RunAs,
 ) -> (Vec<Share>, Vec<Overlay>, GuestConfig) {
@@ -366,10 +372,9 @@ pub fn plan_shares(
             shares.push(share("root", merged, false, ids(GuestIds::AsIs)));
             GuestRoot::Dir
         }
-        RootModel::Image(image) => {
-            let tree = image_store.join(image.as_str()).join(crate::image::ROOTFS);
-            shares.push(share("image", tree, true, ids(GuestIds::AsIs)));
-            // Only for the processes' logs and states, which the host reads.
+        RootModel::Image(_) => {
+            // The image itself is a disk (`disks`); this only for the processes' logs and
+            // states, which the host reads.
             shares.push(share("var", vm_dir.join("var"), false, ids(GuestIds::AsIs)));
             GuestRoot::Image
         }
@@ -541,7 +546,6 @@ mod tests {
             &config(MountMode::Overlay, false),
             Path::new("/state/web"),
             Path::new("/run/mvm/web"),
-            Path::new("/state/.images"),
             (1000, 100),
             RunAs::Root,
         );
@@ -577,7 +581,6 @@ mod tests {
             &config(MountMode::Overlay, true),
             Path::new("/state/web"),
             Path::new("/run/mvm/web"),
-            Path::new("/state/.images"),
             (1000, 100),
             RunAs::Root,
         );
@@ -588,7 +591,6 @@ mod tests {
                 &config(mode, false),
                 Path::new("/state/web"),
                 Path::new("/run/mvm/web"),
-                Path::new("/state/.images"),
                 (0, 0),
                 RunAs::Root,
             );

@@ -52,8 +52,8 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         })?;
     }
     let host = HostConfig::load(&paths.config_file)?;
-    let mmdebstrap = || Ok(crate::host::binaries::Tool::Mmdebstrap.find(&host.paths)?);
-    crate::image::packages::ensure(paths, &config, mmdebstrap)?;
+    let tools = || Ok(crate::image::build::BuildTools::find(&host)?);
+    crate::image::packages::ensure(paths, &config, tools)?;
     let prepared = Launch::prepare(paths, &host, &config)?;
     // Through sudo, as at create: only the invoking user's own project (a directory of
     // root's renamed into its place since would otherwise be shared with root's rights).

@@ -29,7 +29,12 @@ pub fn args(spec: &LaunchSpec) -> Vec<String> {
         args.push("--disk".to_string());
         for disk in &spec.disks {
             let read_only = if disk.read_only { ",readonly=on" } else { "" };
-            args.push(format!("path={},serial={}{read_only}", disk.path.display(), disk.serial));
+            // Raw, said so: never guessed from a first sector the guest writes.
+            args.push(format!(
+                "path={},image_type=raw,serial={}{read_only}",
+                disk.path.display(),
+                disk.serial
+            ));
         }
     }
     args.extend([
@@ -72,7 +77,7 @@ mod tests {
                 "tag=usr,socket=/run/mvm/web/fs-usr.sock",
                 "tag=etc,socket=/run/mvm/web/fs-etc.sock",
                 "--disk",
-                "path=/var/lib/microvms/web/system.img,serial=mvm-system",
+                "path=/var/lib/microvms/web/system.img,image_type=raw,serial=mvm-system",
                 "--net",
                 "tap=mvmtap0,mac=02:6d:76:00:00:00",
                 "--vsock",

@@ -56,7 +56,7 @@ struct SystemLayer {
 
 impl SystemLayer {
     fn of(config: &VmConfig, vm_dir: &std::path::Path) -> Option<SystemLayer> {
-        (!matches!(config.root, crate::config::vm::RootModel::Dir(_))).then(|| SystemLayer {
+        config.root.has_system_layer().then(|| SystemLayer {
             persistent: !config.ephemeral_system,
             used_bytes: crate::state::system_disk::allocated_bytes(vm_dir),
             size_bytes: crate::state::system_disk::DEFAULT_SIZE_MIB << 20,

@@ -185,11 +185,11 @@ fn share_roots(paths: &Paths, group: &str, gid: u32) -> anyhow::Result<Vec<Strin
     }
     // Root's alone, made now: a member who made it first would stop every image build.
     let images = crate::image::store_dir(paths);
-    if std::fs::symlink_metadata(&images).is_err() {
-        crate::state::paths::own_dir(&images, 0o755)?;
+    let missing = std::fs::symlink_metadata(&images).is_err();
+    crate::state::paths::own_dir(&images, 0o755)?;
+    if missing {
         changes.push(format!("{} is root's", images.display()));
     }
-    crate::state::paths::own_dir(&images, 0o755)?;
     let create_lock = paths.create_lock();
     if !has_owner_mode(&create_lock, 0, gid, 0o660, false) {
         set_owner_mode(&open_roots(&create_lock, false)?, &create_lock, gid, 0o660)?;

@@ -80,6 +80,14 @@ pub enum RootModel {
     Image(crate::image::ImageName),
 }
 
+impl RootModel {
+    /// Whether a VM of this root keeps what guest root installs on a system disk of its own
+    /// (a `--root DIR` tree has its own upper layer instead).
+    pub fn has_system_layer(&self) -> bool {
+        !matches!(self, RootModel::Dir(_))
+    }
+}
+
 impl FromStr for RootModel {
     type Err = String;
 

@@ -46,7 +46,7 @@ pub fn layer_request(suite: &str, base: &[String], packages: &[String]) -> Build
     include.sort();
     include.dedup();
     let digest = Sha256::digest(format!("{suite}\n{}", include.join("\n")));
-    // 112 bits: no one finds another package set with the same name (and `matches` checks).
+    // 112 bits: no one finds another package set with the same name (and `built` checks).
     let hash: String = digest.iter().take(14).map(|byte| format!("{byte:02x}")).collect();
     let name: ImageName = format!("pkg-{hash}").parse().expect("a valid image name");
     BuildRequest { name, suite: suite.to_string(), include }
@@ -115,6 +115,12 @@ fn built(paths: &Paths, layer: &BuildRequest) -> anyhow::Result<Option<super::Im
     Ok(Some(record))
 }
 
+/// Whether `config`'s VM boots the host's `/usr` (and so gets a copy of its `/etc`): on
+/// the host's root model with no packages, which would make it a package layer's.
+pub fn on_host_usr(config: &VmConfig) -> bool {
+    config.root == RootModel::Host && config.packages.is_empty()
+}
+
 /// What `config`'s VM boots: its package layer's image when it declares packages, else
 /// its root.
 pub fn effective_root(paths: &Paths, config: &VmConfig) -> anyhow::Result<RootModel> {
@@ -124,7 +130,8 @@ pub fn effective_root(paths: &Paths, config: &VmConfig) -> anyhow::Result<RootMo
     })
 }
 
-/// Like [`effective_root`], for a launch: the layer must be built and hold its packages.
+/// Like [`effective_root`], for a launch: the image must be there (root's alone), and a
+/// package layer built and holding its packages.
 pub fn launch_root(paths: &Paths, config: &VmConfig) -> anyhow::Result<RootModel> {
     match layer_of(paths, config)? {
         Some(layer) => match built(paths, &layer)? {
@@ -133,7 +140,12 @@ pub fn launch_root(paths: &Paths, config: &VmConfig) -> anyhow::Result<RootModel
                 .hint(format!("`mvm start {}` builds it (as root)", config.name))
                 .into()),
         },
-        None => Ok(config.root.clone()),
+        None => {
+            if let RootModel::Image(image) = &config.root {
+                super::load(paths, image)?;
+            }
+            Ok(config.root.clone())
+        }
     }
 }
 

@@ -106,14 +106,8 @@ impl Launch {
             Vmm::CloudHypervisor => None,
         };
         let (accel, accel_warning) = choose_accel(&kvm, host);
-        // A VM on the host's /usr keeps what guest root installs on a disk of its own.
-        let mkfs = match config.root {
-            RootModel::Host | RootModel::Image(_) => Some(Tool::MkfsExt4.find(&host.paths)?),
-            RootModel::Dir(_) => None,
-        };
-        if let RootModel::Image(image) = &config.root {
-            crate::image::load(paths, image)?;
-        }
+        // What guest root installs goes on a disk of the VM's own, which mkfs makes.
+        let mkfs = config.root.has_system_layer().then(|| Tool::MkfsExt4.find(&host.paths)).transpose()?;
         // What the guest writes into the project becomes its owner's.
         let project_owner = match &config.project {
             Some(project) => {
@@ -481,8 +475,7 @@ pub fn remove_scratch_layers(vm_dir: &Path) -> anyhow::Result<()> {
 pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     let vm_dir = paths.vm_dir(&config.name);
     // An image's VM has its image's /etc: nothing of the host's.
-    let on_host = crate::image::packages::effective_root(paths, config)? == RootModel::Host;
-    if on_host && std::fs::symlink_metadata(vm_dir.join("etc")).is_err() {
+    if crate::image::packages::on_host_usr(config) && std::fs::symlink_metadata(vm_dir.join("etc")).is_err() {
         crate::state::seed::seed_etc(&vm_dir, Path::new("/etc"))?;
     }
     crate::state::seed::repair_var(&vm_dir)?;

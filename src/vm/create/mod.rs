@@ -19,7 +19,7 @@ use clap::Args;
 use crate::atomic::sync_dir;
 use crate::config::host::HostConfig;
 use crate::config::template::Catalog;
-use crate::config::vm::{Hypervisor, MountMode, RootModel, VmConfig};
+use crate::config::vm::{Hypervisor, MountMode, VmConfig};
 use crate::error::UserError;
 use crate::failpoint;
 use crate::name::VmName;
@@ -243,10 +243,11 @@ fn write_vm_dir(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     if kept_is_mine {
         let _ = std::fs::remove_dir(&kept);
     }
-    match crate::image::packages::effective_root(paths, config)? {
-        // An image's VM has its image's /etc: nothing of the host's enters it.
-        RootModel::Image(_) => crate::state::seed::repair_var(&staging)?,
-        _ => crate::state::seed::seed_root(&staging, Path::new("/etc"))?,
+    // An image's VM has its image's /etc: nothing of the host's enters it.
+    if crate::image::packages::on_host_usr(config) {
+        crate::state::seed::seed_root(&staging, Path::new("/etc"))?;
+    } else {
+        crate::state::seed::repair_var(&staging)?;
     }
     config.save(&staging.join(crate::config::vm::VM_CONFIG_FILE))?;
     failpoint::hit("create-staged");

@@ -139,7 +139,7 @@ pub(super) fn validate(
             return Err(UserError::usage(why).hint("use --root host or an absolute directory").into())
         }
     };
-    if args.ephemeral_system && matches!(root, RootModel::Dir(_)) {
+    if args.ephemeral_system && !root.has_system_layer() {
         return Err(UserError::usage("--ephemeral-system is for a VM on the host's /usr or an image")
             .hint("a --root DIR tree keeps its own layer; drop --ephemeral-system")
             .into());
@@ -170,7 +170,7 @@ pub(super) fn validate(
     };
     let declared = template.map(|t| t.packages.clone()).unwrap_or_default();
     let packages = crate::image::packages::normalized(&[declared, args.packages.clone()].concat())?;
-    if !packages.is_empty() && matches!(root, RootModel::Dir(_)) {
+    if !packages.is_empty() && !root.has_system_layer() {
         return Err(crate::image::packages::not_on_a_tree().into());
     }
     Ok(Request {

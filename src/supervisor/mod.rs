@@ -396,6 +396,7 @@ fn serve_dns(paths: &Paths, config: &crate::config::vm::VmConfig) -> Option<crat
 /// lives — across reboots and lost agent connections — as the VM's config and the host's
 /// let it, read again every second.
 fn serve_auto_ports(paths: &Paths, name: &VmName, run_dir: &Path) {
+    let console = paths.vm_dir(name).join("log/console.log");
     let (paths, name) = (paths.clone(), name.clone());
     let reload = move || -> anyhow::Result<Option<ports::Policy>> {
         let config = store::load(&paths, &name)?;
@@ -408,9 +409,13 @@ fn serve_auto_ports(paths: &Paths, name: &VmName, run_dir: &Path) {
     // Root's VMs' forwards are open like their DNAT'ed ports; a user's are theirs.
     let uid = nix::unistd::geteuid().as_raw();
     let owner = (uid != 0).then_some(uid);
+    let target = ports::AgentTarget {
+        vsock: run_dir.join(crate::state::paths::AGENT_SOCKET),
+        run_dir: run_dir.to_path_buf(),
+        console,
+    };
     ports::spawn(
-        run_dir.join(crate::state::paths::AGENT_SOCKET),
-        run_dir.to_path_buf(),
+        target,
         owner,
         policy,
         Box::new(reload),

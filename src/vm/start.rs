@@ -136,7 +136,10 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         Ok(_) => Ok(Started::Ready),
         Err(_) if RunLock::is_held(&run_lock)? => Err(UserError::new(
             crate::error::ExitCode::Failure,
-            format!("the guest agent did not answer within {} s", timeout.as_secs()),
+            with_console_tail(
+                format!("the guest agent did not answer within {} s", timeout.as_secs()),
+                &console,
+            ),
         )
         .hint(format!(
             "the VM is still booting or stuck; see `mvm logs {name}`, or stop it with `mvm stop {name}`"
@@ -162,16 +165,24 @@ fn close_inherited_fds_on_exec() {
     }
 }
 
+/// `message` followed by the console's last lines, when it has any.
+fn with_console_tail(mut message: String, console: &std::path::Path) -> String {
+    let tail = launch::log_tail(console, 10);
+    if !tail.trim().is_empty() {
+        message.push_str(&format!("\nlast console lines:\n{tail}"));
+    }
+    message
+}
+
 /// The error for a VM whose supervisor ended during start, with its reason and logs.
 fn failure(paths: &Paths, name: &VmName) -> anyhow::Error {
     let reason = RuntimeStatus::read(&paths.vm_run_dir(name))
         .and_then(|status| status.reason)
         .unwrap_or_else(|| launch::log_tail(&paths.supervisor_log(name), 5));
-    let console = launch::log_tail(&paths.vm_dir(name).join("log/console.log"), 10);
-    let mut message = format!("the VM stopped during start: {reason}");
-    if !console.trim().is_empty() {
-        message.push_str(&format!("\nlast console lines:\n{console}"));
-    }
+    let message = with_console_tail(
+        format!("the VM stopped during start: {reason}"),
+        &paths.vm_dir(name).join("log/console.log"),
+    );
     UserError::new(crate::error::ExitCode::Failure, message)
         .hint(format!("see `mvm logs {name}` and {}", paths.vm_dir(name).join("log").display()))
         .into()

@@ -144,15 +144,31 @@ enum Event {
     Lost(io::Error),
 }
 
+/// Where a VM's agent is reached, and how to tell that its guest has booted.
+pub struct AgentTarget {
+    /// The hybrid vsock socket.
+    pub vsock: PathBuf,
+    /// The VM's run directory.
+    pub run_dir: PathBuf,
+    /// The console log, whose ready line says the guest's agent listens.
+    pub console: PathBuf,
+}
+
 /// Forwards the guest's listeners as the VM's policy allows (`policy` now, then what
 /// `reload` says every second), through the agent behind `vsock`, for as long as the
 /// process lives: a lost agent connection (a reboot, a guest that hung up) is made again,
 /// and the forwards follow its first report. `owner` is the only uid (beside root) whose
 /// programs may connect; `None`: anyone's.
-pub fn spawn(vsock: PathBuf, run_dir: PathBuf, owner: Option<u32>, policy: Option<Policy>, reload: Reload) {
+pub fn spawn(target: AgentTarget, owner: Option<u32>, policy: Option<Policy>, reload: Reload) {
+    let AgentTarget { vsock, run_dir, console } = target;
     let (events, received) = std::sync::mpsc::channel();
     let agent = vsock.clone();
     std::thread::spawn(move || loop {
+        // No connection before the guest's ready line: one made while the guest's vsock
+        // driver is not there yet can leave the vsock backend stuck for every later one.
+        while !crate::supervisor::launch::guest_ready(&console) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let lost = watch(&agent, &events).unwrap_err();
         if events.send(Event::Lost(lost)).is_err() {
             return;

@@ -109,7 +109,7 @@ fn run(bench: &Bench) {
     let kernel = kernel::discover(std::path::Path::new("/"), None, &mvm::host::kernel_release()).unwrap();
     println!("mvm boot benchmarks: kernel {}", kernel.image.display());
 
-    let mut spec = BaseSpec::for_kernel(&kernel).unwrap();
+    let mut spec = BaseSpec::for_kernel(&kernel, None).unwrap();
     spec.image.exe = env!("CARGO_BIN_EXE_mvm").into();
     let builds: Vec<f64> = (0..5)
         .map(|run| {

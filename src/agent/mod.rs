@@ -1,5 +1,6 @@
 //! The guest agent's protocol and the host's client for it (DESIGN §6).
 
+pub mod changes;
 pub mod client;
 pub mod protocol;
 pub mod session;

@@ -87,6 +87,12 @@ pub enum Frame {
     ConnectUdp(u16),
     /// Either way, after `ConnectUdp`: one UDP datagram.
     Datagram(Vec<u8>),
+    /// Host → guest: the project at this guest path changes on the host; answered with
+    /// `Pong` (or `Error` when the guest cannot raise file events), after which the host
+    /// sends `FileChanges` frames, each answered with `Pong` once applied.
+    WatchFiles(String),
+    /// Host → guest: changes to the project ([`crate::agent::changes`] records).
+    FileChanges(Vec<u8>),
     /// Guest → host: the ports the guest's TCP and UDP servers listen on.
     Listeners(Listening),
     /// Guest → host: command output.
@@ -113,6 +119,8 @@ const WATCH_LISTENERS: u8 = 9;
 const CONNECT: u8 = 10;
 const CONNECT_UDP: u8 = 11;
 const DATAGRAM: u8 = 12;
+const WATCH_FILES: u8 = 13;
+const FILE_CHANGES: u8 = 14;
 const STDOUT: u8 = 16;
 const STDERR: u8 = 17;
 const EXIT: u8 = 18;
@@ -139,6 +147,8 @@ impl Frame {
             Frame::Connect(port) => (CONNECT, port.to_be_bytes().to_vec()),
             Frame::ConnectUdp(port) => (CONNECT_UDP, port.to_be_bytes().to_vec()),
             Frame::Datagram(data) => (DATAGRAM, data.clone()),
+            Frame::WatchFiles(root) => (WATCH_FILES, root.as_bytes().to_vec()),
+            Frame::FileChanges(records) => (FILE_CHANGES, records.clone()),
             Frame::Listeners(ports) => (LISTENERS, to_json(ports)),
             Frame::Stdout(data) => (STDOUT, data.clone()),
             Frame::Stderr(data) => (STDERR, data.clone()),
@@ -174,6 +184,10 @@ impl Frame {
             CONNECT => Frame::Connect(u16::from_be_bytes(fixed(2)?.try_into().expect("2 bytes"))),
             CONNECT_UDP => Frame::ConnectUdp(u16::from_be_bytes(fixed(2)?.try_into().expect("2 bytes"))),
             DATAGRAM => Frame::Datagram(payload),
+            WATCH_FILES => Frame::WatchFiles(
+                String::from_utf8(payload).map_err(|_| invalid("a watched root must be UTF-8"))?,
+            ),
+            FILE_CHANGES => Frame::FileChanges(payload),
             LISTENERS => Frame::Listeners(serde_json::from_slice(&payload).map_err(json_error)?),
             STDOUT => Frame::Stdout(payload),
             STDERR => Frame::Stderr(payload),
@@ -256,6 +270,8 @@ mod tests {
             Frame::Connect(8080),
             Frame::ConnectUdp(5353),
             Frame::Datagram(vec![0, 1, 2]),
+            Frame::WatchFiles("/home/u/web".into()),
+            Frame::FileChanges(b"Mfa.txt\0".to_vec()),
             Frame::Listeners(Listening { tcp: BTreeSet::from([22, 3000]), udp: BTreeSet::from([5353]) }),
             Frame::Stdout(vec![0, 255, 10]),
             Frame::Stderr(b"oops".to_vec()),

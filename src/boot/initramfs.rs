@@ -90,11 +90,13 @@ pub struct BaseSpec {
     pub release: String,
     pub modules_dir: PathBuf,
     pub modules: Vec<Module>,
+    /// The file-event module ([`crate::boot::notify`]), when it is built and trusted.
+    pub notify_module: Option<PathBuf>,
 }
 
 impl BaseSpec {
-    /// The spec for booting `kernel` with the running mvm.
-    pub fn for_kernel(kernel: &Kernel) -> anyhow::Result<BaseSpec> {
+    /// The spec for booting `kernel` with the running mvm (and `notify_module`).
+    pub fn for_kernel(kernel: &Kernel, notify_module: Option<PathBuf>) -> anyhow::Result<BaseSpec> {
         let (Some(release), Some(modules_dir)) = (&kernel.release, &kernel.modules_dir) else {
             return Err(UserError::missing_dependency(format!(
                 "no kernel modules found for {}",
@@ -108,6 +110,7 @@ impl BaseSpec {
             release: release.clone(),
             modules_dir: modules_dir.clone(),
             modules: modules::closure(modules_dir, modules::GUEST_MODULES)?,
+            notify_module,
         })
     }
 
@@ -119,6 +122,7 @@ impl BaseSpec {
         let mut files: Vec<PathBuf> = vec![self.image.exe.clone()];
         files.extend(self.image.libraries.iter().cloned());
         files.extend(self.modules.iter().map(|m| self.modules_dir.join(&m.path)));
+        files.extend(self.notify_module.iter().cloned());
         for file in files {
             let meta = std::fs::metadata(&file).with_context(|| format!("cannot stat {}", file.display()))?;
             (file, meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino()).hash(&mut hasher);
@@ -148,6 +152,9 @@ pub fn write_base(spec: &BaseSpec, out: impl Write) -> anyhow::Result<()> {
         let inside = modules_root.join(&module.path);
         module_list.push_str(&format!("/{}\n", inside.display()));
         files.push((inside, spec.modules_dir.join(&module.path), 0o644));
+    }
+    if let Some(module) = &spec.notify_module {
+        files.push((PathBuf::from(crate::boot::notify::IN_INITRAMFS), module.clone(), 0o644));
     }
     files.sort();
     files.dedup_by(|a, b| a.0 == b.0);
@@ -233,6 +240,7 @@ mod tests {
             release: "6.1.0-test".into(),
             modules_dir,
             modules: vec![Module { name: "fuse".into(), path: "kernel/fs/fuse.ko".into() }],
+            notify_module: None,
         }
     }
 
@@ -258,6 +266,25 @@ mod tests {
         let rebuilt = cached_base(&cache, &spec).unwrap();
         assert_ne!(rebuilt, path, "a changed module changes the key");
         assert!(!path.exists(), "the stale image is removed");
+    }
+
+    /// The file-event module rides along when there is one, and changes the key.
+    #[test]
+    fn the_file_event_module_is_carried_when_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = fake_spec(dir.path());
+        let without = spec.cache_key().unwrap();
+        let module = dir.path().join("mvm_notify-0.ko");
+        std::fs::write(&module, b"notify module").unwrap();
+        spec.notify_module = Some(module);
+        assert_ne!(spec.cache_key().unwrap(), without);
+        let mut image = Vec::new();
+        write_base(&spec, &mut image).unwrap();
+        let text = String::from_utf8_lossy(&image);
+        assert!(text.contains("mvm/mvm_notify.ko\0") && text.contains("notify module"));
+        // (Built from pieces: the test binary, carried as /init, holds its own literals.)
+        let listed = format!("/{}\n", crate::boot::notify::IN_INITRAMFS);
+        assert!(!text.contains(&listed), "not in the list of modules that must load");
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub fn checks(paths: &Paths, root: &Path) -> Vec<Check> {
     checks.extend(tool_checks(&host, &kvm));
     checks.push(hypervisor_check(&host, &kvm));
     checks.push(kernel_check(&host, root));
+    checks.push(file_events_check(paths, &host, root));
     checks.push(state_dir_check(&paths.state_dir));
     checks.push(setup_check(paths));
     checks
@@ -354,6 +355,30 @@ fn kernel_check(host: &HostConfig, root: &Path) -> Check {
         Err(error) => {
             Check::problem("kernel", Status::Error, error.to_string(), error.hint_text().unwrap_or_default())
         }
+    }
+}
+
+/// Whether guests get file events for host changes: the module built for their kernel.
+fn file_events_check(paths: &Paths, host: &HostConfig, root: &Path) -> Check {
+    use crate::boot::notify::{self, Availability};
+    let Ok(found) = kernel::discover(root, host.paths.kernel.as_deref(), &crate::host::kernel_release())
+    else {
+        return Check::problem(
+            "file events",
+            Status::Warn,
+            "no guest kernel to build for",
+            "see the kernel check",
+        );
+    };
+    let release = found.release.unwrap_or_default();
+    match notify::find(paths, &release) {
+        Availability::Ready(module) => Check::ok("file events", format!("guest module {}", module.display())),
+        other => Check::problem(
+            "file events",
+            Status::Warn,
+            notify::why_off(&other, &release).unwrap_or_default(),
+            "`sudo mvm setup` builds it (it needs the kernel's headers: `apt install linux-headers-RELEASE make gcc`)",
+        ),
     }
 }
 

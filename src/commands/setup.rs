@@ -160,7 +160,25 @@ pub fn setup(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
         changes.push(format!("installed {} (setuid root, group '{group}' only)", target.helper.display()));
     }
     changes.extend(claim_old_vms(&target.paths)?);
+    changes.extend(build_file_event_module(&target.paths));
     Ok(changes)
+}
+
+/// Builds the guests' file-event module for the kernel they boot. Without the kernel's
+/// headers it is said, not failed: VMs then run without file events.
+fn build_file_event_module(paths: &Paths) -> Option<String> {
+    let host = crate::config::host::HostConfig::load(&paths.config_file).unwrap_or_default();
+    let kernel = crate::boot::kernel::discover(
+        Path::new("/"),
+        host.paths.kernel.as_deref(),
+        &crate::host::kernel_release(),
+    )
+    .ok()?;
+    let (release, modules_dir) = (kernel.release?, kernel.modules_dir?);
+    match crate::boot::notify::ensure_built(paths, &release, &modules_dir) {
+        Ok(built) => built,
+        Err(error) => Some(format!("no file events in guests: {error:#}")),
+    }
 }
 
 /// Gives the shared roots (and the create lock) to root and the group; returns what it

@@ -135,8 +135,14 @@ fn walk_beneath(dir: BorrowedFd, relative: &Path, flags: OFlag, mode: Mode) -> i
     openat(at, *last, flags | OFlag::O_NOFOLLOW, mode).map_err(errno)
 }
 
-/// Reopens an `O_PATH` descriptor of a regular file for reading. The descriptor pins
-/// the inode, so the reopened file is the one that was checked.
+/// Whether `path` is a directory or regular file (not a symlink) that root alone can
+/// write: what a store shared with every VM (images, the guest module) must be.
+pub fn roots_alone(path: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok((meta.is_dir() || meta.is_file()) && meta.uid() == 0 && meta.mode() & 0o022 == 0)
+}
+
 /// The largest runtime record [`read_record`] reads.
 pub const RUNTIME_RECORD_CAP: u64 = 64 * 1024;
 
@@ -147,6 +153,8 @@ pub fn read_record(dir: &Path, name: &str) -> io::Result<Vec<u8>> {
     Tree::open(dir)?.read(Path::new(name), RUNTIME_RECORD_CAP)
 }
 
+/// Reopens an `O_PATH` descriptor of a regular file for reading. The descriptor pins
+/// the inode, so the reopened file is the one that was checked.
 fn reopen_for_reading(fd: &OwnedFd) -> io::Result<File> {
     File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
@@ -277,6 +285,34 @@ impl Tree {
             }
         }
         Ok(entries)
+    }
+
+    /// The names of the directories in directory `relative` (a symlink to one is not one),
+    /// read from the directory's own listing: no `lstat` per entry where the file system
+    /// gives each entry's type.
+    pub fn subdirs(&self, relative: &Path) -> io::Result<Vec<OsString>> {
+        let fd = self.open_raw(relative, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let mut dir = nix::dir::Dir::from_fd(fd).map_err(errno)?;
+        let (mut dirs, mut untyped) = (Vec::new(), Vec::new());
+        for entry in dir.iter() {
+            let entry = entry.map_err(errno)?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let name = OsString::from(std::ffi::OsStr::from_bytes(name));
+            match entry.file_type() {
+                Some(nix::dir::Type::Directory) => dirs.push(name),
+                None => untyped.push(name),
+                Some(_) => {}
+            }
+        }
+        for name in untyped {
+            if self.metadata(&relative.join(&name))?.is_some_and(|meta| meta.is_dir()) {
+                dirs.push(name);
+            }
+        }
+        Ok(dirs)
     }
 
     /// The value of extended attribute `name` on directory `relative` (`None` when unset).

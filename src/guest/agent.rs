@@ -20,7 +20,7 @@ use nix::sys::socket::{accept, bind, listen, socket, AddressFamily, Backlog, Soc
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::agent::protocol::{ExecRequest, ExitStatus, Frame, AGENT_PORT};
-use crate::guest::{forward, reaper};
+use crate::guest::{file_events, forward, reaper};
 
 /// A connection's write half, shared by the threads that send frames.
 pub(super) type Sender = Arc<Mutex<File>>;
@@ -68,6 +68,7 @@ fn handle(mut connection: File, power_off: fn() -> !) -> anyhow::Result<()> {
         }
         Some(Frame::PowerOff) => power_off(),
         Some(Frame::WatchListeners) => forward::watch_listeners(&sender),
+        Some(Frame::WatchFiles(root)) => file_events::serve(&root, &mut connection, &sender),
         Some(Frame::Connect(port)) => forward::connect_tcp(connection, &sender, port),
         Some(Frame::ConnectUdp(port)) => forward::connect_udp(connection, &sender, port),
         Some(Frame::SetClock(nanos)) => {

@@ -102,6 +102,7 @@ fn serve_initctl() {
 fn boot() -> anyhow::Result<std::os::fd::OwnedFd> {
     mount_kernel_filesystems()?;
     load_modules()?;
+    load_file_event_module();
     let config: GuestConfig = serde_json::from_slice(
         &std::fs::read(Path::new("/").join(GUEST_CONFIG)).context("cannot read the guest config")?,
     )
@@ -163,6 +164,18 @@ fn load_modules() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Loads the file-event module when the initramfs carries one. Without it the guest runs
+/// on, with no file events for host changes: said on the console, and to the host when it
+/// asks for them.
+fn load_file_event_module() {
+    let path = Path::new("/").join(crate::boot::notify::IN_INITRAMFS);
+    let Ok(file) = File::open(&path) else { return };
+    match finit_module(&file, &CString::default(), ModuleInitFlags::empty()) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(errno) => eprintln!("mvm-init: no file events: cannot load the file-event module: {errno}"),
+    }
 }
 
 fn mount_share(share: &GuestMount, target: &Path) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod config;
+mod file_events;
 mod forward;
 pub mod init;
 pub mod listeners;

@@ -10,7 +10,6 @@
 pub mod build;
 pub mod packages;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -109,12 +108,6 @@ pub fn rootfs(paths: &Paths, name: &ImageName) -> PathBuf {
     image_dir(paths, name).join(ROOTFS)
 }
 
-/// Whether `path` is a directory or regular file (not a symlink) that root alone can write.
-fn roots_alone(path: &Path) -> std::io::Result<bool> {
-    let meta = std::fs::symlink_metadata(path)?;
-    Ok((meta.is_dir() || meta.is_file()) && meta.uid() == 0 && meta.mode() & 0o022 == 0)
-}
-
 /// The record of image `name`, from a store root alone can write.
 pub fn load(paths: &Paths, name: &ImageName) -> anyhow::Result<ImageRecord> {
     let missing = || {
@@ -124,7 +117,7 @@ pub fn load(paths: &Paths, name: &ImageName) -> anyhow::Result<ImageRecord> {
     };
     let dir = image_dir(paths, name);
     for trusted in [store_dir(paths), dir.clone(), dir.join(ROOTFS)] {
-        match roots_alone(&trusted) {
+        match crate::fs::roots_alone(&trusted) {
             Ok(true) => {}
             Ok(false) => {
                 return Err(UserError::conflict(format!(

@@ -307,6 +307,12 @@ pub fn project_overlay(config: &VmConfig, vm_dir: &Path, run_dir: &Path, run_as:
     })
 }
 
+/// The host directory `config`'s project is read from (in overlay mode, the lower layer).
+pub fn project_source(config: &VmConfig, run_dir: &Path, run_as: RunAs) -> Option<PathBuf> {
+    let project = config.project.as_ref()?;
+    Some(lower(run_as, &project.path, run_dir, PINNED_PROJECT))
+}
+
 /// Where a recorded directory is read from: root reads its pin, a user the directory.
 fn lower(run_as: RunAs, recorded: &Path, run_dir: &Path, pinned: &str) -> PathBuf {
     match run_as {

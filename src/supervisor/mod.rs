@@ -22,6 +22,7 @@ pub mod ports;
 pub mod processes;
 pub mod sandbox;
 pub mod userns;
+pub mod watch;
 
 use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -159,7 +160,10 @@ fn run(
         let cache = paths.user_cache();
         std::fs::create_dir_all(cache.parent().expect("the cache has a parent"))?;
         crate::state::paths::own_dir(&cache, 0o700)?;
-        initramfs::cached_base(&cache, &BaseSpec::for_kernel(&launch.kernel)?)?
+        initramfs::cached_base(
+            &cache,
+            &BaseSpec::for_kernel(&launch.kernel, file_event_module(paths, &launch))?,
+        )?
     };
     let guest = serde_json::to_vec(&launch.guest)?;
     initramfs::write_boot_image(&base, &[(GUEST_CONFIG, &guest)], &launch.spec.initramfs)?;
@@ -187,6 +191,9 @@ fn run(
         for overlay in &launch.overlays {
             processes::mount_overlay(overlay)?;
         }
+    }
+    if let Some(target) = file_events_target(paths, &launch) {
+        watch::spawn(target);
     }
     let log_dir = paths.vm_dir(name).join("log");
     let filter = sandbox::no_privilege_filter()?;
@@ -379,6 +386,41 @@ fn run(
     }
 }
 
+/// The guest's file-event module, when the VM has a project to raise events for and the
+/// module is built and root's alone; otherwise the log says why there are none.
+fn file_event_module(paths: &Paths, launch: &Launch) -> Option<std::path::PathBuf> {
+    use crate::boot::notify::{self, Availability};
+    launch.config.project.as_ref()?;
+    let release = launch.kernel.release.as_deref()?;
+    match notify::find(paths, release) {
+        Availability::Ready(module) => Some(module),
+        other => {
+            if let Some(why) = notify::why_off(&other, release) {
+                log!("{why}");
+            }
+            None
+        }
+    }
+}
+
+/// What the project's file events need, when the guest can raise them.
+fn file_events_target(paths: &Paths, launch: &Launch) -> Option<watch::WatchTarget> {
+    let project = launch.config.project.as_ref()?;
+    let release = launch.kernel.release.as_deref()?;
+    if !matches!(crate::boot::notify::find(paths, release), crate::boot::notify::Availability::Ready(_)) {
+        return None;
+    }
+    let name = &launch.config.name;
+    let (vm_dir, run_dir) = (paths.vm_dir(name), paths.vm_run_dir(name));
+    Some(watch::WatchTarget {
+        project: launch::project_source(&launch.config, &run_dir, launch.run_as)?,
+        upper: launch::project_overlay(&launch.config, &vm_dir, &run_dir, launch.run_as).map(|o| o.upper),
+        guest_root: project.path.display().to_string(),
+        vsock: launch.spec.vsock_socket.clone(),
+        console: launch.spec.console_log.clone(),
+    })
+}
+
 /// Answers the guest's DNS on its gateway until the returned server is dropped (`dns`);
 /// without it, the guest's names do not resolve, which the log says.
 fn serve_dns(paths: &Paths, config: &crate::config::vm::VmConfig) -> Option<crate::dns::Server> {
@@ -414,12 +456,7 @@ fn serve_auto_ports(paths: &Paths, name: &VmName, run_dir: &Path) {
         run_dir: run_dir.to_path_buf(),
         console,
     };
-    ports::spawn(
-        target,
-        owner,
-        policy,
-        Box::new(reload),
-    );
+    ports::spawn(target, owner, policy, Box::new(reload));
 }
 
 /// Pauses (`pause`) or resumes the VM if it is not so already, recording it in the status.

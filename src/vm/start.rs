@@ -55,6 +55,9 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
     let tools = || Ok(crate::image::build::BuildTools::find(&host)?);
     crate::image::packages::ensure(paths, &config, tools)?;
     let prepared = Launch::prepare(paths, &host, &config)?;
+    if config.project.is_some() {
+        file_event_module(paths, &prepared.kernel);
+    }
     // Through sudo, as at create: only the invoking user's own project (a directory of
     // root's renamed into its place since would otherwise be shared with root's rights).
     let user = crate::host::user::invoking_user();
@@ -146,6 +149,23 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         ))
         .into()),
         Err(_) => Err(failure(paths, name)),
+    }
+}
+
+/// Builds the guest's file-event module if root runs this and it is missing; says once
+/// when the guest will have no file events.
+fn file_event_module(paths: &Paths, kernel: &crate::boot::kernel::Kernel) {
+    use crate::boot::notify;
+    let (Some(release), Some(modules_dir)) = (&kernel.release, &kernel.modules_dir) else { return };
+    if nix::unistd::geteuid().is_root() {
+        match notify::ensure_built(paths, release, modules_dir) {
+            Ok(Some(built)) => eprintln!("{built}"),
+            Ok(None) => {}
+            Err(error) => eprintln!("warning: cannot build the guest's file-event module: {error:#}"),
+        }
+    }
+    if let Some(why) = notify::why_off(&notify::find(paths, release), release) {
+        eprintln!("warning: {why}");
     }
 }
 

@@ -1,0 +1,231 @@
+//! File events for a VM's project (issue: host edits reach the guest's watchers).
+//!
+//! Two threads per VM with a project and a guest that can raise file events. One
+//! watches the project on the host ([`tree::Watches`]) and gathers what changes
+//! ([`pending::Pending`]); the other, once the guest is up, opens a `WatchFiles`
+//! connection to the agent and sends each gathered batch as a `FileChanges` frame, the
+//! next only after the guest applied the last: a burst coalesces while the guest works,
+//! and a guest that stops answering holds a bounded batch, never the supervisor.
+//!
+//! In overlay mode the host watches the project itself (the overlay's lower layer); a
+//! path the guest has made its own in the upper layer hides the host's file, so a change
+//! to it is not the guest's business and is not sent.
+
+mod pending;
+mod tree;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+
+use crate::agent::changes::{Change, FileChange};
+use crate::agent::protocol::Frame;
+use crate::fs::Tree;
+use pending::Pending;
+use tree::Watches;
+
+/// The most directories one VM's project has watched.
+pub const WATCH_LIMIT: usize = 65_536;
+/// How long the sender lets a batch gather after its first change (a rename's halves,
+/// an editor's write-then-rename, arrive together).
+const GATHER: Duration = Duration::from_millis(5);
+/// The largest `FileChanges` payload (well below the frame cap).
+const MAX_PAYLOAD: usize = 256 * 1024;
+/// How long the guest may take to apply one payload before the connection is made anew.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a rename's first half waits for its second before it counts as a deletion.
+const MOVE_PAIRING: u16 = 20;
+
+/// What a VM's file events need.
+pub struct WatchTarget {
+    /// The directory the project is read from on the host.
+    pub project: PathBuf,
+    /// The overlay's upper layer, in overlay mode.
+    pub upper: Option<PathBuf>,
+    /// Where the project is in the guest.
+    pub guest_root: String,
+    /// The hybrid vsock socket of the agent.
+    pub vsock: PathBuf,
+    /// The console log, whose ready line says the agent listens.
+    pub console: PathBuf,
+}
+
+type Shared = Arc<(Mutex<Gathered>, Condvar)>;
+
+#[derive(Default)]
+struct Gathered {
+    pending: Pending,
+    /// The guest cannot raise file events: the watcher ends.
+    off: bool,
+}
+
+/// Starts watching `target`'s project and sending its changes to the guest.
+pub fn spawn(target: WatchTarget) {
+    let shared: Shared = Arc::default();
+    let started = Instant::now();
+    let root = match Tree::open_exact(&target.project) {
+        Ok(root) => root,
+        Err(error) => {
+            log!("no file events in the guest: cannot open the project: {error}");
+            return;
+        }
+    };
+    let upper = target.upper.as_deref().and_then(|upper| Tree::open(upper).ok());
+    let gathering = shared.clone();
+    std::thread::spawn(move || match Watches::new(root, WATCH_LIMIT) {
+        Ok(watches) => {
+            log!(
+                "watching {} directories of the project for file events ({} ms)",
+                watches.len(),
+                started.elapsed().as_millis()
+            );
+            if let Some(why) = &watches.incomplete {
+                log!("file events: {why}");
+            }
+            gather(watches, upper, &gathering);
+        }
+        Err(error) => log!("no file events in the guest: cannot watch the project: {error}"),
+    });
+    std::thread::spawn(move || send(&target, &shared));
+}
+
+/// Reads the project's events into the shared batch until the guest turns them down.
+fn gather(mut watches: Watches, upper: Option<Tree>, shared: &Shared) {
+    let mut changes = Vec::new();
+    let mut noted_incomplete = watches.incomplete.is_some();
+    loop {
+        let timeout =
+            if watches.awaiting_moves() { PollTimeout::from(MOVE_PAIRING) } else { PollTimeout::NONE };
+        let ready = nix::poll::poll(&mut [PollFd::new(watches.fd(), PollFlags::POLLIN)], timeout);
+        match ready {
+            Ok(0) => watches.flush_moves(&mut changes),
+            Ok(_) => {
+                if let Err(error) = watches.read(&mut changes) {
+                    log!("file events: cannot read the project's events: {error}");
+                    return;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(error) => {
+                log!("file events: cannot wait for the project's events: {error}");
+                return;
+            }
+        }
+        if !noted_incomplete {
+            if let Some(why) = &watches.incomplete {
+                log!("file events: {why}");
+                noted_incomplete = true;
+            }
+        }
+        if let Some(upper) = &upper {
+            changes.retain(|change| !shadowed(upper, change));
+        }
+        let (lock, wake) = &**shared;
+        let mut gathered = lock.lock().expect("file events");
+        if gathered.off {
+            return;
+        }
+        for change in changes.drain(..) {
+            gathered.pending.push(change);
+        }
+        if !gathered.pending.is_empty() {
+            wake.notify_one();
+        }
+    }
+}
+
+/// Whether the guest's own layer hides `change`'s path (a rename is never hidden whole).
+fn shadowed(upper: &Tree, change: &FileChange) -> bool {
+    !matches!(change.change, Change::Renamed(_) | Change::Rescan)
+        && upper.metadata(&change.path).is_ok_and(|meta| meta.is_some())
+}
+
+/// Sends the gathered batches to the guest for as long as it takes them.
+fn send(target: &WatchTarget, shared: &Shared) {
+    let mut announced = false;
+    loop {
+        while !crate::supervisor::launch::guest_ready(&target.console) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut stream = match open(target) {
+            Ok(stream) => stream,
+            Err(Refusal::Off(why)) => {
+                log!("no file events in the guest: {why}");
+                let (lock, _) = &**shared;
+                lock.lock().expect("file events").off = true;
+                return;
+            }
+            Err(Refusal::NotYet) => {
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if !announced {
+            log!("file events on for {}", target.guest_root);
+            announced = true;
+        }
+        loop {
+            let batch = next_batch(shared);
+            if let Err(error) = deliver(&mut stream, &batch) {
+                log!("file events: the agent connection ended ({error}); making it again");
+                let (lock, _) = &**shared;
+                let rescan = FileChange { change: Change::Rescan, path: PathBuf::new(), dir: true };
+                lock.lock().expect("file events").pending.push(rescan);
+                break;
+            }
+        }
+    }
+}
+
+enum Refusal {
+    /// The guest cannot raise file events (no module): said once, never asked again.
+    Off(String),
+    /// The agent is not there (yet, or any more).
+    NotYet,
+}
+
+/// Opens the `WatchFiles` connection.
+fn open(target: &WatchTarget) -> Result<std::os::unix::net::UnixStream, Refusal> {
+    let mut stream =
+        crate::agent::client::connect(&target.vsock, Duration::from_secs(2)).map_err(|_| Refusal::NotYet)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|_| Refusal::NotYet)?;
+    Frame::WatchFiles(target.guest_root.clone()).write_to(&mut stream).map_err(|_| Refusal::NotYet)?;
+    match Frame::read_from(&mut stream) {
+        Ok(Some(Frame::Pong(_))) => {
+            stream.set_read_timeout(Some(APPLY_TIMEOUT)).map_err(|_| Refusal::NotYet)?;
+            Ok(stream)
+        }
+        Ok(Some(Frame::Error(why))) => Err(Refusal::Off(why)),
+        _ => Err(Refusal::NotYet),
+    }
+}
+
+/// Waits for changes, lets them gather a moment, and takes them.
+fn next_batch(shared: &Shared) -> Vec<FileChange> {
+    let (lock, wake) = &**shared;
+    let mut gathered = lock.lock().expect("file events");
+    while gathered.pending.is_empty() {
+        gathered = wake.wait(gathered).expect("file events");
+    }
+    drop(gathered);
+    std::thread::sleep(GATHER);
+    lock.lock().expect("file events").pending.take()
+}
+
+/// Sends `batch` and waits until the guest applied it.
+fn deliver(stream: &mut std::os::unix::net::UnixStream, batch: &[FileChange]) -> std::io::Result<()> {
+    let mut payload = Vec::new();
+    for (at, change) in batch.iter().enumerate() {
+        change.encode(&mut payload);
+        if payload.len() >= MAX_PAYLOAD || at + 1 == batch.len() {
+            Frame::FileChanges(std::mem::take(&mut payload)).write_to(stream)?;
+            match Frame::read_from(stream)? {
+                Some(Frame::Pong(_)) => {}
+                other => return Err(std::io::Error::other(format!("the agent answered {other:?}"))),
+            }
+        }
+    }
+    Ok(())
+}

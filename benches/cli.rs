@@ -95,7 +95,7 @@ fn main() {
         ..CreateArgs::default()
     };
     create(&args, &paths, &host, HostLimits { cpus: 2, memory_mib: None }).unwrap();
-    let upper = paths.state_dir.join("big/upper");
+    let upper = paths.state_dir.join("big/layer/upper");
     std::fs::create_dir_all(&upper).unwrap();
     time_runs("mvm diff, 10,000-file project, no change", |_| mvm(&paths, &["diff", "big"]));
     for i in 0..100 {

@@ -14,6 +14,7 @@
  * A write holds whole records:
  *
  *   'P' 'd' PATH '\0'            the project root (absolute); the others are relative to it
+ *   'L' 'd' PATH '\0'            in overlay mode, the overlay's lower layer (absolute)
  *   KIND TYPE PATH '\0'          N(ew), D(elete), M(odify), W(rite closed), A(ttributes),
  *                                X (drop every cached entry beneath PATH)
  *   'R' TYPE FROM '\0' TO '\0'   a rename within the project
@@ -48,8 +49,6 @@ extern int vfs_path_lookup(struct dentry *dentry, struct vfsmount *mnt, const ch
 #define ECHO_WINDOW HZ
 
 static DEFINE_MUTEX(delivery_lock);
-static struct path project_root;
-static bool have_root;
 /* The task delivering host changes: its own events are not the guest's. */
 static struct task_struct *delivering;
 
@@ -154,19 +153,34 @@ static void echo_watch(struct super_block *sb)
 
 /* ---- applying one change ---- */
 
+/*
+ * A tree the changes are applied to. The project as the guest sees it raises events; in
+ * overlay mode the overlay's lower layer (the host's project, a virtio-fs mount of its
+ * own) is applied to first, only to drop what it cached, so the overlay's fresh lookups
+ * reach the host's files.
+ */
+struct tree {
+	struct path root;
+	bool set;
+	bool raise;
+};
+
+static struct tree lower_tree = { .raise = false };
+static struct tree project_tree = { .raise = true };
+
 /* Makes the next stat of `dentry` ask the host (the attributes come back fresh). */
-static void refresh_attributes(struct dentry *dentry)
+static void refresh_attributes(const struct tree *tree, struct dentry *dentry)
 {
-	struct path path = { .mnt = project_root.mnt, .dentry = dentry };
+	struct path path = { .mnt = tree->root.mnt, .dentry = dentry };
 	struct kstat stat;
 
 	vfs_getattr(&path, &stat, STATX_BASIC_STATS, AT_STATX_FORCE_SYNC);
 }
 
 /* Forgets the cached entry `name` in `parent` (unless something is mounted on it). */
-static struct dentry *forget_entry(struct dentry *parent, const char *name, int len)
+static struct dentry *forget_entry(struct dentry *parent, const char *name)
 {
-	struct qstr q = QSTR_INIT(name, len);
+	struct qstr q = QSTR_INIT(name, strlen(name));
 	struct dentry *cached = d_hash_and_lookup(parent, &q);
 
 	if (IS_ERR_OR_NULL(cached))
@@ -177,7 +191,8 @@ static struct dentry *forget_entry(struct dentry *parent, const char *name, int 
 }
 
 /* The directory holding `path` (relative to the root), and where its last name starts. */
-static int parent_of(const char *path, struct path *parent, const char **name)
+static int parent_of(const struct tree *tree, const char *path, struct path *parent,
+		     const char **name)
 {
 	const char *slash = strrchr(path, '/');
 	char *dir;
@@ -185,7 +200,7 @@ static int parent_of(const char *path, struct path *parent, const char **name)
 
 	if (!slash) {
 		*name = path;
-		*parent = project_root;
+		*parent = tree->root;
 		path_get(parent);
 		return 0;
 	}
@@ -193,7 +208,7 @@ static int parent_of(const char *path, struct path *parent, const char **name)
 	dir = kstrndup(path, slash - path, GFP_KERNEL);
 	if (!dir)
 		return -ENOMEM;
-	err = vfs_path_lookup(project_root.dentry, project_root.mnt, dir,
+	err = vfs_path_lookup(tree->root.dentry, tree->root.mnt, dir,
 			      LOOKUP_DIRECTORY | LOOKUP_BENEATH | LOOKUP_NO_SYMLINKS, parent);
 	kfree(dir);
 	return err;
@@ -218,16 +233,18 @@ static struct dentry *look_up(struct dentry *parent, const char *name)
 	return child;
 }
 
-static void apply_created(struct path *parent, const char *name, bool is_dir)
+static void apply_created(const struct tree *tree, struct path *parent, const char *name,
+			  bool is_dir)
 {
 	struct inode *dir = d_inode(parent->dentry);
-	struct dentry *stale = forget_entry(parent->dentry, name, strlen(name));
+	struct dentry *stale = forget_entry(parent->dentry, name);
 	struct dentry *child;
-
 	struct qstr q = QSTR_INIT(name, strlen(name));
 
 	dput(stale);
-	refresh_attributes(parent->dentry);
+	refresh_attributes(tree, parent->dentry);
+	if (!tree->raise)
+		return;
 	child = look_up(parent->dentry, name);
 	if (!child) {
 		/* Gone again already (a temporary file): its name is all there is to tell. */
@@ -244,16 +261,19 @@ static void apply_created(struct path *parent, const char *name, bool is_dir)
 	dput(child);
 }
 
-static void apply_deleted(struct path *parent, const char *name, bool is_dir)
+static void apply_deleted(const struct tree *tree, struct path *parent, const char *name,
+			  bool is_dir)
 {
 	struct inode *dir = d_inode(parent->dentry);
 	struct qstr q = QSTR_INIT(name, strlen(name));
-	struct dentry *gone = forget_entry(parent->dentry, name, q.len);
+	struct dentry *gone = forget_entry(parent->dentry, name);
 	struct inode *inode = gone && d_really_is_positive(gone) ? igrab(d_inode(gone)) : NULL;
 	struct dentry *again;
 	u32 mask = FS_DELETE | (is_dir ? FS_ISDIR : 0);
 
-	refresh_attributes(parent->dentry);
+	refresh_attributes(tree, parent->dentry);
+	if (!tree->raise)
+		goto out;
 	again = look_up(parent->dentry, name);
 	if (again) {
 		/* Made again before this was applied: the guest sees the new one. */
@@ -263,7 +283,7 @@ static void apply_deleted(struct path *parent, const char *name, bool is_dir)
 	if (!echo_of_guest(name_key(dir, &q), FS_DELETE | FS_MOVED_FROM)) {
 		fsnotify_name(mask, inode ? (void *)inode : (void *)dir, FSNOTIFY_EVENT_INODE, dir, &q, 0);
 		if (inode) {
-			refresh_attributes(gone);
+			refresh_attributes(tree, gone);
 			if (inode->i_nlink == 0)
 				fsnotify_inoderemove(inode);
 		}
@@ -273,9 +293,9 @@ out:
 	dput(gone);
 }
 
-static void apply_changed(struct path *parent, const char *name, char kind)
+static void apply_changed(const struct tree *tree, struct path *parent, const char *name, char kind)
 {
-	struct dentry *stale = NULL;
+	struct dentry *stale;
 	struct dentry *child;
 	struct inode *inode;
 	u32 mask = kind == 'A' ? FS_ATTRIB : kind == 'W' ? FS_CLOSE_WRITE : FS_MODIFY;
@@ -291,15 +311,15 @@ static void apply_changed(struct path *parent, const char *name, char kind)
 	if (!child)
 		return;
 	inode = d_inode(child);
-	refresh_attributes(child);
+	refresh_attributes(tree, child);
 	if (kind != 'A' && S_ISREG(inode->i_mode))
 		invalidate_inode_pages2(inode->i_mapping);
-	if (!echo_of_guest(inode_key(inode), kind == 'A' ? FS_ATTRIB : CONTENT_MASK))
+	if (tree->raise && !echo_of_guest(inode_key(inode), kind == 'A' ? FS_ATTRIB : CONTENT_MASK))
 		fsnotify_dentry(child, mask);
 	dput(child);
 }
 
-static void apply_renamed(const char *from, const char *to, bool is_dir)
+static void apply_renamed(const struct tree *tree, const char *from, const char *to, bool is_dir)
 {
 	struct path old_parent, new_parent;
 	const char *old_name, *new_name;
@@ -308,9 +328,9 @@ static void apply_renamed(const char *from, const char *to, bool is_dir)
 	struct qstr old_q;
 	char *old_copy;
 
-	if (parent_of(from, &old_parent, &old_name))
+	if (parent_of(tree, from, &old_parent, &old_name))
 		return;
-	if (!valid_name(old_name) || parent_of(to, &new_parent, &new_name)) {
+	if (!valid_name(old_name) || parent_of(tree, to, &new_parent, &new_name)) {
 		path_put(&old_parent);
 		return;
 	}
@@ -318,16 +338,18 @@ static void apply_renamed(const char *from, const char *to, bool is_dir)
 	if (!old_copy || !valid_name(new_name))
 		goto out;
 	old_q = (struct qstr)QSTR_INIT(old_copy, strlen(old_copy));
-	old_entry = forget_entry(old_parent.dentry, old_name, strlen(old_name));
-	target_entry = forget_entry(new_parent.dentry, new_name, strlen(new_name));
+	old_entry = forget_entry(old_parent.dentry, old_name);
+	target_entry = forget_entry(new_parent.dentry, new_name);
 	if (target_entry && d_really_is_positive(target_entry))
 		target = igrab(d_inode(target_entry));
-	refresh_attributes(old_parent.dentry);
-	refresh_attributes(new_parent.dentry);
-	moved = look_up(new_parent.dentry, new_name);
-	if (!moved) {
+	refresh_attributes(tree, old_parent.dentry);
+	refresh_attributes(tree, new_parent.dentry);
+	moved = tree->raise ? look_up(new_parent.dentry, new_name) : NULL;
+	if (!tree->raise) {
+		/* Only the caches: done. */
+	} else if (!moved) {
 		/* Gone again already: what the guest can still see is the deletion. */
-		apply_deleted(&old_parent, old_name, is_dir);
+		apply_deleted(tree, &old_parent, old_name, is_dir);
 	} else {
 		if (target == d_inode(moved)) {
 			iput(target);
@@ -347,62 +369,70 @@ out:
 	path_put(&old_parent);
 }
 
-static void apply_one(char kind, char type, const char *path, const char *to)
+static void apply_to(const struct tree *tree, char kind, char type, const char *path, const char *to)
 {
 	struct path parent;
 	const char *name;
 	bool is_dir = type == 'd';
 
 	if (kind == 'R') {
-		apply_renamed(path, to, is_dir);
+		apply_renamed(tree, path, to, is_dir);
 		return;
 	}
 	if (kind == 'X') {
 		struct path under;
 
 		if (!*path) {
-			shrink_dcache_parent(project_root.dentry);
+			shrink_dcache_parent(tree->root.dentry);
 			return;
 		}
-		if (!vfs_path_lookup(project_root.dentry, project_root.mnt, path,
+		if (!vfs_path_lookup(tree->root.dentry, tree->root.mnt, path,
 				     LOOKUP_DIRECTORY | LOOKUP_BENEATH | LOOKUP_NO_SYMLINKS, &under)) {
 			shrink_dcache_parent(under.dentry);
 			path_put(&under);
 		}
 		return;
 	}
-	if (parent_of(path, &parent, &name))
+	if (parent_of(tree, path, &parent, &name))
 		return;
 	if (valid_name(name)) {
 		switch (kind) {
 		case 'N':
-			apply_created(&parent, name, is_dir);
+			apply_created(tree, &parent, name, is_dir);
 			break;
 		case 'D':
-			apply_deleted(&parent, name, is_dir);
+			apply_deleted(tree, &parent, name, is_dir);
 			break;
 		case 'M':
 		case 'W':
 		case 'A':
-			apply_changed(&parent, name, kind);
+			apply_changed(tree, &parent, name, kind);
 			break;
 		}
 	}
 	path_put(&parent);
 }
 
-static int set_root(const char *path)
+static void apply_one(char kind, char type, const char *path, const char *to)
+{
+	if (lower_tree.set)
+		apply_to(&lower_tree, kind, type, path, to);
+	apply_to(&project_tree, kind, type, path, to);
+}
+
+static int set_root(struct tree *tree, const char *path)
 {
 	struct path root;
 	int err = kern_path(path, LOOKUP_DIRECTORY | LOOKUP_FOLLOW, &root);
 
 	if (err)
 		return err;
-	if (have_root)
-		path_put(&project_root);
-	project_root = root;
-	have_root = true;
-	echo_watch(root.dentry->d_sb);
+	if (tree->set)
+		path_put(&tree->root);
+	tree->root = root;
+	tree->set = true;
+	if (tree->raise)
+		echo_watch(root.dentry->d_sb);
 	return 0;
 }
 
@@ -427,12 +457,12 @@ static ssize_t apply_records(char *buf, size_t len)
 		at = end - buf + 1;
 		if (type != 'f' && type != 'd')
 			return -EINVAL;
-		if (kind == 'P') {
-			int err = set_root(path);
+		if (kind == 'P' || kind == 'L') {
+			int err = set_root(kind == 'P' ? &project_tree : &lower_tree, path);
 
 			if (err)
 				return err;
-		} else if (have_root && *path != '/') {
+		} else if (project_tree.set && *path != '/') {
 			apply_one(kind, type, path, to);
 		}
 	}

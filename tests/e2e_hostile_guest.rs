@@ -183,7 +183,7 @@ setpriv --reuid 65534 --regid 65534 --clear-groups python3 /tmp/loop.py",
         let out = refused.ok();
         assert!(!out.contains("SET") && !out.contains("DEVICE-MADE"), "{dir}: {out}");
     }
-    for dir in [vm_dir.join("upper"), vm_dir.join("volumes/data")] {
+    for dir in [vm_dir.join("layer/upper"), vm_dir.join("volumes/data")] {
         let meta = std::fs::symlink_metadata(dir.join("s")).unwrap();
         assert_eq!(meta.mode() & 0o6000, 0, "{} carries setuid/setgid bits", dir.join("s").display());
         assert!(std::fs::symlink_metadata(dir.join("null")).is_err(), "a device node in {}", dir.display());
@@ -194,7 +194,7 @@ setpriv --reuid 65534 --regid 65534 --clear-groups python3 /tmp/loop.py",
     let base = mvm::vmm::VOLUME_ID_BASE;
     assert_eq!((volume_file.uid(), volume_file.gid()), (base + 104, base + 110));
     // What guest root made in the project belongs to the project's owner.
-    let made = std::fs::metadata(vm_dir.join("upper/made-by-root")).unwrap();
+    let made = std::fs::metadata(vm_dir.join("layer/upper/made-by-root")).unwrap();
     assert_eq!((made.uid(), made.gid()), (65534, 65534));
 
     // Logs: a symlinked log is refused, a FIFO state is not opened, a huge log is capped.

@@ -60,11 +60,17 @@ impl FileChange {
     }
 }
 
-/// The record that names the project's root in the guest (sent first).
-pub fn root_record(root: &Path) -> Vec<u8> {
-    let mut out = b"Pd".to_vec();
-    out.extend_from_slice(root.as_os_str().as_bytes());
-    out.push(0);
+/// The records that name the project's root in the guest and, in overlay mode, the
+/// overlay's lower layer (sent first).
+pub fn root_records(root: &Path, lower: Option<&Path>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (kind, path) in [(b'P', Some(root)), (b'L', lower)] {
+        if let Some(path) = path {
+            out.extend_from_slice(&[kind, b'd']);
+            out.extend_from_slice(path.as_os_str().as_bytes());
+            out.push(0);
+        }
+    }
     out
 }
 
@@ -114,7 +120,8 @@ mod tests {
         }
         assert_eq!(bytes, b"Nfsrc/new.js\0Rda\0b/c\0Xd\0");
         assert_eq!(decode(&bytes).unwrap(), changes);
-        assert_eq!(root_record(Path::new("/home/u/web")), b"Pd/home/u/web\0");
+        assert_eq!(root_records(Path::new("/home/u/web"), None), b"Pd/home/u/web\0");
+        assert_eq!(root_records(Path::new("/w"), Some(Path::new("/l"))), b"Pd/w\0Ld/l\0");
         assert!(decode(b"Nfno-end").is_none());
     }
 }

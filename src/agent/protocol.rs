@@ -56,6 +56,16 @@ pub struct Listening {
     pub udp: BTreeSet<u16>,
 }
 
+/// The project a `WatchFiles` connection is about, as the guest mounted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchedProject {
+    /// Where the guest sees it.
+    pub root: String,
+    /// In overlay mode, where the guest mounted the host's project (the overlay's lower
+    /// layer), whose caches are dropped first.
+    pub lower: Option<String>,
+}
+
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -90,7 +100,7 @@ pub enum Frame {
     /// Host → guest: the project at this guest path changes on the host; answered with
     /// `Pong` (or `Error` when the guest cannot raise file events), after which the host
     /// sends `FileChanges` frames, each answered with `Pong` once applied.
-    WatchFiles(String),
+    WatchFiles(WatchedProject),
     /// Host → guest: changes to the project ([`crate::agent::changes`] records).
     FileChanges(Vec<u8>),
     /// Guest → host: the ports the guest's TCP and UDP servers listen on.
@@ -147,7 +157,7 @@ impl Frame {
             Frame::Connect(port) => (CONNECT, port.to_be_bytes().to_vec()),
             Frame::ConnectUdp(port) => (CONNECT_UDP, port.to_be_bytes().to_vec()),
             Frame::Datagram(data) => (DATAGRAM, data.clone()),
-            Frame::WatchFiles(root) => (WATCH_FILES, root.as_bytes().to_vec()),
+            Frame::WatchFiles(project) => (WATCH_FILES, to_json(project)),
             Frame::FileChanges(records) => (FILE_CHANGES, records.clone()),
             Frame::Listeners(ports) => (LISTENERS, to_json(ports)),
             Frame::Stdout(data) => (STDOUT, data.clone()),
@@ -184,9 +194,7 @@ impl Frame {
             CONNECT => Frame::Connect(u16::from_be_bytes(fixed(2)?.try_into().expect("2 bytes"))),
             CONNECT_UDP => Frame::ConnectUdp(u16::from_be_bytes(fixed(2)?.try_into().expect("2 bytes"))),
             DATAGRAM => Frame::Datagram(payload),
-            WATCH_FILES => Frame::WatchFiles(
-                String::from_utf8(payload).map_err(|_| invalid("a watched root must be UTF-8"))?,
-            ),
+            WATCH_FILES => Frame::WatchFiles(serde_json::from_slice(&payload).map_err(json_error)?),
             FILE_CHANGES => Frame::FileChanges(payload),
             LISTENERS => Frame::Listeners(serde_json::from_slice(&payload).map_err(json_error)?),
             STDOUT => Frame::Stdout(payload),
@@ -270,7 +278,10 @@ mod tests {
             Frame::Connect(8080),
             Frame::ConnectUdp(5353),
             Frame::Datagram(vec![0, 1, 2]),
-            Frame::WatchFiles("/home/u/web".into()),
+            Frame::WatchFiles(WatchedProject {
+                root: "/home/u/web".into(),
+                lower: Some("/run/mvm/shares/project".into()),
+            }),
             Frame::FileChanges(b"Mfa.txt\0".to_vec()),
             Frame::Listeners(Listening { tcp: BTreeSet::from([22, 3000]), udp: BTreeSet::from([5353]) }),
             Frame::Stdout(vec![0, 255, 10]),

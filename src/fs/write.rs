@@ -136,6 +136,22 @@ impl Tree {
         }
     }
 
+    /// Sets extended attribute `name` of directory `relative` to `value`.
+    pub fn set_dir_xattr(&self, relative: &Path, name: &str, value: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.open_raw(relative, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let name = std::ffi::CString::new(name)?;
+        // SAFETY: the descriptor is open, the name NUL-terminated, and the value's length
+        // is passed with it.
+        let set = unsafe {
+            nix::libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        };
+        if set < 0 {
+            return Err(self.context(relative, io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Gives `relative` (never what a symlink there points at) the owner `uid`:`gid`.
     pub fn set_owner(&self, relative: &Path, uid: u32, gid: u32) -> io::Result<()> {
         let fd = self.open_raw(relative, OFlag::O_PATH | OFlag::O_NOFOLLOW)?;

@@ -68,7 +68,7 @@ fn handle(mut connection: File, power_off: fn() -> !) -> anyhow::Result<()> {
         }
         Some(Frame::PowerOff) => power_off(),
         Some(Frame::WatchListeners) => forward::watch_listeners(&sender),
-        Some(Frame::WatchFiles(root)) => file_events::serve(&root, &mut connection, &sender),
+        Some(Frame::WatchFiles(project)) => file_events::serve(&project, &mut connection, &sender),
         Some(Frame::Connect(port)) => forward::connect_tcp(connection, &sender, port),
         Some(Frame::ConnectUdp(port)) => forward::connect_udp(connection, &sender, port),
         Some(Frame::SetClock(nanos)) => {

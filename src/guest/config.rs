@@ -41,12 +41,30 @@ pub enum GuestRoot {
     Image,
 }
 
+/// Where the guest mounts a share that its own overlay takes as a layer
+/// (`SHARES_MOUNT/TAG`).
+pub const SHARES_MOUNT: &str = "/run/mvm/shares";
+
 /// A virtio-fs share and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestMount {
     pub tag: String,
     pub path: String,
     pub read_only: bool,
+    /// The tag of the share holding `upper/` and `work/` of an overlay the guest mounts
+    /// at `path`, with this share (read-only, at `SHARES_MOUNT/TAG`) beneath them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<String>,
+}
+
+impl GuestMount {
+    /// Where the guest mounts the share itself: at `path`, or beneath its overlay.
+    pub fn share_path(&self) -> String {
+        match self.layer {
+            Some(_) => format!("{SHARES_MOUNT}/{}", self.tag),
+            None => self.path.clone(),
+        }
+    }
 }
 
 /// The guest's network, as carried by `mvm.net=ADDRESS/PREFIX,GATEWAY[,DNS…]`.

@@ -6,13 +6,14 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use crate::agent::changes::root_record;
-use crate::agent::protocol::Frame;
+use crate::agent::changes::root_records;
+use crate::agent::protocol::{Frame, WatchedProject};
 use crate::boot::notify::DEVICE;
 use crate::guest::agent::{send, Sender};
 
-/// Serves one `WatchFiles` connection for the project at `root` until the host hangs up.
-pub fn serve(root: &str, connection: &mut File, sender: &Sender) {
+/// Serves one `WatchFiles` connection for `project` until the host hangs up.
+pub fn serve(project: &WatchedProject, connection: &mut File, sender: &Sender) {
+    let root = &project.root;
     let mut device = match std::fs::OpenOptions::new().write(true).open(DEVICE) {
         Ok(device) => device,
         Err(error) => {
@@ -26,7 +27,8 @@ pub fn serve(root: &str, connection: &mut File, sender: &Sender) {
         }
     };
     // Each write is whole records: the module applies them before it returns.
-    if let Err(error) = device.write_all(&root_record(Path::new(root))) {
+    let records = root_records(Path::new(root), project.lower.as_deref().map(Path::new));
+    if let Err(error) = device.write_all(&records) {
         send(sender, &Frame::Error(format!("the file-event module refused the project {root}: {error}")));
         return;
     }

@@ -19,7 +19,7 @@ use nix::mount::{mount, MsFlags};
 
 use crate::boot::initramfs::{GUEST_CONFIG, MODULE_LIST};
 use crate::guest::config::{
-    GuestConfig, GuestMount, GuestNetwork, GuestRoot, IMAGE_DISK_SERIAL, SYSTEM_DISK_SERIAL,
+    GuestConfig, GuestMount, GuestNetwork, GuestRoot, IMAGE_DISK_SERIAL, SHARES_MOUNT, SYSTEM_DISK_SERIAL,
 };
 use crate::guest::{agent, processes, reaper};
 use crate::net::netlink::Netlink;
@@ -110,7 +110,10 @@ fn boot() -> anyhow::Result<std::os::fd::OwnedFd> {
     assemble_root(&config)?;
     switch_root()?;
     for share in &config.mounts {
-        mount_share(share, Path::new(&share.path))?;
+        mount_share(share, Path::new(&share.share_path()))?;
+        if let Some(layer) = &share.layer {
+            mount_project_overlay(share, layer)?;
+        }
     }
     nix::unistd::sethostname(&config.hostname).context("cannot set the hostname")?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -186,7 +189,7 @@ fn mount_share(share: &GuestMount, target: &Path) -> anyhow::Result<()> {
 }
 
 fn share(tag: &str, read_only: bool) -> GuestMount {
-    GuestMount { tag: tag.to_string(), path: String::new(), read_only }
+    GuestMount { tag: tag.to_string(), path: String::new(), read_only, layer: None }
 }
 
 fn assemble_root(config: &GuestConfig) -> anyhow::Result<()> {
@@ -307,6 +310,31 @@ fn block_device_with_serial(serial: &str) -> Option<std::path::PathBuf> {
         let found = std::fs::read_to_string(entry.path().join("serial")).ok()?;
         (found.trim() == serial).then(|| Path::new("/dev").join(entry.file_name()))
     })
+}
+
+/// Mounts the overlay of `share` (mounted at its share path, read-only) under the layer
+/// share `layer`, at the share's path. The guest's kernel owns it, so a host change to
+/// the lower share is the guest's to see (the file-event module drops what both cached);
+/// its attributes are `user.overlay.*`, the only ones the layer's virtiofsd stores.
+fn mount_project_overlay(share: &GuestMount, layer: &str) -> anyhow::Result<()> {
+    let layer_mount =
+        GuestMount { tag: layer.to_string(), path: String::new(), read_only: false, layer: None };
+    let layer_dir = Path::new(SHARES_MOUNT).join(layer);
+    mount_share(&layer_mount, &layer_dir)?;
+    let (upper, work) = (layer_dir.join("upper"), layer_dir.join("work"));
+    for dir in [&upper, &work] {
+        make_dir(dir, 0o755)?;
+    }
+    let target = Path::new(&share.path);
+    std::fs::create_dir_all(target).with_context(|| format!("cannot create {}", target.display()))?;
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        share.share_path(),
+        upper.display(),
+        work.display()
+    );
+    mount(Some("overlay"), target, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+        .with_context(|| format!("cannot mount the project's overlay on {}", target.display()))
 }
 
 /// Mounts at `target` an overlay of `lower` (read-only) under the writable layer kept in

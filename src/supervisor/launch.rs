@@ -290,6 +290,12 @@ pub fn pins(config: &VmConfig, run_dir: &Path) -> Vec<Pin> {
     pins
 }
 
+/// Where a persistent project overlay keeps its layers, under the VM's state dir.
+pub const PERSISTENT_LAYERS: &str = "layer";
+
+/// The tag of the share that holds a project overlay's `upper/` and `work/`.
+pub const PROJECT_LAYER: &str = "project-layer";
+
 /// Where a non-persistent project overlay keeps its layers, under the VM's state dir;
 /// removed at every stop and before every start.
 pub const SCRATCH_LAYERS: &str = "scratch";
@@ -298,7 +304,7 @@ pub const SCRATCH_LAYERS: &str = "scratch";
 pub fn project_overlay(config: &VmConfig, vm_dir: &Path, run_dir: &Path, run_as: RunAs) -> Option<Overlay> {
     let project = config.project.as_ref().filter(|project| project.mount == MountMode::Overlay)?;
     // On the state disk, never in /run (memory): the guest decides its size.
-    let layers = if project.persist { vm_dir.to_path_buf() } else { vm_dir.join(SCRATCH_LAYERS) };
+    let layers = if project.persist { vm_dir.join(PERSISTENT_LAYERS) } else { vm_dir.join(SCRATCH_LAYERS) };
     Some(Overlay {
         lower: lower(run_as, &project.path, run_dir, PINNED_PROJECT),
         upper: layers.join("upper"),
@@ -342,6 +348,7 @@ pub fn plan_shares(
         dir,
         read_only,
         ids,
+        overlay_layer: false,
     };
     let mut shares = Vec::new();
     let mut overlays = Vec::new();
@@ -381,32 +388,38 @@ pub fn plan_shares(
     };
     let mut mounts = Vec::new();
     if let Some(project) = &config.project {
-        let dir = match project_overlay(config, vm_dir, run_dir, run_as) {
-            Some(overlay) => {
-                let merged = overlay.merged.clone();
-                overlays.push(overlay);
-                merged
-            }
-            None => lower(run_as, &project.path, run_dir, PINNED_PROJECT),
-        };
-        let read_only = project.mount == MountMode::Ro;
         let (uid, gid) = project_owner;
         let project_ids = match run_as {
             RunAs::Root => GuestIds::Squash { uid, gid },
             RunAs::User { .. } => GuestIds::Owner { shown_as: project_owner },
         };
+        // In overlay mode the guest mounts the overlay itself: the project read-only
+        // beneath the VM's layer share, which keeps only the overlay's attributes.
+        let layer = project_overlay(config, vm_dir, run_dir, run_as).map(|overlay| {
+            let dir = overlay.upper.parent().expect("the upper layer has a parent").to_path_buf();
+            shares.push(Share { overlay_layer: true, ..share(PROJECT_LAYER, dir, false, project_ids) });
+            PROJECT_LAYER.to_string()
+        });
+        let read_only = project.mount == MountMode::Ro || layer.is_some();
+        let dir = lower(run_as, &project.path, run_dir, PINNED_PROJECT);
         shares.push(share("project", dir, read_only, project_ids));
         mounts.push(GuestMount {
             tag: "project".into(),
             path: project.path.display().to_string(),
-            read_only,
+            read_only: project.mount == MountMode::Ro,
+            layer,
         });
     }
     for volume in &config.volumes {
         let tag = format!("vol-{}", volume.name);
         let volume_ids = ids(GuestIds::Shift { base: VOLUME_ID_BASE });
         shares.push(share(&tag, vm_dir.join("volumes").join(&volume.name), false, volume_ids));
-        mounts.push(GuestMount { tag, path: volume.guest_path.display().to_string(), read_only: false });
+        mounts.push(GuestMount {
+            tag,
+            path: volume.guest_path.display().to_string(),
+            read_only: false,
+            layer: None,
+        });
     }
     let default_workdir = config.project.as_ref().map_or("/".to_string(), |p| p.path.display().to_string());
     let processes = config
@@ -466,6 +479,54 @@ pub fn shift_volume_ids(volume: &Path) -> anyhow::Result<()> {
     }
     tree.set_owner(Path::new(""), shift(root.uid()), shift(root.gid()))
         .with_context(|| format!("cannot shift the owners of {}", volume.display()))
+}
+
+/// Readies the layer share of `config`'s project overlay (the guest mounts the overlay):
+/// `upper/` and `work/`, owned by the project's owner under root (the guest's writes
+/// arrive through virtiofsd as theirs). A persistent upper layer where mvm kept it before
+/// the guest mounted the overlay (`VM/upper`, made by the host's overlayfs) moves into
+/// place once, its opaque directories marked as the guest's overlay reads them.
+pub fn prepare_project_layer(config: &VmConfig, vm_dir: &Path, owner: (u32, u32)) -> anyhow::Result<()> {
+    let Some(project) = config.project.as_ref().filter(|project| project.mount == MountMode::Overlay) else {
+        return Ok(());
+    };
+    let vm = crate::fs::Tree::open(vm_dir)?;
+    let layers = Path::new(if project.persist { PERSISTENT_LAYERS } else { SCRATCH_LAYERS });
+    let as_root = RunAs::this_process() == RunAs::Root;
+    let owner = as_root.then_some(owner);
+    let old_upper = Path::new("upper");
+    if project.persist
+        && vm.metadata(layers)?.is_none()
+        && vm.metadata(old_upper)?.is_some_and(|m| m.is_dir())
+    {
+        vm.create_dir_all(layers, 0o755, owner)?;
+        std::fs::rename(vm_dir.join(old_upper), vm_dir.join(layers).join("upper"))
+            .with_context(|| format!("cannot move {} into {}", old_upper.display(), layers.display()))?;
+        vm.remove(Path::new("work"))?;
+        if as_root {
+            mark_opaque_for_the_guest(&vm.subtree(&layers.join("upper"))?)?;
+        }
+    }
+    for dir in [layers.to_path_buf(), layers.join("upper"), layers.join("work")] {
+        vm.create_dir_all(&dir, 0o755, owner)?;
+        if let Some((uid, gid)) = owner {
+            vm.set_owner(&dir, uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the host overlay's `trusted.overlay.opaque` of every directory beneath `upper`
+/// to `user.overlay.opaque`, the name the guest's (`userxattr`) overlay reads.
+fn mark_opaque_for_the_guest(upper: &crate::fs::Tree) -> anyhow::Result<()> {
+    let mut pending = vec![PathBuf::new()];
+    while let Some(dir) = pending.pop() {
+        if let Some(value) = upper.dir_xattr(&dir, "trusted.overlay.opaque")? {
+            upper.set_dir_xattr(&dir, "user.overlay.opaque", &value)?;
+        }
+        pending.extend(upper.subdirs(&dir)?.into_iter().map(|name| dir.join(name)));
+    }
+    Ok(())
 }
 
 /// Drops a non-persistent overlay's layers (the guest's; removed without following
@@ -539,8 +600,11 @@ mod tests {
         }
     }
 
+    /// In overlay mode the guest mounts the overlay: the project comes read-only, its
+    /// layer share (upper and work) beside it keeps only the overlay's attributes, and
+    /// nothing is mounted on the host.
     #[test]
-    fn overlay_project_is_merged_on_the_host_and_shared_at_its_path() {
+    fn overlay_project_is_merged_in_the_guest_over_a_layer_share() {
         let (shares, overlays, guest) = plan_shares(
             &config(MountMode::Overlay, false),
             Path::new("/state/web"),
@@ -550,25 +614,30 @@ mod tests {
         );
         let tags: Vec<&str> = shares.iter().map(|s| s.tag.as_str()).collect();
         assert_eq!(&tags[..3], ["usr", "etc", "var"]);
-        assert!(tags.ends_with(&["project", "vol-data"]));
+        assert!(tags.ends_with(&["project-layer", "project", "vol-data"]), "{tags:?}");
+        assert!(overlays.is_empty());
         let project = shares.iter().find(|s| s.tag == "project").unwrap();
-        assert_eq!(project.dir, Path::new("/run/mvm/web/project"));
+        assert_eq!((project.dir.as_path(), project.read_only), (Path::new("/run/mvm/web/lower"), true));
         assert_eq!(project.socket, Path::new("/run/mvm/web/fs-project.sock"));
+        let layer = shares.iter().find(|s| s.tag == PROJECT_LAYER).unwrap();
+        assert_eq!((layer.dir.as_path(), layer.read_only), (Path::new("/state/web/scratch"), false));
+        assert!(layer.overlay_layer && !project.overlay_layer);
         assert_eq!(
-            overlays,
-            [Overlay {
-                lower: "/run/mvm/web/lower".into(),
-                upper: "/state/web/scratch/upper".into(),
-                work: "/state/web/scratch/work".into(),
-                merged: "/run/mvm/web/project".into(),
-            }]
+            guest.mounts[0],
+            GuestMount {
+                tag: "project".into(),
+                path: "/src/web".into(),
+                read_only: false,
+                layer: Some(PROJECT_LAYER.into())
+            }
         );
-        assert_eq!(guest.mounts[0].path, "/src/web");
+        assert_eq!(guest.mounts[0].share_path(), "/run/mvm/shares/project");
         assert_eq!(guest.mounts[1].path, "/data");
         assert!(shares.iter().find(|s| s.tag == "usr").unwrap().read_only);
-        // The guest's writes carry no host privilege: the project stays its owner's,
-        // volumes get shifted ids.
+        // The guest's writes carry no host privilege: the project and its layer stay its
+        // owner's, volumes get shifted ids.
         assert_eq!(project.ids, GuestIds::Squash { uid: 1000, gid: 100 });
+        assert_eq!(layer.ids, GuestIds::Squash { uid: 1000, gid: 100 });
         let volume = shares.iter().find(|s| s.tag == "vol-data").unwrap();
         assert_eq!(volume.ids, GuestIds::Shift { base: VOLUME_ID_BASE });
         assert_eq!(shares.iter().find(|s| s.tag == "etc").unwrap().ids, GuestIds::AsIs);
@@ -576,15 +645,18 @@ mod tests {
 
     #[test]
     fn persistent_overlay_keeps_layers_in_state_and_rw_ro_share_directly() {
-        let (_, overlays, _) = plan_shares(
-            &config(MountMode::Overlay, true),
-            Path::new("/state/web"),
-            Path::new("/run/mvm/web"),
-            (1000, 100),
-            RunAs::Root,
-        );
-        assert_eq!(overlays[0].upper, Path::new("/state/web/upper"));
-        assert_eq!(overlays[0].work, Path::new("/state/web/work"));
+        let dirs = |persist| {
+            let overlay = project_overlay(
+                &config(MountMode::Overlay, persist),
+                Path::new("/state/web"),
+                Path::new("/run/mvm/web"),
+                RunAs::Root,
+            )
+            .unwrap();
+            (overlay.upper, overlay.work)
+        };
+        assert_eq!(dirs(true), ("/state/web/layer/upper".into(), "/state/web/layer/work".into()));
+        assert_eq!(dirs(false), ("/state/web/scratch/upper".into(), "/state/web/scratch/work".into()));
         for (mode, read_only) in [(MountMode::Rw, false), (MountMode::Ro, true)] {
             let (shares, overlays, guest) = plan_shares(
                 &config(mode, false),
@@ -594,13 +666,48 @@ mod tests {
                 RunAs::Root,
             );
             assert!(overlays.is_empty());
+            assert!(shares.iter().all(|share| share.tag != PROJECT_LAYER));
             let project = shares.iter().find(|s| s.tag == "project").unwrap();
             assert_eq!(
                 (project.dir.as_path(), project.read_only),
                 (Path::new("/run/mvm/web/lower"), read_only)
             );
             assert_eq!(guest.mounts[0].read_only, read_only);
+            assert_eq!(guest.mounts[0].layer, None);
         }
+    }
+
+    /// A persistent upper layer where the host's overlay kept it moves into the layer
+    /// share once, its opaque directories marked for the guest's overlay; then the layer
+    /// is its project owner's.
+    #[test]
+    fn an_old_upper_layer_moves_into_the_layer_share() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (trusted.* attributes, chown)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let vm_dir = dir.path();
+        std::fs::create_dir_all(vm_dir.join("upper/replaced")).unwrap();
+        std::fs::create_dir_all(vm_dir.join("work/work")).unwrap();
+        std::fs::write(vm_dir.join("upper/replaced/new"), "x").unwrap();
+        let upper = crate::fs::Tree::open(&vm_dir.join("upper")).unwrap();
+        upper.set_dir_xattr(Path::new("replaced"), "trusted.overlay.opaque", b"y").unwrap();
+        prepare_project_layer(&config(MountMode::Overlay, true), vm_dir, (65534, 65534)).unwrap();
+        assert!(!vm_dir.join("upper").exists() && !vm_dir.join("work").exists());
+        let layer = crate::fs::Tree::open(&vm_dir.join("layer/upper")).unwrap();
+        assert_eq!(
+            layer.dir_xattr(Path::new("replaced"), "user.overlay.opaque").unwrap(),
+            Some(b"y".to_vec())
+        );
+        assert_eq!(std::fs::read_to_string(vm_dir.join("layer/upper/replaced/new")).unwrap(), "x");
+        use std::os::unix::fs::MetadataExt;
+        for made in ["layer", "layer/upper", "layer/work"] {
+            assert_eq!(std::fs::metadata(vm_dir.join(made)).unwrap().uid(), 65534, "{made}");
+        }
+        // Once: a second start leaves it as it is.
+        prepare_project_layer(&config(MountMode::Overlay, true), vm_dir, (65534, 65534)).unwrap();
+        assert!(vm_dir.join("layer/upper/replaced/new").exists());
     }
 
     /// A volume written before ids were shifted is shifted once, beneath itself only.

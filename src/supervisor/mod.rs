@@ -142,6 +142,7 @@ fn run(
     let config = store::load(paths, name)?;
     launch::ensure_dirs(paths, &config)?;
     let launch = Launch::prepare(paths, &host, &config)?;
+    launch::prepare_project_layer(&launch.config, &paths.vm_dir(name), launch.project_owner)?;
     log!("{}", launch.vmm_choice);
     if let Some(mkfs) = &launch.mkfs {
         let vm_dir = paths.vm_dir(name);
@@ -412,10 +413,14 @@ fn file_events_target(paths: &Paths, launch: &Launch) -> Option<watch::WatchTarg
     }
     let name = &launch.config.name;
     let (vm_dir, run_dir) = (paths.vm_dir(name), paths.vm_run_dir(name));
+    let upper = launch::project_overlay(&launch.config, &vm_dir, &run_dir, launch.run_as).map(|o| o.upper);
+    let guest_lower =
+        launch.guest.mounts.iter().find(|mount| mount.tag == "project" && mount.layer.is_some());
     Some(watch::WatchTarget {
         project: launch::project_source(&launch.config, &run_dir, launch.run_as)?,
-        upper: launch::project_overlay(&launch.config, &vm_dir, &run_dir, launch.run_as).map(|o| o.upper),
+        upper,
         guest_root: project.path.display().to_string(),
+        guest_lower: guest_lower.map(|mount| mount.share_path()),
         vsock: launch.spec.vsock_socket.clone(),
         console: launch.spec.console_log.clone(),
     })

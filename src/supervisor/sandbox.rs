@@ -4,7 +4,7 @@
 //! Ownership alone does not stop a setuid bit (an owner may set it without privilege),
 //! so the calls that set a mode — `chmod` in its forms, and creating files, directories
 //! and nodes — fail with `EPERM` when the mode has `S_ISUID` or `S_ISGID`, and `mknod`
-//! fails for character and block devices. `openat2` carries its mode inside a struct a
+//! fails for character and block devices (but an overlay's whiteout, the device 0:0). `openat2` carries its mode inside a struct a
 //! filter cannot read, so it fails too; virtiofsd then falls back to `openat`, whose mode
 //! is an argument. A guest id virtiofsd's translation cannot cover (`u32::MAX`, "no
 //! change" to `setresuid`) would leave virtiofsd acting as root: switching to it fails.
@@ -58,7 +58,17 @@ pub fn no_privilege_filter() -> anyhow::Result<BpfProgram> {
     }
     for (syscall, mode_arg) in [(libc::SYS_mknod, 1), (libc::SYS_mknodat, 2)] {
         let mut node_rules = privilege_bits(mode_arg)?;
-        node_rules.push(masked(mode_arg, S_IFMT, S_IFCHR)?);
+        // A character device 0:0 is an overlay's whiteout (a guest's overlay deleting a
+        // file of the layer beneath): it opens nothing, and the kernel makes it without
+        // CAP_MKNOD. Any other is refused.
+        let char_device = SeccompCondition::new(
+            mode_arg,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(S_IFMT),
+            S_IFCHR,
+        )?;
+        let not_whiteout = SeccompCondition::new(mode_arg + 1, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, 0)?;
+        node_rules.push(SeccompRule::new(vec![char_device, not_whiteout])?);
         node_rules.push(masked(mode_arg, S_IFMT, S_IFBLK)?);
         rules.insert(syscall, node_rules);
     }
@@ -99,12 +109,19 @@ mod tests {
             "touch f && chmod 755 f && mkdir d && echo plain-ok; \
              chmod 4755 f || echo suid-refused; chmod g+s f || echo sgid-refused; \
              mkdir -m 2755 g || echo sgid-dir-refused; \
-             mknod dev c 1 3 2>/dev/null || echo device-refused; mkfifo pipe && echo fifo-ok",
+             mknod dev c 1 3 2>/dev/null || echo device-refused; mkfifo pipe && echo fifo-ok; \
+             mknod whiteout c 0 0 && echo whiteout-ok",
         );
         let text = String::from_utf8_lossy(&out.stdout);
-        for expected in
-            ["plain-ok", "suid-refused", "sgid-refused", "sgid-dir-refused", "device-refused", "fifo-ok"]
-        {
+        for expected in [
+            "plain-ok",
+            "suid-refused",
+            "sgid-refused",
+            "sgid-dir-refused",
+            "device-refused",
+            "fifo-ok",
+            "whiteout-ok",
+        ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }
         use std::os::unix::fs::PermissionsExt;

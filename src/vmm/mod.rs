@@ -37,6 +37,9 @@ pub struct Share {
     pub read_only: bool,
     /// What the guest's user and group ids become on the host.
     pub ids: GuestIds,
+    /// The guest's own overlay keeps a layer here: its `user.overlay.*` extended
+    /// attributes are stored, and no other (no file capability, no ACL, no label).
+    pub overlay_layer: bool,
 }
 
 /// A virtio-blk disk: a raw image file the guest sees as a block device, found by its

@@ -130,6 +130,7 @@ pub(crate) mod tests {
                     socket: "/run/mvm/web/fs-usr.sock".into(),
                     read_only: true,
                     ids: crate::vmm::GuestIds::AsIs,
+                    overlay_layer: false,
                 },
                 Share {
                     tag: "etc".into(),
@@ -137,6 +138,7 @@ pub(crate) mod tests {
                     socket: "/run/mvm/web/fs-etc.sock".into(),
                     read_only: false,
                     ids: crate::vmm::GuestIds::AsIs,
+                    overlay_layer: false,
                 },
             ],
             disks: vec![crate::vmm::Disk {

@@ -5,6 +5,11 @@
 
 use crate::vmm::{GuestIds, Share, OVERFLOW_ID, SHIFTED_IDS};
 
+/// The extended attributes a guest's overlay layer keeps: `user.overlay.*` as they are;
+/// any other name is refused to the guest (ENOTSUP, as on a file system without them) and
+/// hidden from it. A file capability or ACL the guest sets never reaches the host.
+pub const OVERLAY_LAYER_XATTRS: &str = ":ok:all:user.overlay.:::unsupported:all:::";
+
 /// The argv (without the program) that serves `share`.
 pub fn args(share: &Share) -> Vec<String> {
     let mut args = vec![
@@ -15,6 +20,10 @@ pub fn args(share: &Share) -> Vec<String> {
         "--inode-file-handles=never".to_string(),
         "--log-level=error".to_string(),
     ];
+    if share.overlay_layer {
+        args.push("--xattr".to_string());
+        args.push(format!("--xattrmap={OVERLAY_LAYER_XATTRS}"));
+    }
     if share.read_only {
         args.push("--readonly".to_string());
     } else {
@@ -59,6 +68,7 @@ mod tests {
             socket: "/run/mvm/web/fs-usr.sock".into(),
             read_only,
             ids,
+            overlay_layer: false,
         }
     }
 
@@ -76,6 +86,13 @@ mod tests {
                 "--readonly"
             ]
         );
+    }
+
+    #[test]
+    fn an_overlay_layer_keeps_the_overlays_attributes_alone() {
+        let layer = Share { overlay_layer: true, ..share(false, GuestIds::AsIs) };
+        assert_eq!(args(&layer)[6..8], ["--xattr", "--xattrmap=:ok:all:user.overlay.:::unsupported:all:::"]);
+        assert!(!args(&share(false, GuestIds::AsIs)).contains(&"--xattr".to_string()));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::agent::changes::{Change, FileChange};
-use crate::agent::protocol::Frame;
+use crate::agent::protocol::{Frame, WatchedProject};
 use crate::fs::Tree;
 use pending::Pending;
 use tree::Watches;
@@ -46,6 +46,8 @@ pub struct WatchTarget {
     pub upper: Option<PathBuf>,
     /// Where the project is in the guest.
     pub guest_root: String,
+    /// In overlay mode, where the guest mounted the host's project beneath its overlay.
+    pub guest_lower: Option<String>,
     /// The hybrid vsock socket of the agent.
     pub vsock: PathBuf,
     /// The console log, whose ready line says the agent listens.
@@ -191,7 +193,8 @@ fn open(target: &WatchTarget) -> Result<std::os::unix::net::UnixStream, Refusal>
     let mut stream =
         crate::agent::client::connect(&target.vsock, Duration::from_secs(2)).map_err(|_| Refusal::NotYet)?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|_| Refusal::NotYet)?;
-    Frame::WatchFiles(target.guest_root.clone()).write_to(&mut stream).map_err(|_| Refusal::NotYet)?;
+    let project = WatchedProject { root: target.guest_root.clone(), lower: target.guest_lower.clone() };
+    Frame::WatchFiles(project).write_to(&mut stream).map_err(|_| Refusal::NotYet)?;
     match Frame::read_from(&mut stream) {
         Ok(Some(Frame::Pong(_))) => {
             stream.set_read_timeout(Some(APPLY_TIMEOUT)).map_err(|_| Refusal::NotYet)?;

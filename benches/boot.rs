@@ -21,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mvm::boot::initramfs::{self, BaseSpec};
 use mvm::boot::kernel;
-use mvm::state::Paths;
+
+mod common;
+use common::{line, median, Bench};
 
 /// A `newc` archive whose `/init` is busybox (static, from Debian's busybox-static)
 /// powering the machine off: the least a boot of this kernel can do.
@@ -35,73 +37,8 @@ fn write_trivial_initramfs(path: &std::path::Path) {
     std::io::Write::flush(&mut cpio.finish().unwrap()).unwrap();
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn line(label: &str, values: &[f64], unit: &str) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    // The nearest-rank 95th percentile.
-    let p95 = sorted[(sorted.len() * 95).div_ceil(100) - 1];
-    println!(
-        "{label:<52} median {:>8.1} {unit}   p95 {:>8.1} {unit}   min {:>8.1} {unit}   max {:>8.1} {unit}   ({} runs)",
-        median(values.to_vec()),
-        p95,
-        sorted[0],
-        sorted[sorted.len() - 1],
-        values.len()
-    );
-}
-
-struct Bench {
-    paths: Paths,
-    namespace: String,
-    dir: tempfile::TempDir,
-}
-
-impl Bench {
-    fn mvm(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net=/run/netns/{}", self.namespace))
-            .arg(env!("CARGO_BIN_EXE_mvm"))
-            .args(args)
-            .env("MVM_STATE_DIR", &self.paths.state_dir)
-            .env("MVM_RUN_DIR", &self.paths.run_dir)
-            .env("MVM_CONFIG", &self.paths.config_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        command
-    }
-
-    fn ok(&self, args: &[&str]) {
-        assert!(self.mvm(args).status().unwrap().success(), "mvm {args:?} failed");
-    }
-}
-
 fn main() {
-    if !nix::unistd::geteuid().is_root() || which::which("qemu-system-x86_64").is_err() {
-        println!("boot benchmarks skipped: they need root and qemu-system-x86_64 (scripts/setup)");
-        return;
-    }
-    let namespace = format!("mvmboot-{}", std::process::id());
-    assert!(Command::new("ip").args(["netns", "add", &namespace]).status().unwrap().success());
-    // Its loopback up: automatic forwards listen on 127.0.0.1.
-    assert!(Command::new("ip")
-        .args(["-n", &namespace, "link", "set", "lo", "up"])
-        .status()
-        .unwrap()
-        .success());
-    let dir = tempfile::tempdir().unwrap();
-    let bench = Bench { paths: Paths::under(dir.path()), namespace: namespace.clone(), dir };
-    let result = std::panic::catch_unwind(|| run(&bench));
-    let _ = Command::new("ip").args(["netns", "del", &namespace]).status();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
+    Bench::with("mvmboot", run);
 }
 
 fn run(bench: &Bench) {
@@ -331,17 +268,6 @@ fn image_starts(bench: &Bench, plain: &[f64]) {
     bench.ok(&["image", "rm", "bench"]);
 }
 
-/// Runs `job` in the bench's network namespace (where the supervisors' forwards listen).
-fn in_namespace<T: Send + 'static>(bench: &Bench, job: impl FnOnce() -> T + Send + 'static) -> T {
-    let netns = std::fs::File::open(format!("/run/netns/{}", bench.namespace)).unwrap();
-    std::thread::spawn(move || {
-        nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        job()
-    })
-    .join()
-    .unwrap()
-}
-
 /// Automatic forwarding on the running VM `web`: a guest program listens on the guest's
 /// loopback and says so; from that line until a connection to the same port on the
 /// host's loopback reaches it, then from its exit until the host port refuses again.
@@ -362,7 +288,7 @@ fn auto_forwards(bench: &Bench) {
         std::io::BufReader::new(guest.stdout.take().unwrap()).read_line(&mut said).unwrap();
         assert_eq!(said.trim(), "up", "the guest's listener did not start");
         let listening = Instant::now();
-        let waited = in_namespace(bench, move || {
+        let waited = bench.in_namespace(move || {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(mut connection) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -378,7 +304,7 @@ fn auto_forwards(bench: &Bench) {
         up.push(waited.as_secs_f64() * 1000.0);
         guest.wait().unwrap();
         let closed = Instant::now();
-        let waited = in_namespace(bench, move || {
+        let waited = bench.in_namespace(move || {
             let deadline = Instant::now() + Duration::from_secs(30);
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 assert!(Instant::now() < deadline, "the forward of guest port {port} stayed");

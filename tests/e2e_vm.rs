@@ -8,38 +8,13 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::e2e::{begin, Lab, HOST_UPLINK_IP, INTERNET_IP};
-use support::netns::NetNs;
+use support::e2e::{begin, http_get, Lab, HOST_UPLINK_IP, INTERNET_IP};
 use support::Run;
-
-/// Fetches `path` over HTTP from `address` inside `ns`, retrying until `deadline`.
-fn http_get(ns: &NetNs, address: &str, path: &str, within: Duration) -> Result<String, String> {
-    let address: SocketAddr = address.parse().unwrap();
-    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
-    ns.run(move || {
-        let deadline = Instant::now() + within;
-        loop {
-            let attempt = (|| -> std::io::Result<String> {
-                let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-                stream.write_all(request.as_bytes())?;
-                let mut reply = String::new();
-                stream.read_to_string(&mut reply)?;
-                Ok(reply)
-            })();
-            match attempt {
-                Ok(reply) => return Ok(reply),
-                Err(error) if Instant::now() > deadline => return Err(error.to_string()),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    })
-}
 
 /// Runs `mvm shell NAME` on a pseudo-terminal of `rows`×`cols`, typing `input`; returns
 /// what the terminal showed and the exit code.

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use nix::libc;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::socket::{accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr};
+use nix::sys::socket::{
+    accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+};
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::agent::protocol::{ExecRequest, ExitStatus, Frame, AGENT_PORT};
@@ -43,7 +45,9 @@ pub fn listen_on_port() -> anyhow::Result<OwnedFd> {
 /// Accepts connections on `listener` forever; `power_off` is called for a `PowerOff` request.
 pub fn serve(listener: OwnedFd, power_off: fn() -> !) -> ! {
     loop {
-        let Ok(fd) = accept(listener.as_raw_fd()) else { continue };
+        // Close-on-exec: a command run for a session must not hold the session's own
+        // connection (a daemon it started would keep the host's `mvm shell` waiting).
+        let Ok(fd) = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) else { continue };
         // SAFETY: `accept` returned a new descriptor that nothing else owns.
         let connection = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         // The host alone: a guest process reaching the port over vsock loopback (with

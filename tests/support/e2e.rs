@@ -2,8 +2,10 @@
 //! a sandboxed mvm run there through `nsenter --net` (so its mounts stay visible to the
 //! test), and the checks that nothing of a VM is left after it ends.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::netns::{host_with_uplink, NetNs};
 #[allow(unused_imports)]
@@ -151,4 +153,29 @@ impl Drop for Lab {
         }
         let _ = self.command(&["doctor", "--fix"]).output();
     }
+}
+
+/// Fetches `path` over HTTP from `address` inside `ns`, retrying until `deadline`.
+#[allow(dead_code)]
+pub fn http_get(ns: &NetNs, address: &str, path: &str, within: Duration) -> Result<String, String> {
+    let address: SocketAddr = address.parse().unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+    ns.run(move || {
+        let deadline = Instant::now() + within;
+        loop {
+            let attempt = (|| -> std::io::Result<String> {
+                let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                stream.write_all(request.as_bytes())?;
+                let mut reply = String::new();
+                stream.read_to_string(&mut reply)?;
+                Ok(reply)
+            })();
+            match attempt {
+                Ok(reply) => return Ok(reply),
+                Err(error) if Instant::now() > deadline => return Err(error.to_string()),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    })
 }

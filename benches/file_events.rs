@@ -49,6 +49,7 @@ fn guest_watcher(bench: &Bench, name: &str, dir: &Path) -> std::sync::mpsc::Rece
             }
         }
         let _ = child.kill();
+        let _ = child.wait();
     });
     // Let the watcher set up (under TCG, a second or two).
     std::thread::sleep(Duration::from_secs(4));

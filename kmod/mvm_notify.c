@@ -168,13 +168,34 @@ struct tree {
 static struct tree lower_tree = { .raise = false };
 static struct tree project_tree = { .raise = true };
 
-/* Makes the next stat of `dentry` ask the host (the attributes come back fresh). */
+/*
+ * The directory whose attributes were last refreshed in this write, per tree: a burst of
+ * changes in one directory (a checkout) asks the host for its attributes once.
+ */
+static struct dentry *refreshed_dir[2];
+
+/*
+ * Makes the attributes of `dentry` fresh: asks the host for them. In overlay mode the
+ * overlay's attributes are those of the lower layer, which its own pass just refreshed.
+ */
 static void refresh_attributes(const struct tree *tree, struct dentry *dentry)
 {
 	struct path path = { .mnt = tree->root.mnt, .dentry = dentry };
 	struct kstat stat;
+	bool overlay_over_lower = tree->raise && lower_tree.set;
 
-	vfs_getattr(&path, &stat, STATX_BASIC_STATS, AT_STATX_FORCE_SYNC);
+	vfs_getattr(&path, &stat, STATX_BASIC_STATS, overlay_over_lower ? AT_STATX_SYNC_AS_STAT : AT_STATX_FORCE_SYNC);
+}
+
+/* As refresh_attributes, for a directory holding a change: once per write. */
+static void refresh_dir(const struct tree *tree, struct dentry *dir)
+{
+	struct dentry **last = &refreshed_dir[tree->raise ? 1 : 0];
+
+	if (*last == dir)
+		return;
+	*last = dir;
+	refresh_attributes(tree, dir);
 }
 
 /* Forgets the cached entry `name` in `parent` (unless something is mounted on it). */
@@ -242,7 +263,7 @@ static void apply_created(const struct tree *tree, struct path *parent, const ch
 	struct qstr q = QSTR_INIT(name, strlen(name));
 
 	dput(stale);
-	refresh_attributes(tree, parent->dentry);
+	refresh_dir(tree, parent->dentry);
 	if (!tree->raise)
 		return;
 	child = look_up(parent->dentry, name);
@@ -271,7 +292,7 @@ static void apply_deleted(const struct tree *tree, struct path *parent, const ch
 	struct dentry *again;
 	u32 mask = FS_DELETE | (is_dir ? FS_ISDIR : 0);
 
-	refresh_attributes(tree, parent->dentry);
+	refresh_dir(tree, parent->dentry);
 	if (!tree->raise)
 		goto out;
 	again = look_up(parent->dentry, name);
@@ -342,7 +363,7 @@ static void apply_renamed(const struct tree *tree, const char *from, const char 
 	target_entry = forget_entry(new_parent.dentry, new_name);
 	if (target_entry && d_really_is_positive(target_entry))
 		target = igrab(d_inode(target_entry));
-	refresh_attributes(tree, old_parent.dentry);
+	refresh_dir(tree, old_parent.dentry);
 	refresh_attributes(tree, new_parent.dentry);
 	moved = tree->raise ? look_up(new_parent.dentry, new_name) : NULL;
 	if (!tree->raise) {
@@ -483,6 +504,7 @@ static ssize_t notify_write(struct file *file, const char __user *data, size_t l
 		return PTR_ERR(buf);
 	mutex_lock(&delivery_lock);
 	WRITE_ONCE(delivering, current);
+	refreshed_dir[0] = refreshed_dir[1] = NULL;
 	done = apply_records(buf, len);
 	WRITE_ONCE(delivering, NULL);
 	mutex_unlock(&delivery_lock);

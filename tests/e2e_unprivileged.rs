@@ -212,6 +212,23 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     eprintln!("{} processes of the VM, none root's", processes.len());
     let id = lab.mvm(&alice, &["shell", "uweb", "--", "id", "-u"]);
     assert_eq!(id.ok().trim(), alice.uid.to_string());
+    // Her edit on the host reaches her guest's watcher (her supervisor watches, as her;
+    // the module `mvm setup` built raises it).
+    let watch = format!(
+        "setsid -f inotifywait -m -r --format '%e %w%f' {project_arg} > /tmp/inotify.log 2>&1 < /dev/null; sleep 2"
+    );
+    lab.mvm(&alice, &["shell", "uweb", "--", "sh", "-c", &watch]).ok();
+    lab.as_user(&alice, "/bin/sh", &["-c", &format!("echo edited > {project_arg}/edited.txt")]).ok();
+    let heard = format!("CLOSE_WRITE,CLOSE {project_arg}/edited.txt");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let log = lab.mvm(&alice, &["shell", "uweb", "--", "cat", "/tmp/inotify.log"]).ok().to_string();
+        if log.contains(&heard) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "her guest never heard her edit:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     // Her guest's DNS: port 53 on its gateway, bound by the helper (a user may not) and
     // served by her supervisor. `localhost` comes from the host's hosts file.
     let ask = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(5)\ngateway = open('/etc/resolv.conf').read().split()[1]\ns.sendto(bytes.fromhex('beef01000001000000000000096c6f63616c686f73740000010001'), (gateway, 53))\nreply = s.recv(512)\nprint(reply[:2].hex(), reply[3] & 15)";

@@ -31,8 +31,11 @@ pub const WATCH_LIMIT: usize = 65_536;
 /// How long the sender lets a batch gather after its first change (a rename's halves,
 /// an editor's write-then-rename, arrive together).
 const GATHER: Duration = Duration::from_millis(5);
-/// The largest `FileChanges` payload (well below the frame cap).
-const MAX_PAYLOAD: usize = 256 * 1024;
+/// Where a `FileChanges` payload is cut: one more record (two paths at most) keeps it
+/// within the module's 256 KiB per write (`MAX_WRITE` in `kmod/mvm_notify.c`).
+const MAX_PAYLOAD: usize = 192 * 1024;
+/// A batch past which the memory it took is handed back to the system.
+const BIG_BATCH: usize = 1024;
 /// How long the guest may take to apply one payload before the connection is made anew.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a rename's first half waits for its second before it counts as a deletion.
@@ -170,7 +173,14 @@ fn send(target: &WatchTarget, shared: &Shared) {
         }
         loop {
             let batch = next_batch(shared);
-            if let Err(error) = deliver(&mut stream, &batch) {
+            let delivered = deliver(&mut stream, &batch);
+            if batch.len() > BIG_BATCH {
+                drop(batch);
+                // SAFETY: malloc_trim only hands the allocator's free memory back to the
+                // system; a burst (a checkout) leaves no lasting footprint.
+                unsafe { nix::libc::malloc_trim(0) };
+            }
+            if let Err(error) = delivered {
                 log!("file events: the agent connection ended ({error}); making it again");
                 let (lock, _) = &**shared;
                 let rescan = FileChange { change: Change::Rescan, path: PathBuf::new(), dir: true };

@@ -55,7 +55,8 @@ impl Pending {
 
     /// Takes the batch, leaving an empty one.
     pub fn take(&mut self) -> Vec<FileChange> {
-        self.latest.clear();
+        // A new map, not a cleared one: a burst's capacity is given back.
+        self.latest = HashMap::new();
         self.rescan = false;
         std::mem::take(&mut self.changes)
     }

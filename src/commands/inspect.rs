@@ -39,6 +39,8 @@ struct Inspection {
     system_layer: Option<SystemLayer>,
     /// The package layer the VM boots, when it declares packages.
     package_layer: Option<PackageLayer>,
+    /// Whether the running guest hears of host changes to its project, and if not, why.
+    file_events: Option<String>,
     state_dir: PathBuf,
     run_dir: PathBuf,
 }
@@ -152,7 +154,9 @@ pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
     let hypervisor_choice = hypervisor_choice(paths, &config);
     let system_layer = SystemLayer::of(&config, &paths.vm_dir(&name));
     let package_layer = PackageLayer::of(paths, &config);
+    let file_events = running.then(|| crate::supervisor::watch::noted(&run_dir)).flatten();
     let inspection = Inspection {
+        file_events,
         system_layer,
         package_layer,
         summary,
@@ -200,6 +204,7 @@ fn text_fields(inspection: &Inspection) -> Vec<(&'static str, String)> {
                 .as_ref()
                 .map_or("the root tree's own layer".to_string(), SystemLayer::describe),
         ),
+        ("file events", inspection.file_events.clone().unwrap_or_else(|| "-".to_string())),
         (
             "kernel",
             config.kernel.as_ref().map_or("the host's".to_string(), |path| path.display().to_string()),

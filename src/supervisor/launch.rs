@@ -349,6 +349,7 @@ pub fn plan_shares(
         read_only,
         ids,
         overlay_layer: false,
+        changes_pushed: false,
     };
     let mut shares = Vec::new();
     let mut overlays = Vec::new();

@@ -141,7 +141,7 @@ fn run(
     let host = HostConfig::load(&paths.config_file)?;
     let config = store::load(paths, name)?;
     launch::ensure_dirs(paths, &config)?;
-    let launch = Launch::prepare(paths, &host, &config)?;
+    let mut launch = Launch::prepare(paths, &host, &config)?;
     launch::prepare_project_layer(&launch.config, &paths.vm_dir(name), launch.project_owner)?;
     log!("{}", launch.vmm_choice);
     if let Some(mkfs) = &launch.mkfs {
@@ -194,7 +194,14 @@ fn run(
         }
     }
     if let Some(target) = file_events_target(paths, &launch) {
-        watch::spawn(target);
+        // Every host change is then pushed to the guest, which drops what it cached: the
+        // project's entries and attributes may be cached for long (no revalidation round
+        // trips), unless part of the project goes unwatched.
+        if watch::spawn(target) == watch::Coverage::Whole {
+            for share in launch.spec.shares.iter_mut().filter(|share| share.tag == "project") {
+                share.changes_pushed = true;
+            }
+        }
     }
     let log_dir = paths.vm_dir(name).join("log");
     let filter = sandbox::no_privilege_filter()?;
@@ -398,6 +405,7 @@ fn file_event_module(paths: &Paths, launch: &Launch) -> Option<std::path::PathBu
         other => {
             if let Some(why) = notify::why_off(&other, release) {
                 log!("{why}");
+                watch::note(&paths.vm_run_dir(&launch.config.name), &format!("off: {why}"));
             }
             None
         }
@@ -423,6 +431,7 @@ fn file_events_target(paths: &Paths, launch: &Launch) -> Option<watch::WatchTarg
         guest_lower: guest_lower.map(|mount| mount.share_path()),
         vsock: launch.spec.vsock_socket.clone(),
         console: launch.spec.console_log.clone(),
+        run_dir,
     })
 }
 

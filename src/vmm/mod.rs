@@ -40,6 +40,9 @@ pub struct Share {
     /// The guest's own overlay keeps a layer here: its `user.overlay.*` extended
     /// attributes are stored, and no other (no file capability, no ACL, no label).
     pub overlay_layer: bool,
+    /// Every change the host makes here is pushed to the guest (file events), which
+    /// drops what it cached: entries and attributes are cached for long.
+    pub changes_pushed: bool,
 }
 
 /// A virtio-blk disk: a raw image file the guest sees as a block device, found by its

@@ -131,6 +131,7 @@ pub(crate) mod tests {
                     read_only: true,
                     ids: crate::vmm::GuestIds::AsIs,
                     overlay_layer: false,
+                    changes_pushed: false,
                 },
                 Share {
                     tag: "etc".into(),
@@ -139,6 +140,7 @@ pub(crate) mod tests {
                     read_only: false,
                     ids: crate::vmm::GuestIds::AsIs,
                     overlay_layer: false,
+                    changes_pushed: false,
                 },
             ],
             disks: vec![crate::vmm::Disk {

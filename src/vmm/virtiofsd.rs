@@ -15,7 +15,7 @@ pub fn args(share: &Share) -> Vec<String> {
     let mut args = vec![
         format!("--socket-path={}", share.socket.display()),
         format!("--shared-dir={}", share.dir.display()),
-        "--cache=auto".to_string(),
+        format!("--cache={}", if share.changes_pushed { "always" } else { "auto" }),
         "--sandbox=chroot".to_string(),
         "--inode-file-handles=never".to_string(),
         "--log-level=error".to_string(),
@@ -69,6 +69,7 @@ mod tests {
             read_only,
             ids,
             overlay_layer: false,
+            changes_pushed: false,
         }
     }
 
@@ -86,6 +87,14 @@ mod tests {
                 "--readonly"
             ]
         );
+    }
+
+    /// A share whose changes the guest is told of caches for long; others revalidate.
+    #[test]
+    fn a_share_with_pushed_changes_caches_for_long() {
+        let pushed = Share { changes_pushed: true, ..share(true, GuestIds::AsIs) };
+        assert_eq!(args(&pushed)[2], "--cache=always");
+        assert_eq!(args(&share(true, GuestIds::AsIs))[2], "--cache=auto");
     }
 
     #[test]

@@ -26,6 +26,21 @@ use crate::fs::Tree;
 use pending::Pending;
 use tree::Watches;
 
+/// The record in the VM's run directory that says whether its guest gets file events
+/// (`mvm inspect` shows it).
+pub const RECORD: &str = "file-events";
+
+/// Says in the run directory `run_dir` how file events stand (`on, …` or `off: …`).
+pub fn note(run_dir: &std::path::Path, state: &str) {
+    let _ = crate::atomic::write_atomic(&run_dir.join(RECORD), format!("{state}\n").as_bytes());
+}
+
+/// How file events stand for the VM with run directory `run_dir`, if it said.
+pub fn noted(run_dir: &std::path::Path) -> Option<String> {
+    let text = crate::fs::read_record(run_dir, RECORD).ok()?;
+    Some(String::from_utf8_lossy(&text).trim().to_string())
+}
+
 /// The most directories one VM's project has watched.
 pub const WATCH_LIMIT: usize = 65_536;
 /// How long the sender lets a batch gather after its first change (a rename's halves,
@@ -55,6 +70,8 @@ pub struct WatchTarget {
     pub vsock: PathBuf,
     /// The console log, whose ready line says the agent listens.
     pub console: PathBuf,
+    /// The VM's run directory, where [`RECORD`] says how file events stand.
+    pub run_dir: PathBuf,
 }
 
 type Shared = Arc<(Mutex<Gathered>, Condvar)>;
@@ -66,34 +83,49 @@ struct Gathered {
     off: bool,
 }
 
-/// Starts watching `target`'s project and sending its changes to the guest.
-pub fn spawn(target: WatchTarget) {
+/// How much of a project is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    /// Every directory: every host change reaches the guest.
+    Whole,
+    /// Some directories, or none.
+    Partial,
+}
+
+/// Watches `target`'s project (every directory, before this returns) and sends its
+/// changes to the guest from then on; says how much is watched.
+pub fn spawn(target: WatchTarget) -> Coverage {
     let shared: Shared = Arc::default();
     let started = Instant::now();
-    let root = match Tree::open_exact(&target.project) {
-        Ok(root) => root,
+    let watches = match Tree::open_exact(&target.project).and_then(|root| Watches::new(root, WATCH_LIMIT)) {
+        Ok(watches) => watches,
         Err(error) => {
-            log!("no file events in the guest: cannot open the project: {error}");
-            return;
+            log!("no file events in the guest: cannot watch the project: {error}");
+            note(&target.run_dir, &format!("off: cannot watch the project: {error}"));
+            return Coverage::Partial;
+        }
+    };
+    log!(
+        "watching {} directories of the project for file events ({} ms)",
+        watches.len(),
+        started.elapsed().as_millis()
+    );
+    let coverage = match &watches.incomplete {
+        None => {
+            note(&target.run_dir, &format!("on, {} directories watched", watches.len()));
+            Coverage::Whole
+        }
+        Some(why) => {
+            log!("file events: {why}");
+            note(&target.run_dir, &format!("partial: {why}"));
+            Coverage::Partial
         }
     };
     let upper = target.upper.as_deref().and_then(|upper| Tree::open(upper).ok());
     let gathering = shared.clone();
-    std::thread::spawn(move || match Watches::new(root, WATCH_LIMIT) {
-        Ok(watches) => {
-            log!(
-                "watching {} directories of the project for file events ({} ms)",
-                watches.len(),
-                started.elapsed().as_millis()
-            );
-            if let Some(why) = &watches.incomplete {
-                log!("file events: {why}");
-            }
-            gather(watches, upper, &gathering);
-        }
-        Err(error) => log!("no file events in the guest: cannot watch the project: {error}"),
-    });
+    std::thread::spawn(move || gather(watches, upper, &gathering));
     std::thread::spawn(move || send(&target, &shared));
+    coverage
 }
 
 /// Reads the project's events into the shared batch until the guest turns them down.
@@ -158,6 +190,7 @@ fn send(target: &WatchTarget, shared: &Shared) {
             Ok(stream) => stream,
             Err(Refusal::Off(why)) => {
                 log!("no file events in the guest: {why}");
+                note(&target.run_dir, &format!("off: {why}"));
                 let (lock, _) = &**shared;
                 lock.lock().expect("file events").off = true;
                 return;

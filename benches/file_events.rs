@@ -178,7 +178,7 @@ fn run(bench: &Bench) {
     println!("100,000 files: {}", watching.split("] ").nth(1).unwrap_or(watching));
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "supervisor memory: {:.1} MiB with 100,000 files watched, {:.1} MiB with a small project (+{:.1} MiB); {:.1} MiB after the bursts above",
+        "supervisor memory: {:.1} MiB with 100,000 files watched, {:.1} MiB with a small project ({:+.1} MiB); {:.1} MiB after the bursts above",
         mib(big_rss),
         mib(small_rss),
         mib(big_rss) - mib(small_rss),

@@ -285,6 +285,55 @@ fn guests_cannot_reach_each_other_or_the_host_without_host_access() {
     );
 }
 
+/// The CVE-2020-8558 pattern: a guest routes 127.0.0.1 to its gateway. With
+/// `route_localnet` on the bridge (which forwards from the host's localhost need), the host
+/// would take it for its own loopback: services bound to 127.0.0.1 alone, and root VMs'
+/// automatic forwards, would hear a `--host-access` guest. They must not, while the host's
+/// services on the gateway address still answer it.
+#[test]
+fn no_guest_reaches_the_hosts_loopback() {
+    root_test!(no_guest_reaches_the_hosts_loopback);
+    let mut lab = Lab::new();
+    let plain = lab.create("plain", |_| {});
+    let open = lab.create("open", |args| args.host_access = true);
+    for vm in [&plain, &open] {
+        lab.up(vm);
+    }
+    let (plain_guest, open_guest) = (lab.guest(&plain), lab.guest(&open));
+    let _everywhere = TcpServer::start(&lab.host, "0.0.0.0:9101");
+    for (vm, guest) in [(&plain, plain_guest), (&open, open_guest)] {
+        let guest = &lab.guests[guest];
+        // The attacker's routing: 127.0.0.1 leaves through eth0 to the gateway.
+        guest.exec(
+            "sysctl",
+            &["-qw", "net.ipv4.conf.all.route_localnet=1", "net.ipv4.conf.eth0.route_localnet=1"],
+        );
+        for local in ["127.0.0.0/8", "127.0.0.1"] {
+            guest.ip(&["route", "del", "local", local, "dev", "lo", "table", "local"]);
+        }
+        guest.ip(&["route", "add", "127.0.0.1/32", "via", &vm.network.gateway.to_string(), "dev", "eth0"]);
+        // A loopback-only service on the host notes what reaches it.
+        let listening = lab.host.run(|| {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:9102").unwrap();
+            socket.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+            socket
+        });
+        guest.run(|| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..3 {
+                let _ = socket.send_to(b"from the guest", "127.0.0.1:9102");
+            }
+        });
+        let mut buffer = [0u8; 64];
+        let heard = listening.recv_from(&mut buffer).map(|(len, from)| (buffer[..len].to_vec(), from));
+        assert!(heard.is_err(), "VM {}'s datagram reached the host's loopback: {heard:?}", vm.name);
+    }
+    assert!(
+        tcp_from(&lab.guests[open_guest], &format!("{}:9101", open.network.gateway)).is_ok(),
+        "--host-access still reaches the host's services on the gateway"
+    );
+}
+
 #[test]
 fn port_forwards_answer_from_localhost_and_from_outside() {
     root_test!(port_forwards_answer_from_localhost_and_from_outside);

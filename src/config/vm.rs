@@ -248,9 +248,16 @@ impl VmConfig {
     }
 
     /// Reads and parses the `vm.toml` at `path`, checking that it names the VM `expected`.
+    /// The file is its owner's, who may be a member root reads for: it is read only as a
+    /// regular file (no symlink, FIFO or device), capped, never followed.
     pub fn load(path: &Path, expected: &VmName) -> anyhow::Result<VmConfig> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            anyhow::bail!("{} names no file", path.display());
+        };
+        let bytes = crate::fs::Tree::open(dir)
+            .and_then(|dir| dir.read(Path::new(name), crate::fs::RECORD_CAP))
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
         let config = Self::parse(&text).with_context(|| format!("{} is corrupt", path.display()))?;
         if &config.name != expected {
             return Err(UserError::usage(format!(
@@ -351,5 +358,27 @@ pub(crate) mod tests {
         assert_eq!(image, RootModel::Image("dev".parse().unwrap()));
         assert_eq!(image.to_string(), "image:dev");
         assert!("image:../x".parse::<RootModel>().is_err());
+    }
+
+    /// A member's `vm.toml` that is a FIFO, a symlink to a root-only file, or huge is
+    /// refused at once: root's `mvm list` neither hangs, nor echoes the file, nor fills memory.
+    #[test]
+    fn a_planted_vm_toml_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let name: VmName = "web".parse().unwrap();
+        let path = dir.path().join("vm.toml");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let started = std::time::Instant::now();
+        assert!(VmConfig::load(&path, &name).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "a FIFO blocked the read");
+        std::fs::remove_file(&path).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "root-only first line\n").unwrap();
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let error = format!("{:#}", VmConfig::load(&path, &name).unwrap_err());
+        assert!(!error.contains("root-only first line"), "{error}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, vec![b'#'; (crate::fs::RECORD_CAP + 1) as usize]).unwrap();
+        assert!(format!("{:#}", VmConfig::load(&path, &name).unwrap_err()).contains("larger than"));
     }
 }

@@ -7,7 +7,8 @@
 //! - filter `MVM-FORWARD`: drop bridge → bridge (isolation); accept replies to and from
 //!   VMs; then drop everything else from or to a VM. A VM's own rules (egress, forwarded
 //!   ports) are inserted at the top and written so that their order never matters.
-//! - filter `MVM-INPUT`: VM → host only replies, unless the VM has `--host-access`.
+//! - filter `MVM-INPUT`: VM → host only replies, unless the VM has `--host-access`
+//!   (never to the host's loopback).
 //! - filter `MVM-OUTPUT`: a user's VM takes new connections from the host only from its
 //!   owner's programs (other users of the host do not reach its services).
 //! - nat `MVM-POSTROUTING`: masquerade the pool to anything outside it, and host
@@ -213,10 +214,13 @@ pub fn vm_rules(vm: &VmFirewall, host: &HostNetwork) -> Vec<Rule> {
         ));
     }
     if vm.host_access {
+        // Never the host's loopback: `route_localnet` (which forwards from the host's
+        // localhost need) would otherwise let the guest route 127.0.0.1 to its gateway and
+        // reach services bound to loopback alone (CVE-2020-8558).
         rules.push(Rule::new(
             Table::Filter,
             "MVM-INPUT",
-            format!("-s {guest}/32 -i {bridge} {tag} -j ACCEPT"),
+            format!("-s {guest}/32 ! -d 127.0.0.0/8 -i {bridge} {tag} -j ACCEPT"),
         ));
     }
     for port in &vm.ports {
@@ -297,7 +301,7 @@ mod tests {
                 "-A MVM-FORWARD -i mvmbr1 -m conntrack --ctstate NEW -m comment --comment \"mvm:web\" -j DROP",
                 "-A MVM-INPUT -s 10.200.1.2/32 -d 10.200.1.1/32 -i mvmbr1 -p udp -m udp --dport 53 -m comment --comment \"mvm:web\" -j ACCEPT",
                 "-A MVM-INPUT -s 10.200.1.2/32 -d 10.200.1.1/32 -i mvmbr1 -p tcp -m tcp --dport 53 -m comment --comment \"mvm:web\" -j ACCEPT",
-                "-A MVM-INPUT -s 10.200.1.2/32 -i mvmbr1 -m comment --comment \"mvm:web\" -j ACCEPT",
+                "-A MVM-INPUT -s 10.200.1.2/32 ! -d 127.0.0.0/8 -i mvmbr1 -m comment --comment \"mvm:web\" -j ACCEPT",
             ]
         );
     }

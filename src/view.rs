@@ -89,7 +89,8 @@ impl VmSummary {
             }
             // No supervisor holds the lock, yet none recorded an end: it was killed.
             (VmState::Stopped, Some(status)) if status.ended_at.is_none() => {
-                let left = crate::supervisor::orphans::find(&paths.vm_run_dir(&config.name));
+                let owner = crate::state::store::owner(paths, &config.name).unwrap_or(0);
+                let left = crate::supervisor::orphans::find(&paths.vm_run_dir(&config.name), owner);
                 let fate = match left.len() {
                     0 => "its processes died with it".to_string(),
                     n => format!("{n} of its processes still run: `mvm stop {}` ends them", config.name),

@@ -38,7 +38,7 @@ impl Target {
             serde_json::from_str(&std::fs::read_to_string(run_dir.join("status.json")).unwrap()).unwrap()
         };
         let by_cmdline = |needle: &str| {
-            orphans::find(&run_dir)
+            orphans::find(&run_dir, 0)
                 .into_iter()
                 .find(|process| process.cmdline.contains(needle))
                 .unwrap_or_else(|| panic!("no process of {name} names {needle}"))
@@ -75,7 +75,7 @@ fn row(lab: &Lab, name: &str) -> serde_json::Value {
 /// `doctor --fix` ran (only needed when the supervisor itself died), and it starts again.
 fn settle(lab: &Lab, name: &str, target: Target) -> String {
     wait_until("the VM's processes to end", Duration::from_secs(30), || {
-        orphans::find(&lab.sandbox.run_dir().join(name)).is_empty() && row(lab, name)["state"] != "running"
+        orphans::find(&lab.sandbox.run_dir().join(name), 0).is_empty() && row(lab, name)["state"] != "running"
     });
     let vm = row(lab, name);
     assert_eq!(vm["state"], "crashed", "{vm}");
@@ -122,7 +122,7 @@ fn the_fault_matrix() {
             lab.command(&["start", "f"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let run_dir = lab.sandbox.run_dir().join("f");
         wait_until("the hypervisor to run", Duration::from_secs(30), || {
-            orphans::find(&run_dir).iter().any(|process| process.cmdline.contains("qmp.sock"))
+            orphans::find(&run_dir, 0).iter().any(|process| process.cmdline.contains("qmp.sock"))
         });
         kill9(target.pid(&lab, "f"));
         let started = support::Run::from_output(start.wait_with_output().unwrap());
@@ -142,7 +142,7 @@ fn the_fault_matrix() {
                 .is_ok();
         let stopped = support::Run::from_output(stop.wait_with_output().unwrap());
         wait_until("the VM's processes to end", Duration::from_secs(30), || {
-            orphans::find(&lab.sandbox.run_dir().join("f")).is_empty()
+            orphans::find(&lab.sandbox.run_dir().join("f"), 0).is_empty()
         });
         let vm = row(&lab, "f");
         assert_ne!(vm["state"], "running", "{vm}");
@@ -196,7 +196,7 @@ fn processes_that_outlive_their_supervisor_are_seen_refused_and_ended() {
         run_dir.display()
     );
     let mut leftover = std::process::Command::new("bash").args(["-c", &script]).spawn().unwrap();
-    wait_until("the leftover to run", Duration::from_secs(5), || !orphans::find(&run_dir).is_empty());
+    wait_until("the leftover to run", Duration::from_secs(5), || !orphans::find(&run_dir, 0).is_empty());
     let vm = row(&lab, "o");
     assert_eq!(vm["state"], "crashed", "{vm}");
     assert!(vm["reason"].as_str().unwrap().contains("1 of its processes still run"), "{vm}");
@@ -236,7 +236,7 @@ fn racing_starts_stops_and_rm_leave_one_truth() {
         .into_iter()
         .map(|child| support::Run::from_output(child.wait_with_output().unwrap()))
         .collect();
-    let hypervisors = orphans::find(&lab.sandbox.run_dir().join("r"))
+    let hypervisors = orphans::find(&lab.sandbox.run_dir().join("r"), 0)
         .iter()
         .filter(|process| process.cmdline.contains("qmp.sock"))
         .count();
@@ -306,7 +306,7 @@ fn a_full_state_disk_fails_clearly_and_loses_nothing() {
         started.stderr
     );
     assert_eq!(std::fs::read_to_string(state.join("full/vm.toml")).unwrap(), toml, "vm.toml changed");
-    assert!(orphans::find(&lab.sandbox.run_dir().join("full")).is_empty());
+    assert!(orphans::find(&lab.sandbox.run_dir().join("full"), 0).is_empty());
     std::fs::remove_file(&filler).unwrap();
     lab.mvm(&["doctor", "--fix"]);
     lab.mvm(&["start", "full"]).ok();

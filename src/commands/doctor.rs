@@ -242,7 +242,12 @@ fn clean_stale_run_dir(paths: &Paths, dir: &std::path::Path) -> anyhow::Result<(
         return Ok(());
     }
     // Processes that outlived their supervisor go first: they hold the mounts.
-    crate::supervisor::orphans::kill_all(&crate::supervisor::orphans::find(dir));
+    // The VM's owner's (or, the VM gone, the runtime dir's owner's), or root's: never
+    // another user's process that names the sockets.
+    use std::os::unix::fs::MetadataExt;
+    let owned_by = vm_dir.clone().unwrap_or_else(|| dir.to_path_buf());
+    let owner = std::fs::symlink_metadata(&owned_by).map_or(0, |meta| meta.uid());
+    crate::supervisor::orphans::kill_all(&crate::supervisor::orphans::find(dir, owner));
     if vm_dir.is_some() {
         clean_run_dir(dir);
     } else {

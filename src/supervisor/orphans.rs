@@ -34,8 +34,16 @@ pub fn is_vm_program(argv0: &str) -> bool {
         || ["cloud-hypervisor", "virtiofsd", "vhost-device-vsock"].contains(&program)
 }
 
-/// Every VM program whose command line names a socket of `run_dir`.
-pub fn find(run_dir: &Path) -> Vec<Orphan> {
+/// The real user id of process `pid` (which no process can change to another user's).
+fn real_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("Uid:"))?.split_whitespace().next()?.parse().ok()
+}
+
+/// Every VM program of `owner` (or root) whose command line names a socket of `run_dir`.
+/// Another user's process naming those sockets is not the VM's: it neither blocks a start
+/// nor is killed by a stop.
+pub fn find(run_dir: &Path, owner: u32) -> Vec<Orphan> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     let own = std::process::id() as i32;
     entries
@@ -46,7 +54,9 @@ pub fn find(run_dir: &Path) -> Vec<Orphan> {
             let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let argv0 = String::from_utf8_lossy(raw.split(|byte| *byte == 0).next()?).into_owned();
             let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ").trim_end().to_string();
-            (is_vm_program(&argv0) && names_a_socket_of(&cmdline, run_dir)).then_some(Orphan { pid, cmdline })
+            let ours = real_uid(pid).is_some_and(|uid| uid == 0 || uid == owner);
+            (ours && is_vm_program(&argv0) && names_a_socket_of(&cmdline, run_dir))
+                .then_some(Orphan { pid, cmdline })
         })
         .collect()
 }
@@ -99,7 +109,7 @@ mod tests {
         let mut bystander = disguised("socat", &socket);
         let deadline = Instant::now() + Duration::from_secs(5);
         let found = loop {
-            let found = find(&run);
+            let found = find(&run, 0);
             if !found.is_empty() || Instant::now() > deadline {
                 break found;
             }
@@ -109,10 +119,38 @@ mod tests {
         assert_eq!(found[0].pid, child.id() as i32);
         assert!(kill_all(&found));
         assert!(child.wait().unwrap().code().is_none(), "not killed");
-        assert!(find(&run).is_empty());
+        assert!(find(&run, 0).is_empty());
         assert!(bystander.try_wait().unwrap().is_none(), "a bystander was killed");
         bystander.kill().unwrap();
         bystander.wait().unwrap();
+    }
+
+    /// Another user's process dressed as the VM's QEMU neither blocks its start nor is
+    /// killed by its stop; the same as the owner's is the VM's.
+    #[test]
+    fn another_users_disguised_process_is_not_the_vms() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to run a process as another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("web");
+        let script = format!(
+            "exec -a qemu-system-x86_64 /usr/bin/python3 -c 'import time; time.sleep(1000)' -qmp unix:{}/qmp.sock",
+            run.display()
+        );
+        let mut other = std::process::Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "bash", "-c", &script])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while find(&run, 65534).is_empty() {
+            assert!(Instant::now() < deadline, "the owner's own process was not found");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(find(&run, 1000).is_empty(), "user 65534's process counted as user 1000's VM's");
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 
     /// A sleeping process whose argv[0] is `program` and whose arguments name `socket`.

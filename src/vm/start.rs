@@ -85,7 +85,7 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         return Ok(Started::AlreadyRunning);
     }
     // Never a second hypervisor beside one that outlived its supervisor.
-    let left = crate::supervisor::orphans::find(&paths.vm_run_dir(name));
+    let left = crate::supervisor::orphans::find(&paths.vm_run_dir(name), owner);
     if let Some(first) = left.first() {
         return Err(UserError::conflict(format!(
             "{} process(es) of VM '{name}' outlived its supervisor (pid {}: {})",

@@ -17,17 +17,19 @@ use std::time::{Duration, Instant};
 pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> anyhow::Result<bool> {
     let config = store::load(paths, name)?;
     let run_dir = paths.vm_run_dir(name);
+    let owner = store::owner(paths, name).unwrap_or(0);
     if store::run_state(paths, name)? != RunState::Running {
         // A supervisor that died left no record of an end: whatever survived it, and its
         // mounts, links and rules, are this stop's to remove.
         let died = RuntimeStatus::read(&run_dir).is_some_and(|status| status.ended_at.is_none());
-        if !died && crate::supervisor::orphans::find(&run_dir).is_empty() {
+        if !died && crate::supervisor::orphans::find(&run_dir, owner).is_empty() {
             return Ok(false);
         }
         // No start may begin meanwhile (its helpers would look like survivors).
         let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
         if store::run_state(paths, name)? != RunState::Running {
-            return end_orphans(paths, &config, &crate::supervisor::orphans::find(&run_dir)).map(|()| true);
+            return end_orphans(paths, &config, &crate::supervisor::orphans::find(&run_dir, owner))
+                .map(|()| true);
         }
     }
     // No lifecycle lock: a start holds it until the guest answers, and a stop must not

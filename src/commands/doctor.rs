@@ -112,6 +112,9 @@ pub fn checks(paths: &Paths, root: &Path) -> Vec<Check> {
     checks.push(hypervisor_check(&host, &kvm));
     checks.push(kernel_check(&host, root));
     checks.push(file_events_check(paths, &host, root));
+    checks.push(privileged_ports_check(
+        std::fs::read_to_string(root.join("proc/sys/net/ipv4/ip_unprivileged_port_start")).ok().as_deref(),
+    ));
     checks.push(state_dir_check(&paths.state_dir));
     checks.push(setup_check(paths));
     checks
@@ -404,6 +407,31 @@ fn state_dir_check(dir: &Path) -> Check {
 
 /// Whether `sudo mvm setup` ran (so group members need no root), and whether this
 /// user is one of them.
+/// The guests' DNS is port 53 on each gateway, which only a privileged port keeps another
+/// user from binding first: `net.ipv4.ip_unprivileged_port_start` must be above 53.
+fn privileged_ports_check(start: Option<&str>) -> Check {
+    let name = "privileged ports";
+    match start.and_then(|text| text.trim().parse::<u32>().ok()) {
+        Some(start) if start > crate::dns::GATEWAY_DNS_PORT as u32 => {
+            Check::ok(name, format!("ports below {start} need privilege (the guests' DNS on port 53 is safe)"))
+        }
+        Some(start) => Check::problem(
+            name,
+            Status::Error,
+            format!(
+                "any user may bind ports from {start} (net.ipv4.ip_unprivileged_port_start), so another user could answer the guests' DNS on their gateways"
+            ),
+            "`sudo sysctl -w net.ipv4.ip_unprivileged_port_start=1024` (and in /etc/sysctl.d to keep it)",
+        ),
+        None => Check::problem(
+            name,
+            Status::Warn,
+            "cannot read net.ipv4.ip_unprivileged_port_start",
+            "the guests' DNS on port 53 relies on ports below 1024 needing privilege",
+        ),
+    }
+}
+
 fn setup_check(paths: &Paths) -> Check {
     let group = "mvm";
     let pending = crate::commands::setup::pending(&crate::commands::setup::Target::host(paths), group);
@@ -468,5 +496,16 @@ mod tests {
         std::fs::write(&paths.config_file, "[network]\npool = 12").unwrap();
         let found = checks(&paths, root.path());
         assert_eq!(find(&found, "host config").status, Status::Error);
+    }
+
+    /// The DNS defence rests on port 53 being privileged: doctor says when it is not.
+    #[test]
+    fn an_unprivileged_port_53_is_an_error() {
+        assert_eq!(privileged_ports_check(Some("1024\n")).status, Status::Ok);
+        let open = privileged_ports_check(Some("0\n"));
+        assert_eq!(open.status, Status::Error);
+        assert!(open.detail.contains("another user could answer the guests' DNS"), "{}", open.detail);
+        assert_eq!(privileged_ports_check(Some("53")).status, Status::Error);
+        assert_eq!(privileged_ports_check(None).status, Status::Warn);
     }
 }

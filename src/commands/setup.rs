@@ -161,6 +161,14 @@ pub fn setup(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
     }
     changes.extend(claim_old_vms(&target.paths)?);
     changes.extend(build_file_event_module(&target.paths));
+    let unprivileged = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start");
+    if unprivileged.ok().and_then(|text| text.trim().parse::<u32>().ok()).is_some_and(|start| start <= 53) {
+        changes.push(
+            "warning: any user may bind port 53 (net.ipv4.ip_unprivileged_port_start), so another user could \
+             answer the guests' DNS: `sysctl -w net.ipv4.ip_unprivileged_port_start=1024`"
+                .to_string(),
+        );
+    }
     Ok(changes)
 }
 

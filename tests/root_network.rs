@@ -678,6 +678,9 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
     lab.down(&web);
     lab.up(&web);
     lab.host.ip(&["link", "set", &format!("vg{}", web.network.index), "master", &web.network.bridge, "up"]);
+    // The new bridge has a new address: the guest, were it a VM that restarted with its
+    // network, would start with no neighbour entry for its gateway.
+    lab.guests[web_guest].ip(&["neigh", "flush", "all"]);
     let (bridge, guest) = (web.network.bridge.clone(), web.network.address);
     let fresh = lab.host.run(move || mvm::dns::bind(gateway, &bridge).unwrap());
     assert!(fresh.tcp.is_some(), "a stale TCP socket stood in the way of the VM's DNS");

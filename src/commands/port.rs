@@ -244,6 +244,7 @@ pub fn add(paths: &Paths, name: &VmName, mut forward: PortForward) -> anyhow::Re
         return Err(crate::vm::ports::port_forwarded_by(&forward, owner).into());
     }
     crate::vm::ports::check_host_port(&forward, crate::host::is_root())?;
+    crate::config::vm::check_forward_count(config.ports.len() + 1)?;
     let previous = config.clone();
     config.ports.push(forward);
     let applied = save_and_apply(paths, &previous, &config)?;

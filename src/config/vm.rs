@@ -215,6 +215,19 @@ pub struct Process {
     pub restart: RestartPolicy,
 }
 
+/// The most port forwards a VM has: each is firewall rules the setuid helper makes from
+/// `vm.toml`, which its owner may write by hand.
+pub const MAX_FORWARDS: usize = 256;
+
+/// Refuses more than [`MAX_FORWARDS`] port forwards.
+pub fn check_forward_count(count: usize) -> Result<(), UserError> {
+    if count > MAX_FORWARDS {
+        return Err(UserError::usage(format!("{count} port forwards; a VM has at most {MAX_FORWARDS}"))
+            .hint("forward a range of ports to one service through the guest instead"));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_processes(processes: &[Process]) -> Result<(), UserError> {
     for (i, process) in processes.iter().enumerate() {
         let valid = !process.name.is_empty()
@@ -244,6 +257,7 @@ impl VmConfig {
         let config: VmConfig = toml::from_str(text)
             .map_err(|error| UserError::usage(error.to_string().trim_end().to_string()))?;
         check_processes(&config.processes)?;
+        check_forward_count(config.ports.len())?;
         Ok(config)
     }
 
@@ -380,5 +394,17 @@ pub(crate) mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, vec![b'#'; (crate::fs::RECORD_CAP + 1) as usize]).unwrap();
         assert!(format!("{:#}", VmConfig::load(&path, &name).unwrap_err()).contains("larger than"));
+    }
+
+    /// A `vm.toml` written by hand with thousands of forwards is refused (the helper makes
+    /// firewall rules from it), and so is one forward past the cap anywhere.
+    #[test]
+    fn forwards_are_capped() {
+        let mut config = sample();
+        config.ports =
+            (0..=MAX_FORWARDS as u16).map(|i| format!("{}:3000", 20000 + i).parse().unwrap()).collect();
+        let error = VmConfig::parse(&config.to_toml()).unwrap_err();
+        assert!(error.to_string().contains("at most 256"), "{error}");
+        assert!(check_forward_count(MAX_FORWARDS).is_ok());
     }
 }

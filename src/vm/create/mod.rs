@@ -142,6 +142,7 @@ pub fn create(
     let existing = store::list(paths)?;
     // Through `mvm up` (what an .envrc runs) nobody is "really root".
     let allow_privileged = crate::host::is_root() && !args.via_up;
+    crate::config::vm::check_forward_count(request.ports.len())?;
     crate::vm::ports::choose_host_ports(&mut request.ports, &existing, allow_privileged)?;
     crate::vm::ports::check_host_ports_free(&request.ports, &existing, allow_privileged)?;
     let network = claim_index(paths, host, &existing, &request.name)?;

@@ -54,9 +54,10 @@ echo "watchers did not start"; cat /tmp/*.log; exit 1"#
     lab.sh(name, &script).ok();
 }
 
-/// Waits until guest `name`'s log `log` holds every one of `wanted`; fails naming what
-/// is missing.
-fn until_logged(lab: &Lab, name: &str, log: &str, wanted: &[String]) {
+/// Waits until guest `name`'s log `log` holds every one of `wanted`, with `{p}` standing
+/// for the project's path; fails naming what is missing.
+fn until_logged(lab: &Lab, name: &str, log: &str, project: &str, wanted: &[&str]) {
+    let wanted: Vec<String> = wanted.iter().map(|line| line.replace("{p}", project)).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = lab.sh(name, &format!("cat /tmp/{log}")).ok().to_string();
@@ -120,7 +121,7 @@ fn host_changes_are_real_events_and_fresh_reads_in_the_guest() {
         .ok();
         start_watchers(&lab, name, p);
         change_on_the_host(project);
-        let inotify: Vec<String> = [
+        let inotify = [
             "MODIFY {p}/edit.txt",
             "CLOSE_WRITE,CLOSE {p}/edit.txt",
             "CREATE {p}/made.txt",
@@ -130,33 +131,24 @@ fn host_changes_are_real_events_and_fresh_reads_in_the_guest() {
             "MOVED_TO {p}/sub/moved.txt",
             "CREATE,ISDIR {p}/newdir",
             "MOVED_TO {p}/saved.txt",
-        ]
-        .iter()
-        .map(|line| line.replace("{p}", p))
-        .collect();
-        until_logged(&lab, name, "inotify.log", &inotify);
-        let watchdog: Vec<String> = [
+        ];
+        until_logged(&lab, name, "inotify.log", p, &inotify);
+        let watchdog = [
             "modified {p}/edit.txt",
             "created {p}/made.txt",
             "deleted {p}/sub/gone.txt",
             "moved {p}/move.txt {p}/sub/moved.txt",
             "created {p}/newdir",
-        ]
-        .iter()
-        .map(|line| line.replace("{p}", p))
-        .collect();
-        until_logged(&lab, name, "py.log", &watchdog);
-        let node: Vec<String> = [
+        ];
+        until_logged(&lab, name, "py.log", p, &watchdog);
+        let node = [
             "change edit.txt",
             "rename made.txt",
             "rename sub/gone.txt",
             "rename sub/moved.txt",
             "rename saved.txt",
-        ]
-        .iter()
-        .map(|line| line.to_string())
-        .collect();
-        until_logged(&lab, name, "node.log", &node);
+        ];
+        until_logged(&lab, name, "node.log", p, &node);
         // Nothing outside the project was reported.
         let all = lab.sh(name, "cat /tmp/inotify.log").ok().to_string();
         assert!(all.lines().skip(2).all(|line| line.contains(p)), "{all}");
@@ -186,6 +178,33 @@ fn host_changes_are_real_events_and_fresh_reads_in_the_guest() {
     let log = lab.sh("rw", "cat /tmp/inotify.log").ok().to_string();
     assert_eq!(log.matches(&format!("CREATE {rw_path}/own.txt")).count(), 1, "{log}");
     assert_eq!(log.matches(&format!("CLOSE_WRITE,CLOSE {rw_path}/own.txt")).count(), 1, "{log}");
+
+    // After a reboot inside the guest, a host edit is one event still: the last boot's
+    // watcher ended with it.
+    let boot_id = "cat /proc/sys/kernel/random/boot_id";
+    let before = lab.sh("rw", boot_id).ok().to_string();
+    let _ = lab.mvm(&["shell", "rw", "--", "reboot"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = lab.sh("rw", boot_id);
+        if now.code == 0 && now.stdout != before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rw did not come back after reboot");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let watch = format!(
+        "setsid -f inotifywait -m --format '%e %w%f' {rw_path} > /tmp/again.log 2>&1 < /dev/null; sleep 2"
+    );
+    lab.sh("rw", &watch).ok();
+    for file in ["after-reboot.txt", "and-again.txt"] {
+        std::fs::write(rw.join(file), "x\n").unwrap();
+        let heard = format!("CLOSE_WRITE,CLOSE {rw_path}/{file}");
+        until_logged(&lab, "rw", "again.log", rw_path, &[heard.as_str()]);
+        std::thread::sleep(Duration::from_secs(2));
+        let log = lab.sh("rw", "cat /tmp/again.log").ok().to_string();
+        assert_eq!(log.matches(&heard).count(), 1, "{log}");
+    }
 
     // A dev server that reloads on change serves the host's edit through its forward.
     std::fs::write(overlay.join("message.json"), "\"before\"\n").unwrap();

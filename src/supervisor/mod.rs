@@ -157,14 +157,12 @@ fn run(
     }
     let run_dir = paths.vm_run_dir(name);
 
+    let notify_module = file_event_module(paths, &launch);
     let base = {
         let cache = paths.user_cache();
         std::fs::create_dir_all(cache.parent().expect("the cache has a parent"))?;
         crate::state::paths::own_dir(&cache, 0o700)?;
-        initramfs::cached_base(
-            &cache,
-            &BaseSpec::for_kernel(&launch.kernel, file_event_module(paths, &launch))?,
-        )?
+        initramfs::cached_base(&cache, &BaseSpec::for_kernel(&launch.kernel, notify_module.clone())?)?
     };
     let guest = serde_json::to_vec(&launch.guest)?;
     initramfs::write_boot_image(&base, &[(GUEST_CONFIG, &guest)], &launch.spec.initramfs)?;
@@ -193,14 +191,14 @@ fn run(
             processes::mount_overlay(overlay)?;
         }
     }
-    if let Some(target) = file_events_target(paths, &launch) {
-        // Every host change is then pushed to the guest, which drops what it cached: the
-        // project's entries and attributes may be cached for long (no revalidation round
-        // trips), unless part of the project goes unwatched.
-        if watch::spawn(target) == watch::Coverage::Whole {
-            for share in launch.spec.shares.iter_mut().filter(|share| share.tag == "project") {
-                share.changes_pushed = true;
-            }
+    // Until this boot ends (a rebooted guest gets a watcher of its own).
+    let file_events = notify_module.and_then(|_| file_events_target(paths, &launch)).map(watch::spawn);
+    // Every host change is then pushed to the guest, which drops what it cached: the
+    // project's entries and attributes may be cached for long (no revalidation round
+    // trips), unless part of the project goes unwatched.
+    if file_events.as_ref().is_some_and(|watcher| watcher.coverage == watch::Coverage::Whole) {
+        for share in launch.spec.shares.iter_mut().filter(|share| share.tag == "project") {
+            share.changes_pushed = true;
         }
     }
     let log_dir = paths.vm_dir(name).join("log");
@@ -412,13 +410,9 @@ fn file_event_module(paths: &Paths, launch: &Launch) -> Option<std::path::PathBu
     }
 }
 
-/// What the project's file events need, when the guest can raise them.
+/// What the project's file events need (the guest having the module).
 fn file_events_target(paths: &Paths, launch: &Launch) -> Option<watch::WatchTarget> {
     let project = launch.config.project.as_ref()?;
-    let release = launch.kernel.release.as_deref()?;
-    if !matches!(crate::boot::notify::find(paths, release), crate::boot::notify::Availability::Ready(_)) {
-        return None;
-    }
     let name = &launch.config.name;
     let (vm_dir, run_dir) = (paths.vm_dir(name), paths.vm_run_dir(name));
     let upper = launch::project_overlay(&launch.config, &vm_dir, &run_dir, launch.run_as).map(|o| o.upper);

@@ -55,6 +55,8 @@ const BIG_BATCH: usize = 1024;
 const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a rename's first half waits for its second before it counts as a deletion.
 const MOVE_PAIRING: u16 = 20;
+/// How often a quiet watcher looks whether its boot ended.
+const STOP_CHECK: u16 = 500;
 
 /// What a VM's file events need.
 pub struct WatchTarget {
@@ -79,8 +81,28 @@ type Shared = Arc<(Mutex<Gathered>, Condvar)>;
 #[derive(Default)]
 struct Gathered {
     pending: Pending,
-    /// The guest cannot raise file events: the watcher ends.
+    /// The guest cannot raise file events, or its boot ended: the watcher ends.
     off: bool,
+}
+
+fn is_off(shared: &Shared) -> bool {
+    shared.0.lock().expect("file events").off
+}
+
+/// The file events of one boot: dropped when the boot ends, and its threads end with it
+/// (a rebooted guest gets a watcher of its own, never a second one beside the first).
+pub struct Watcher {
+    shared: Shared,
+    /// How much of the project is watched.
+    pub coverage: Coverage,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.shared;
+        lock.lock().expect("file events").off = true;
+        wake.notify_all();
+    }
 }
 
 /// How much of a project is watched.
@@ -93,8 +115,8 @@ pub enum Coverage {
 }
 
 /// Watches `target`'s project (every directory, before this returns) and sends its
-/// changes to the guest from then on; says how much is watched.
-pub fn spawn(target: WatchTarget) -> Coverage {
+/// changes to the guest until the returned watcher is dropped.
+pub fn spawn(target: WatchTarget) -> Watcher {
     let shared: Shared = Arc::default();
     let started = Instant::now();
     let watches = match Tree::open_exact(&target.project).and_then(|root| Watches::new(root, WATCH_LIMIT)) {
@@ -102,7 +124,7 @@ pub fn spawn(target: WatchTarget) -> Coverage {
         Err(error) => {
             log!("no file events in the guest: cannot watch the project: {error}");
             note(&target.run_dir, &format!("off: cannot watch the project: {error}"));
-            return Coverage::Partial;
+            return Watcher { shared, coverage: Coverage::Partial };
         }
     };
     log!(
@@ -122,21 +144,22 @@ pub fn spawn(target: WatchTarget) -> Coverage {
         }
     };
     let upper = target.upper.as_deref().and_then(|upper| Tree::open(upper).ok());
-    let gathering = shared.clone();
+    let (gathering, sending) = (shared.clone(), shared.clone());
     std::thread::spawn(move || gather(watches, upper, &gathering));
-    std::thread::spawn(move || send(&target, &shared));
-    coverage
+    std::thread::spawn(move || send(&target, &sending));
+    Watcher { shared, coverage }
 }
 
-/// Reads the project's events into the shared batch until the guest turns them down.
+/// Reads the project's events into the shared batch until the guest turns them down or
+/// its boot ends.
 fn gather(mut watches: Watches, upper: Option<Tree>, shared: &Shared) {
     let mut changes = Vec::new();
     let mut noted_incomplete = watches.incomplete.is_some();
     loop {
-        let timeout =
-            if watches.awaiting_moves() { PollTimeout::from(MOVE_PAIRING) } else { PollTimeout::NONE };
+        let timeout = PollTimeout::from(if watches.awaiting_moves() { MOVE_PAIRING } else { STOP_CHECK });
         let ready = nix::poll::poll(&mut [PollFd::new(watches.fd(), PollFlags::POLLIN)], timeout);
         match ready {
+            Ok(0) if is_off(shared) => return,
             Ok(0) => watches.flush_moves(&mut changes),
             Ok(_) => {
                 if let Err(error) = watches.read(&mut changes) {
@@ -179,13 +202,18 @@ fn shadowed(upper: &Tree, change: &FileChange) -> bool {
         && upper.metadata(&change.path).is_ok_and(|meta| meta.is_some())
 }
 
-/// Sends the gathered batches to the guest for as long as it takes them.
+/// Sends the gathered batches to the guest for as long as it takes them and its boot
+/// lasts.
 fn send(target: &WatchTarget, shared: &Shared) {
-    let mut announced = false;
-    loop {
-        while !crate::supervisor::launch::guest_ready(&target.console) {
-            std::thread::sleep(Duration::from_millis(100));
+    // This boot's console has the ready line once; it may be rotated away later.
+    while !crate::supervisor::launch::guest_ready(&target.console) {
+        if is_off(shared) {
+            return;
         }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut announced = false;
+    while !is_off(shared) {
         let mut stream = match open(target) {
             Ok(stream) => stream,
             Err(Refusal::Off(why)) => {
@@ -204,8 +232,7 @@ fn send(target: &WatchTarget, shared: &Shared) {
             log!("file events on for {}", target.guest_root);
             announced = true;
         }
-        loop {
-            let batch = next_batch(shared);
+        while let Some(batch) = next_batch(shared) {
             let delivered = deliver(&mut stream, &batch);
             if batch.len() > BIG_BATCH {
                 drop(batch);
@@ -214,6 +241,9 @@ fn send(target: &WatchTarget, shared: &Shared) {
                 unsafe { nix::libc::malloc_trim(0) };
             }
             if let Err(error) = delivered {
+                if is_off(shared) {
+                    return;
+                }
                 log!("file events: the agent connection ended ({error}); making it again");
                 let (lock, _) = &**shared;
                 let rescan = FileChange { change: Change::Rescan, path: PathBuf::new(), dir: true };
@@ -248,16 +278,20 @@ fn open(target: &WatchTarget) -> Result<std::os::unix::net::UnixStream, Refusal>
     }
 }
 
-/// Waits for changes, lets them gather a moment, and takes them.
-fn next_batch(shared: &Shared) -> Vec<FileChange> {
+/// Waits for changes, lets them gather a moment, and takes them; `None` once the
+/// watcher is off.
+fn next_batch(shared: &Shared) -> Option<Vec<FileChange>> {
     let (lock, wake) = &**shared;
     let mut gathered = lock.lock().expect("file events");
-    while gathered.pending.is_empty() {
+    while gathered.pending.is_empty() && !gathered.off {
         gathered = wake.wait(gathered).expect("file events");
+    }
+    if gathered.off {
+        return None;
     }
     drop(gathered);
     std::thread::sleep(GATHER);
-    lock.lock().expect("file events").pending.take()
+    Some(lock.lock().expect("file events").pending.take())
 }
 
 /// Sends `batch` and waits until the guest applied it.

@@ -1,8 +1,8 @@
 //! The changes waiting for the guest, coalesced: while the guest applies one batch the
 //! next gathers here, and a path changed again before it was sent is sent once. Order is
-//! kept (a deletion and a creation of one path arrive as they happened); past a cap the
-//! batch becomes one rescan of the whole project, so a flood costs bounded memory and the
-//! guest still ends with the final state.
+//! kept (a deletion and a creation of one path arrive as they happened); past a cap (of
+//! changes, and of their paths' bytes) the batch becomes one rescan of the whole project,
+//! so a flood costs bounded memory and the guest still ends with the final state.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,6 +11,9 @@ use crate::agent::changes::{Change, FileChange};
 
 /// The most changes kept for one batch before they become a rescan.
 pub const MAX_PENDING: usize = 50_000;
+/// The most bytes of paths kept for one batch (long paths a guest makes in a read-write
+/// project count by their length) before they become a rescan.
+pub const MAX_PENDING_BYTES: usize = 8 << 20;
 
 /// The batch being gathered.
 #[derive(Debug, Default)]
@@ -18,6 +21,8 @@ pub struct Pending {
     changes: Vec<FileChange>,
     /// Each path's latest change in `changes`.
     latest: HashMap<PathBuf, usize>,
+    /// The bytes of the paths in `changes`.
+    bytes: usize,
     rescan: bool,
 }
 
@@ -38,13 +43,20 @@ impl Pending {
                 return;
             }
         }
-        if self.changes.len() >= MAX_PENDING {
-            self.changes.clear();
-            self.latest.clear();
+        let bytes = change.path.as_os_str().len()
+            + match &change.change {
+                Change::Renamed(to) => to.as_os_str().len(),
+                _ => 0,
+            };
+        if self.changes.len() >= MAX_PENDING || self.bytes + bytes > MAX_PENDING_BYTES {
+            self.changes = Vec::new();
+            self.latest = HashMap::new();
+            self.bytes = 0;
             self.rescan = true;
             self.changes.push(FileChange { change: Change::Rescan, path: PathBuf::new(), dir: true });
             return;
         }
+        self.bytes += bytes;
         self.latest.insert(change.path.clone(), self.changes.len());
         self.changes.push(change);
     }
@@ -57,6 +69,7 @@ impl Pending {
     pub fn take(&mut self) -> Vec<FileChange> {
         // A new map, not a cleared one: a burst's capacity is given back.
         self.latest = HashMap::new();
+        self.bytes = 0;
         self.rescan = false;
         std::mem::take(&mut self.changes)
     }
@@ -108,5 +121,16 @@ mod tests {
         assert_eq!(pending.take(), [FileChange { change: Change::Rescan, path: "".into(), dir: true }]);
         pending.push(change(Change::Created, "after"));
         assert_eq!(pending.take(), [change(Change::Created, "after")]);
+    }
+
+    /// Long paths count by their length: a guest's deep tree cannot hold much memory.
+    #[test]
+    fn long_paths_become_a_rescan_sooner() {
+        let mut pending = Pending::default();
+        let long = "d/".repeat(2000);
+        for i in 0..MAX_PENDING_BYTES / long.len() + 1 {
+            pending.push(change(Change::Created, &format!("{long}{i}")));
+        }
+        assert_eq!(pending.take(), [FileChange { change: Change::Rescan, path: "".into(), dir: true }]);
     }
 }

@@ -18,6 +18,9 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDe
 use crate::agent::changes::{Change, FileChange};
 use crate::fs::Tree;
 
+/// The most rename halves kept waiting for their second half.
+const MAX_UNPAIRED: usize = 4096;
+
 /// What each directory is watched for.
 fn watch_mask() -> AddWatchFlags {
     AddWatchFlags::IN_CREATE
@@ -210,6 +213,11 @@ impl Watches {
         let dir = mask.contains(AddWatchFlags::IN_ISDIR);
         let change = |change| FileChange { change, path: path.clone(), dir };
         if mask.contains(AddWatchFlags::IN_MOVED_FROM) {
+            // Halves whose pair never comes (moved into a directory past the limit) are
+            // deletions: a steady stream of them holds no memory.
+            if self.moved_from.len() >= MAX_UNPAIRED {
+                self.flush_moves(out);
+            }
             self.moved_from.insert(event.cookie, (path, dir));
         } else if mask.contains(AddWatchFlags::IN_MOVED_TO) {
             match self.moved_from.remove(&event.cookie) {

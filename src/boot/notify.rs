@@ -134,11 +134,7 @@ mod tests {
 
     #[test]
     fn the_module_is_named_by_its_source() {
-        let paths = Paths {
-            state_dir: "/state".into(),
-            run_dir: "/run/mvm".into(),
-            config_file: "/etc/mvm.toml".into(),
-        };
+        let paths = Paths::under(Path::new("/"));
         let path = module_path(&paths, "6.1.0-57-amd64");
         let name = path.file_name().unwrap().to_str().unwrap();
         assert!(path.starts_with("/state/.kmod/6.1.0-57-amd64"));
@@ -154,11 +150,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let paths = Paths {
-            state_dir: dir.path().join("state"),
-            run_dir: dir.path().join("run"),
-            config_file: dir.path().join("c"),
-        };
+        let paths = Paths::under(dir.path());
         assert_eq!(find(&paths, "6.1"), Availability::Missing);
         let module = module_path(&paths, "6.1");
         std::fs::create_dir_all(module.parent().unwrap()).unwrap();

@@ -334,8 +334,18 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     // What her guest installed outlives the stop.
     lab.mvm(&alice, &["start", "uweb"]).ok();
     assert!(lab.mvm(&alice, &["shell", "uweb", "--", "hello"]).ok().contains("Hello, world!"));
-    lab.mvm(&alice, &["stop", "uweb"]).ok();
-    lab.mvm(&alice, &["rm", "uweb"]).ok();
+    // Her supervisor and VM die without a word, and she removes the VM: its network
+    // (bridge, tap, every rule of its) goes with it, for the next VM on its index.
+    let _ = Command::new("pkill").args(["-KILL", "-u", ALICE]).status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !vm_processes("uweb").is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    lab.mvm(&alice, &["rm", "--force", "uweb"]).ok();
+    let links = lab.host.ip(&["-o", "link", "show"]);
+    assert!(!links.contains("mvmtap") && !links.contains("mvmbr"), "links left:\n{links}");
+    let rules = String::from_utf8_lossy(&lab.host.exec("iptables-save", &[]).stdout).into_owned();
+    assert!(!rules.contains("mvm:uweb"), "rules left after rm:\n{rules}");
     lab.mvm(&bob, &["rm", "ubob"]).ok();
     // Root removing Bob's VM meets Bob's files with Bob's rights: a runtime dir he turned
     // into a symlink to a directory of root's is dropped, never emptied.

@@ -120,6 +120,26 @@ impl Lab {
         strip(filter) + &strip(nat)
     }
 
+    /// Gives VM `vm`'s index claim to user `uid`, as their `mvm create` would have made it.
+    fn give(&self, vm: &VmConfig, uid: u32) {
+        let claim =
+            self.paths().state_dir.join(mvm::state::claims::CLAIMS_DIR).join(vm.network.index.to_string());
+        std::os::unix::fs::chown(claim, Some(uid), Some(uid)).unwrap();
+    }
+
+    /// Runs `action` on a [`HostNet`] acting for user `uid` in the host namespace.
+    fn as_user<T: Send + 'static>(
+        &self,
+        uid: u32,
+        action: impl FnOnce(&mut HostNet) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        let paths = self.paths();
+        self.host.run(move || {
+            let mut net = HostNet::open(&paths, &HostConfig::default()).unwrap().for_user(uid);
+            action(&mut net).map_err(|error| format!("{error:#}"))
+        })
+    }
+
     fn mvm_links(&self) -> Vec<String> {
         self.host
             .ip(&["-o", "link", "show"])
@@ -524,12 +544,10 @@ fn a_users_vm_network_is_theirs_alone() {
     let mut lab = Lab::new();
     let web = lab.create("web", |args| args.ports = vec!["8080:80".into()]);
     let (alice, bob) = (4242, 4343);
+    lab.give(&web, alice);
     fn as_user(lab: &Lab, uid: u32, vm: &VmConfig, up: bool) -> Result<(), String> {
-        let (paths, vm) = (lab.paths(), vm.clone());
-        lab.host.run(move || {
-            let mut net = HostNet::open(&paths, &HostConfig::default()).unwrap().for_user(uid);
-            if up { net.up(&vm) } else { net.down(&vm) }.map_err(|error| format!("{error:#}"))
-        })
+        let vm = vm.clone();
+        lab.as_user(uid, move |net| if up { net.up(&vm) } else { net.down(&vm) })
     }
     as_user(&lab, alice, &web, true).unwrap();
     let owner = lab.host.ip(&["-d", "link", "show", "mvmtap0"]);
@@ -560,7 +578,7 @@ fn a_users_vm_network_is_theirs_alone() {
     assert!(!connects(bob, "127.0.0.1:8080"), "bob's connection went to alice's guest");
     // Bob's record naming the same links: refused, and alice's stay.
     let error = as_user(&lab, bob, &web, true).unwrap_err();
-    assert!(error.contains("is not yours"), "{error}");
+    assert!(error.contains("not claimed for it by you"), "{error}");
     assert!(as_user(&lab, bob, &web, false).is_err());
     assert_eq!(lab.mvm_links(), ["mvmbr0", "mvmtap0"]);
     as_user(&lab, alice, &web, false).unwrap();
@@ -674,7 +692,6 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
     std::thread::sleep(Duration::from_millis(600));
     let (gateway, bridge) = (web.network.gateway, web.network.bridge.clone());
     let stale = lab.host.run(move || mvm::dns::bind(gateway, &bridge).unwrap());
-    assert!(stale.tcp.is_some());
     lab.down(&web);
     lab.up(&web);
     lab.host.ip(&["link", "set", &format!("vg{}", web.network.index), "master", &web.network.bridge, "up"]);
@@ -682,8 +699,8 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
     // network, would start with no neighbour entry for its gateway.
     lab.guests[web_guest].ip(&["neigh", "flush", "all"]);
     let (bridge, guest) = (web.network.bridge.clone(), web.network.address);
-    let fresh = lab.host.run(move || mvm::dns::bind(gateway, &bridge).unwrap());
-    assert!(fresh.tcp.is_some(), "a stale TCP socket stood in the way of the VM's DNS");
+    let fresh = lab.host.run(move || mvm::dns::bind(gateway, &bridge));
+    let fresh = fresh.expect("a stale socket stood in the way of the VM's DNS");
     let resolver = resolver.clone();
     let _fresh = lab.host.run(move || mvm::dns::serve(fresh, guest, resolver, false).unwrap());
     let answer =
@@ -691,4 +708,94 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
     assert_eq!(answer.answers()[0].data(), &RData::A(A(support::dns::VPN_ADDRESS.parse().unwrap())));
     stale.udp.set_nonblocking(true).unwrap();
     assert!(stale.udp.recv(&mut [0u8; 512]).is_err(), "a stale socket got the guest's query");
+}
+
+/// An index is reused with nothing of its last holder's. Alice's VM, its network up and
+/// its DNS sockets kept by her, is removed without its network taken down (her tap
+/// deleted, her supervisor killed); Bob's VM gets the index. His bring-up makes the
+/// bridge anew (so her sockets, bound to the old one, hear nothing), his tap is his, and
+/// no rule of hers (a DNAT to the address, host access) applies to his guest.
+#[test]
+fn a_reused_index_keeps_nothing_of_its_last_holder() {
+    root_test!(a_reused_index_keeps_nothing_of_its_last_holder);
+    let mut lab = Lab::new();
+    let (alice, bob) = (4242, 4343);
+    let web = lab.create("web", |args| {
+        args.ports = vec!["8080:80".into()];
+        args.host_access = true;
+    });
+    lab.give(&web, alice);
+    let up = web.clone();
+    lab.as_user(alice, move |net| net.up(&up)).unwrap();
+    let (gateway, bridge) = (web.network.gateway, web.network.bridge.clone());
+    let kept = lab.as_user(alice, move |_| Ok(mvm::dns::bind(gateway, &bridge)?)).unwrap();
+    let old_bridge = lab.host.ip(&["-d", "link", "show", &web.network.bridge]);
+    assert!(old_bridge.contains("alias mvm:web:4242"), "{old_bridge}");
+    // Removed without `mvm rm` taking the network down: her record and claim are gone.
+    lab.host.ip(&["link", "del", &web.network.tap]);
+    let paths = lab.paths();
+    std::fs::remove_dir_all(paths.vm_dir(&web.name)).unwrap();
+    std::fs::remove_file(paths.state_dir.join(mvm::state::claims::CLAIMS_DIR).join("0")).unwrap();
+    assert!(lab.iptables_save().contains("mvm:web"));
+
+    let api = lab.create("api", |_| {});
+    assert_eq!(api.network.index, web.network.index, "the test needs the index reused");
+    lab.give(&api, bob);
+    let live = api.clone();
+    let error = lab.as_user(bob, move |net| net.check_live(&live)).unwrap_err();
+    assert!(error.contains("is not up"), "DNS sockets for a network that is not up: {error}");
+    let up = api.clone();
+    lab.as_user(bob, move |net| net.up(&up)).unwrap();
+    let rules = lab.iptables_save();
+    assert!(!rules.contains("mvm:web"), "alice's rules apply to bob's guest:\n{rules}");
+    let new_bridge = lab.host.ip(&["-d", "link", "show", &api.network.bridge]);
+    assert!(new_bridge.contains("alias mvm:api:4343"), "{new_bridge}");
+    let index_of = |text: &str| text.split(':').next().unwrap().trim().to_string();
+    assert_ne!(index_of(&old_bridge), index_of(&new_bridge), "bob's VM adopted alice's bridge");
+    let tap = lab.host.ip(&["-d", "link", "show", &api.network.tap]);
+    assert!(tap.contains(&format!("user {bob}")), "{tap}");
+    let live = api.clone();
+    lab.as_user(bob, move |net| net.check_live(&live)).unwrap();
+
+    // His guest's DNS: his supervisor's sockets bind and answer; hers hear nothing.
+    support::dns::vpn_resolver(&lab.host);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("resolv.conf"), format!("nameserver {}\n", support::dns::VPN_RESOLVER))
+        .unwrap();
+    std::fs::write(dir.path().join("hosts"), "").unwrap();
+    let resolver = mvm::dns::HostResolver {
+        resolv_conf: dir.path().join("resolv.conf"),
+        hosts: dir.path().join("hosts"),
+    };
+    let (bridge, guest) = (api.network.bridge.clone(), api.network.address);
+    let sockets = lab.host.run(move || mvm::dns::bind(gateway, &bridge)).expect("kept sockets blocked bob's");
+    let _server = lab.host.run(move || mvm::dns::serve(sockets, guest, resolver, false).unwrap());
+    let api_guest = lab.guest(&api);
+    let asked = lab.guests[api_guest].run(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut query = hickory_proto::op::Message::new();
+        query.set_id(9).set_recursion_desired(true);
+        let name = hickory_proto::rr::Name::from_ascii(format!("{}.", support::dns::VPN_NAME)).unwrap();
+        query.add_query(hickory_proto::op::Query::query(name, hickory_proto::rr::RecordType::A));
+        socket.send_to(&query.to_vec().unwrap(), (gateway, 53)).unwrap();
+        socket.recv(&mut [0u8; 512]).is_ok()
+    });
+    assert!(asked, "bob's guest got no answer from its gateway");
+    kept.udp.set_nonblocking(true).unwrap();
+    assert!(kept.udp.recv(&mut [0u8; 512]).is_err(), "alice's kept socket heard bob's guest");
+
+    // Down takes his links; a link made for another VM on the index is left alone.
+    let down = api.clone();
+    lab.as_user(bob, move |net| net.down(&down)).unwrap();
+    assert!(lab.mvm_links().is_empty(), "{:?}", lab.mvm_links());
+    lab.host.ip(&["link", "add", &api.network.bridge, "type", "bridge"]);
+    lab.host.ip(&["link", "set", &api.network.bridge, "alias", "mvm:other:1"]);
+    let down = api.clone();
+    lab.as_user(bob, move |net| net.down(&down)).unwrap();
+    assert_eq!(
+        lab.mvm_links(),
+        std::slice::from_ref(&api.network.bridge),
+        "down removed another VM's bridge"
+    );
 }

@@ -63,8 +63,7 @@ const MAX_IN_FLIGHT: usize = 64;
 /// A VM's DNS sockets on its gateway.
 pub struct Sockets {
     pub udp: UdpSocket,
-    /// None when a host DNS server holds port 53 on every address for TCP.
-    pub tcp: Option<TcpListener>,
+    pub tcp: TcpListener,
 }
 
 /// A VM's DNS being served; it stops (and its sockets close) when this is dropped.
@@ -90,14 +89,12 @@ pub fn serve(
     offline: bool,
 ) -> std::io::Result<Server> {
     let stop = Arc::new(AtomicBool::new(false));
-    if let Some(tcp) = sockets.tcp {
-        nix::sys::socket::setsockopt(
-            &tcp,
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(0, STOP_POLL.as_micros() as _),
-        )?;
-        tcp::serve(tcp, guest, resolver.clone(), offline, stop.clone());
-    }
+    nix::sys::socket::setsockopt(
+        &sockets.tcp,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(0, STOP_POLL.as_micros() as _),
+    )?;
+    tcp::serve(sockets.tcp, guest, resolver.clone(), offline, stop.clone());
     sockets.udp.set_read_timeout(Some(STOP_POLL))?;
     let socket = Arc::new(sockets.udp);
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -130,10 +127,12 @@ pub fn serve(
 /// or `CAP_NET_BIND_SERVICE` and `CAP_NET_RAW`). They are bound to the bridge itself
 /// (`SO_BINDTODEVICE`, which their holder cannot change without `CAP_NET_RAW`): sockets
 /// someone kept from an earlier VM on the same gateway belong to a bridge that is gone,
-/// and neither take this VM's queries nor stand in the way of its sockets. `SO_REUSEADDR`
-/// lets them share port 53 with a host DNS server on the wildcard address that allows it
-/// (dnsmasq's default), the more specific address winning; on a port this low, only
-/// privileged sockets can share.
+/// and neither take this VM's queries nor stand in the way of its sockets (a bridge is
+/// made anew for each VM and owner: `net::host`). `SO_REUSEADDR` lets them share port 53
+/// with a host DNS server on the wildcard address that allows it (dnsmasq's default), the
+/// more specific address winning; on a port this low, only privileged sockets can share.
+/// Either socket failing to bind is an error: a guest whose DNS half works is worse off
+/// than one told why it has none.
 pub fn bind(gateway: Ipv4Addr, bridge: &str) -> std::io::Result<Sockets> {
     use nix::sys::socket::{
         bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
@@ -148,10 +147,20 @@ pub fn bind(gateway: Ipv4Addr, bridge: &str) -> std::io::Result<Sockets> {
         bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &address)?;
         Ok(fd)
     };
-    let udp = UdpSocket::from(open(SockType::Datagram)?);
-    let tcp = open(SockType::Stream).and_then(|fd| {
-        listen(&fd, Backlog::new(16).expect("a valid backlog"))?;
-        Ok(TcpListener::from(fd))
-    });
-    Ok(Sockets { udp, tcp: tcp.ok() })
+    let failed = |kind: &'static str| {
+        move |error: std::io::Error| {
+            std::io::Error::new(
+                error.kind(),
+                format!("cannot bind {kind} port 53 on {gateway} ({bridge}): {error}"),
+            )
+        }
+    };
+    let udp = UdpSocket::from(open(SockType::Datagram).map_err(failed("UDP"))?);
+    let tcp = open(SockType::Stream)
+        .and_then(|fd| {
+            listen(&fd, Backlog::new(16).expect("a valid backlog"))?;
+            Ok(TcpListener::from(fd))
+        })
+        .map_err(failed("TCP"))?;
+    Ok(Sockets { udp, tcp })
 }

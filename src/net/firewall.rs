@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
+use crate::addr::VmNetwork;
 use crate::error::UserError;
 use crate::net::plan::{self, HostNetwork, Rule, Table, VmFirewall, CHAINS, SHARED_TAG};
 
@@ -116,6 +117,20 @@ impl FirewallState {
         self.rules.iter().filter(move |rule| has_tag(&rule.spec, tag))
     }
 
+    /// Rules of VMs other than the one tagged `tag` that name `network`'s bridge, tap or
+    /// addresses: left by an earlier holder of its index (removed, or never taken down),
+    /// they would apply to the VM that holds the index now.
+    fn naming_others<'a>(
+        &'a self,
+        tag: &'a str,
+        network: &'a VmNetwork,
+    ) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules
+            .iter()
+            .filter(move |rule| rule.spec.contains("--comment \"mvm:") && !has_tag(&rule.spec, tag))
+            .filter(move |rule| names_network(&rule.spec, network))
+    }
+
     /// The names of the VMs that have rules.
     pub fn vm_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
@@ -156,6 +171,23 @@ impl FirewallState {
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
+}
+
+/// Whether rule `spec` names `network`'s links, addresses or subnet (as `iptables-save`
+/// spells them: `mvmbr4`, `10.200.4.2/32`, `10.200.4.2:3000`, `10.200.4.0/30`).
+fn names_network(spec: &str, network: &VmNetwork) -> bool {
+    let addresses = [network.address.to_string(), network.gateway.to_string()];
+    let subnet = network.subnet.to_string();
+    spec.split_whitespace().any(|token| {
+        token == network.bridge
+            || token == network.tap
+            || token == subnet
+            || addresses.iter().any(|address| {
+                token.strip_prefix(address.as_str()).is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with('/') || rest.starts_with(':') || rest.starts_with('-')
+                })
+            })
+    })
 }
 
 fn has_tag(spec: &str, tag: &str) -> bool {
@@ -233,6 +265,7 @@ pub fn converge_vm(
     ensure_shared(&state, host, &mut script);
     let tag = plan::vm_tag(&vm.name);
     let mut unwanted: Vec<&Rule> = state.tagged(&tag).collect();
+    let foreign: Vec<&Rule> = state.naming_others(&tag, &vm.network).collect();
     // A VM's rules are order-independent, so only the difference is sent: deleting
     // is the slow operation for iptables-nft.
     for rule in plan::vm_rules(vm, host) {
@@ -243,7 +276,7 @@ pub fn converge_vm(
             None => script.push(rule.table, format!("-I {} 1 {}", rule.chain, rule.spec)),
         }
     }
-    for rule in unwanted {
+    for rule in unwanted.into_iter().chain(foreign) {
         script.push(rule.table, format!("-D {} {}", rule.chain, rule.spec));
     }
     apply(backend, &script)
@@ -442,6 +475,29 @@ pub(crate) mod tests {
         assert_eq!(forward.last().unwrap(), "-o mvmbr+ -m comment --comment mvm -j DROP");
         assert_eq!(fw.chains[&(Table::Filter, "INPUT".to_string())].len(), 1);
         assert!(!converge_vm(&mut fw, &host(), &vm("web", 0, &[])).unwrap());
+    }
+
+    /// An index's next holder takes none of its last holder's rules: a DNAT to the
+    /// address, a host-access or owner rule that would apply to the newcomer.
+    #[test]
+    fn a_vm_removes_rules_another_vm_left_on_its_index() {
+        let mut fw = FakeFirewall::new();
+        let old = VmFirewall { host_access: true, owner: Some(4242), ..vm("old", 4, &["8080:80"]) };
+        converge_vm(&mut fw, &host(), &old).unwrap();
+        converge_vm(&mut fw, &host(), &vm("web", 5, &["9090:80"])).unwrap();
+        let rules_of = |fw: &mut FakeFirewall, name: &str| -> Vec<Rule> {
+            let state = FirewallState::read(fw).unwrap();
+            state.tagged(&plan::vm_tag(name)).cloned().collect()
+        };
+        let web = rules_of(&mut fw, "web");
+        assert!(!web.is_empty());
+        converge_vm(&mut fw, &host(), &vm("new", 4, &[])).unwrap();
+        assert_eq!(
+            FirewallState::read(&mut fw).unwrap().vm_names(),
+            ["new", "web"],
+            "the old holder's rules stayed"
+        );
+        assert_eq!(rules_of(&mut fw, "web"), web, "another index's rules changed");
     }
 
     #[test]

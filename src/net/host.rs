@@ -1,10 +1,11 @@
 //! Bringing a VM's host-side network up and down, under the network lock.
 //!
-//! Up: check the pool against the host's routes, enable forwarding, make the bridge
-//! (gateway address, no IPv6, `route_localnet` for localhost forwards), make the tap and
-//! enslave it, converge the firewall. Every step looks before it acts, so `up` is
-//! idempotent and finishes the job after a crash half-way. Down removes exactly that VM's
-//! links and rules.
+//! Up: check the pool against the host's routes and the VM's claim on its index, remove
+//! what an earlier holder of the index left, enable forwarding, make the bridge (named
+//! for the VM and its owner in its alias; gateway address, no IPv6, `route_localnet` for
+//! localhost forwards), make the tap and enslave it, converge the firewall. Every step
+//! looks before it acts, so `up` is idempotent and finishes the job after a crash
+//! half-way. Down removes exactly that VM's links and rules.
 
 use std::path::PathBuf;
 
@@ -18,7 +19,7 @@ use crate::net::netlink::{Link, Netlink};
 use crate::net::plan::{HostNetwork, VmFirewall};
 use crate::net::{sysctl, tap};
 use crate::state::lock::FileLock;
-use crate::state::Paths;
+use crate::state::{claims, Paths};
 
 /// Prefixes of the links mvm makes.
 pub const LINK_PREFIXES: [&str; 2] = ["mvmbr", "mvmtap"];
@@ -31,6 +32,8 @@ pub struct HostNet {
     /// The user whose VM this is, when not root's: its tap is theirs, and no link of
     /// another user's is touched.
     tap_owner: Option<u32>,
+    /// Where the index claims are (`state::claims`).
+    state_dir: PathBuf,
     _lock: FileLock,
 }
 
@@ -51,14 +54,13 @@ impl HostNet {
                 .hint("run mvm with sudo")
                 .into());
         }
-        std::fs::create_dir_all(&paths.run_dir)
-            .with_context(|| format!("cannot create {}", paths.run_dir.display()))?;
         let lock = FileLock::exclusive_private(&network_lock(paths))?;
         Ok(HostNet {
             netlink: Netlink::open()?,
             firewall,
             host: HostNetwork { pool: config.network.pool, uplink: config.network.uplink.clone() },
             tap_owner: None,
+            state_dir: paths.state_dir.clone(),
             _lock: lock,
         })
     }
@@ -70,28 +72,66 @@ impl HostNet {
         self
     }
 
-    /// Refuses a tap `name` that exists and is not this caller's.
-    fn check_tap_owner(&self, name: &str) -> anyhow::Result<()> {
-        let Some(uid) = self.tap_owner else { return Ok(()) };
-        if self.netlink.link(name)?.is_some_and(|tap| tap.tun_owner != Some(uid)) {
-            return Err(UserError::conflict(format!("tap {name} exists and is not yours"))
-                .hint("another VM has this index; `sudo mvm doctor --fix` removes leftovers")
-                .into());
-        }
-        Ok(())
+    /// The uid the VM's links are made for: its owner's (0 for root's).
+    fn owner(&self) -> u32 {
+        self.tap_owner.unwrap_or(0)
     }
 
-    /// Brings VM `vm`'s bridge, tap and rules up (idempotent).
+    /// Refuses VM `vm` unless its index is claimed for it by this caller (`state::claims`):
+    /// what is on that index then is this VM's, or left by an earlier holder.
+    fn check_claim(&self, vm: &VmConfig) -> anyhow::Result<()> {
+        let index = vm.network.index;
+        match claims::holder(&self.state_dir, index) {
+            Some((holder, owner)) if holder == vm.name.as_str() && owner == self.owner() => Ok(()),
+            _ => Err(UserError::conflict(format!(
+                "VM '{}''s network index {index} is not claimed for it by you",
+                vm.name
+            ))
+            .hint(format!("remove the VM and create it again: `mvm rm {}`", vm.name))
+            .into()),
+        }
+    }
+
+    /// Whether `link` was made for VM `vm` of this caller's (a bridge's alias, a tap's
+    /// owner); `unnamed` is the answer for a bridge with no alias (made before aliases).
+    fn is_for(&self, vm: &VmConfig, link: &Link, unnamed: bool) -> bool {
+        if link.name == vm.network.tap {
+            return link.tun_owner == self.tap_owner;
+        }
+        match &link.alias {
+            Some(alias) => *alias == bridge_alias(vm, self.owner()),
+            None => unnamed,
+        }
+    }
+
+    /// Brings VM `vm`'s bridge, tap and rules up (idempotent). Whatever an earlier holder
+    /// of its index left there — a bridge made for another VM or owner, with the sockets
+    /// bound to it; another user's tap; rules naming its links or addresses — goes first.
     pub fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
         self.check_pool()?;
-        self.check_tap_owner(&vm.network.tap)?;
+        self.check_claim(vm)?;
         sysctl::set("net.ipv4.ip_forward", "1")?;
         let network = &vm.network;
+        let left: Vec<Link> = [&network.bridge, &network.tap]
+            .into_iter()
+            .filter_map(|name| self.netlink.link(name).transpose())
+            .collect::<anyhow::Result<_>>()?;
+        let bridge_is_ours =
+            left.iter().all(|link| link.name != network.bridge || self.is_for(vm, link, false));
+        for link in &left {
+            if !bridge_is_ours || !self.is_for(vm, link, false) {
+                self.netlink
+                    .delete(link.index)
+                    .with_context(|| format!("cannot remove the leftover {}", link.name))?;
+            }
+        }
         let bridge = match self.netlink.link(&network.bridge)? {
             Some(link) => link,
             None => {
                 self.netlink.add_bridge(&network.bridge)?;
-                self.require_link(&network.bridge)?
+                let bridge = self.require_link(&network.bridge)?;
+                self.netlink.set_alias(bridge.index, &bridge_alias(vm, self.owner()))?;
+                bridge
             }
         };
         sysctl::set_interface("ipv6", &network.bridge, "disable_ipv6", "1")?;
@@ -110,9 +150,23 @@ impl HostNet {
         Ok(())
     }
 
+    /// Refuses to act for VM `vm` unless its tap is this caller's, up and on a bridge
+    /// made for it: what the DNS sockets (bound to that bridge) are handed out for.
+    pub fn check_live(&self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.check_claim(vm)?;
+        let bridge = self.netlink.link(&vm.network.bridge)?.filter(|link| self.is_for(vm, link, false));
+        let tap = self.netlink.link(&vm.network.tap)?.filter(|link| self.is_for(vm, link, false));
+        match (bridge, tap) {
+            (Some(bridge), Some(tap)) if tap.controller == Some(bridge.index) => Ok(()),
+            _ => Err(UserError::conflict(format!("VM '{}''s network is not up", vm.name))
+                .hint(format!("start it: `mvm start {}`", vm.name))
+                .into()),
+        }
+    }
+
     /// Converges VM `vm`'s firewall rules to its config (after a port change).
     pub fn update_rules(&mut self, vm: &VmConfig) -> anyhow::Result<bool> {
-        self.check_tap_owner(&vm.network.tap)?;
+        self.check_claim(vm)?;
         // Two DNATs of one port would let the first VM take the other's connections.
         let state = FirewallState::read(self.firewall.as_mut())?;
         for forward in &vm.ports {
@@ -133,11 +187,18 @@ impl HostNet {
             .with_context(|| format!("cannot set up firewall rules for VM '{}'", vm.name))
     }
 
-    /// Removes VM `vm`'s tap, bridge and rules; whatever is already gone is skipped.
+    /// Removes VM `vm`'s rules, and its tap and bridge when they were made for it (a link
+    /// of another VM's or user's on its index is left alone); whatever is already gone is
+    /// skipped.
     pub fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        self.check_tap_owner(&vm.network.tap)?;
+        self.check_claim(vm)?;
         self.remove_rules(vm.name.as_str())?;
-        self.delete_links(&[&vm.network.tap, &vm.network.bridge])
+        for name in [&vm.network.tap, &vm.network.bridge] {
+            if let Some(link) = self.netlink.link(name)?.filter(|link| self.is_for(vm, link, true)) {
+                self.netlink.delete(link.index)?;
+            }
+        }
+        Ok(())
     }
 
     fn remove_rules(&mut self, name: &str) -> anyhow::Result<()> {
@@ -249,8 +310,19 @@ pub fn is_mvm_link(name: &str) -> bool {
     })
 }
 
-fn network_lock(paths: &Paths) -> PathBuf {
-    paths.run_dir.join(".network.lock")
+/// The network lock: beside the runtime root, not in it (`/run/mvm-network.lock`), where
+/// root alone can make files. Group members make entries in the runtime root, and one
+/// who made the lock file first would keep every VM's network from coming up.
+pub fn network_lock(paths: &Paths) -> PathBuf {
+    let name = paths.run_dir.file_name().map_or_else(|| "mvm".into(), |name| name.to_string_lossy());
+    paths.run_dir.with_file_name(format!("{name}-network.lock"))
+}
+
+/// The alias of the bridge made for VM `vm` of user `owner`'s: a bridge of an earlier
+/// holder of the index (another VM, or the same name under another owner) is not this
+/// VM's, and neither are DNS sockets that were bound to it.
+pub fn bridge_alias(vm: &VmConfig, owner: u32) -> String {
+    format!("mvm:{}:{owner}", vm.name)
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub struct Link {
     pub controller: Option<u32>,
     /// The user a tap belongs to (`TUNSETOWNER`), as the kernel reports it.
     pub tun_owner: Option<u32>,
+    /// The link's alias (`IFLA_IFALIAS`): mvm names the VM a bridge was made for there.
+    pub alias: Option<String>,
 }
 
 /// An IPv4 route of the main table.
@@ -76,6 +78,14 @@ impl Netlink {
         self.runtime
             .block_on(self.handle.link().add(message).execute())
             .with_context(|| format!("cannot create bridge {name}"))
+    }
+
+    /// Sets link `index`'s alias (which only root can change).
+    pub fn set_alias(&self, index: u32, alias: &str) -> anyhow::Result<()> {
+        let message = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.runtime
+            .block_on(self.handle.link().set(message).execute())
+            .with_context(|| format!("cannot name link {index} {alias:?}"))
     }
 
     /// Sets `address/prefix` on link `index`, replacing an identical one.
@@ -168,13 +178,21 @@ impl Netlink {
 }
 
 fn link_of(message: &LinkMessage) -> Link {
-    let mut link =
-        Link { index: message.header.index, name: String::new(), controller: None, tun_owner: None };
+    let mut link = Link {
+        index: message.header.index,
+        name: String::new(),
+        controller: None,
+        tun_owner: None,
+        alias: None,
+    };
     for attribute in &message.attributes {
         match attribute {
             LinkAttribute::IfName(name) => link.name = name.clone(),
             LinkAttribute::Controller(index) => link.controller = Some(*index),
             LinkAttribute::LinkInfo(infos) => link.tun_owner = tun_owner(infos),
+            LinkAttribute::IfAlias(alias) => {
+                link.alias = Some(alias.clone()).filter(|alias| !alias.is_empty())
+            }
             _ => {}
         }
     }

@@ -50,6 +50,8 @@ pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()
         Request::DnsSockets(_) => {
             let channel = std::io::stdin();
             check_channel(channel.as_fd(), caller)?;
+            // For a bridge made for this VM of the caller's, which its tap is on now.
+            open()?.check_live(&vm)?;
             let sockets = crate::dns::bind(vm.network.gateway, &vm.network.bridge)
                 .with_context(|| format!("cannot bind DNS on {}", vm.network.gateway))?;
             send_dns_sockets(channel.as_fd(), &sockets)
@@ -76,13 +78,12 @@ pub fn check_channel(channel: BorrowedFd, caller: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends `sockets` over the Unix socket `channel` (`SCM_RIGHTS`): one byte, `U` or `UT`
-/// for the sockets that follow (UDP, then TCP when there is one).
+/// Sends `sockets` over the Unix socket `channel` (`SCM_RIGHTS`): the bytes `UT` for the
+/// sockets that follow (UDP, then TCP).
 pub fn send_dns_sockets(channel: BorrowedFd, sockets: &crate::dns::Sockets) -> anyhow::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let mut fds = vec![sockets.udp.as_raw_fd()];
-    fds.extend(sockets.tcp.as_ref().map(|tcp| tcp.as_raw_fd()));
-    let kinds: &[u8] = if fds.len() == 2 { b"UT" } else { b"U" };
+    let fds = [sockets.udp.as_raw_fd(), sockets.tcp.as_raw_fd()];
+    let kinds: &[u8] = b"UT";
     sendmsg::<()>(
         channel.as_raw_fd(),
         &[std::io::IoSlice::new(kinds)],
@@ -120,8 +121,7 @@ pub fn receive_dns_sockets(channel: BorrowedFd) -> anyhow::Result<crate::dns::So
     let kinds = &kinds[..count];
     let mut fds = fds.into_iter();
     match (kinds, fds.next(), fds.next()) {
-        (b"U", Some(udp), None) => Ok(crate::dns::Sockets { udp: udp.into(), tcp: None }),
-        (b"UT", Some(udp), Some(tcp)) => Ok(crate::dns::Sockets { udp: udp.into(), tcp: Some(tcp.into()) }),
+        (b"UT", Some(udp), Some(tcp)) => Ok(crate::dns::Sockets { udp: udp.into(), tcp: tcp.into() }),
         _ => anyhow::bail!("the helper passed something else than DNS sockets"),
     }
 }

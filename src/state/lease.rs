@@ -10,8 +10,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-
 use crate::atomic::write_atomic;
 
 /// The directory of lease files inside a VM's runtime dir.
@@ -94,7 +92,11 @@ pub enum Scope {
 /// Records a lease for `holder` in `run_dir`.
 pub fn take(run_dir: &Path, holder: ProcessId, scope: Scope) -> anyhow::Result<()> {
     let dir = run_dir.join(LEASE_DIR);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Never through a link planted in the runtime dir, nor into another user's directory.
+    if !crate::state::paths::is_own_dir(run_dir) {
+        anyhow::bail!("{} is not a directory of yours", run_dir.display());
+    }
+    crate::state::paths::own_dir(&dir, 0o755)?;
     let text = match scope {
         Scope::Project => holder.start_time.to_string(),
         Scope::Anywhere => format!("{} anywhere", holder.start_time),
@@ -204,6 +206,26 @@ impl IdleClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A leases directory planted as a link is never written through.
+    #[test]
+    fn a_lease_is_never_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (run_dir, elsewhere) = (dir.path().join("run"), dir.path().join("elsewhere"));
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, run_dir.join(LEASE_DIR)).unwrap();
+        let me = ProcessId::of(std::process::id()).unwrap();
+        assert!(take(&run_dir, me, Scope::Project).is_err());
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "a lease was written through the link");
+        let linked_run = dir.path().join("linked-run");
+        std::os::unix::fs::symlink(&elsewhere, &linked_run).unwrap();
+        assert!(take(&linked_run, me, Scope::Project).is_err());
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "a lease was written through the link");
+        std::fs::remove_file(run_dir.join(LEASE_DIR)).unwrap();
+        take(&run_dir, me, Scope::Project).unwrap();
+        assert_eq!(holders(&run_dir).len(), 1);
+    }
 
     #[test]
     fn reads_stat_fields_past_a_command_with_spaces() {

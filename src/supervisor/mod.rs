@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -173,7 +173,7 @@ fn run(
     crate::privileged::client::host_network(paths).up(&config)?;
     log!("network up ({} ms)", started.elapsed().as_millis());
     // Until this boot ends: the sockets belong to this boot's bridge.
-    let _dns = serve_dns(paths, &config);
+    let _dns = serve_dns(paths, &config)?;
     for pin in &launch.pins {
         processes::pin_directory(&crate::fs::Tree::open_exact(&pin.source)?, &pin.at, pin.read_only)?;
     }
@@ -429,17 +429,16 @@ fn file_events_target(paths: &Paths, launch: &Launch) -> Option<watch::WatchTarg
     })
 }
 
-/// Answers the guest's DNS on its gateway until the returned server is dropped (`dns`);
-/// without it, the guest's names do not resolve, which the log says.
-fn serve_dns(paths: &Paths, config: &crate::config::vm::VmConfig) -> Option<crate::dns::Server> {
-    let served = crate::privileged::client::host_network(paths).dns_sockets(config).and_then(|sockets| {
-        if sockets.tcp.is_none() {
-            log!("no DNS over TCP for the guest: a host service holds TCP port 53 on every address");
-        }
-        let resolver = crate::dns::HostResolver::from_env();
-        Ok(crate::dns::serve(sockets, config.network.address, resolver, config.offline)?)
-    });
-    served.map_err(|error| log!("no DNS for the guest: {error:#}")).ok()
+/// Answers the guest's DNS on its gateway until the returned server is dropped (`dns`).
+/// Sockets that cannot be had end the start: a guest that resolves nothing, or only
+/// over one transport, fails later in ways far harder to tell.
+fn serve_dns(paths: &Paths, config: &crate::config::vm::VmConfig) -> anyhow::Result<crate::dns::Server> {
+    let sockets = crate::privileged::client::host_network(paths).dns_sockets(config).context(
+        "no DNS for the guest (a host service holding port 53 on every address must allow others, \
+         with SO_REUSEADDR as dnsmasq does, or listen on its own addresses only)",
+    )?;
+    let resolver = crate::dns::HostResolver::from_env();
+    Ok(crate::dns::serve(sockets, config.network.address, resolver, config.offline)?)
 }
 
 /// Forwards the guest's listeners by themselves (`ports`) for as long as the supervisor

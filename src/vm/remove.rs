@@ -42,6 +42,7 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
         )
         .hint("a mount there would not go away: see `mvm doctor`, then `mvm doctor --fix`")
     })?;
+    take_network_down(paths, name);
     if keep_volumes {
         std::fs::create_dir_all(kept.parent().expect("kept volumes have a parent"))?;
         // Its owner's alone before it moves where the group can look (the VM's
@@ -62,4 +63,19 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
     let _ = std::fs::remove_file(paths.up_lock(name));
     crate::state::claims::release(&paths.state_dir, name);
     Ok(())
+}
+
+/// Takes down what is left of VM `name`'s network (its supervisor died, or was killed, and
+/// never did): its rules, tap and bridge, while its record and index claim still say they
+/// are its own. Nothing of it up is no work; a failure is said and removal goes on, since
+/// the next VM on the index removes what is left before it comes up (`net::host`).
+fn take_network_down(paths: &Paths, name: &VmName) {
+    let Ok(config) = store::load(paths, name) else { return };
+    // In this process's network namespace (sysfs shows its mounter's).
+    if nix::net::if_::if_nametoindex(config.network.bridge.as_str()).is_err() {
+        return;
+    }
+    if let Err(error) = crate::privileged::client::host_network(paths).down(&config) {
+        eprintln!("warning: VM '{name}''s network is left up: {error:#}");
+    }
 }

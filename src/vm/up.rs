@@ -26,19 +26,34 @@ pub enum Up {
     Created,
 }
 
-/// The VM whose project is `project`, else a new name made from the directory's.
+/// The caller's VM whose project is `project`, else a new name made from the directory's.
+/// Only the caller's own VMs are looked at, and a made name that is another user's VM is
+/// refused: `sudo mvm up` never picks a member's VM by a project path or a name the member
+/// chose (root acts on a member's VM only when named, and then as that member).
 pub fn vm_for(paths: &Paths, project: &Path) -> anyhow::Result<VmName> {
-    let owner = store::list(paths)?
-        .into_iter()
+    let me = nix::unistd::geteuid().as_raw();
+    let mine = store::list(paths)?.into_iter().filter(|entry| {
+        entry.name.parse::<VmName>().is_ok_and(|name| store::owner(paths, &name) == Some(me))
+    });
+    let found = mine
         .filter_map(|entry| entry.config.ok())
         .find(|config| config.project.as_ref().is_some_and(|p| p.path == project));
-    match owner {
-        Some(config) => Ok(config.name),
-        None => VmName::for_directory(project).ok_or_else(|| {
-            UserError::usage(format!("no VM name can be made from {}", project.display()))
-                .hint("give one: `mvm up NAME`")
-                .into()
-        }),
+    if let Some(config) = found {
+        return Ok(config.name);
+    }
+    let name = VmName::for_directory(project).ok_or_else(|| {
+        UserError::usage(format!("no VM name can be made from {}", project.display()))
+            .hint("give one: `mvm up NAME`")
+    })?;
+    match store::owner(paths, &name) {
+        Some(owner) if owner != me => Err(UserError::conflict(format!(
+            "VM '{name}' (named after {}) belongs to {}",
+            project.display(),
+            crate::host::user::name_of(owner)
+        ))
+        .hint("give yours another name: `mvm up NAME`")
+        .into()),
+        _ => Ok(name),
     }
 }
 
@@ -116,5 +131,32 @@ mod tests {
         let limits = HostLimits { cpus: 2, memory_mib: None };
         create::create(&request, &paths, &HostConfig::default(), limits).unwrap();
         assert_eq!(vm_for(&paths, &project).unwrap().as_str(), "web");
+    }
+
+    /// Another user's VM is never picked by its project path, nor by a made name.
+    #[test]
+    fn another_users_vm_is_not_picked() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP another_users_vm_is_not_picked: needs root to give a VM to a test user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::under(dir.path());
+        let project = dir.path().join("shop");
+        std::fs::create_dir(&project).unwrap();
+        let project = project.canonicalize().unwrap();
+        for name in ["alices", "shop"] {
+            let request = CreateArgs {
+                name: name.into(),
+                project: Some(project.clone()),
+                root: "host".into(),
+                ..CreateArgs::default()
+            };
+            let limits = HostLimits { cpus: 2, memory_mib: None };
+            create::create(&request, &paths, &HostConfig::default(), limits).unwrap();
+            std::os::unix::fs::chown(paths.vm_dir(&name.parse().unwrap()), Some(4242), Some(4242)).unwrap();
+        }
+        let error = format!("{:#}", vm_for(&paths, &project).unwrap_err());
+        assert!(error.contains("VM 'shop'") && error.contains("belongs to"), "{error}");
     }
 }

@@ -151,6 +151,27 @@ impl Lab {
     }
 }
 
+/// Asks `server`'s port 53 from namespace `guest` for the A records of `name` over UDP.
+fn dns_query(
+    guest: &NetNs,
+    server: std::net::Ipv4Addr,
+    name: hickory_proto::rr::Name,
+) -> Option<hickory_proto::op::Message> {
+    use hickory_proto::op::{Message, Query};
+    let server = std::net::SocketAddr::from((server, 53));
+    guest.run(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut query = Message::new();
+        query.set_id(7).set_recursion_desired(true);
+        query.add_query(Query::query(name, hickory_proto::rr::RecordType::A));
+        socket.send_to(&query.to_vec().unwrap(), server).ok()?;
+        let mut buffer = [0u8; 512];
+        let length = socket.recv(&mut buffer).ok()?;
+        Message::from_vec(&buffer[..length]).ok()
+    })
+}
+
 /// A TCP server in a namespace that answers each connection with `peer=<client ip>`.
 struct TcpServer {
     stop: Arc<AtomicBool>,
@@ -620,20 +641,7 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
         })
     };
     let mut servers: Vec<mvm::dns::Server> = [&web, &api, &off].into_iter().map(serve).collect();
-    let ask_about = |guest: &NetNs, server: std::net::Ipv4Addr, name: Name| -> Option<Message> {
-        let server = std::net::SocketAddr::from((server, 53));
-        guest.run(move || {
-            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-            socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut query = Message::new();
-            query.set_id(7).set_recursion_desired(true);
-            query.add_query(Query::query(name, RecordType::A));
-            socket.send_to(&query.to_vec().unwrap(), server).ok()?;
-            let mut buffer = [0u8; 512];
-            let length = socket.recv(&mut buffer).ok()?;
-            Message::from_vec(&buffer[..length]).ok()
-        })
-    };
+    let ask_about = dns_query;
     let vpn_name = Name::from_ascii(format!("{}.", support::dns::VPN_NAME)).unwrap();
     let ask = |guest: &NetNs, server: std::net::Ipv4Addr| ask_about(guest, server, vpn_name.clone());
     let (web_guest, api_guest, off_guest) = (lab.guest(&web), lab.guest(&api), lab.guest(&off));
@@ -771,16 +779,8 @@ fn a_reused_index_keeps_nothing_of_its_last_holder() {
     let sockets = lab.host.run(move || mvm::dns::bind(gateway, &bridge)).expect("kept sockets blocked bob's");
     let _server = lab.host.run(move || mvm::dns::serve(sockets, guest, resolver, false).unwrap());
     let api_guest = lab.guest(&api);
-    let asked = lab.guests[api_guest].run(move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        let mut query = hickory_proto::op::Message::new();
-        query.set_id(9).set_recursion_desired(true);
-        let name = hickory_proto::rr::Name::from_ascii(format!("{}.", support::dns::VPN_NAME)).unwrap();
-        query.add_query(hickory_proto::op::Query::query(name, hickory_proto::rr::RecordType::A));
-        socket.send_to(&query.to_vec().unwrap(), (gateway, 53)).unwrap();
-        socket.recv(&mut [0u8; 512]).is_ok()
-    });
+    let vpn_name = hickory_proto::rr::Name::from_ascii(format!("{}.", support::dns::VPN_NAME)).unwrap();
+    let asked = dns_query(&lab.guests[api_guest], gateway, vpn_name).is_some();
     assert!(asked, "bob's guest got no answer from its gateway");
     kept.udp.set_nonblocking(true).unwrap();
     assert!(kept.udp.recv(&mut [0u8; 512]).is_err(), "alice's kept socket heard bob's guest");

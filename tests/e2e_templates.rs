@@ -161,14 +161,7 @@ fn django_postgres_template_runs_both_services() {
     let test = "django_postgres_template_runs_both_services";
     let Some((_serial, lab)) = lab_for(test, &["curl", "psql"]) else { return };
     let project = django_project(&lab, "app");
-    let settings = project.join("mysite/settings.py");
-    let mut text = std::fs::read_to_string(&settings).unwrap();
-    text.push_str(
-        "\nimport os\nDATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', \
-         'HOST': os.environ['PGHOST'], 'NAME': os.environ['PGDATABASE'], \
-         'USER': os.environ['PGUSER'], 'PASSWORD': os.environ['PGPASSWORD']}}\n",
-    );
-    std::fs::write(&settings, text).unwrap();
+    support::django::use_postgres(&project);
     create_from_template(&lab, "app", "django-postgres", Some(&project));
     let web = host_port(&lab, "app", 8000);
     let db = host_port(&lab, "app", 5432);

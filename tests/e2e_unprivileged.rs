@@ -19,6 +19,7 @@ use support::Run;
 
 const ALICE: &str = "mvmt-alice";
 const BOB: &str = "mvmt-bob";
+const CAROL: &str = "mvmt-carol";
 const SECRET: &str = "TOPSECRET-e2e-unprivileged";
 
 struct User {
@@ -107,6 +108,27 @@ impl Lab {
         let mut command = self.host.nsenter(self.mvm.to_str().unwrap(), args);
         command.env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER").stdin(Stdio::null());
         Run::from_output(command.output().unwrap())
+    }
+
+    /// VM `name`'s package layer, as `inspect --json` says it.
+    fn package_layer(&self, user: &User, name: &str) -> serde_json::Value {
+        let inspect: serde_json::Value =
+            serde_json::from_str(self.mvm(user, &["inspect", name, "--json"]).ok()).unwrap();
+        inspect["package_layer"].clone()
+    }
+
+    /// Builds package layer `layer` as root, with the host's own network (the lab's
+    /// namespace has none): what a member is told to ask root for.
+    fn build_layer(&self, layer: &serde_json::Value) {
+        let include: Vec<&str> =
+            layer["include"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        let (image, suite) = (layer["image"].as_str().unwrap(), layer["suite"].as_str().unwrap());
+        let built = Command::new(&self.mvm)
+            .args(["image", "build", image, "--suite", suite, "--include", &include.join(",")])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     }
 
     /// Runs `PROGRAM ARGS` as `user` from their home.
@@ -398,24 +420,13 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
         ],
     )
     .ok();
-    let inspect: serde_json::Value =
-        serde_json::from_str(lab.mvm(&alice, &["inspect", "utpl", "--json"]).ok()).unwrap();
-    let layer = &inspect["package_layer"];
+    let layer = lab.package_layer(&alice, "utpl");
     let image = layer["image"].as_str().unwrap();
     // As on a host that never built it (an earlier run's stays in the installed store).
     let _ = Command::new(&lab.mvm).args(["image", "rm", image]).output();
     lab.mvm(&alice, &["start", "utpl"])
         .fails(6, &["only root builds them", &format!("sudo mvm image build {image}")]);
-    let include: Vec<&str> =
-        layer["include"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
-    // Root, with the host's own network (the lab's namespace has none).
-    let suite = layer["suite"].as_str().unwrap();
-    let built = Command::new(&lab.mvm)
-        .args(["image", "build", image, "--suite", suite, "--include", &include.join(",")])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    lab.build_layer(&layer);
     let started = lab.mvm(&alice, &["start", "utpl"]);
     assert!(
         !started.ok().is_empty() && started.stderr.contains("using the cached package layer"),
@@ -431,4 +442,105 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     lab.mvm(&alice, &["rm", "utpl"]).ok();
     run_ok(Command::new(&lab.mvm).args(["image", "rm", image]));
     let _ = std::fs::remove_file(&secret);
+}
+
+/// Runs `sql` as `user` against the PostgreSQL their VM `name` forwards to host port
+/// `port` (a member's forwards answer their own programs only), until it answers.
+fn psql_as(lab: &Lab, user: &User, port: &str, sql: &str) -> String {
+    let uri = format!("postgresql://postgres:postgres@127.0.0.1:{port}/postgres");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    loop {
+        let run = lab.as_user(user, "/usr/bin/psql", &[&uri, "-tAc", sql]);
+        if run.code == 0 {
+            return run.stdout.trim().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "psql never answered: {}", run.stderr);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// The host port a VM of `user`'s forwards to `guest_port`.
+fn forwarded(lab: &Lab, user: &User, name: &str, guest_port: u16) -> String {
+    let ports: Vec<serde_json::Value> =
+        serde_json::from_str(lab.mvm(user, &["port", name, "--json"]).ok()).unwrap();
+    ports.iter().find(|p| p["guest"] == guest_port).expect("the template forwards the port")["host"]
+        .to_string()
+}
+
+/// A member's VM gives its guest's users ids of their own: guest ids are the member's
+/// subordinate ids on the host (`/etc/subuid`, which `useradd` filled once `mvm setup`
+/// made the file), so the database templates work without root. PostgreSQL owns its
+/// data as `postgres` in the guest, as a subordinate id on the host, across a restart;
+/// Django migrates into it; `mvm rm` removes files of those ids.
+#[test]
+fn a_members_database_vms_keep_their_owners() {
+    let test = "a_members_database_vms_keep_their_owners";
+    let _serial = support::e2e::ONE_AT_A_TIME.lock().unwrap_or_else(|poison| poison.into_inner());
+    if !support::e2e::e2e_ready(test)
+        || !support::require_program(test, "setpriv")
+        || !support::require_program(test, "psql")
+        || !support::require_program(test, "mmdebstrap")
+    {
+        return;
+    }
+    Run::from_output(Command::new(support::mvm_binary()).arg("setup").output().unwrap()).ok();
+    let (host, internet) = host_with_uplink("dhost", "dinet");
+    let mut lab =
+        Lab { host, _internet: internet, mvm: "/usr/local/bin/mvm".into(), users: vec![CAROL], vms: vec![] };
+    let carol = User::create(CAROL);
+    lab.vms = vec!["upg".into(), "uapp".into()];
+    let sub = mvm::host::subids::SubIds::of(CAROL, carol.uid).expect("useradd gave no subordinate ids");
+    let doctor = lab.mvm(&carol, &["doctor"]);
+    assert!(doctor.stdout.contains(&format!("host ids {}-", sub.uid)), "{}", doctor.stdout);
+
+    lab.mvm(&carol, &["create", "upg", "--template", "postgres"]).ok();
+    let layer = lab.package_layer(&carol, "upg");
+    if !layer["built"].as_bool().unwrap() {
+        lab.build_layer(&layer);
+    }
+    lab.mvm(&carol, &["start", "upg"]).ok();
+    let port = forwarded(&lab, &carol, "upg", 5432);
+    assert_eq!(psql_as(&lab, &carol, &port, "select 40 + 2"), "42");
+    psql_as(&lab, &carol, &port, "create table kept (v text); insert into kept values ('still here')");
+    let owner =
+        lab.mvm(&carol, &["shell", "upg", "--", "stat", "-c", "%U %u", "/var/lib/mvm/postgresql/data"]);
+    let guest_uid: u32 = owner.ok().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(owner.stdout.starts_with("postgres "), "{}", owner.stdout);
+    let data = Path::new("/var/lib/microvms/upg/volumes/pgdata/data");
+    assert_eq!(std::fs::metadata(data).unwrap().uid(), sub.uid + guest_uid, "not the subordinate id");
+    lab.mvm(&carol, &["restart", "upg"]).ok();
+    assert_eq!(psql_as(&lab, &carol, &port, "select v from kept"), "still here");
+    lab.mvm(&carol, &["stop", "upg"]).ok();
+    lab.mvm(&carol, &["rm", "upg"]).ok();
+    assert!(!Path::new("/var/lib/microvms/upg").exists(), "rm left files of the subordinate ids");
+
+    let project = carol.project("app");
+    support::django::write_project(&project);
+    support::django::use_postgres(&project);
+    run_ok(Command::new("chown").args(["-R", &format!("{0}:{0}", carol.name)]).arg(&project));
+    lab.mvm(
+        &carol,
+        &["create", "uapp", "--template", "django-postgres", "--project", project.to_str().unwrap()],
+    )
+    .ok();
+    let layer = lab.package_layer(&carol, "uapp");
+    if !layer["built"].as_bool().unwrap() {
+        lab.build_layer(&layer);
+    }
+    lab.mvm(&carol, &["start", "uapp"]).ok();
+    let db = forwarded(&lab, &carol, "uapp", 5432);
+    // The web process migrates into the database process (done once past ten).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    loop {
+        let applied: u32 =
+            psql_as(&lab, &carol, &db, "select count(*) from django_migrations").parse().unwrap();
+        if applied > 10 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {applied} migrations");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    lab.mvm(&carol, &["stop", "uapp"]).ok();
+    lab.mvm(&carol, &["rm", "uapp"]).ok();
+    assert!(!Path::new("/var/lib/microvms/uapp").exists(), "rm left files of the subordinate ids");
 }

@@ -117,7 +117,58 @@ pub fn checks(paths: &Paths, root: &Path) -> Vec<Check> {
     ));
     checks.push(state_dir_check(&paths.state_dir));
     checks.push(setup_check(paths));
+    if !crate::host::is_root() {
+        let uid = nix::unistd::geteuid().as_raw();
+        let name = crate::host::user::name_of(uid);
+        let newuidmap = which::which("newuidmap").is_ok() && which::which("newgidmap").is_ok();
+        checks.push(guest_ids_check(&name, crate::host::subids::SubIds::of(&name, uid), newuidmap));
+        checks.push(kvm_access_check(&root.join("dev/kvm")));
+    }
     checks
+}
+
+/// A member's VMs give their guests' users distinct host ids only from the member's
+/// subordinate ranges, mapped with Debian's `newuidmap`.
+fn guest_ids_check(name: &str, sub: Option<crate::host::subids::SubIds>, newuidmap: bool) -> Check {
+    let ids = crate::host::subids::GUEST_IDS;
+    match (sub, newuidmap) {
+        (Some(sub), true) => Check::ok(
+            "guest ids",
+            format!("your guests' ids 0-{} are host ids {}-{} (subordinate)", ids - 1, sub.uid, sub.uid + ids - 1),
+        ),
+        (Some(_), false) => Check::problem(
+            "guest ids",
+            Status::Warn,
+            "newuidmap/newgidmap are missing: every user in your guests writes as you",
+            "install Debian's uidmap package: `sudo apt-get install uidmap`",
+        ),
+        (None, _) => Check::problem(
+            "guest ids",
+            Status::Warn,
+            format!("{name} has no subordinate ids: every user in your guests writes as you (PostgreSQL cannot own its data)"),
+            crate::host::subids::how_to_add(name),
+        ),
+    }
+}
+
+/// cloud-hypervisor needs `/dev/kvm` opened by the member themself.
+fn kvm_access_check(kvm: &Path) -> Check {
+    use nix::unistd::{access, AccessFlags};
+    if !kvm.exists() {
+        return Check::ok("kvm access", "no /dev/kvm (QEMU emulates)");
+    }
+    match access(kvm, AccessFlags::R_OK | AccessFlags::W_OK) {
+        Ok(()) => Check::ok("kvm access", format!("you can open {}", kvm.display())),
+        Err(_) => Check::problem(
+            "kvm access",
+            Status::Warn,
+            format!(
+                "you cannot open {}: cloud-hypervisor VMs cannot start (QEMU emulates, much slower)",
+                kvm.display()
+            ),
+            "`sudo usermod -aG kvm $USER`, then log in again",
+        ),
+    }
 }
 
 /// Uplink, pool and orphans: these need root and a netlink connection.
@@ -466,6 +517,20 @@ mod tests {
 
     fn find<'a>(checks: &'a [Check], name: &str) -> &'a Check {
         checks.iter().find(|check| check.name == name).unwrap()
+    }
+
+    #[test]
+    fn guest_ids_say_the_range_or_how_to_get_one() {
+        let sub = crate::host::subids::SubIds { uid: 100000, gid: 200000 };
+        let ok = guest_ids_check("alice", Some(sub), true);
+        assert_eq!(
+            (ok.status, ok.detail.as_str()),
+            (Status::Ok, "your guests' ids 0-65535 are host ids 100000-165535 (subordinate)")
+        );
+        let none = guest_ids_check("alice", None, true);
+        assert_eq!(none.status, Status::Warn);
+        assert!(none.hint.unwrap().contains("usermod --add-subuids"));
+        assert!(guest_ids_check("alice", Some(sub), false).hint.unwrap().contains("uidmap"));
     }
 
     #[test]

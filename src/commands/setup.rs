@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::error::UserError;
+use crate::host::subids::{SubIds, SUBGID_FILE, SUBUID_FILE};
 use crate::state::Paths;
 
 /// Arguments of `mvm setup`.
@@ -37,6 +38,10 @@ pub struct Target {
     pub helper: PathBuf,
     /// The tmpfiles.d entry that makes the runtime root again at boot.
     pub tmpfiles: PathBuf,
+    /// `/etc/subuid` and `/etc/subgid` (`host::subids`).
+    pub subordinate_ids: [PathBuf; 2],
+    /// The KVM device cloud-hypervisor needs.
+    pub kvm: PathBuf,
 }
 
 impl Target {
@@ -47,6 +52,8 @@ impl Target {
             binary: "/usr/local/bin/mvm".into(),
             helper: crate::privileged::HELPER_PATH.into(),
             tmpfiles: "/etc/tmpfiles.d/mvm.conf".into(),
+            subordinate_ids: [SUBUID_FILE.into(), SUBGID_FILE.into()],
+            kvm: "/dev/kvm".into(),
         }
     }
 }
@@ -70,6 +77,9 @@ pub fn run(args: SetupArgs, paths: &Paths) -> anyhow::Result<i32> {
         println!("nothing to change");
     }
     if !args.undo {
+        for note in member_notes(&target, &args.group) {
+            println!("{note}");
+        }
         println!(
             "members of group '{}' now use mvm without sudo (add one: `sudo usermod -aG {} USER`, then log in again)",
             args.group, args.group
@@ -160,6 +170,7 @@ pub fn setup(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
         changes.push(format!("installed {} (setuid root, group '{group}' only)", target.helper.display()));
     }
     changes.extend(claim_old_vms(&target.paths)?);
+    changes.extend(subordinate_id_files(target)?);
     changes.extend(build_file_event_module(&target.paths));
     let unprivileged = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start");
     if unprivileged.ok().and_then(|text| text.trim().parse::<u32>().ok()).is_some_and(|start| start <= 53) {
@@ -170,6 +181,58 @@ pub fn setup(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
         );
     }
     Ok(changes)
+}
+
+/// Makes `/etc/subuid` and `/etc/subgid` where they are missing (empty, as Debian's
+/// `passwd` package would), so that `useradd` gives every user it makes a range of
+/// subordinate ids, which a member's VM maps its guest's users onto.
+fn subordinate_id_files(target: &Target) -> anyhow::Result<Vec<String>> {
+    let mut changes = Vec::new();
+    for file in &target.subordinate_ids {
+        if std::fs::symlink_metadata(file).is_err() {
+            install_file(file, b"", 0o644, 0)?;
+            changes.push(format!("made {} (useradd gives new users subordinate ids)", file.display()));
+        }
+    }
+    Ok(changes)
+}
+
+/// What each member of `group` still lacks for VMs as capable as root's: subordinate ids
+/// (else every guest user of theirs writes as them) and access to KVM (which
+/// cloud-hypervisor needs; QEMU falls back to emulation).
+pub fn member_notes(target: &Target, group: &str) -> Vec<String> {
+    let Some(entry) = nix::unistd::Group::from_name(group).ok().flatten() else { return Vec::new() };
+    let [subuid, subgid] = &target.subordinate_ids;
+    let kvm_group = std::fs::metadata(&target.kvm).ok().map(|meta| meta.gid());
+    let mut notes = Vec::new();
+    for name in &entry.mem {
+        let Some(user) = nix::unistd::User::from_name(name).ok().flatten() else { continue };
+        if SubIds::from_files(subuid, subgid, name, user.uid.as_raw()).is_none() {
+            notes.push(format!(
+                "note: {name} has no subordinate ids, so every user in their VMs' guests writes as {name} \
+                 (PostgreSQL cannot own its data): {}",
+                crate::host::subids::how_to_add(name)
+            ));
+        }
+        if let Some(kvm_gid) = kvm_group.filter(|gid| *gid != 0) {
+            let groups = nix::unistd::getgrouplist(
+                &std::ffi::CString::new(name.as_str()).unwrap_or_default(),
+                user.gid,
+            );
+            if !groups.is_ok_and(|groups| groups.iter().any(|gid| gid.as_raw() == kvm_gid)) {
+                let kvm_name = nix::unistd::Group::from_gid(kvm_gid.into())
+                    .ok()
+                    .flatten()
+                    .map_or(kvm_gid.to_string(), |g| g.name);
+                notes.push(format!(
+                    "note: {name} cannot open {}, which cloud-hypervisor needs (QEMU emulates without it): \
+                     sudo usermod -aG {kvm_name} {name}",
+                    target.kvm.display()
+                ));
+            }
+        }
+    }
+    notes
 }
 
 /// Builds the guests' file-event module for the kernel they boot. Without the kernel's

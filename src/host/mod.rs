@@ -2,6 +2,7 @@
 
 pub mod binaries;
 pub mod kvm;
+pub mod subids;
 pub mod user;
 
 /// The number of CPUs this process may use.

@@ -15,6 +15,7 @@ use crate::error::UserError;
 use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot};
 use crate::host::binaries::Tool;
 use crate::host::kvm::{self, KvmSupport};
+use crate::host::subids::SubIds;
 use crate::state::Paths;
 use crate::vmm::qemu::Accel;
 use crate::vmm::{kernel_cmdline, Disk, GuestIds, LaunchSpec, Share, Vmm, VOLUME_ID_BASE};
@@ -35,8 +36,10 @@ pub enum RunAs {
     /// and virtiofsd translates the guest's ids (`GuestIds::Squash`, `Shift`).
     Root,
     /// The VM's owner, with no privilege: each virtiofsd runs in a user namespace of its
-    /// own (where an overlay is mounted for it), with `GuestIds::Owner`.
-    User { uid: u32, gid: u32 },
+    /// own (where an overlay is mounted for it), with `GuestIds::Owner`; with the owner's
+    /// subordinate ids `sub`, those of the VM's own trees in the VM's `MappedNamespace`,
+    /// with `GuestIds::Subordinate`.
+    User { uid: u32, gid: u32, sub: Option<SubIds> },
 }
 
 impl RunAs {
@@ -46,7 +49,7 @@ impl RunAs {
         if uid == 0 {
             RunAs::Root
         } else {
-            RunAs::User { uid, gid: nix::unistd::getegid().as_raw() }
+            RunAs::User { uid, gid: nix::unistd::getegid().as_raw(), sub: SubIds::of_this_user() }
         }
     }
 }
@@ -336,10 +339,15 @@ pub fn plan_shares(
     project_owner: (u32, u32),
     run_as: RunAs,
 ) -> (Vec<Share>, Vec<Overlay>, GuestConfig) {
-    // Under a user, every share is theirs; the guest's own trees look root's.
+    // Under a user, every share is theirs; the guest's own trees look root's, and get the
+    // user's subordinate ids when the user has them (read-only ones are the host's).
     let ids = |root_ids: GuestIds| match run_as {
         RunAs::Root => root_ids,
         RunAs::User { .. } => GuestIds::Owner { shown_as: (0, 0) },
+    };
+    let own_ids = |root_ids: GuestIds| match run_as {
+        RunAs::User { sub: Some(_), .. } => GuestIds::Subordinate,
+        _ => ids(root_ids),
     };
     let socket = |tag: &str| run_dir.join(format!("fs-{tag}.sock"));
     let share = |tag: &str, dir: PathBuf, read_only: bool, ids: GuestIds| Share {
@@ -356,8 +364,8 @@ pub fn plan_shares(
     let root = match &config.root {
         RootModel::Host => {
             shares.push(share("usr", PathBuf::from("/usr"), true, ids(GuestIds::AsIs)));
-            shares.push(share("etc", vm_dir.join("etc"), false, ids(GuestIds::AsIs)));
-            shares.push(share("var", vm_dir.join("var"), false, ids(GuestIds::AsIs)));
+            shares.push(share("etc", vm_dir.join("etc"), false, own_ids(GuestIds::AsIs)));
+            shares.push(share("var", vm_dir.join("var"), false, own_ids(GuestIds::AsIs)));
             // The package database of the host's /usr, read-only beneath the guest's own.
             let dpkg = Path::new(HOST_DPKG_DATABASE).is_dir();
             if dpkg {
@@ -377,13 +385,13 @@ pub fn plan_shares(
                 work: vm_dir.join("root/work"),
                 merged: merged.clone(),
             });
-            shares.push(share("root", merged, false, ids(GuestIds::AsIs)));
+            shares.push(share("root", merged, false, own_ids(GuestIds::AsIs)));
             GuestRoot::Dir
         }
         RootModel::Image(_) => {
             // The image itself is a disk (`disks`); this only for the processes' logs and
             // states, which the host reads.
-            shares.push(share("var", vm_dir.join("var"), false, ids(GuestIds::AsIs)));
+            shares.push(share("var", vm_dir.join("var"), false, own_ids(GuestIds::AsIs)));
             GuestRoot::Image
         }
     };
@@ -413,7 +421,7 @@ pub fn plan_shares(
     }
     for volume in &config.volumes {
         let tag = format!("vol-{}", volume.name);
-        let volume_ids = ids(GuestIds::Shift { base: VOLUME_ID_BASE });
+        let volume_ids = own_ids(GuestIds::Shift { base: VOLUME_ID_BASE });
         shares.push(share(&tag, vm_dir.join("volumes").join(&volume.name), false, volume_ids));
         mounts.push(GuestMount {
             tag,

@@ -203,13 +203,20 @@ fn run(
     }
     let log_dir = paths.vm_dir(name).join("log");
     let filter = sandbox::no_privilege_filter()?;
+    // This boot's: the VM's own trees' ids are the owner's subordinate ones.
+    let mapped = match launch.run_as {
+        RunAs::User { uid, gid, sub: Some(sub) } => Some(userns::MappedNamespace::make((uid, gid), sub)?),
+        _ => None,
+    };
     for share in &launch.spec.shares {
         let log = log_dir.join(format!("virtiofsd-{}.log", share.tag));
-        let namespace = match launch.run_as {
-            RunAs::Root => None,
-            RunAs::User { uid, gid } => {
-                Some(((uid, gid), launch.overlays.iter().find(|overlay| overlay.merged == share.dir)))
+        let overlay = launch.overlays.iter().find(|overlay| overlay.merged == share.dir);
+        let namespace = match (launch.run_as, &mapped) {
+            (RunAs::Root, _) => None,
+            (_, Some(namespace)) if share.ids == crate::vmm::GuestIds::Subordinate => {
+                Some(userns::Namespace::Mapped { namespace, overlay, shared_dir: &share.dir })
             }
+            (RunAs::User { uid, gid, .. }, _) => Some(userns::Namespace::Own { owner: (uid, gid), overlay }),
         };
         processes.spawn(
             &format!("virtiofsd[{}]", share.tag),

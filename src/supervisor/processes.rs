@@ -13,6 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::supervisor::launch::{log_tail, Overlay};
+use crate::supervisor::userns::Namespace;
 
 /// The supervisor's long-lived helpers (virtiofsd, vhost-device-vsock).
 #[derive(Default)]
@@ -62,12 +63,12 @@ impl Processes {
         program: &Path,
         args: &[String],
         log: &Path,
-        namespace: Option<((u32, u32), Option<&Overlay>)>,
+        namespace: Option<Namespace>,
         filter: Option<seccompiler::BpfProgram>,
     ) -> anyhow::Result<()> {
         let mut command = command(program, args, log)?;
-        if let Some((owner, overlay)) = namespace {
-            crate::supervisor::userns::enter(&mut command, owner, overlay)?;
+        if let Some(namespace) = namespace {
+            namespace.apply(&mut command)?;
         }
         if let Some(filter) = filter {
             crate::supervisor::sandbox::confine(&mut command, filter);

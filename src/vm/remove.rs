@@ -56,13 +56,22 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
     std::fs::rename(paths.vm_dir(name), &trash)
         .with_context(|| format!("cannot move {} aside", paths.vm_dir(name).display()))?;
     sync_dir(&paths.state_dir)?;
-    // The guest's trees are in it: removed beneath it, never through a symlink.
-    crate::fs::Tree::open(&paths.state_dir)
-        .and_then(|state| state.remove(trash.strip_prefix(&paths.state_dir).expect("the trash is in state")))
-        .with_context(|| format!("cannot delete {}", trash.display()))?;
+    delete_trash(paths, &trash).with_context(|| format!("cannot delete {}", trash.display()))?;
     let _ = std::fs::remove_file(paths.up_lock(name));
     crate::state::claims::release(&paths.state_dir, name);
     Ok(())
+}
+
+/// Deletes a removed VM's directory. The guest's trees are in it: removed beneath it,
+/// never through a symlink; a user's VM's own trees hold files of the user's subordinate
+/// ids (`host::subids`), which only the user's mapped namespace may remove.
+fn delete_trash(paths: &Paths, trash: &std::path::Path) -> anyhow::Result<()> {
+    let me = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+    match crate::host::subids::SubIds::of_this_user().filter(|_| me.0 != 0) {
+        Some(sub) => crate::supervisor::userns::MappedNamespace::make(me, sub)?.remove_tree(trash),
+        None => Ok(crate::fs::Tree::open(&paths.state_dir)?
+            .remove(trash.strip_prefix(&paths.state_dir).expect("the trash is in state"))?),
+    }
 }
 
 /// Takes down what is left of VM `name`'s network (its supervisor died, or was killed, and

@@ -74,6 +74,13 @@ pub enum GuestIds {
     /// the guest (root for the VM's own trees, the user themself for the project), and
     /// what no id of the namespace owns (root's `/usr`) looks root's.
     Owner { shown_as: (u32, u32) },
+    /// A user's VM's own trees, when the user has subordinate ids: virtiofsd runs in the
+    /// VM's `MappedNamespace` (the user id 0, their subordinate range ids
+    /// `1..=GUEST_IDS`), and guest ids `0..GUEST_IDS` are those ids, both ways, so
+    /// owners round-trip as under root (PostgreSQL's data stays `postgres`'s); any other
+    /// guest id is refused. What the user owns (written before the VM had ranges) looks
+    /// root's.
+    Subordinate,
 }
 
 /// The id the kernel shows a user namespace for a host id it does not map

@@ -3,6 +3,7 @@
 //! guest's ids ([`GuestIds`]) and runs under mvm's seccomp filter
 //! (`supervisor::sandbox`), so nothing the guest writes carries host privilege.
 
+use crate::host::subids::GUEST_IDS;
 use crate::vmm::{GuestIds, Share, OVERFLOW_ID, SHIFTED_IDS};
 
 /// The extended attributes a guest's overlay layer keeps: `user.overlay.*` as they are;
@@ -12,9 +13,12 @@ pub const OVERLAY_LAYER_XATTRS: &str = ":ok:all:user.overlay.:::unsupported:all:
 
 /// The argv (without the program) that serves `share`.
 pub fn args(share: &Share) -> Vec<String> {
+    // A share with subordinate ids is served by a virtiofsd that starts in its directory
+    // and, having dropped its owner's groups, could not walk there (`userns::Namespace`).
+    let dir = if share.ids == GuestIds::Subordinate { ".".into() } else { share.dir.display().to_string() };
     let mut args = vec![
         format!("--socket-path={}", share.socket.display()),
-        format!("--shared-dir={}", share.dir.display()),
+        format!("--shared-dir={dir}"),
         format!("--cache={}", if share.changes_pushed { "always" } else { "auto" }),
         "--sandbox=chroot".to_string(),
         "--inode-file-handles=never".to_string(),
@@ -50,6 +54,11 @@ pub fn args(share: &Share) -> Vec<String> {
             GuestIds::Shift { base } => vec![
                 format!("map:0:{base}:{SHIFTED_IDS}"),
                 format!("forbid-guest:{SHIFTED_IDS}:{}", u32::MAX - SHIFTED_IDS),
+            ],
+            GuestIds::Subordinate => vec![
+                format!("map:0:1:{GUEST_IDS}"),
+                format!("forbid-guest:{GUEST_IDS}:{}", u32::MAX - GUEST_IDS),
+                "host:0:0:1".to_string(),
             ],
         };
         args.extend(translations.into_iter().map(|t| format!("--translate-{kind}={t}")));
@@ -146,5 +155,25 @@ mod tests {
         );
         let etc = args(&share(false, GuestIds::Owner { shown_as: (0, 0) }));
         assert_eq!(etc.iter().filter(|arg| arg.contains("host:0:")).count(), 0);
+    }
+
+    /// A user's VM's own trees with subordinate ids: guest ids 0..65536 are the mapped
+    /// namespace's 1..=65536 both ways, the user's own files look root's, nothing else
+    /// passes.
+    #[test]
+    fn a_users_own_trees_map_onto_the_subordinate_range() {
+        let var = args(&share(false, GuestIds::Subordinate));
+        assert_eq!(var[1], "--shared-dir=.");
+        assert_eq!(
+            var[7..],
+            [
+                "--translate-uid=map:0:1:65536",
+                "--translate-uid=forbid-guest:65536:4294901759",
+                "--translate-uid=host:0:0:1",
+                "--translate-gid=map:0:1:65536",
+                "--translate-gid=forbid-guest:65536:4294901759",
+                "--translate-gid=host:0:0:1",
+            ]
+        );
     }
 }

@@ -22,6 +22,19 @@ pub fn write_project(project: &Path) {
     std::fs::write(project.join("mysite/settings.py"), DJANGO_SETTINGS).unwrap();
 }
 
+/// Points `project`'s settings at the PostgreSQL its VM's `PG*` variables name (the
+/// django-postgres template's).
+pub fn use_postgres(project: &Path) {
+    let settings = project.join("mysite/settings.py");
+    let mut text = std::fs::read_to_string(&settings).unwrap();
+    text.push_str(
+        "\nimport os\nDATABASES = {'default': {'ENGINE': 'django.db.backends.postgresql', \
+         'HOST': os.environ['PGHOST'], 'NAME': os.environ['PGDATABASE'], \
+         'USER': os.environ['PGUSER'], 'PASSWORD': os.environ['PGPASSWORD']}}\n",
+    );
+    std::fs::write(&settings, text).unwrap();
+}
+
 const DJANGO_SETTINGS: &str = r#"from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 SECRET_KEY = 'mvm-test-only'

@@ -335,6 +335,12 @@ fn kvm_check(kvm: &KvmSupport) -> Check {
     match kvm {
         KvmSupport::Hardware { module } => Check::ok("kvm", format!("/dev/kvm backed by {module}")),
         KvmSupport::Unknown => Check::ok("kvm", "/dev/kvm present (backing module not visible)"),
+        KvmSupport::NoAccess => Check::problem(
+            "kvm",
+            Status::Warn,
+            "/dev/kvm can accelerate, but you may not open it",
+            "`sudo usermod -aG kvm $USER`, then log in again",
+        ),
         KvmSupport::PvmOnly => Check::problem(
             "kvm",
             Status::Warn,

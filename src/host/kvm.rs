@@ -22,6 +22,9 @@ pub enum KvmSupport {
     PvmOnly,
     /// `/dev/kvm` exists but no known backing module is visible.
     Unknown,
+    /// `/dev/kvm` can accelerate, but this process may not open it (a user outside its
+    /// group, `kvm` on Debian).
+    NoAccess,
 }
 
 impl KvmSupport {
@@ -46,6 +49,16 @@ pub fn detect(root: &Path) -> KvmSupport {
     KvmSupport::Unknown
 }
 
+/// `kvm` as this process meets it: [`KvmSupport::NoAccess`] when it could accelerate
+/// but `device` cannot be opened for reading and writing.
+pub fn for_this_process(kvm: KvmSupport, device: &Path) -> KvmSupport {
+    use nix::unistd::{access, AccessFlags};
+    if kvm.can_accelerate() && access(device, AccessFlags::R_OK | AccessFlags::W_OK).is_err() {
+        return KvmSupport::NoAccess;
+    }
+    kvm
+}
+
 /// The hypervisor a VM asking for `requested` runs on this host, and one line saying
 /// which and why. An explicit cloud-hypervisor on a host whose KVM cannot run it fails at
 /// once (exit 5) rather than booting a guest that hangs.
@@ -57,6 +70,9 @@ pub fn choose_hypervisor(
     let no_kvm = match kvm {
         KvmSupport::PvmOnly => Some("/dev/kvm is backed only by kvm_pvm, which cannot run ordinary kernels"),
         KvmSupport::Missing => Some("there is no /dev/kvm"),
+        KvmSupport::NoAccess => Some(
+            "you may not open /dev/kvm (join its group: `sudo usermod -aG kvm $USER`, then log in again)",
+        ),
         KvmSupport::Hardware { .. } | KvmSupport::Unknown => None,
     };
     match (requested, no_kvm) {
@@ -97,6 +113,23 @@ mod tests {
         assert_eq!(refused.kind(), crate::error::ExitCode::MissingDependency);
         assert!(refused.to_string().contains("needs hardware KVM"), "{refused}");
         assert_eq!(pick(Hypervisor::Qemu, &KvmSupport::Missing, false).unwrap().0, Vmm::Qemu);
+        // A member outside /dev/kvm's group: QEMU emulates, and cloud-hypervisor says why.
+        let (tcg, why) = pick(Hypervisor::Auto, &KvmSupport::NoAccess, true).unwrap();
+        assert_eq!(tcg, Vmm::Qemu);
+        assert!(why.contains("may not open /dev/kvm"), "{why}");
+        let refused = pick(Hypervisor::CloudHypervisor, &KvmSupport::NoAccess, true).unwrap_err();
+        assert!(refused.to_string().contains("usermod -aG kvm"), "{refused}");
+    }
+
+    #[test]
+    fn kvm_this_process_cannot_open_is_no_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("kvm");
+        std::fs::write(&device, "").unwrap();
+        let hardware = KvmSupport::Hardware { module: "kvm_intel".into() };
+        assert_eq!(for_this_process(hardware.clone(), &device), hardware);
+        assert_eq!(for_this_process(hardware, &dir.path().join("missing")), KvmSupport::NoAccess);
+        assert_eq!(for_this_process(KvmSupport::PvmOnly, &dir.path().join("missing")), KvmSupport::PvmOnly);
     }
 
     fn host_with(entries: &[&str]) -> tempfile::TempDir {

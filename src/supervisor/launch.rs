@@ -95,7 +95,7 @@ impl Launch {
             config.kernel.as_deref().or(host.paths.kernel.as_deref()),
             &crate::host::kernel_release(),
         )?;
-        let kvm = kvm::detect(Path::new("/"));
+        let kvm = kvm::for_this_process(kvm::detect(Path::new("/")), Path::new("/dev/kvm"));
         let cloud_hypervisor_installed = Tool::CloudHypervisor.find(&host.paths).is_ok();
         let (vmm, vmm_choice) = kvm::choose_hypervisor(config.hypervisor, &kvm, cloud_hypervisor_installed)?;
         let hypervisor_tool = match vmm {
@@ -243,6 +243,14 @@ pub fn choose_accel(kvm: &KvmSupport, host: &HostConfig) -> (Accel, Option<Strin
         KvmSupport::Missing => {
             (Accel::Tcg, Some("warning: no /dev/kvm; using QEMU's TCG emulation (slow)".into()))
         }
+        KvmSupport::NoAccess => (
+            Accel::Tcg,
+            Some(
+                "warning: you may not open /dev/kvm; using QEMU's TCG emulation (slow): \
+                 `sudo usermod -aG kvm $USER`, then log in again"
+                    .into(),
+            ),
+        ),
     }
 }
 
@@ -650,6 +658,72 @@ mod tests {
         let volume = shares.iter().find(|s| s.tag == "vol-data").unwrap();
         assert_eq!(volume.ids, GuestIds::Shift { base: VOLUME_ID_BASE });
         assert_eq!(shares.iter().find(|s| s.tag == "etc").unwrap().ids, GuestIds::AsIs);
+    }
+
+    /// A member's VM: the project and read-only host trees keep the member's own ids; the
+    /// VM's own trees get the member's subordinate ids when the member has them, else the
+    /// member's id alone; and cloud-hypervisor's argv serves each share from the VM's
+    /// runtime dir, as for root (it runs as the member, who needs /dev/kvm).
+    #[test]
+    fn a_members_launch_maps_the_vms_own_trees_onto_subordinate_ids() {
+        let sub = SubIds { uid: 100000, gid: 200000 };
+        let plan = |sub| {
+            plan_shares(
+                &config(MountMode::Rw, false),
+                Path::new("/state/web"),
+                Path::new("/run/mvm/web"),
+                (1000, 100),
+                RunAs::User { uid: 1000, gid: 100, sub },
+            )
+            .0
+        };
+        let ids = |shares: &[Share]| -> Vec<(String, GuestIds)> {
+            shares.iter().map(|share| (share.tag.clone(), share.ids)).collect()
+        };
+        let root_shown = GuestIds::Owner { shown_as: (0, 0) };
+        let project = GuestIds::Owner { shown_as: (1000, 100) };
+        let mut expected = vec![
+            ("usr".to_string(), root_shown),
+            ("etc".to_string(), GuestIds::Subordinate),
+            ("var".to_string(), GuestIds::Subordinate),
+        ];
+        if Path::new(HOST_DPKG_DATABASE).is_dir() {
+            expected.push(("dpkg".to_string(), root_shown));
+        }
+        if Path::new("/nix/store").is_dir() {
+            expected.push(("nix".to_string(), root_shown));
+        }
+        expected.extend([("project".to_string(), project), ("vol-data".to_string(), GuestIds::Subordinate)]);
+        let shares = plan(Some(sub));
+        assert_eq!(ids(&shares), expected);
+        let without: Vec<(String, GuestIds)> = expected
+            .iter()
+            .map(|(tag, ids)| (tag.clone(), if *ids == GuestIds::Subordinate { root_shown } else { *ids }))
+            .collect();
+        assert_eq!(ids(&plan(None)), without, "no ranges: the member's id alone");
+
+        let spec = LaunchSpec {
+            shares: shares
+                .iter()
+                .filter(|share| ["etc", "project"].contains(&share.tag.as_str()))
+                .cloned()
+                .collect(),
+            control_socket: "/run/mvm/web/api.sock".into(),
+            ..crate::vmm::qemu::tests::spec()
+        };
+        let argv = crate::vmm::cloud_hypervisor::args(&spec);
+        let fs = argv.iter().position(|arg| arg == "--fs").unwrap();
+        assert_eq!(
+            argv[fs..fs + 3],
+            [
+                "--fs",
+                "tag=etc,socket=/run/mvm/web/fs-etc.sock",
+                "tag=project,socket=/run/mvm/web/fs-project.sock"
+            ]
+        );
+        assert_eq!(argv[..2], ["--api-socket", "path=/run/mvm/web/api.sock"]);
+        let etc = crate::vmm::virtiofsd::args(&shares[shares.iter().position(|s| s.tag == "etc").unwrap()]);
+        assert_eq!(etc[..2], ["--socket-path=/run/mvm/web/fs-etc.sock", "--shared-dir=."]);
     }
 
     #[test]

@@ -329,6 +329,15 @@ pub fn bridge_alias(vm: &VmConfig, owner: u32) -> String {
 mod tests {
     use super::*;
 
+    /// The lock sits where root alone makes files (`/run`), not in the runtime root that
+    /// group members write into.
+    #[test]
+    fn the_network_lock_is_beside_the_runtime_root() {
+        let installed = Paths::installed();
+        assert_eq!(network_lock(&installed), std::path::Path::new("/run/mvm-network.lock"));
+        assert!(!network_lock(&installed).starts_with(&installed.run_dir));
+    }
+
     #[test]
     fn recognizes_only_mvm_links() {
         for name in ["mvmbr0", "mvmbr255", "mvmtap65535"] {

@@ -468,8 +468,8 @@ fn forwarded(lab: &Lab, user: &User, name: &str, guest_port: u16) -> String {
 }
 
 /// A member's VM gives its guest's users ids of their own: guest ids are the member's
-/// subordinate ids on the host (`/etc/subuid`, which `useradd` filled once `mvm setup`
-/// made the file), so the database templates work without root. PostgreSQL owns its
+/// subordinate ids on the host (`/etc/subuid`, given with the `usermod` line `mvm doctor`
+/// prints), so the database templates work without root. PostgreSQL owns its
 /// data as `postgres` in the guest, as a subordinate id on the host, across a restart;
 /// Django migrates into it; `mvm rm` removes files of those ids.
 #[test]
@@ -489,7 +489,16 @@ fn a_members_database_vms_keep_their_owners() {
         Lab { host, _internet: internet, mvm: "/usr/local/bin/mvm".into(), users: vec![CAROL], vms: vec![] };
     let carol = User::create(CAROL);
     lab.vms = vec!["upg".into(), "uapp".into()];
-    let sub = mvm::host::subids::SubIds::of(CAROL, carol.uid).expect("useradd gave no subordinate ids");
+    // Subordinate ids as doctor says to add them (a range no one else has).
+    let doctor = lab.mvm(&carol, &["doctor"]);
+    let hint =
+        doctor.stdout.lines().find(|line| line.contains("usermod --add-subuids")).unwrap_or_else(|| {
+            panic!("doctor says nothing of her missing subordinate ids:\n{}", doctor.stdout)
+        });
+    let line = hint[hint.find("hint: ").unwrap() + 6..].replace("sudo ", "");
+    assert!(line.ends_with(CAROL), "{hint}");
+    run_ok(Command::new("sh").args(["-c", &line]));
+    let sub = mvm::host::subids::SubIds::of(CAROL, carol.uid).expect("usermod gave no subordinate ids");
     let doctor = lab.mvm(&carol, &["doctor"]);
     assert!(doctor.stdout.contains(&format!("host ids {}-", sub.uid)), "{}", doctor.stdout);
 

@@ -739,6 +739,32 @@ fn a_reused_index_keeps_nothing_of_its_last_holder() {
     let kept = lab.as_user(alice, move |_| Ok(mvm::dns::bind(gateway, &bridge)?)).unwrap();
     let old_bridge = lab.host.ip(&["-d", "link", "show", &web.network.bridge]);
     assert!(old_bridge.contains("alias mvm:web:4242"), "{old_bridge}");
+    // A connection of hers to her guest, left open (her guest silenced): the kernel keeps
+    // it for days.
+    let (gw, guest) = (web.network.gateway.to_string(), web.network.address.to_string());
+    let inserted = lab.host.exec(
+        "conntrack",
+        &[
+            "-I",
+            "-p",
+            "tcp",
+            "-s",
+            &gw,
+            "-d",
+            &guest,
+            "--sport",
+            "40000",
+            "--dport",
+            "5432",
+            "--state",
+            "ESTABLISHED",
+            "-u",
+            "SEEN_REPLY,ASSURED",
+            "-t",
+            "432000",
+        ],
+    );
+    assert!(inserted.status.success(), "{}", String::from_utf8_lossy(&inserted.stderr));
     // Removed without `mvm rm` taking the network down: her record and claim are gone.
     lab.host.ip(&["link", "del", &web.network.tap]);
     let paths = lab.paths();
@@ -756,6 +782,9 @@ fn a_reused_index_keeps_nothing_of_its_last_holder() {
     lab.as_user(bob, move |net| net.up(&up)).unwrap();
     let rules = lab.iptables_save();
     assert!(!rules.contains("mvm:web"), "alice's rules apply to bob's guest:\n{rules}");
+    let tracked = lab.host.exec("conntrack", &["-L", "-d", &guest]);
+    let tracked = String::from_utf8_lossy(&tracked.stdout).into_owned();
+    assert!(!tracked.contains("dport=5432"), "her connection reaches bob's guest:\n{tracked}");
     let new_bridge = lab.host.ip(&["-d", "link", "show", &api.network.bridge]);
     assert!(new_bridge.contains("alias mvm:api:4343"), "{new_bridge}");
     let index_of = |text: &str| text.split(':').next().unwrap().trim().to_string();

@@ -170,7 +170,6 @@ pub fn setup(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
         changes.push(format!("installed {} (setuid root, group '{group}' only)", target.helper.display()));
     }
     changes.extend(claim_old_vms(&target.paths)?);
-    changes.extend(subordinate_id_files(target)?);
     changes.extend(build_file_event_module(&target.paths));
     let unprivileged = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start");
     if unprivileged.ok().and_then(|text| text.trim().parse::<u32>().ok()).is_some_and(|start| start <= 53) {
@@ -179,20 +178,6 @@ pub fn setup(target: &Target, group: &str) -> anyhow::Result<Vec<String>> {
              answer the guests' DNS: `sysctl -w net.ipv4.ip_unprivileged_port_start=1024`"
                 .to_string(),
         );
-    }
-    Ok(changes)
-}
-
-/// Makes `/etc/subuid` and `/etc/subgid` where they are missing (empty, as Debian's
-/// `passwd` package would), so that `useradd` gives every user it makes a range of
-/// subordinate ids, which a member's VM maps its guest's users onto.
-fn subordinate_id_files(target: &Target) -> anyhow::Result<Vec<String>> {
-    let mut changes = Vec::new();
-    for file in &target.subordinate_ids {
-        if std::fs::symlink_metadata(file).is_err() {
-            install_file(file, b"", 0o644, 0)?;
-            changes.push(format!("made {} (useradd gives new users subordinate ids)", file.display()));
-        }
     }
     Ok(changes)
 }

@@ -58,9 +58,35 @@ pub fn range_start(text: &str, name: &str, uid: u32) -> Option<u32> {
     })
 }
 
-/// The line that gives user `name` ranges (what `setup` and `doctor` say).
+/// The line that gives user `name` ranges (what `setup` and `doctor` say): the first
+/// [`GUEST_IDS`] ids past every range the files hold already, so no two users share one.
 pub fn how_to_add(name: &str) -> String {
-    format!("sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name} (pick a range no one else has: see {SUBUID_FILE})")
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let (uid, gid) = (first_free(&read(SUBUID_FILE)), first_free(&read(SUBGID_FILE)));
+    let usermod = format!(
+        "sudo usermod --add-subuids {uid}-{} --add-subgids {gid}-{} {name}",
+        uid + u64::from(GUEST_IDS) - 1,
+        gid + u64::from(GUEST_IDS) - 1
+    );
+    // usermod adds ranges only to files that exist.
+    let missing = [SUBUID_FILE, SUBGID_FILE].into_iter().any(|file| !Path::new(file).exists());
+    if missing {
+        format!("sudo touch {SUBUID_FILE} {SUBGID_FILE} && {usermod}")
+    } else {
+        usermod
+    }
+}
+
+/// The first id past every range in `text`, and never below 100000 (where `useradd`'s
+/// ranges start).
+pub fn first_free(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.trim().split(':').skip(1);
+            let start: u64 = fields.next()?.parse().ok()?;
+            Some(start + fields.next()?.parse::<u64>().ok()?)
+        })
+        .fold(100_000, u64::max)
 }
 
 #[cfg(test)]
@@ -78,6 +104,12 @@ mod tests {
         {
             assert_eq!(range_start(bad, "carol", 1002), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn suggests_a_range_no_one_has() {
+        assert_eq!(first_free(""), 100_000);
+        assert_eq!(first_free("alice:100000:65536\nbob:300000:65536\n# x\n"), 365_536);
     }
 
     #[test]

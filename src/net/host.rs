@@ -1,7 +1,8 @@
 //! Bringing a VM's host-side network up and down, under the network lock.
 //!
 //! Up: check the pool against the host's routes and the VM's claim on its index, remove
-//! what an earlier holder of the index left, enable forwarding, make the bridge (named
+//! what an earlier holder of the index left (links, rules, tracked connections), enable
+//! forwarding, make the bridge (named
 //! for the VM and its owner in its alias; gateway address, no IPv6, `route_localnet` for
 //! localhost forwards), make the tap and enslave it, converge the firewall. Every step
 //! looks before it acts, so `up` is idempotent and finishes the job after a crash
@@ -17,7 +18,7 @@ use crate::error::UserError;
 use crate::net::firewall::{self, FirewallBackend, FirewallState, Iptables};
 use crate::net::netlink::{Link, Netlink};
 use crate::net::plan::{HostNetwork, VmFirewall};
-use crate::net::{sysctl, tap};
+use crate::net::{conntrack, sysctl, tap};
 use crate::state::lock::FileLock;
 use crate::state::{claims, Paths};
 
@@ -125,6 +126,8 @@ impl HostNet {
                     .with_context(|| format!("cannot remove the leftover {}", link.name))?;
             }
         }
+        // Before anything can reach the address again: connections of its last holder's.
+        conntrack::forget(network)?;
         let bridge = match self.netlink.link(&network.bridge)? {
             Some(link) => link,
             None => {
@@ -193,6 +196,7 @@ impl HostNet {
     pub fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
         self.check_claim(vm)?;
         self.remove_rules(vm.name.as_str())?;
+        conntrack::forget(&vm.network)?;
         for name in [&vm.network.tap, &vm.network.bridge] {
             if let Some(link) = self.netlink.link(name)?.filter(|link| self.is_for(vm, link, true)) {
                 self.netlink.delete(link.index)?;

@@ -67,7 +67,9 @@ impl HostNetwork for InProcess {
     }
 
     fn dns_sockets(&mut self, vm: &VmConfig) -> anyhow::Result<crate::dns::Sockets> {
-        self.open()?.check_live(vm)?;
+        // Under the network lock, so the bridge checked is the one bound to.
+        let live = self.open()?;
+        live.check_live(vm)?;
         crate::dns::bind(vm.network.gateway, &vm.network.bridge)
             .with_context(|| format!("cannot bind DNS on {}", vm.network.gateway))
     }

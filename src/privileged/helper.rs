@@ -50,10 +50,13 @@ pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()
         Request::DnsSockets(_) => {
             let channel = std::io::stdin();
             check_channel(channel.as_fd(), caller)?;
-            // For a bridge made for this VM of the caller's, which its tap is on now.
-            open()?.check_live(&vm)?;
+            // For a bridge made for this VM of the caller's, which its tap is on now; the
+            // network lock held until they are bound, so that bridge is still the one.
+            let live = open()?;
+            live.check_live(&vm)?;
             let sockets = crate::dns::bind(vm.network.gateway, &vm.network.bridge)
                 .with_context(|| format!("cannot bind DNS on {}", vm.network.gateway))?;
+            drop(live);
             send_dns_sockets(channel.as_fd(), &sockets)
         }
     }

@@ -79,7 +79,15 @@ fn delete_trash(paths: &Paths, trash: &std::path::Path) -> anyhow::Result<()> {
 /// are its own. Nothing of it up is no work; a failure is said and removal goes on, since
 /// the next VM on the index removes what is left before it comes up (`net::host`).
 fn take_network_down(paths: &Paths, name: &VmName) {
-    let Ok(config) = store::load(paths, name) else { return };
+    let config = match store::load(paths, name) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!(
+                "warning: VM '{name}''s network, if it is up, is left to the next VM on its index: {error:#}"
+            );
+            return;
+        }
+    };
     // In this process's network namespace (sysfs shows its mounter's).
     if nix::net::if_::if_nametoindex(config.network.bridge.as_str()).is_err() {
         return;

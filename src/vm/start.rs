@@ -28,11 +28,8 @@ pub enum Started {
 /// Starts VM `name` (a no-op if it runs); with `wait`, until its agent answers.
 pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> anyhow::Result<Started> {
     let config = store::load(paths, name)?;
-    if store::run_state(paths, name)? == RunState::Running {
-        let resumed = crate::vm::pause::resume_if_paused(paths, name)?;
-        return Ok(if resumed { Started::Resumed } else { Started::AlreadyRunning });
-    }
-    // A VM's processes run as the user it belongs to: root starts only root's VMs.
+    // A VM's processes run as the user it belongs to: root starts (and resumes) only
+    // root's VMs, never reaching into a runtime dir of a user's.
     let owner = store::owner(paths, name).unwrap_or(0);
     if owner != nix::unistd::geteuid().as_raw() {
         let user = crate::host::user::name_of(owner);
@@ -41,6 +38,10 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         ))
         .hint(format!("start it as them: `sudo -u {user} mvm start {name}`"))
         .into());
+    }
+    if store::run_state(paths, name)? == RunState::Running {
+        let resumed = crate::vm::pause::resume_if_paused(paths, name)?;
+        return Ok(if resumed { Started::Resumed } else { Started::AlreadyRunning });
     }
     // The forwards are DNAT rules, not sockets: a host listener on one would be shadowed.
     for forward in &config.ports {

@@ -75,7 +75,17 @@ pub struct UpRequest {
 
 pub fn up(paths: &Paths, name: &VmName, project: &Path, args: &UpRequest) -> anyhow::Result<Up> {
     crate::state::paths::ensure_root(&paths.run_dir)?;
-    let _up = FileLock::exclusive(&paths.up_lock(name))?;
+    let _up = FileLock::exclusive_private(&paths.up_lock(name))?;
+    // Made by someone else while this waited for the lock: not this caller's to bring up.
+    let me = nix::unistd::geteuid().as_raw();
+    if let Some(owner) = store::owner(paths, name).filter(|owner| *owner != me) {
+        return Err(UserError::conflict(format!(
+            "VM '{name}' belongs to {}",
+            crate::host::user::name_of(owner)
+        ))
+        .hint("give yours another name: `mvm up NAME`")
+        .into());
+    }
     let mut outcome = Up::Running;
     if !store::exists(paths, name) {
         let host = HostConfig::load(&paths.config_file)?;

@@ -21,7 +21,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -154,6 +154,10 @@ pub struct AgentTarget {
     pub console: PathBuf,
 }
 
+/// How long a lost agent connection waits for the guest's ready line before it is made
+/// again anyway.
+const READY_AGAIN_WAIT: Duration = Duration::from_secs(30);
+
 /// Forwards the guest's listeners as the VM's policy allows (`policy` now, then what
 /// `reload` says every second), through the agent behind `vsock`, for as long as the
 /// process lives: a lost agent connection (a reboot, a guest that hung up) is made again,
@@ -163,17 +167,26 @@ pub fn spawn(target: AgentTarget, owner: Option<u32>, policy: Option<Policy>, re
     let AgentTarget { vsock, run_dir, console } = target;
     let (events, received) = std::sync::mpsc::channel();
     let agent = vsock.clone();
-    std::thread::spawn(move || loop {
-        // No connection before the guest's ready line: one made while the guest's vsock
-        // driver is not there yet can leave the vsock backend stuck for every later one.
-        while !crate::supervisor::launch::guest_ready(&console) {
-            std::thread::sleep(Duration::from_millis(100));
+    std::thread::spawn(move || {
+        let mut connected_before = false;
+        loop {
+            // No connection before the guest's ready line: one made while the guest's
+            // vsock driver is not there yet can leave the vsock backend stuck for every
+            // later one. After a lost connection the line may be gone from a rotated
+            // console: then it is waited for a while only (a reboot writes it again).
+            let deadline = connected_before.then(|| Instant::now() + READY_AGAIN_WAIT);
+            while !crate::supervisor::launch::guest_ready(&console)
+                && deadline.is_none_or(|deadline| Instant::now() < deadline)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            connected_before = true;
+            let lost = watch(&agent, &events).unwrap_err();
+            if events.send(Event::Lost(lost)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
         }
-        let lost = watch(&agent, &events).unwrap_err();
-        if events.send(Event::Lost(lost)).is_err() {
-            return;
-        }
-        std::thread::sleep(Duration::from_secs(1));
     });
     std::thread::spawn(move || {
         let mut forwarder = Forwarder {

@@ -122,7 +122,9 @@ pub fn checks(paths: &Paths, root: &Path) -> Vec<Check> {
         let name = crate::host::user::name_of(uid);
         let newuidmap = which::which("newuidmap").is_ok() && which::which("newgidmap").is_ok();
         checks.push(guest_ids_check(&name, crate::host::subids::SubIds::of(&name, uid), newuidmap));
-        checks.push(kvm_access_check(&root.join("dev/kvm")));
+        if kvm.can_accelerate() {
+            checks.push(kvm_access_check(&root.join("dev/kvm")));
+        }
     }
     checks
 }

@@ -55,6 +55,10 @@ pub struct VmSummary {
     pub ip: Option<String>,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u64>,
+    /// The host memory the running VM's hypervisor holds (its resident set, the guest's
+    /// memory in it): what free page reporting gives back shows here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_used_mib: Option<u64>,
     pub hypervisor: Option<String>,
     pub ports: Vec<PortForward>,
     pub project: Option<PathBuf>,
@@ -79,6 +83,10 @@ impl VmSummary {
             Err(error) => return Self::broken(&entry.name, format!("{error:#}")),
         };
         let status = RuntimeStatus::read(&paths.vm_run_dir(&config.name));
+        let memory_used_mib = match (&state, &status) {
+            (VmState::Running, Some(status)) => status.hypervisor_pid.and_then(resident_mib),
+            _ => None,
+        };
         let (state, uptime_seconds, reason) = match (state, status) {
             (VmState::Running, Some(status)) => {
                 let state = if status.phase == Phase::Paused { VmState::Paused } else { state };
@@ -109,6 +117,7 @@ impl VmSummary {
             ip: Some(config.network.address.to_string()),
             cpus: Some(config.cpus),
             memory_mib: Some(config.memory_mib),
+            memory_used_mib,
             hypervisor: Some(config.hypervisor.to_string()),
             ports: config.ports.clone(),
             project: config.project.as_ref().map(|project| project.path.clone()),
@@ -125,6 +134,7 @@ impl VmSummary {
             ip: None,
             cpus: None,
             memory_mib: None,
+            memory_used_mib: None,
             hypervisor: None,
             ports: Vec::new(),
             project: None,
@@ -133,6 +143,20 @@ impl VmSummary {
             error: Some(error),
         }
     }
+}
+
+/// Process `pid`'s resident memory in MiB (`VmRSS`: a hypervisor's shared guest memory
+/// included).
+pub fn resident_mib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
 }
 
 /// The summary of VM `name` alone.

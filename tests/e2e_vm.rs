@@ -187,6 +187,9 @@ fn a_vm_boots_runs_commands_serves_a_port_and_stops_clean() {
     let list: serde_json::Value = serde_json::from_str(lab.mvm(&["list", "--json"]).ok()).unwrap();
     assert_eq!(list[0]["state"], "running");
     assert!(list[0]["uptime_seconds"].as_u64().is_some());
+    // The host memory it holds, beside its limit (a booted guest holds some, never more).
+    let used = list[0]["memory_used_mib"].as_u64().expect("no memory in use for a running VM");
+    assert!(used > 16 && used < list[0]["memory_mib"].as_u64().unwrap() + 256, "{used} MiB");
 
     assert!(lab.mvm(&["stop", "web"]).ok().contains("stopped"));
     lab.assert_nothing_left();

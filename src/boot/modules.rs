@@ -26,6 +26,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "ext4",
     "virtio_net",
     "vmw_vsock_virtio_transport",
+    "virtio_balloon",
 ];
 
 /// A module to load: its name and its file relative to the modules directory.

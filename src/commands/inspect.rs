@@ -194,7 +194,13 @@ fn text_fields(inspection: &Inspection) -> Vec<(&'static str, String)> {
         ("state", inspection.summary.state.as_str().to_string()),
         ("hypervisor", format!("{} → {}", config.hypervisor, inspection.hypervisor_choice)),
         ("cpus", config.cpus.to_string()),
-        ("memory", config.memory().to_string()),
+        (
+            "memory",
+            match inspection.summary.memory_used_mib {
+                Some(used) => format!("{} (the host holds {used} MiB of it now)", config.memory()),
+                None => config.memory().to_string(),
+            },
+        ),
         ("root", config.root.to_string()),
         ("packages", inspection.package_layer.as_ref().map_or("none".to_string(), PackageLayer::describe)),
         (

@@ -46,9 +46,40 @@ fn row(vm: &VmSummary) -> [String; 8] {
         vm.state.as_str().to_string(),
         vm.ip.clone().unwrap_or_else(dash),
         vm.cpus.map_or_else(dash, |cpus| cpus.to_string()),
-        vm.memory_mib.map_or_else(dash, |mib| MemorySize::from_mib(mib).to_string()),
+        match (vm.memory_used_mib, vm.memory_mib) {
+            (Some(used), Some(limit)) => {
+                format!("{}/{}", MemorySize::from_mib(used), MemorySize::from_mib(limit))
+            }
+            (_, limit) => limit.map_or_else(dash, |mib| MemorySize::from_mib(mib).to_string()),
+        },
         if ports.is_empty() { dash() } else { ports.join(",") },
         vm.project.as_ref().map_or_else(dash, |path| path.display().to_string()),
         vm.uptime_seconds.map_or_else(dash, short_duration),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A running VM's memory says what the host holds of it beside its limit.
+    #[test]
+    fn a_running_vms_memory_is_used_of_limit() {
+        let vm = VmSummary {
+            name: "web".into(),
+            state: VmState::Running,
+            ip: None,
+            cpus: Some(1),
+            memory_mib: Some(1024),
+            memory_used_mib: Some(338),
+            hypervisor: None,
+            ports: vec![],
+            project: None,
+            uptime_seconds: Some(5),
+            reason: None,
+            error: None,
+        };
+        assert_eq!(row(&vm)[4], "338M/1G");
+        assert_eq!(row(&VmSummary { memory_used_mib: None, ..vm })[4], "1G");
+    }
 }

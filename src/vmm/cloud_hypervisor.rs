@@ -38,6 +38,9 @@ pub fn args(spec: &LaunchSpec) -> Vec<String> {
         }
     }
     args.extend([
+        // Pages the guest frees go back to the host; the balloon itself stays empty.
+        "--balloon".to_string(),
+        "size=0,deflate_on_oom=on,free_page_reporting=on".to_string(),
         "--net".to_string(),
         format!("tap={},mac={}", spec.tap, spec.mac),
         "--vsock".to_string(),
@@ -78,6 +81,8 @@ mod tests {
                 "tag=etc,socket=/run/mvm/web/fs-etc.sock",
                 "--disk",
                 "path=/var/lib/microvms/web/system.img,image_type=raw,serial=mvm-system",
+                "--balloon",
+                "size=0,deflate_on_oom=on,free_page_reporting=on",
                 "--net",
                 "tap=mvmtap0,mac=02:6d:76:00:00:00",
                 "--vsock",

@@ -82,6 +82,10 @@ pub fn args(spec: &LaunchSpec, accel: Accel, vhost_vsock: &Path) -> Vec<String> 
         format!("socket,id=vs0,path={}", vhost_vsock.display()),
         "-device".to_string(),
         "vhost-user-vsock-device,chardev=vs0".to_string(),
+        // Pages the guest frees go back to the host (punched out of the shared memory),
+        // and an inflated balloon gives way before the guest runs out.
+        "-device".to_string(),
+        BALLOON.to_string(),
         // Appending, so the supervisor can cap the log by truncating it under QEMU.
         "-chardev".to_string(),
         format!("file,id=console,path={},append=on", spec.console_log.display()),
@@ -92,6 +96,9 @@ pub fn args(spec: &LaunchSpec, accel: Accel, vhost_vsock: &Path) -> Vec<String> 
     ]);
     args
 }
+
+/// The balloon device: free page reporting, no target size of its own.
+pub const BALLOON: &str = "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on";
 
 /// Kernel arguments a guest under TCG needs: its TSC runs at the host's rate, and telling
 /// it that rate saves a PIT calibration that fails (and hangs the boot) on a busy host.
@@ -173,6 +180,7 @@ pub(crate) mod tests {
              -netdev tap,id=n0,ifname=mvmtap0,script=no,downscript=no \
              -device virtio-net-device,netdev=n0,mac=02:6d:76:00:00:00 \
              -chardev socket,id=vs0,path=/run/mvm/web/vhost-vsock.sock -device vhost-user-vsock-device,chardev=vs0 \
+             -device virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on \
              -chardev file,id=console,path=/var/lib/microvms/web/log/console.log,append=on -serial chardev:console \
              -qmp unix:/run/mvm/web/qmp.sock,server=on,wait=off"
         );

@@ -626,13 +626,7 @@ fn guests_resolve_through_their_gateway_what_the_host_resolves() {
     // The VPN's resolver: on the host's loopback only.
     support::dns::vpn_resolver(&lab.host);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("resolv.conf"), format!("nameserver {}\n", support::dns::VPN_RESOLVER))
-        .unwrap();
-    std::fs::write(dir.path().join("hosts"), "").unwrap();
-    let resolver = mvm::dns::HostResolver {
-        resolv_conf: dir.path().join("resolv.conf"),
-        hosts: dir.path().join("hosts"),
-    };
+    let resolver = support::dns::host_files_naming_it(dir.path());
     let serve = |vm: &VmConfig| {
         let (gateway, bridge, guest, resolver, offline) =
             (vm.network.gateway, vm.network.bridge.clone(), vm.network.address, resolver.clone(), vm.offline);
@@ -797,13 +791,7 @@ fn a_reused_index_keeps_nothing_of_its_last_holder() {
     // His guest's DNS: his supervisor's sockets bind and answer; hers hear nothing.
     support::dns::vpn_resolver(&lab.host);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("resolv.conf"), format!("nameserver {}\n", support::dns::VPN_RESOLVER))
-        .unwrap();
-    std::fs::write(dir.path().join("hosts"), "").unwrap();
-    let resolver = mvm::dns::HostResolver {
-        resolv_conf: dir.path().join("resolv.conf"),
-        hosts: dir.path().join("hosts"),
-    };
+    let resolver = support::dns::host_files_naming_it(dir.path());
     let (bridge, guest) = (api.network.bridge.clone(), api.network.address);
     let sockets = lab.host.run(move || mvm::dns::bind(gateway, &bridge)).expect("kept sockets blocked bob's");
     let _server = lab.host.run(move || mvm::dns::serve(sockets, guest, resolver, false).unwrap());

@@ -106,7 +106,8 @@ pub fn checks(paths: &Paths, root: &Path) -> Vec<Check> {
             HostConfig::default()
         }
     };
-    let kvm = kvm::detect(root);
+    // As this user meets it: cloud-hypervisor (run as them) opens /dev/kvm itself.
+    let kvm = kvm::for_this_process(kvm::detect(root), &root.join("dev/kvm"));
     checks.push(kvm_check(&kvm));
     checks.extend(tool_checks(&host, &kvm));
     checks.push(hypervisor_check(&host, &kvm));
@@ -120,11 +121,8 @@ pub fn checks(paths: &Paths, root: &Path) -> Vec<Check> {
     if !crate::host::is_root() {
         let uid = nix::unistd::geteuid().as_raw();
         let name = crate::host::user::name_of(uid);
-        let newuidmap = which::which("newuidmap").is_ok() && which::which("newgidmap").is_ok();
-        checks.push(guest_ids_check(&name, crate::host::subids::SubIds::of(&name, uid), newuidmap));
-        if kvm.can_accelerate() {
-            checks.push(kvm_access_check(&root.join("dev/kvm")));
-        }
+        let can_map = crate::host::subids::can_map();
+        checks.push(guest_ids_check(&name, crate::host::subids::SubIds::of(&name, uid), can_map));
     }
     checks
 }
@@ -149,26 +147,6 @@ fn guest_ids_check(name: &str, sub: Option<crate::host::subids::SubIds>, newuidm
             Status::Warn,
             format!("{name} has no subordinate ids: every user in your guests writes as you (PostgreSQL cannot own its data)"),
             crate::host::subids::how_to_add(name),
-        ),
-    }
-}
-
-/// cloud-hypervisor needs `/dev/kvm` opened by the member themself.
-fn kvm_access_check(kvm: &Path) -> Check {
-    use nix::unistd::{access, AccessFlags};
-    if !kvm.exists() {
-        return Check::ok("kvm access", "no /dev/kvm (QEMU emulates)");
-    }
-    match access(kvm, AccessFlags::R_OK | AccessFlags::W_OK) {
-        Ok(()) => Check::ok("kvm access", format!("you can open {}", kvm.display())),
-        Err(_) => Check::problem(
-            "kvm access",
-            Status::Warn,
-            format!(
-                "you cannot open {}: cloud-hypervisor VMs cannot start (QEMU emulates, much slower)",
-                kvm.display()
-            ),
-            "`sudo usermod -aG kvm $USER`, then log in again",
         ),
     }
 }
@@ -382,7 +360,7 @@ fn tool_checks(host: &HostConfig, kvm: &KvmSupport) -> Vec<Check> {
             Ok(path) => Check::ok(tool.program(), path.display().to_string()),
             Err(error) => {
                 let status = match tool {
-                    Tool::Virtiofsd | Tool::Iptables | Tool::MkfsExt4 => Status::Error,
+                    Tool::Virtiofsd | Tool::Iptables | Tool::Conntrack | Tool::MkfsExt4 => Status::Error,
                     Tool::Qemu if host.defaults.hypervisor == Hypervisor::Qemu || !kvm.can_accelerate() => {
                         Status::Error
                     }

@@ -19,16 +19,19 @@ pub enum Tool {
     MkfsExt4,
     /// mmdebstrap, which builds images.
     Mmdebstrap,
+    /// conntrack-tools' `conntrack`, which forgets a VM subnet's tracked connections.
+    Conntrack,
 }
 
 impl Tool {
     /// Every tool, in the order `doctor` reports them.
-    pub const ALL: [Tool; 7] = [
+    pub const ALL: [Tool; 8] = [
         Tool::CloudHypervisor,
         Tool::Qemu,
         Tool::Virtiofsd,
         Tool::VhostDeviceVsock,
         Tool::Iptables,
+        Tool::Conntrack,
         Tool::MkfsExt4,
         Tool::Mmdebstrap,
     ];
@@ -43,6 +46,7 @@ impl Tool {
             Tool::Iptables => "iptables",
             Tool::MkfsExt4 => "mkfs.ext4",
             Tool::Mmdebstrap => "mmdebstrap",
+            Tool::Conntrack => "conntrack",
         }
     }
 
@@ -52,6 +56,7 @@ impl Tool {
             Tool::Virtiofsd => &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"],
             Tool::Iptables => &["/usr/sbin/iptables", "/sbin/iptables"],
             Tool::MkfsExt4 => &["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"],
+            Tool::Conntrack => &["/usr/sbin/conntrack", "/sbin/conntrack"],
             _ => &[],
         }
     }
@@ -62,7 +67,7 @@ impl Tool {
             Tool::Qemu => paths.qemu.as_deref(),
             Tool::Virtiofsd => paths.virtiofsd.as_deref(),
             Tool::VhostDeviceVsock => paths.vhost_device_vsock.as_deref(),
-            Tool::Iptables | Tool::MkfsExt4 | Tool::Mmdebstrap => None,
+            Tool::Iptables | Tool::MkfsExt4 | Tool::Mmdebstrap | Tool::Conntrack => None,
         }
     }
 
@@ -79,6 +84,7 @@ impl Tool {
             Tool::Iptables => "apt-get install iptables",
             Tool::MkfsExt4 => "apt-get install e2fsprogs",
             Tool::Mmdebstrap => "apt-get install mmdebstrap (needed by `mvm image build` alone)",
+            Tool::Conntrack => "apt-get install conntrack",
         }
     }
 

@@ -36,11 +36,18 @@ impl SubIds {
         })
     }
 
-    /// This process's user's.
+    /// This process's user's, when they can be mapped ([`can_map`]): without the tools a
+    /// member's VM runs on the member's id alone, as `doctor` says, rather than not at all.
     pub fn of_this_user() -> Option<SubIds> {
         let uid = nix::unistd::geteuid().as_raw();
-        Self::of(&crate::host::user::name_of(uid), uid)
+        Self::of(&crate::host::user::name_of(uid), uid).filter(|_| can_map())
     }
+}
+
+/// Whether Debian's `newuidmap` and `newgidmap` (package `uidmap`), which map the ranges
+/// for their user, are there.
+pub fn can_map() -> bool {
+    which::which("newuidmap").is_ok() && which::which("newgidmap").is_ok()
 }
 
 /// The start of the first range in `text` (`NAME_OR_UID:START:COUNT` lines) for user

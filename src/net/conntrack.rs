@@ -9,10 +9,11 @@
 
 use std::process::{Command, Stdio};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use crate::addr::VmNetwork;
-use crate::error::UserError;
+use crate::config::host::BinaryPaths;
+use crate::host::binaries::Tool;
 
 /// Deletes every conntrack entry with an address of `network`'s subnet on either side,
 /// in either direction (a DNAT'ed flow names the guest only in its reply tuple, which
@@ -29,15 +30,13 @@ pub fn forget(network: &VmNetwork) -> anyhow::Result<()> {
         ("--reply-dst", &guest),
         ("--reply-dst", &gateway),
     ];
+    let conntrack = Tool::Conntrack.find(&BinaryPaths::default())?;
     for (side, address) in filters {
-        let output =
-            Command::new("conntrack").args(["-D", side, address]).stdin(Stdio::null()).output().map_err(
-                |error| -> anyhow::Error {
-                    UserError::missing_dependency(format!("cannot run conntrack: {error}"))
-                        .hint("install conntrack-tools: `apt-get install conntrack`")
-                        .into()
-                },
-            )?;
+        let output = Command::new(&conntrack)
+            .args(["-D", side, address])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("cannot run {}", conntrack.display()))?;
         // It exits 1 when nothing matched, which is no failure.
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() && !stderr.contains("0 flow entries have been deleted") {

@@ -2,11 +2,11 @@
 //!
 //! Up: check the pool against the host's routes and the VM's claim on its index, remove
 //! what an earlier holder of the index left (links, rules, tracked connections), enable
-//! forwarding, make the bridge (named
-//! for the VM and its owner in its alias; gateway address, no IPv6, `route_localnet` for
-//! localhost forwards), make the tap and enslave it, converge the firewall. Every step
-//! looks before it acts, so `up` is idempotent and finishes the job after a crash
-//! half-way. Down removes exactly that VM's links and rules.
+//! forwarding, make the bridge (named for the VM and its owner in its alias; gateway
+//! address, no IPv6, `route_localnet` for localhost forwards), make the tap and enslave
+//! it, converge the firewall. Every step looks before it acts, so `up` is idempotent and
+//! finishes the job after a crash half-way. Down removes exactly that VM's links and
+//! rules.
 
 use std::path::PathBuf;
 

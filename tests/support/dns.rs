@@ -48,6 +48,14 @@ fn reply(query: &[u8], over_tcp: bool) -> Option<Vec<u8>> {
     reply.to_vec().ok()
 }
 
+/// The host's resolver files, written in `dir`: no hosts, and this resolver alone as the
+/// nameserver (as a VPN client sets them).
+pub fn host_files_naming_it(dir: &std::path::Path) -> mvm::dns::HostResolver {
+    std::fs::write(dir.join("resolv.conf"), format!("nameserver {VPN_RESOLVER}\n")).unwrap();
+    std::fs::write(dir.join("hosts"), "").unwrap();
+    mvm::dns::HostResolver { resolv_conf: dir.join("resolv.conf"), hosts: dir.join("hosts") }
+}
+
 /// Starts it in `namespace`; it answers for as long as the test process lives.
 pub fn vpn_resolver(namespace: &NetNs) {
     let (udp, tcp) = namespace.run(|| {

@@ -359,8 +359,11 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     // Her supervisor and VM die without a word, and she removes the VM: its network
     // (bridge, tap, every rule of its) goes with it, for the next VM on its index.
     let _ = Command::new("pkill").args(["-KILL", "-u", ALICE]).status();
+    // Until the kernel has closed their files too (a dying process leaves /proc's command
+    // lines first), so mvm sees the VM down, not running with no supervisor.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !vm_processes("uweb").is_empty() && std::time::Instant::now() < deadline {
+    let running = || lab.mvm(&alice, &["list", "--json"]).stdout.contains("\"running\"");
+    while (!vm_processes("uweb").is_empty() || running()) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     lab.mvm(&alice, &["rm", "--force", "uweb"]).ok();

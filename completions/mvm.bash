@@ -149,7 +149,7 @@ _mvm() {
             return 0
             ;;
         mvm__subcmd__create)
-            opts="-t -h -V --template --project --cpus --memory --port --mount --persist --volume --env --hypervisor --kernel --root --image --package --ephemeral-system --offline --host-access --no-auto-ports --ignore-port --help --version"
+            opts="-t -h -V --template --project --cpus --memory --disk --port --mount --persist --volume --env --hypervisor --kernel --root --image --package --ephemeral-system --offline --host-access --no-auto-ports --ignore-port --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -172,6 +172,10 @@ _mvm() {
                     return 0
                     ;;
                 --memory)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --disk)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

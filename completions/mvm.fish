@@ -54,6 +54,7 @@ complete -c mvm -n "__fish_mvm_using_subcommand create" -s t -l template -d 'Sta
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l project -d 'Project directory, seen in the guest at the same absolute path' -r -F
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l cpus -d 'Virtual CPUs [default: 2, or the host config\'s defaults.cpus]' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l memory -d 'Memory, e.g. 512M or 2G; at least 128M [default: 1G]' -r
+complete -c mvm -n "__fish_mvm_using_subcommand create" -l disk -d 'The most the VM may take on the host\'s disk, everything its guest writes included (its system layer, /etc, /var, the project\'s overlay, volumes), e.g. 8G; at least 2G [default: 20G, or the host config\'s defaults.disk]' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l port -d 'Forward a host port to a guest port (repeatable); HOST 0 picks one, the guest\'s number when it is free' -r
 complete -c mvm -n "__fish_mvm_using_subcommand create" -l mount -d 'How the guest sees the project' -r -f -a "overlay\t'Read-only project under a per-VM writable layer (the default)'
 rw\t'The guest writes straight into the project'

@@ -246,35 +246,91 @@ impl FromStr for MemorySize {
     type Err = UserError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let invalid = || UserError::usage(format!("invalid memory size {spec:?}")).hint(MEMORY_HINT);
-        let text = spec.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: u64 = number.parse().map_err(|_| invalid())?;
-        let factor_mib: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "m" | "mb" | "mib" => 1,
-            "g" | "gb" | "gib" => 1024,
-            "t" | "tb" | "tib" => 1024 * 1024,
-            _ => return Err(invalid()),
-        };
-        let mib = number.checked_mul(factor_mib).ok_or_else(invalid)?;
-        if mib < MIN_MEMORY_MIB {
-            return Err(UserError::usage(format!(
-                "memory size {spec:?} is below the minimum of {MIN_MEMORY_MIB} MiB"
-            ))
-            .hint(MEMORY_HINT));
+        parse_mib(spec, "memory size", MIN_MEMORY_MIB, MEMORY_HINT).map(MemorySize::from_mib)
+    }
+}
+
+/// `spec` (`512M`, `2G`, `1T`, or MiB without a unit) in MiB, at least `min_mib`; `what`
+/// and `hint` name the value in errors.
+fn parse_mib(spec: &str, what: &str, min_mib: u64, hint: &'static str) -> Result<u64, UserError> {
+    let invalid = || UserError::usage(format!("invalid {what} {spec:?}")).hint(hint);
+    let text = spec.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let factor_mib: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 1,
+        "g" | "gb" | "gib" => 1024,
+        "t" | "tb" | "tib" => 1024 * 1024,
+        _ => return Err(invalid()),
+    };
+    let mib = number.checked_mul(factor_mib).ok_or_else(invalid)?;
+    if mib < min_mib {
+        return Err(
+            UserError::usage(format!("{what} {spec:?} is below the minimum of {min_mib} MiB")).hint(hint)
+        );
+    }
+    Ok(mib)
+}
+
+/// Writes `mib` as `2G` when whole GiB, else `1536M`.
+fn write_mib(f: &mut fmt::Formatter<'_>, mib: u64) -> fmt::Result {
+    if mib % 1024 == 0 {
+        write!(f, "{}G", mib / 1024)
+    } else {
+        write!(f, "{mib}M")
+    }
+}
+
+/// A VM's disk limit (`--disk`), kept in MiB: the most its guest can take on the host's
+/// disk (`state::disk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DiskSize {
+    mib: u64,
+}
+
+/// The smallest disk limit: room for a system layer and the VM's files.
+pub const MIN_DISK_MIB: u64 = 2048;
+/// The largest: a bound a host could ever honour (16 TiB, ext4's file size limit).
+pub const MAX_DISK_MIB: u64 = 16 * 1024 * 1024;
+
+const DISK_HINT: &str = "write a size such as 8G, 20G or 1T, at least 2G";
+
+impl DiskSize {
+    /// A limit of `mib` MiB.
+    pub fn from_mib(mib: u64) -> Self {
+        DiskSize { mib }
+    }
+
+    /// The limit in MiB.
+    pub fn mib(self) -> u64 {
+        self.mib
+    }
+}
+
+impl FromStr for DiskSize {
+    type Err = UserError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let mib = parse_mib(spec, "disk size", MIN_DISK_MIB, DISK_HINT)?;
+        if mib > MAX_DISK_MIB {
+            return Err(
+                UserError::usage(format!("disk size {spec:?} is above the maximum of 16T")).hint(DISK_HINT)
+            );
         }
-        Ok(MemorySize { mib })
+        Ok(DiskSize { mib })
+    }
+}
+
+impl fmt::Display for DiskSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_mib(f, self.mib)
     }
 }
 
 impl fmt::Display for MemorySize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.mib % 1024 == 0 {
-            write!(f, "{}G", self.mib / 1024)
-        } else {
-            write!(f, "{}M", self.mib)
-        }
+        write_mib(f, self.mib)
     }
 }
 
@@ -464,6 +520,16 @@ mod tests {
         }
         let error = "127M".parse::<MemorySize>().unwrap_err();
         assert!(error.to_string().contains("below the minimum"), "{error}");
+    }
+
+    #[test]
+    fn disk_sizes_are_bounded_both_ways() {
+        assert_eq!("20G".parse::<DiskSize>().unwrap().mib(), 20 * 1024);
+        assert_eq!("2048".parse::<DiskSize>().unwrap().to_string(), "2G");
+        for (spec, why) in [("1G", "below the minimum"), ("17T", "above the maximum"), ("lots", "invalid")] {
+            let error = spec.parse::<DiskSize>().unwrap_err();
+            assert!(error.to_string().contains(why), "{spec}: {error}");
+        }
     }
 
     #[test]

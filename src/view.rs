@@ -59,6 +59,9 @@ pub struct VmSummary {
     /// memory in it): what free page reporting gives back shows here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_used_mib: Option<u64>,
+    /// What the VM's disks take on the host, beside its disk limit (`state::disk`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<crate::state::disk::Usage>,
     pub hypervisor: Option<String>,
     pub ports: Vec<PortForward>,
     pub project: Option<PathBuf>,
@@ -118,6 +121,11 @@ impl VmSummary {
             cpus: Some(config.cpus),
             memory_mib: Some(config.memory_mib),
             memory_used_mib,
+            disk: Some(crate::state::disk::usage(
+                paths,
+                config,
+                crate::state::store::owner(paths, &config.name).unwrap_or(u32::MAX),
+            )),
             hypervisor: Some(config.hypervisor.to_string()),
             ports: config.ports.clone(),
             project: config.project.as_ref().map(|project| project.path.clone()),
@@ -135,6 +143,7 @@ impl VmSummary {
             cpus: None,
             memory_mib: None,
             memory_used_mib: None,
+            disk: None,
             hypervisor: None,
             ports: Vec::new(),
             project: None,
@@ -167,7 +176,7 @@ pub fn summary_of(paths: &Paths, name: &VmName) -> anyhow::Result<VmSummary> {
 
 /// The VM's `var/`, written by the guest: read only through [`Tree`].
 pub fn guest_var(paths: &Paths, name: &VmName) -> std::io::Result<Tree> {
-    Tree::open(&paths.vm_dir(name).join("var"))
+    Tree::open(&crate::state::disk::files_dir(&paths.vm_dir(name)).join("var"))
 }
 
 /// Where the guest's process logs and states are, beneath its `var/`.

@@ -28,19 +28,19 @@ fn list_shows_a_table_with_every_column() {
             "512M",
         ])
         .ok();
-    sandbox.mvm(&["create", "api", "--cpus", "1", "--port", "53:53/udp"]).ok();
+    sandbox.mvm(&["create", "api", "--cpus", "1", "--port", "53:53/udp", "--disk", "8G"]).ok();
     let table = sandbox.mvm(&["list"]).ok().to_string();
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
     let header: Vec<&str> = lines[0].split_whitespace().collect();
-    assert_eq!(header, ["NAME", "STATE", "IP", "CPUS", "MEMORY", "PORTS", "PROJECT", "UPTIME"]);
+    assert_eq!(header, ["NAME", "STATE", "IP", "CPUS", "MEMORY", "DISK", "PORTS", "PROJECT", "UPTIME"]);
     let api: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(api, ["api", "stopped", "10.200.1.2", "1", "1G", "53:53/udp", "-", "-"]);
+    assert_eq!(api, ["api", "stopped", "10.200.1.2", "1", "1G", "0M/8G", "53:53/udp", "-", "-"]);
     let web: Vec<&str> = lines[2].split_whitespace().collect();
     let project = project.canonicalize().unwrap();
     assert_eq!(
         web,
-        ["web", "stopped", "10.200.0.2", "2", "512M", "8080:3000", project.to_str().unwrap(), "-"]
+        ["web", "stopped", "10.200.0.2", "2", "512M", "0M/20G", "8080:3000", project.to_str().unwrap(), "-"]
     );
 }
 
@@ -48,7 +48,7 @@ fn list_shows_a_table_with_every_column() {
 fn empty_list_says_how_to_start() {
     let sandbox = Sandbox::new();
     let out = sandbox.mvm(&["list"]);
-    assert_eq!(out.ok().trim(), "NAME  STATE  IP  CPUS  MEMORY  PORTS  PROJECT  UPTIME");
+    assert_eq!(out.ok().trim(), "NAME  STATE  IP  CPUS  MEMORY  DISK  PORTS  PROJECT  UPTIME");
     assert!(out.stderr.contains("mvm create NAME"), "{}", out.stderr);
     assert_eq!(sandbox.mvm(&["list", "--json"]).ok().trim(), "[]");
 }

@@ -121,7 +121,7 @@ restart = "never"
 
     // The agent's port was bound before any declared process ran.
     assert_eq!(seen.sh("evil", "echo agent-ok").ok(), "agent-ok\n");
-    let var = vm_dir.join("var/log/mvm");
+    let var = vm_dir.join("files/var/log/mvm");
     wait_for("the squatter to give up", Duration::from_secs(60), || {
         std::fs::read_to_string(var.join("squat.state")).is_ok_and(|state| state.contains("exited"))
     });
@@ -183,18 +183,18 @@ setpriv --reuid 65534 --regid 65534 --clear-groups python3 /tmp/loop.py",
         let out = refused.ok();
         assert!(!out.contains("SET") && !out.contains("DEVICE-MADE"), "{dir}: {out}");
     }
-    for dir in [vm_dir.join("layer/upper"), vm_dir.join("volumes/data")] {
+    for dir in [vm_dir.join("files/layer/upper"), vm_dir.join("files/volumes/data")] {
         let meta = std::fs::symlink_metadata(dir.join("s")).unwrap();
         assert_eq!(meta.mode() & 0o6000, 0, "{} carries setuid/setgid bits", dir.join("s").display());
         assert!(std::fs::symlink_metadata(dir.join("null")).is_err(), "a device node in {}", dir.display());
     }
     // A volume's ids round-trip for the guest and are nobody's on the host.
     assert_eq!(seen.sh("evil", "chown 104:110 /srv/data/s && stat -c %u:%g /srv/data/s").ok(), "104:110\n");
-    let volume_file = std::fs::metadata(vm_dir.join("volumes/data/s")).unwrap();
+    let volume_file = std::fs::metadata(vm_dir.join("files/volumes/data/s")).unwrap();
     let base = mvm::vmm::VOLUME_ID_BASE;
     assert_eq!((volume_file.uid(), volume_file.gid()), (base + 104, base + 110));
     // What guest root made in the project belongs to the project's owner.
-    let made = std::fs::metadata(vm_dir.join("layer/upper/made-by-root")).unwrap();
+    let made = std::fs::metadata(vm_dir.join("files/layer/upper/made-by-root")).unwrap();
     assert_eq!((made.uid(), made.gid()), (65534, 65534));
 
     // Logs: a symlinked log is refused, a FIFO state is not opened, a huge log is capped.

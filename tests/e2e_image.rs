@@ -67,7 +67,10 @@ fn vms_boot_from_a_debian_image_built_once_and_share_it() {
     lab.mvm(&["create", "one", "--image", "deb", "--project", project_arg]).ok();
     lab.mvm(&["create", "two", "--image", "deb"]).ok();
     let _ = std::fs::remove_file(&marker);
-    assert!(!lab.sandbox.state_dir().join("one/etc").exists(), "an image's VM got a copy of the host's /etc");
+    assert!(
+        !lab.sandbox.state_dir().join("one/files/etc").exists(),
+        "an image's VM got a copy of the host's /etc"
+    );
     lab.mvm(&["start", "one"]).ok();
     let seen = lab.sh(
         "one",

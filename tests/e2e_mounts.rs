@@ -77,7 +77,7 @@ fn overlay_rw_ro_persistence_volumes_and_review() {
         .output()
         .unwrap();
     assert!(owned.status.success(), "{}", String::from_utf8_lossy(&owned.stderr));
-    let upper_file = lab.sandbox.state_dir().join("keep/layer/upper/sub/mine.txt");
+    let upper_file = lab.sandbox.state_dir().join("keep/files/layer/upper/sub/mine.txt");
     let meta = std::fs::metadata(&upper_file).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
     lab.mvm(&["discard", "keep", "sub"]).fails(4, &["is running"]);

@@ -91,7 +91,7 @@ fn create_from_template(lab: &Lab, name: &str, template: &str, project: Option<&
         started.stderr
     );
     // Nothing of it is the host's: the template's software is not on the host's /usr.
-    assert!(!lab.sandbox.state_dir().join(name).join("etc").exists(), "the VM got the host's /etc");
+    assert!(!lab.sandbox.state_dir().join(name).join("files/etc").exists(), "the VM got the host's /etc");
 }
 
 /// The lab for `test`, when the clients it checks the service with are on the host.

@@ -219,6 +219,8 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
             "18080:8000",
             "--volume",
             "data:/data",
+            "--disk",
+            "2G",
         ],
     )
     .ok();
@@ -298,6 +300,14 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     assert!(!Path::new("/usr/bin/hello").exists(), "her guest's install reached the host");
     let disk = std::fs::metadata(vm_dir.join(mvm::state::system_disk::FILE)).unwrap();
     assert_eq!((disk.uid(), disk.mode() & 0o777), (alice.uid, 0o600), "her system disk is not hers alone");
+    // Her disk limit holds (her files disk was mounted by the helper): twice it into a
+    // volume ends in ENOSPC, and her VM answers still.
+    let files = vm_dir.join(mvm::state::disk::FILES_DIR);
+    assert_ne!(std::fs::metadata(&files).unwrap().dev(), std::fs::metadata(vm_dir).unwrap().dev(), "no disk");
+    let fill = "dd if=/dev/zero of=/data/fill bs=1M count=4096 conv=fsync 2>&1; rm -f /data/fill";
+    let filled = lab.mvm(&alice, &["shell", "uweb", "--", "sh", "-c", fill]);
+    assert!(filled.stdout.contains("No space left on device"), "{}{}", filled.stdout, filled.stderr);
+    assert_eq!(lab.mvm(&alice, &["shell", "uweb", "--", "echo", "alive"]).ok(), "alive\n");
 
     // Bob: cannot see, stop, enter or re-route Alice's VM.
     assert!(!lab.mvm(&bob, &["list"]).ok().contains("uweb"));
@@ -520,7 +530,7 @@ fn a_members_database_vms_keep_their_owners() {
         lab.mvm(&carol, &["shell", "upg", "--", "stat", "-c", "%U %u", "/var/lib/mvm/postgresql/data"]);
     let guest_uid: u32 = owner.ok().split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(owner.stdout.starts_with("postgres "), "{}", owner.stdout);
-    let data = Path::new("/var/lib/microvms/upg/volumes/pgdata/data");
+    let data = Path::new("/var/lib/microvms/upg/files/volumes/pgdata/data");
     assert_eq!(std::fs::metadata(data).unwrap().uid(), sub.uid + guest_uid, "not the subordinate id");
     lab.mvm(&carol, &["restart", "upg"]).ok();
     assert_eq!(psql_as(&lab, &carol, &port, "select v from kept"), "still here");

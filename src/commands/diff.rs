@@ -13,6 +13,7 @@ use crate::output::print_json;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
 use crate::supervisor::launch::project_overlay;
+use crate::vm::files::Files;
 
 /// Arguments of `mvm diff`.
 #[derive(Debug, Clone, Args)]
@@ -53,8 +54,9 @@ pub struct DiscardArgs {
     pub paths: Vec<PathBuf>,
 }
 
-/// The overlay's upper layer and the project of VM `config`.
-fn layers(paths: &Paths, config: &VmConfig) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// The overlay's upper layer and the project of VM `config`, and the VM's files (mounted
+/// while they live).
+fn layers(paths: &Paths, config: &VmConfig) -> anyhow::Result<(Files, PathBuf, PathBuf)> {
     let project = config.project.as_ref().ok_or_else(|| {
         UserError::usage(format!("VM '{}' has no project", config.name)).hint("create it with --project DIR")
     })?;
@@ -65,10 +67,11 @@ fn layers(paths: &Paths, config: &VmConfig) -> anyhow::Result<(PathBuf, PathBuf)
         ))
         .into());
     }
-    let (vm_dir, run_dir) = (paths.vm_dir(&config.name), paths.vm_run_dir(&config.name));
-    let overlay = project_overlay(config, &vm_dir, &run_dir, crate::supervisor::launch::RunAs::Root)
+    let files = Files::of(paths, config)?;
+    let run_dir = paths.vm_run_dir(&config.name);
+    let overlay = project_overlay(config, files.dir(), &run_dir, crate::supervisor::launch::RunAs::Root)
         .expect("an overlay project has an overlay");
-    Ok((overlay.upper, project.path.clone()))
+    Ok((files, overlay.upper, project.path.clone()))
 }
 
 /// Paths given on the command line, relative to the project.
@@ -86,11 +89,13 @@ struct Selection {
     layers: Option<Layers>,
     project: PathBuf,
     found: Vec<Change>,
+    /// Mounted while the selection lives.
+    _files: Files,
 }
 
 fn selected_changes(paths: &Paths, name: &VmName, given: &[PathBuf]) -> anyhow::Result<Selection> {
     let config = store::load(paths, name)?;
-    let (upper, project) = layers(paths, &config)?;
+    let (files, upper, project) = layers(paths, &config)?;
     let filters = filters(&config, given);
     let layers = Layers::open(&upper, &project)?;
     let found = match &layers {
@@ -99,13 +104,13 @@ fn selected_changes(paths: &Paths, name: &VmName, given: &[PathBuf]) -> anyhow::
         }
         None => Vec::new(),
     };
-    Ok(Selection { layers, project, found })
+    Ok(Selection { layers, project, found, _files: files })
 }
 
 /// Runs `mvm diff`.
 pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
-    let Selection { layers, found, .. } = selected_changes(paths, &name, &args.paths)?;
+    let Selection { layers, found, _files, .. } = selected_changes(paths, &name, &args.paths)?;
     if args.json {
         print_json(&found)?;
     } else if args.patch {
@@ -131,7 +136,7 @@ pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
 /// Runs `mvm apply`.
 pub fn run_apply(args: ApplyArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
-    let Selection { layers, project, found } = selected_changes(paths, &name, &args.paths)?;
+    let Selection { layers, project, found, _files } = selected_changes(paths, &name, &args.paths)?;
     let conflicts: Vec<String> = found
         .iter()
         .filter(|change| layers.as_ref().is_some_and(|layers| layers.conflicts_with_host(change)))
@@ -171,7 +176,7 @@ pub fn run_discard(args: DiscardArgs, paths: &Paths) -> anyhow::Result<i32> {
             ))
             .into());
     }
-    let Selection { layers, found, .. } = selected_changes(paths, &name, &args.paths)?;
+    let Selection { layers, found, _files, .. } = selected_changes(paths, &name, &args.paths)?;
     if let Some(layers) = &layers {
         for change in &found {
             layers.discard(change)?;

@@ -117,6 +117,7 @@ pub fn checks(paths: &Paths, root: &Path) -> Vec<Check> {
         std::fs::read_to_string(root.join("proc/sys/net/ipv4/ip_unprivileged_port_start")).ok().as_deref(),
     ));
     checks.push(state_dir_check(&paths.state_dir));
+    checks.push(loop_devices_check(&root.join("dev/loop-control")));
     checks.push(setup_check(paths));
     if !crate::host::is_root() {
         let uid = nix::unistd::geteuid().as_raw();
@@ -282,8 +283,14 @@ fn clean_stale_run_dir(paths: &Paths, dir: &std::path::Path) -> anyhow::Result<(
     let owned_by = vm_dir.clone().unwrap_or_else(|| dir.to_path_buf());
     let owner = std::fs::symlink_metadata(&owned_by).map_or(0, |meta| meta.uid());
     crate::supervisor::orphans::kill_all(&crate::supervisor::orphans::find(dir, owner));
-    if vm_dir.is_some() {
+    if let Some(vm_dir) = &vm_dir {
         clean_run_dir(dir);
+        // The files disk a killed supervisor left mounted.
+        if crate::state::disk::is_mounted(vm_dir) {
+            let name: crate::name::VmName = dir.file_name().unwrap_or_default().to_string_lossy().parse()?;
+            let config = crate::state::store::load(paths, &name)?;
+            crate::privileged::client::host_disk(paths).down(&config)?;
+        }
     } else {
         crate::supervisor::remove_run_dir(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     }
@@ -439,6 +446,20 @@ fn state_dir_check(dir: &Path) -> Check {
             format!("{} is not writable by this user", dir.display()),
             "run `sudo mvm setup` once (then join group mvm), or set MVM_STATE_DIR",
         ),
+    }
+}
+
+/// Each VM's disk limit is a disk image on a loop device (`state::disk`).
+fn loop_devices_check(control: &Path) -> Check {
+    if control.exists() {
+        Check::ok("loop devices", "present: each VM's files are bounded by its disk limit")
+    } else {
+        Check::problem(
+            "loop devices",
+            Status::Error,
+            format!("{} is missing: no VM can start (its disk limit is a disk image)", control.display()),
+            "`sudo modprobe loop` (and add `loop` to /etc/modules)",
+        )
     }
 }
 

@@ -61,7 +61,9 @@ impl SystemLayer {
         config.root.has_system_layer().then(|| SystemLayer {
             persistent: !config.ephemeral_system,
             used_bytes: crate::state::system_disk::allocated_bytes(vm_dir),
-            size_bytes: crate::state::system_disk::DEFAULT_SIZE_MIB << 20,
+            // A disk made before limits keeps the size it was made with.
+            size_bytes: std::fs::symlink_metadata(crate::state::system_disk::path(vm_dir))
+                .map_or(crate::state::disk::system_mib(config) << 20, |meta| meta.len()),
         })
     }
 
@@ -200,6 +202,15 @@ fn text_fields(inspection: &Inspection) -> Vec<(&'static str, String)> {
                 Some(used) => format!("{} (the host holds {used} MiB of it now)", config.memory()),
                 None => config.memory().to_string(),
             },
+        ),
+        (
+            "disk",
+            inspection.summary.disk.map_or("-".to_string(), |disk| {
+                let limit = crate::spec::DiskSize::from_mib(disk.limit_bytes >> 20);
+                let unset =
+                    if config.disk_mib.is_none() { ", the default (set at its next start)" } else { "" };
+                format!("{} used of {limit}{unset}", crate::output::format_bytes(disk.used_bytes))
+            }),
         ),
         ("root", config.root.to_string()),
         ("packages", inspection.package_layer.as_ref().map_or("none".to_string(), PackageLayer::describe)),

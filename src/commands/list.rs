@@ -24,7 +24,8 @@ pub fn run(args: ListArgs, paths: &Paths) -> anyhow::Result<i32> {
         print_json(&summaries)?;
         return Ok(0);
     }
-    let mut table = output::table(["NAME", "STATE", "IP", "CPUS", "MEMORY", "PORTS", "PROJECT", "UPTIME"]);
+    let mut table =
+        output::table(["NAME", "STATE", "IP", "CPUS", "MEMORY", "DISK", "PORTS", "PROJECT", "UPTIME"]);
     for vm in &summaries {
         table.add_row(row(vm));
     }
@@ -38,7 +39,7 @@ pub fn run(args: ListArgs, paths: &Paths) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn row(vm: &VmSummary) -> [String; 8] {
+fn row(vm: &VmSummary) -> [String; 9] {
     let dash = || "-".to_string();
     let ports: Vec<String> = vm.ports.iter().map(ToString::to_string).collect();
     [
@@ -52,6 +53,9 @@ fn row(vm: &VmSummary) -> [String; 8] {
             }
             (_, limit) => limit.map_or_else(dash, |mib| MemorySize::from_mib(mib).to_string()),
         },
+        vm.disk.map_or_else(dash, |disk| {
+            format!("{}/{}", output::short_size(disk.used_bytes), output::short_size(disk.limit_bytes))
+        }),
         if ports.is_empty() { dash() } else { ports.join(",") },
         vm.project.as_ref().map_or_else(dash, |path| path.display().to_string()),
         vm.uptime_seconds.map_or_else(dash, short_duration),
@@ -72,6 +76,7 @@ mod tests {
             cpus: Some(1),
             memory_mib: Some(1024),
             memory_used_mib: Some(338),
+            disk: Some(crate::state::disk::Usage { used_bytes: 1288 << 20, limit_bytes: 20 << 30 }),
             hypervisor: None,
             ports: vec![],
             project: None,
@@ -80,6 +85,7 @@ mod tests {
             error: None,
         };
         assert_eq!(row(&vm)[4], "338M/1G");
+        assert_eq!(row(&vm)[5], "1.3G/20G");
         assert_eq!(row(&VmSummary { memory_used_mib: None, ..vm })[4], "1G");
     }
 }

@@ -43,6 +43,7 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {
     let config = store::load(paths, &name)?;
     // Process logs are in the guest's `var/`; the others in the VM's own `log/`, which
     // the hypervisor writes. Both are read beneath their directory, regular files only.
+    let mut files = None;
     let (dir, relative) = match &args.process {
         Some(process) => {
             if !config.processes.iter().any(|p| &p.name == process) {
@@ -50,7 +51,8 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {
                     .hint(format!("`mvm inspect {name}` lists its processes"))
                     .into());
             }
-            (paths.vm_dir(&name).join("var"), crate::view::process_file(process, "log"))
+            let files = files.insert(crate::vm::files::Files::of(paths, &config)?);
+            (files.dir().join("var"), crate::view::process_file(process, "log"))
         }
         None => {
             let file_name = match args.source {

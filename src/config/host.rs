@@ -30,7 +30,7 @@ use serde::Deserialize;
 use crate::addr::{AddressPool, Ipv4Net};
 use crate::config::vm::Hypervisor;
 use crate::error::UserError;
-use crate::spec::{MemorySize, PortRange};
+use crate::spec::{DiskSize, MemorySize, PortRange};
 
 /// The parsed host config; every field has a default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -68,6 +68,9 @@ pub struct Defaults {
     pub cpus: u32,
     #[serde(deserialize_with = "deserialize_memory")]
     pub memory: MemorySize,
+    /// Each new VM's disk limit (`state::disk`).
+    #[serde(deserialize_with = "deserialize_disk")]
+    pub disk: DiskSize,
     /// QEMU acceleration: `auto` (KVM where it can run ordinary kernels), `kvm` or `tcg`.
     pub accel: Option<String>,
     /// Forward every port a guest listens on from the host's loopback by itself.
@@ -82,11 +85,17 @@ impl Default for Defaults {
             hypervisor: Hypervisor::Auto,
             cpus: 2,
             memory: MemorySize::from_mib(1024),
+            disk: DiskSize::from_mib(crate::state::disk::DEFAULT_LIMIT_MIB),
             accel: None,
             auto_ports: true,
             auto_ports_ignore: Vec::new(),
         }
     }
+}
+
+fn deserialize_disk<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<DiskSize, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
 }
 
 fn deserialize_memory<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<MemorySize, D::Error> {
@@ -185,6 +194,7 @@ mod tests {
             ("[network]\npool = \"10.0.0.1/8\"", "host bits"),
             ("[network]\nsubnet_prefix = 31", "/30"),
             ("[defaults]\nmemory = \"1X\"", "invalid memory size"),
+            ("[defaults]\ndisk = \"1G\"", "below the minimum"),
             ("[defaults]\nhypervisor = \"firecracker\"", "unknown variant"),
         ] {
             let error = format!("{:#}", HostConfig::parse(text).unwrap_err());

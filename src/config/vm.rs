@@ -16,7 +16,7 @@ use crate::addr::VmNetwork;
 use crate::atomic::write_private;
 use crate::error::UserError;
 use crate::name::VmName;
-use crate::spec::{MemorySize, PortForward, PortRange, Volume};
+use crate::spec::{DiskSize, MemorySize, PortForward, PortRange, Volume};
 
 /// The file name of a VM's config inside its state directory.
 pub const VM_CONFIG_FILE: &str = "vm.toml";
@@ -148,6 +148,10 @@ pub struct VmConfig {
     pub hypervisor: Hypervisor,
     pub cpus: u32,
     pub memory_mib: u64,
+    /// The most the guest can take on the host's disk, in MiB (`state::disk`); `None` for
+    /// a VM made before limits, which gets the host's default at its next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
     pub root: RootModel,
     /// Drop the system layer (what guest root installed) at every start instead of
     /// keeping it like `/var`.
@@ -252,6 +256,11 @@ impl VmConfig {
         MemorySize::from_mib(self.memory_mib)
     }
 
+    /// The VM's disk limit, when it has one.
+    pub fn disk(&self) -> Option<DiskSize> {
+        self.disk_mib.map(DiskSize::from_mib)
+    }
+
     /// Parses `vm.toml` text.
     pub fn parse(text: &str) -> Result<VmConfig, UserError> {
         let config: VmConfig = toml::from_str(text)
@@ -309,6 +318,7 @@ pub(crate) mod tests {
             hypervisor: Hypervisor::Qemu,
             cpus: 2,
             memory_mib: 1024,
+            disk_mib: Some(8192),
             root: RootModel::Host,
             ephemeral_system: true,
             kernel: None,

@@ -2,6 +2,7 @@
 
 pub mod binaries;
 pub mod kvm;
+pub mod loopdev;
 pub mod subids;
 pub mod user;
 

@@ -35,6 +35,25 @@ pub fn host_network(paths: &Paths) -> Box<dyn HostNetwork> {
     }
 }
 
+/// The privileged operations on a VM's files disk (`state::disk`).
+pub trait HostDisk {
+    /// The disk made if missing and mounted on the VM's `files/` (idempotent).
+    fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()>;
+    /// The disk unmounted (idempotent).
+    fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()>;
+    /// The disk unmounted and deleted.
+    fn remove(&mut self, vm: &VmConfig) -> anyhow::Result<()>;
+}
+
+/// The way this process gets them: in-process as root, else through the helper.
+pub fn host_disk(paths: &Paths) -> Box<dyn HostDisk> {
+    if nix::unistd::geteuid().is_root() {
+        Box::new(InProcess { paths: paths.clone() })
+    } else {
+        Box::new(Helper { program: helper_path() })
+    }
+}
+
 /// The helper's path: `MVM_HELPER`, else where `mvm setup` installs it.
 pub fn helper_path() -> PathBuf {
     std::env::var_os("MVM_HELPER")
@@ -72,6 +91,33 @@ impl HostNetwork for InProcess {
         live.check_live(vm)?;
         crate::dns::bind(vm.network.gateway, &vm.network.bridge)
             .with_context(|| format!("cannot bind DNS on {}", vm.network.gateway))
+    }
+}
+
+impl InProcess {
+    /// The owner (uid, gid) of `vm`'s directory: a disk's root is theirs.
+    fn owner(&self, vm: &VmConfig) -> anyhow::Result<(u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.paths.vm_dir(&vm.name);
+        let meta =
+            std::fs::symlink_metadata(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        Ok((meta.uid(), meta.gid()))
+    }
+}
+
+impl HostDisk for InProcess {
+    fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        let host = HostConfig::load(&self.paths.config_file)?;
+        let mkfs = crate::host::binaries::Tool::MkfsExt4.find(&host.paths)?;
+        crate::privileged::disk::up(&self.paths, vm, self.owner(vm)?, &mkfs)
+    }
+
+    fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        crate::privileged::disk::down(&self.paths, vm, self.owner(vm)?, false)
+    }
+
+    fn remove(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        crate::privileged::disk::down(&self.paths, vm, self.owner(vm)?, true)
     }
 }
 
@@ -125,6 +171,20 @@ impl Helper {
             _ => anyhow::Error::new(std::io::Error::new(error.kind(), error.to_string()))
                 .context(format!("cannot run {program}")),
         }
+    }
+}
+
+impl HostDisk for Helper {
+    fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.ask(&Request::DiskUp(vm.name.clone())).context("cannot mount the VM's disk")
+    }
+
+    fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.ask(&Request::DiskDown(vm.name.clone())).context("cannot unmount the VM's disk")
+    }
+
+    fn remove(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+        self.ask(&Request::DiskRemove(vm.name.clone())).context("cannot remove the VM's disk")
     }
 }
 

@@ -38,7 +38,9 @@ pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()
     };
     // A DNAT rule shadows a host listener: no user's VM takes a port a host process
     // serves (`mvm` checks this too; the helper is the check a caller cannot skip).
-    if caller != 0 && !matches!(request, Request::NetworkDown(_)) {
+    if caller != 0
+        && matches!(request, Request::NetworkUp(_) | Request::NetworkRules(_) | Request::DnsSockets(_))
+    {
         for forward in &vm.ports {
             crate::vm::ports::check_host_port(forward, false)?;
         }
@@ -59,7 +61,20 @@ pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()
             drop(live);
             send_dns_sockets(channel.as_fd(), &sockets)
         }
+        Request::DiskUp(_) => {
+            let mkfs = crate::host::binaries::Tool::MkfsExt4.find(&host.paths)?;
+            crate::privileged::disk::up(paths, &vm, owner_ids(caller)?, &mkfs)
+        }
+        Request::DiskDown(_) => crate::privileged::disk::down(paths, &vm, owner_ids(caller)?, false),
+        Request::DiskRemove(_) => crate::privileged::disk::down(paths, &vm, owner_ids(caller)?, true),
     }
+}
+
+/// The uid and primary gid of user `uid` (a disk's root is theirs).
+pub fn owner_ids(uid: u32) -> anyhow::Result<(u32, u32)> {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))?
+        .with_context(|| format!("uid {uid} is no user of this host"))?;
+    Ok((uid, user.gid.as_raw()))
 }
 
 /// Refuses a `channel` that is not the caller's own socket pair: a Unix stream socket

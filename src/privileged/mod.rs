@@ -1,8 +1,9 @@
 //! The privileged part: what a group member's VM needs from root, and nothing else.
 //!
 //! After `sudo mvm setup`, mvm runs as the developer; the hypervisor and every virtiofsd
-//! run as them too. Four things still need root — a bridge and tap for the VM, its
-//! firewall rules, removing them, and the VM's DNS sockets on port 53 — and cross into
+//! run as them too. Five things still need root — a bridge and tap for the VM, its
+//! firewall rules, removing them, the VM's DNS sockets on port 53, and mounting (or
+//! removing) the disk that bounds the VM's files (`disk`) — and cross into
 //! `mvm-helper`, a small setuid-root
 //! program only members of mvm's group may run (mode 4750, group `mvm`). It takes one
 //! request from a closed set ([`Request`]), knows its caller by the real uid the kernel
@@ -12,6 +13,7 @@
 //! (`client`).
 
 pub mod client;
+pub mod disk;
 pub mod helper;
 
 use std::fmt;
@@ -34,13 +36,22 @@ pub enum Request {
     /// Bind the VM's DNS sockets (port 53 on its gateway, which only root may bind) and
     /// pass them back over the Unix socket that is the helper's stdin.
     DnsSockets(VmName),
+    /// Make the VM's files disk if missing and mount it on its `files/`.
+    DiskUp(VmName),
+    /// Unmount the VM's files disk (at a stop).
+    DiskDown(VmName),
+    /// Unmount the VM's files disk and delete it (`mvm rm`).
+    DiskRemove(VmName),
 }
 
 impl Request {
     /// The request an argv (without the program) spells.
     pub fn parse(args: &[String]) -> Result<Request, UserError> {
-        let usage =
-            || UserError::usage("usage: mvm-helper network-up|network-rules|network-down|dns-sockets NAME");
+        let usage = || {
+            UserError::usage(
+                "usage: mvm-helper network-up|network-rules|network-down|dns-sockets|disk-up|disk-down|disk-rm NAME",
+            )
+        };
         let [verb, name] = args else { return Err(usage()) };
         let name: VmName = name.parse()?;
         match verb.as_str() {
@@ -48,6 +59,9 @@ impl Request {
             "network-rules" => Ok(Request::NetworkRules(name)),
             "network-down" => Ok(Request::NetworkDown(name)),
             "dns-sockets" => Ok(Request::DnsSockets(name)),
+            "disk-up" => Ok(Request::DiskUp(name)),
+            "disk-down" => Ok(Request::DiskDown(name)),
+            "disk-rm" => Ok(Request::DiskRemove(name)),
             _ => Err(usage()),
         }
     }
@@ -59,6 +73,9 @@ impl Request {
             Request::NetworkRules(name) => ("network-rules", name),
             Request::NetworkDown(name) => ("network-down", name),
             Request::DnsSockets(name) => ("dns-sockets", name),
+            Request::DiskUp(name) => ("disk-up", name),
+            Request::DiskDown(name) => ("disk-down", name),
+            Request::DiskRemove(name) => ("disk-rm", name),
         };
         [verb.to_string(), name.to_string()]
     }
@@ -69,7 +86,10 @@ impl Request {
             Request::NetworkUp(name)
             | Request::NetworkRules(name)
             | Request::NetworkDown(name)
-            | Request::DnsSockets(name) => name,
+            | Request::DnsSockets(name)
+            | Request::DiskUp(name)
+            | Request::DiskDown(name)
+            | Request::DiskRemove(name) => name,
         }
     }
 }
@@ -92,6 +112,9 @@ mod tests {
             Request::NetworkRules(web.clone()),
             Request::NetworkDown(web.clone()),
             Request::DnsSockets(web.clone()),
+            Request::DiskUp(web.clone()),
+            Request::DiskDown(web.clone()),
+            Request::DiskRemove(web.clone()),
         ] {
             assert_eq!(Request::parse(&request.to_args()).unwrap(), request);
         }

@@ -2,6 +2,7 @@
 //! injected roots, locks, index claims, leases, seeding and the catalogue of VMs on disk.
 
 pub mod claims;
+pub mod disk;
 pub mod lease;
 pub mod lock;
 pub mod paths;

@@ -21,10 +21,6 @@ use crate::guest::config::SYSTEM_DISK_SERIAL;
 
 /// The system disk's file in a VM's state dir.
 pub const FILE: &str = "system.img";
-/// The disk's size: the most a guest's own software can take on the host. Sparse, so a
-/// new disk costs a few MiB.
-pub const DEFAULT_SIZE_MIB: u64 = 20 * 1024;
-
 /// The system disk of the VM whose state dir is `vm_dir`.
 pub fn path(vm_dir: &Path) -> PathBuf {
     vm_dir.join(FILE)
@@ -48,7 +44,8 @@ pub fn ensure(vm_dir: &Path, size_mib: u64, fresh: bool, mkfs: &Path) -> anyhow:
     file.set_len(size_mib << 20).with_context(|| format!("cannot size {}", staging.display()))?;
     drop(file);
     let output = Command::new(mkfs)
-        .args(format_args(&staging))
+        .args(format_args_for(SYSTEM_DISK_SERIAL, "0:0"))
+        .arg(&staging)
         .output()
         .with_context(|| format!("cannot run {}", mkfs.display()))?;
     if !output.status.success() {
@@ -64,24 +61,13 @@ pub fn ensure(vm_dir: &Path, size_mib: u64, fresh: bool, mkfs: &Path) -> anyhow:
     Ok(true)
 }
 
-/// `mkfs.ext4`'s arguments for a new system disk at `image`. The file is new and sparse,
-/// so it already reads as zeros: the inode tables and the journal need no zeroing
-/// (lazy), nothing needs discarding, and the guest mounts it `noinit_itable`.
-pub fn format_args(image: &Path) -> Vec<String> {
-    [
-        "-q",
-        "-F",
-        "-L",
-        SYSTEM_DISK_SERIAL,
-        "-m",
-        "0",
-        "-E",
-        "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1,nodiscard",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .chain(std::iter::once(image.display().to_string()))
-    .collect()
+/// `mkfs.ext4`'s arguments (but the image) for a new disk labelled `label` whose root is
+/// `owner`'s (`UID:GID`). The file is new and sparse, so it already reads as zeros: the
+/// inode tables and the journal need no zeroing (lazy), nothing needs discarding, and
+/// nothing is reserved for root (root's virtiofsd would write past the limit into it).
+pub fn format_args_for(label: &str, owner: &str) -> Vec<String> {
+    let extended = format!("root_owner={owner},lazy_itable_init=1,lazy_journal_init=1,nodiscard");
+    ["-q", "-F", "-L", label, "-m", "0", "-E", &extended].iter().map(ToString::to_string).collect()
 }
 
 /// What the system disk takes on the host (its allocated blocks), when it exists; a

@@ -127,7 +127,8 @@ impl Launch {
         let vm_dir = paths.vm_dir(&config.name);
         let run_as = RunAs::this_process();
         let image_store = crate::image::store_dir(paths);
-        let (shares, overlays, mut guest) = plan_shares(config, &vm_dir, &run_dir, project_owner, run_as);
+        let files = crate::state::disk::files_dir(&vm_dir);
+        let (shares, overlays, mut guest) = plan_shares(config, &files, &run_dir, project_owner, run_as);
         if let Some(environment) = crate::project_env::cached(&vm_dir, config) {
             let workdir = config.project.as_ref().map_or("/".into(), |p| p.path.display().to_string());
             environment.apply_to(&mut guest.processes, &config.env, &workdir);
@@ -312,10 +313,10 @@ pub const PROJECT_LAYER: &str = "project-layer";
 pub const SCRATCH_LAYERS: &str = "scratch";
 
 /// The overlay of `config`'s project, when it is mounted `overlay`.
-pub fn project_overlay(config: &VmConfig, vm_dir: &Path, run_dir: &Path, run_as: RunAs) -> Option<Overlay> {
+pub fn project_overlay(config: &VmConfig, files: &Path, run_dir: &Path, run_as: RunAs) -> Option<Overlay> {
     let project = config.project.as_ref().filter(|project| project.mount == MountMode::Overlay)?;
     // On the state disk, never in /run (memory): the guest decides its size.
-    let layers = if project.persist { vm_dir.join(PERSISTENT_LAYERS) } else { vm_dir.join(SCRATCH_LAYERS) };
+    let layers = if project.persist { files.join(PERSISTENT_LAYERS) } else { files.join(SCRATCH_LAYERS) };
     Some(Overlay {
         lower: lower(run_as, &project.path, run_dir, PINNED_PROJECT),
         upper: layers.join("upper"),
@@ -342,7 +343,7 @@ fn lower(run_as: RunAs, recorded: &Path, run_dir: &Path, pinned: &str) -> PathBu
 /// project belongs to `project_owner` (uid, gid) on the host.
 pub fn plan_shares(
     config: &VmConfig,
-    vm_dir: &Path,
+    files: &Path,
     run_dir: &Path,
     project_owner: (u32, u32),
     run_as: RunAs,
@@ -372,8 +373,8 @@ pub fn plan_shares(
     let root = match &config.root {
         RootModel::Host => {
             shares.push(share("usr", PathBuf::from("/usr"), true, ids(GuestIds::AsIs)));
-            shares.push(share("etc", vm_dir.join("etc"), false, own_ids(GuestIds::AsIs)));
-            shares.push(share("var", vm_dir.join("var"), false, own_ids(GuestIds::AsIs)));
+            shares.push(share("etc", files.join("etc"), false, own_ids(GuestIds::AsIs)));
+            shares.push(share("var", files.join("var"), false, own_ids(GuestIds::AsIs)));
             // The package database of the host's /usr, read-only beneath the guest's own.
             let dpkg = Path::new(HOST_DPKG_DATABASE).is_dir();
             if dpkg {
@@ -389,8 +390,8 @@ pub fn plan_shares(
             let merged = run_dir.join("root");
             overlays.push(Overlay {
                 lower: lower(run_as, dir, run_dir, PINNED_ROOT),
-                upper: vm_dir.join("root/upper"),
-                work: vm_dir.join("root/work"),
+                upper: files.join("root/upper"),
+                work: files.join("root/work"),
                 merged: merged.clone(),
             });
             shares.push(share("root", merged, false, own_ids(GuestIds::AsIs)));
@@ -399,7 +400,7 @@ pub fn plan_shares(
         RootModel::Image(_) => {
             // The image itself is a disk (`disks`); this only for the processes' logs and
             // states, which the host reads.
-            shares.push(share("var", vm_dir.join("var"), false, own_ids(GuestIds::AsIs)));
+            shares.push(share("var", files.join("var"), false, own_ids(GuestIds::AsIs)));
             GuestRoot::Image
         }
     };
@@ -412,7 +413,7 @@ pub fn plan_shares(
         };
         // In overlay mode the guest mounts the overlay itself: the project read-only
         // beneath the VM's layer share, which keeps only the overlay's attributes.
-        let layer = project_overlay(config, vm_dir, run_dir, run_as).map(|overlay| {
+        let layer = project_overlay(config, files, run_dir, run_as).map(|overlay| {
             let dir = overlay.upper.parent().expect("the upper layer has a parent").to_path_buf();
             shares.push(Share { overlay_layer: true, ..share(PROJECT_LAYER, dir, false, project_ids) });
             PROJECT_LAYER.to_string()
@@ -430,7 +431,7 @@ pub fn plan_shares(
     for volume in &config.volumes {
         let tag = format!("vol-{}", volume.name);
         let volume_ids = own_ids(GuestIds::Shift { base: VOLUME_ID_BASE });
-        shares.push(share(&tag, vm_dir.join("volumes").join(&volume.name), false, volume_ids));
+        shares.push(share(&tag, files.join("volumes").join(&volume.name), false, volume_ids));
         mounts.push(GuestMount {
             tag,
             path: volume.guest_path.display().to_string(),
@@ -503,11 +504,11 @@ pub fn shift_volume_ids(volume: &Path) -> anyhow::Result<()> {
 /// arrive through virtiofsd as theirs). A persistent upper layer where mvm kept it before
 /// the guest mounted the overlay (`VM/upper`, made by the host's overlayfs) moves into
 /// place once, its opaque directories marked as the guest's overlay reads them.
-pub fn prepare_project_layer(config: &VmConfig, vm_dir: &Path, owner: (u32, u32)) -> anyhow::Result<()> {
+pub fn prepare_project_layer(config: &VmConfig, files: &Path, owner: (u32, u32)) -> anyhow::Result<()> {
     let Some(project) = config.project.as_ref().filter(|project| project.mount == MountMode::Overlay) else {
         return Ok(());
     };
-    let vm = crate::fs::Tree::open(vm_dir)?;
+    let vm = crate::fs::Tree::open(files)?;
     let layers = Path::new(if project.persist { PERSISTENT_LAYERS } else { SCRATCH_LAYERS });
     let as_root = RunAs::this_process() == RunAs::Root;
     let owner = as_root.then_some(owner);
@@ -517,7 +518,7 @@ pub fn prepare_project_layer(config: &VmConfig, vm_dir: &Path, owner: (u32, u32)
         && vm.metadata(old_upper)?.is_some_and(|m| m.is_dir())
     {
         vm.create_dir_all(layers, 0o755, owner)?;
-        std::fs::rename(vm_dir.join(old_upper), vm_dir.join(layers).join("upper"))
+        std::fs::rename(files.join(old_upper), files.join(layers).join("upper"))
             .with_context(|| format!("cannot move {} into {}", old_upper.display(), layers.display()))?;
         vm.remove(Path::new("work"))?;
         if as_root {
@@ -548,28 +549,39 @@ fn mark_opaque_for_the_guest(upper: &crate::fs::Tree) -> anyhow::Result<()> {
 
 /// Drops a non-persistent overlay's layers (the guest's; removed without following
 /// anything in them).
-pub fn remove_scratch_layers(vm_dir: &Path) -> anyhow::Result<()> {
-    let Ok(vm) = crate::fs::Tree::open(vm_dir) else { return Ok(()) };
+pub fn remove_scratch_layers(files: &Path) -> anyhow::Result<()> {
+    let Ok(vm) = crate::fs::Tree::open(files) else { return Ok(()) };
     vm.remove(Path::new(SCRATCH_LAYERS))
-        .with_context(|| format!("cannot remove {SCRATCH_LAYERS} of {}", vm_dir.display()))
+        .with_context(|| format!("cannot remove {SCRATCH_LAYERS} of {}", files.display()))
 }
 
-/// Makes sure the directories a launch writes into exist. The VM's `etc/` and `var/`
-/// are the guest's after create: only what is missing is added, beneath them.
-pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
-    let vm_dir = paths.vm_dir(&config.name);
+/// Makes sure the guest's trees exist on the VM's files disk (mounted on `files`): its
+/// `etc/` (seeded from the host's at the first start) and `var/` are the guest's after
+/// that, so only what is missing is added beneath them; each volume gets its directory.
+pub fn ensure_trees(files: &Path, config: &VmConfig) -> anyhow::Result<()> {
     // An image's VM has its image's /etc: nothing of the host's.
-    if crate::image::packages::on_host_usr(config) && std::fs::symlink_metadata(vm_dir.join("etc")).is_err() {
-        crate::state::seed::seed_etc(&vm_dir, Path::new("/etc"))?;
+    if crate::image::packages::on_host_usr(config) && std::fs::symlink_metadata(files.join("etc")).is_err() {
+        crate::state::seed::seed_etc(files, Path::new("/etc"))?;
     }
-    crate::state::seed::repair_var(&vm_dir)?;
-    remove_scratch_layers(&vm_dir)?;
-    // Under a user the volumes stay theirs (`GuestIds::Owner`).
-    if RunAs::this_process() == RunAs::Root {
-        for volume in &config.volumes {
-            shift_volume_ids(&vm_dir.join("volumes").join(&volume.name))?;
+    crate::state::seed::repair_var(files)?;
+    remove_scratch_layers(files)?;
+    let tree = crate::fs::Tree::open(files)?;
+    for volume in &config.volumes {
+        let dir = Path::new("volumes").join(&volume.name);
+        if tree.metadata(&dir)?.is_none() {
+            tree.create_dir_all(&dir, 0o755, None)?;
+        }
+        // Under a user the volumes stay theirs (`GuestIds::Owner`).
+        if RunAs::this_process() == RunAs::Root {
+            shift_volume_ids(&files.join(&dir))?;
         }
     }
+    Ok(())
+}
+
+/// Makes sure the directories a launch writes into, beside the VM's files disk, exist.
+pub fn ensure_dirs(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
+    let vm_dir = paths.vm_dir(&config.name);
     // Private, also for VMs made before state was: `vm.toml` holds [env].
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&vm_dir, std::fs::Permissions::from_mode(0o700))?;
@@ -600,6 +612,7 @@ mod tests {
             hypervisor: crate::config::vm::Hypervisor::Qemu,
             cpus: 1,
             memory_mib: 512,
+            disk_mib: Some(4096),
             root: RootModel::Host,
             ephemeral_system: false,
             kernel: None,

@@ -15,6 +15,7 @@ macro_rules! log {
     };
 }
 
+pub mod disk;
 pub mod launch;
 pub mod orphans;
 pub mod pause;
@@ -96,12 +97,12 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     serve_auto_ports(paths, name, &run_dir);
     let (phase, reason) = loop {
         let mut processes = Processes::default();
-        let mut network_up = None;
-        let ending = run(paths, name, &events, &mut status, &mut processes, &mut network_up)
+        let mut brought_up = BroughtUp::default();
+        let ending = run(paths, name, &events, &mut status, &mut processes, &mut brought_up)
             .unwrap_or_else(|error| Ending::Ended(Phase::Crashed, format!("{error:#}")));
         status.phase = Phase::Stopping;
         let _ = status.write(&run_dir);
-        let torn_down = teardown(paths, name, &mut processes, network_up);
+        let torn_down = teardown(paths, name, &mut processes, brought_up);
         match (ending, torn_down) {
             (Ending::Reboot, Ok(())) => {
                 log!("the guest rebooted: starting it again");
@@ -133,7 +134,7 @@ fn run(
     events: &(Receiver<Event>, std::sync::mpsc::Sender<Event>),
     status: &mut RuntimeStatus,
     processes: &mut Processes,
-    network_up: &mut Option<crate::config::vm::VmConfig>,
+    brought_up: &mut BroughtUp,
 ) -> anyhow::Result<Ending> {
     // `mvm start` watches the console for the guest's ready line: drop the last boot's first.
     let _ = std::fs::remove_file(paths.vm_dir(name).join("log/console.log"));
@@ -141,12 +142,20 @@ fn run(
     let host = HostConfig::load(&paths.config_file)?;
     let config = store::load(paths, name)?;
     launch::ensure_dirs(paths, &config)?;
+    // Recorded first, like the network below.
+    brought_up.disk = Some(config.clone());
+    let moved = disk::bring_up(paths, &config, &launch::RunAs::this_process())?;
+    if !moved.is_empty() {
+        log!("moved {} onto the VM's disk ({} ms)", moved.join(", "), started.elapsed().as_millis());
+    }
+    let files = crate::state::disk::files_dir(&paths.vm_dir(name));
+    launch::ensure_trees(&files, &config)?;
     let mut launch = Launch::prepare(paths, &host, &config)?;
-    launch::prepare_project_layer(&launch.config, &paths.vm_dir(name), launch.project_owner)?;
+    launch::prepare_project_layer(&launch.config, &files, launch.project_owner)?;
     log!("{}", launch.vmm_choice);
     if let Some(mkfs) = &launch.mkfs {
         let vm_dir = paths.vm_dir(name);
-        let size = crate::state::system_disk::DEFAULT_SIZE_MIB;
+        let size = crate::state::disk::system_mib(&config);
         if crate::state::system_disk::ensure(&vm_dir, size, config.ephemeral_system, mkfs)? {
             let kind = if config.ephemeral_system { "an ephemeral" } else { "a" };
             log!("made {kind} system disk ({} ms)", started.elapsed().as_millis());
@@ -169,7 +178,7 @@ fn run(
     log!("boot image ready ({} ms)", started.elapsed().as_millis());
 
     // Recorded first: a bring-up that fails half-way is torn down like a finished one.
-    *network_up = Some(config.clone());
+    brought_up.network = Some(config.clone());
     crate::privileged::client::host_network(paths).up(&config)?;
     log!("network up ({} ms)", started.elapsed().as_millis());
     // Until this boot ends: the sockets belong to this boot's bridge.
@@ -574,13 +583,22 @@ fn listen_for_signals() -> anyhow::Result<(Receiver<Event>, std::sync::mpsc::Sen
     Ok((receiver, sender))
 }
 
+/// What a boot brought up on the host that its teardown takes down: the VM's files disk
+/// and its network (each recorded before it is brought up, so a half-way bring-up is
+/// taken down too).
+#[derive(Default)]
+struct BroughtUp {
+    disk: Option<crate::config::vm::VmConfig>,
+    network: Option<crate::config::vm::VmConfig>,
+}
+
 /// Undoes everything `run` did, whatever state it got to; the first error is returned
 /// after every step was tried.
 fn teardown(
     paths: &Paths,
     name: &VmName,
     processes: &mut Processes,
-    network_up: Option<crate::config::vm::VmConfig>,
+    brought_up: BroughtUp,
 ) -> anyhow::Result<()> {
     let mut first_error: Option<anyhow::Error> = None;
     let mut note = |result: anyhow::Result<()>| {
@@ -595,10 +613,14 @@ fn teardown(
         note(processes::unmount_if_mounted(&run_dir.join(mounted)));
     }
     if !processes::is_mount_point(&run_dir.join("project")) {
-        note(launch::remove_scratch_layers(&paths.vm_dir(name)));
+        note(launch::remove_scratch_layers(&crate::state::disk::files_dir(&paths.vm_dir(name))));
     }
-    if let Some(config) = network_up {
+    if let Some(config) = brought_up.network {
         note(crate::privileged::client::host_network(paths).down(&config));
+    }
+    // Last: the processes that wrote there have ended (a stopped VM holds no mount).
+    if let Some(config) = brought_up.disk {
+        note(crate::privileged::client::host_disk(paths).down(&config));
     }
     clean_run_dir(&run_dir);
     first_error.map_or(Ok(()), Err)

@@ -192,11 +192,18 @@ impl MappedNamespace {
     /// the file system).
     pub fn remove_tree(&self, path: &Path) -> anyhow::Result<()> {
         let mut rm = Command::new("rm");
-        rm.args(["-rf", "--one-file-system", "--"]).arg(path).stdin(Stdio::null());
-        start_in(&mut rm, UserNamespace::Join(self.user.as_raw_fd()), None, None)?;
-        let output = rm.output().with_context(|| format!("cannot run rm on {}", path.display()))?;
+        rm.args(["-rf", "--one-file-system", "--"]).arg(path);
+        self.run(rm).with_context(|| format!("cannot remove {}", path.display()))
+    }
+
+    /// Runs `command` to its end inside the namespace; its error output is the error.
+    pub fn run(&self, mut command: Command) -> anyhow::Result<()> {
+        command.stdin(Stdio::null());
+        start_in(&mut command, UserNamespace::Join(self.user.as_raw_fd()), None, None)?;
+        let program = command.get_program().to_string_lossy().into_owned();
+        let output = command.output().with_context(|| format!("cannot run {program}"))?;
         if !output.status.success() {
-            bail!("cannot remove {}: {}", path.display(), String::from_utf8_lossy(&output.stderr).trim());
+            bail!("{program}: {}", String::from_utf8_lossy(&output.stderr).trim());
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! under its thin CLI is the model).
 
 pub mod create;
+pub mod files;
 pub mod pause;
 pub mod ports;
 pub mod remove;

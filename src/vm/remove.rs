@@ -1,12 +1,14 @@
 //! Removing a stopped VM with its state, volumes (unless kept) and logs.
 
 use crate::atomic::sync_dir;
+use crate::config::vm::VmConfig;
 use crate::error::UserError;
 use crate::name::VmName;
 use crate::state::lock::FileLock;
 use crate::state::store::{self, RunState, TRASH_PREFIX};
 use crate::state::Paths;
 use anyhow::Context;
+use std::path::Path;
 
 /// Removes VM `name`, which must exist and not run; with `keep_volumes`, its volumes
 /// move to [`Paths::kept_volumes`] first.
@@ -42,15 +44,17 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
         )
         .hint("a mount there would not go away: see `mvm doctor`, then `mvm doctor --fix`")
     })?;
-    take_network_down(paths, name);
+    let config = store::load(paths, name);
+    take_network_down(paths, name, &config);
     if keep_volumes {
         std::fs::create_dir_all(kept.parent().expect("kept volumes have a parent"))?;
-        // Its owner's alone before it moves where the group can look (the VM's
-        // directory, which held it, was).
-        let volumes = paths.vm_dir(name).join("volumes");
-        std::fs::set_permissions(&volumes, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        std::fs::rename(&volumes, &kept)
+        keep_the_volumes(paths, name, config.as_ref().ok(), &kept)
             .with_context(|| format!("cannot keep the volumes in {}", kept.display()))?;
+    }
+    // Before the directory goes: its files disk is mounted in it.
+    match &config {
+        Ok(config) => crate::privileged::client::host_disk(paths).remove(config)?,
+        Err(error) => eprintln!("warning: VM '{name}''s disk, if it has one, is left behind: {error:#}"),
     }
     let trash = paths.state_dir.join(format!("{TRASH_PREFIX}{name}-{}", std::process::id()));
     std::fs::rename(paths.vm_dir(name), &trash)
@@ -59,6 +63,37 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
     delete_trash(paths, &trash).with_context(|| format!("cannot delete {}", trash.display()))?;
     let _ = std::fs::remove_file(paths.up_lock(name));
     crate::state::claims::release(&paths.state_dir, name);
+    Ok(())
+}
+
+/// Moves VM `name`'s volumes to `kept`: off its files disk (copied, then the disk goes),
+/// or, for a VM never started, from beside its record.
+fn keep_the_volumes(
+    paths: &Paths,
+    name: &VmName,
+    config: Option<&VmConfig>,
+    kept: &Path,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let vm_dir = paths.vm_dir(name);
+    let files = match config {
+        Some(config) if crate::state::disk::image_exists(paths, config) => {
+            Some(crate::vm::files::Files::of(paths, config)?)
+        }
+        _ => None,
+    };
+    let Some(volumes) = files.as_ref().map(|files| files.dir().join("volumes")).filter(|dir| dir.is_dir())
+    else {
+        let volumes = vm_dir.join("volumes");
+        // Its owner's alone before it moves where the group can look (the VM's
+        // directory, which held it, was).
+        std::fs::set_permissions(&volumes, std::fs::Permissions::from_mode(0o700))?;
+        return Ok(std::fs::rename(&volumes, kept)?);
+    };
+    let namespace =
+        crate::supervisor::disk::namespace_for(&crate::supervisor::launch::RunAs::this_process())?;
+    crate::supervisor::disk::copy_tree(&volumes, kept, namespace.as_ref())?;
+    std::fs::set_permissions(kept, std::fs::Permissions::from_mode(0o700))?;
     Ok(())
 }
 
@@ -78,8 +113,8 @@ fn delete_trash(paths: &Paths, trash: &std::path::Path) -> anyhow::Result<()> {
 /// never did): its rules, tap and bridge, while its record and index claim still say they
 /// are its own. Nothing of it up is no work; a failure is said and removal goes on, since
 /// the next VM on the index removes what is left before it comes up (`net::host`).
-fn take_network_down(paths: &Paths, name: &VmName) {
-    let config = match store::load(paths, name) {
+fn take_network_down(paths: &Paths, name: &VmName, config: &anyhow::Result<VmConfig>) {
+    let config = match config {
         Ok(config) => config,
         Err(error) => {
             eprintln!(
@@ -92,7 +127,7 @@ fn take_network_down(paths: &Paths, name: &VmName) {
     if nix::net::if_::if_nametoindex(config.network.bridge.as_str()).is_err() {
         return;
     }
-    if let Err(error) = crate::privileged::client::host_network(paths).down(&config) {
+    if let Err(error) = crate::privileged::client::host_network(paths).down(config) {
         eprintln!("warning: VM '{name}''s network is left up: {error:#}");
     }
 }

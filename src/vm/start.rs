@@ -2,6 +2,7 @@
 //! until the guest agent answers.
 
 use crate::config::host::HostConfig;
+use crate::config::vm::VmConfig;
 use crate::error::UserError;
 use crate::name::VmName;
 use crate::project_env;
@@ -14,6 +15,25 @@ use anyhow::Context;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Gives a VM made before disk limits the host's default, in its record, and says so
+/// (its files then move onto a disk of that size at this start: `state::disk`).
+fn give_a_disk_limit(paths: &Paths, config: &VmConfig, host: &HostConfig) -> anyhow::Result<()> {
+    if config.disk_mib.is_some() {
+        return Ok(());
+    }
+    let limit = host.defaults.disk;
+    let updated = VmConfig { disk_mib: Some(limit.mib()), ..config.clone() };
+    updated.save(&paths.vm_config(&config.name))?;
+    eprintln!(
+        "VM '{}' was made before disk limits: it now has the default limit of {limit}; its files move onto its disk at this start",
+        config.name
+    );
+    if crate::state::system_disk::allocated_bytes(&paths.vm_dir(&config.name)).is_some() {
+        eprintln!("  its system disk, made before, keeps its size (`mvm inspect` shows it)");
+    }
+    Ok(())
+}
 
 /// What `start` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +118,7 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         .into());
     }
     launch::ensure_dirs(paths, &config)?;
+    give_a_disk_limit(paths, &config, &host)?;
     let log = paths.supervisor_log(name);
     let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
     let mut command = Command::new(std::env::current_exe().context("cannot find the mvm binary")?);

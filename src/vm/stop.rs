@@ -92,8 +92,11 @@ fn end_orphans(
         anyhow::bail!("{} is not a directory of this user's; remove it", run_dir.display());
     }
     crate::supervisor::clean_run_dir(&run_dir);
-    crate::supervisor::launch::remove_scratch_layers(&paths.vm_dir(&config.name))?;
+    crate::supervisor::launch::remove_scratch_layers(&crate::state::disk::files_dir(
+        &paths.vm_dir(&config.name),
+    ))?;
     crate::privileged::client::host_network(paths).down(config)?;
+    crate::privileged::client::host_disk(paths).down(config)?;
     if let Some(mut status) = RuntimeStatus::read(&run_dir) {
         status.phase = crate::state::status::Phase::Crashed;
         status.ended_at = Some(crate::output::unix_now());

@@ -11,7 +11,7 @@ mod request;
 mod tests;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
@@ -51,6 +51,11 @@ pub struct CreateArgs {
     /// Memory, e.g. 512M or 2G; at least 128M [default: 1G]
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
+    /// The most the VM may take on the host's disk, everything its guest writes included
+    /// (its system layer, /etc, /var, the project's overlay, volumes), e.g. 8G; at least 2G
+    /// [default: 20G, or the host config's defaults.disk]
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
     /// Forward a host port to a guest port (repeatable); HOST 0 picks one, the guest's
     /// number when it is free
     #[arg(long = "port", value_name = "HOST:GUEST[/udp]")]
@@ -244,12 +249,8 @@ fn write_vm_dir(paths: &Paths, config: &VmConfig) -> anyhow::Result<()> {
     if kept_is_mine {
         let _ = std::fs::remove_dir(&kept);
     }
-    // An image's VM has its image's /etc: nothing of the host's enters it.
-    if crate::image::packages::on_host_usr(config) {
-        crate::state::seed::seed_root(&staging, Path::new("/etc"))?;
-    } else {
-        crate::state::seed::repair_var(&staging)?;
-    }
+    // The guest's other trees (`/etc` seeded from the host's, `/var`) are made on the
+    // VM's disk at its first start (`state::disk`), which these volumes move onto.
     config.save(&staging.join(crate::config::vm::VM_CONFIG_FILE))?;
     failpoint::hit("create-staged");
     let target = paths.vm_dir(&config.name);

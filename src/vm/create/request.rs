@@ -11,7 +11,7 @@ use crate::config::vm::{Hypervisor, MountMode, Process, Project, RootModel, VmCo
 use crate::error::UserError;
 use crate::host::user::with_rights_of_invoking_user;
 use crate::name::VmName;
-use crate::spec::{self, EnvVar, MemorySize, PortForward, Volume};
+use crate::spec::{self, DiskSize, EnvVar, MemorySize, PortForward, Volume};
 
 use super::directories::{absolute, check_directory};
 use super::{CreateArgs, HostLimits};
@@ -21,6 +21,7 @@ pub(super) struct Request {
     pub(super) name: VmName,
     pub(super) cpus: u32,
     pub(super) memory: MemorySize,
+    pub(super) disk: DiskSize,
     pub(super) ports: Vec<PortForward>,
     pub(super) volumes: Vec<Volume>,
     pub(super) env: BTreeMap<String, String>,
@@ -45,6 +46,7 @@ impl Request {
             hypervisor: self.hypervisor,
             cpus: self.cpus,
             memory_mib: self.memory.mib(),
+            disk_mib: Some(self.disk.mib()),
             root: self.root,
             ephemeral_system: self.ephemeral_system,
             kernel: self.kernel,
@@ -90,6 +92,10 @@ pub(super) fn validate(
         .hint("give a smaller size, e.g. 1G")
         .into());
     }
+    let disk = match &args.disk {
+        Some(text) => text.parse::<DiskSize>()?,
+        None => host.defaults.disk,
+    };
     let given_ports: Vec<PortForward> =
         args.ports.iter().map(|text| PortForward::parse_with_auto_host(text)).collect::<Result<_, _>>()?;
     let given_volumes = parse_all::<Volume>(&args.volumes)?;
@@ -177,6 +183,7 @@ pub(super) fn validate(
         name,
         cpus,
         memory,
+        disk,
         ports,
         volumes,
         env,

@@ -47,6 +47,7 @@ fn builds_the_expected_config() {
         hypervisor: Hypervisor::Qemu,
         cpus: 3,
         memory_mib: 2048,
+        disk_mib: Some(20 * 1024),
         root: RootModel::Host,
         ephemeral_system: true,
         kernel: None,

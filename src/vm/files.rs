@@ -1,0 +1,52 @@
+//! A VM's files (the trees on its files disk, `state::disk`) for the commands that read
+//! them: `diff`, `apply`, `discard`, `logs` of a process, `rm --keep-volumes`. A running
+//! VM's disk is mounted already; a stopped VM's is mounted for as long as the command
+//! needs it, under the VM's lifecycle lock (so no start mounts or unmounts it meanwhile),
+//! and unmounted after.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::vm::VmConfig;
+use crate::state::disk::{files_dir, image_exists, is_mounted};
+use crate::state::lock::FileLock;
+use crate::state::Paths;
+
+/// A VM's files, mounted for as long as this lives.
+pub struct Files {
+    dir: PathBuf,
+    /// Set when this mounted the disk: it unmounts it when dropped.
+    mounted: Option<(Paths, VmConfig, FileLock)>,
+}
+
+impl Files {
+    /// `vm`'s files. A VM never started has no disk: its (empty) `files/` is all there is.
+    pub fn of(paths: &Paths, vm: &VmConfig) -> anyhow::Result<Files> {
+        let vm_dir = paths.vm_dir(&vm.name);
+        let dir = files_dir(&vm_dir);
+        if is_mounted(&vm_dir) || !image_exists(paths, vm) {
+            return Ok(Files { dir, mounted: None });
+        }
+        let lock = FileLock::exclusive(&vm_dir.join(".lifecycle.lock"))?;
+        // Started meanwhile: its supervisor mounted it.
+        if is_mounted(&vm_dir) {
+            return Ok(Files { dir, mounted: None });
+        }
+        crate::privileged::client::host_disk(paths).up(vm)?;
+        Ok(Files { dir, mounted: Some((paths.clone(), vm.clone(), lock)) })
+    }
+
+    /// Where they are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        if let Some((paths, vm, _lock)) = self.mounted.take() {
+            if let Err(error) = crate::privileged::client::host_disk(&paths).down(&vm) {
+                eprintln!("warning: VM '{}''s disk stays mounted: {error:#}", vm.name);
+            }
+        }
+    }
+}

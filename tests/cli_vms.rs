@@ -118,6 +118,26 @@ fn inspect_shows_config_and_json() {
     assert!(json["state_dir"].as_str().unwrap().ends_with("/state/web"));
 }
 
+/// A VM made before disk limits shows the default until its next start records it; a
+/// limit out of bounds is refused at create.
+#[test]
+fn disk_limits_are_shown_and_checked() {
+    let sandbox = Sandbox::new();
+    sandbox.mvm(&["create", "old"]).ok();
+    let record = sandbox.state_dir().join("old/vm.toml");
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert!(text.contains("disk_mib = 20480"), "{text}");
+    let old: String =
+        text.lines().filter(|line| !line.starts_with("disk_mib")).map(|line| format!("{line}\n")).collect();
+    std::fs::write(&record, old).unwrap();
+    let shown = sandbox.mvm(&["inspect", "old"]).ok().to_string();
+    assert!(shown.contains("0 B used of 20G, the default (set at its next start)"), "{shown}");
+    let json: serde_json::Value = serde_json::from_str(sandbox.mvm(&["list", "--json"]).ok()).unwrap();
+    assert_eq!(json[0]["disk"]["limit_bytes"], 20u64 << 30);
+    sandbox.mvm(&["create", "tiny", "--disk", "1G"]).fails(2, &["below the minimum of 2048 MiB"]);
+    assert!(!sandbox.state_dir().join("tiny").exists());
+}
+
 #[test]
 fn inspect_and_rm_of_a_missing_vm_say_not_found() {
     let sandbox = Sandbox::new();

@@ -283,7 +283,14 @@ fn a_full_state_disk_fails_clearly_and_loses_nothing() {
     let unmount = || {
         let _ = std::process::Command::new("umount").arg("-l").arg(&state).status();
     };
+    let fill = |filler: &std::path::Path| {
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"])
+            .stderr(Stdio::null())
+            .status();
+    };
     mount("1m");
+    fill(&state.join("filler"));
     let created = lab.mvm(&["create", "full"]);
     let listed = lab.mvm(&["list", "--json"]).ok().to_string();
     unmount();
@@ -294,10 +301,7 @@ fn a_full_state_disk_fails_clearly_and_loses_nothing() {
     let toml = std::fs::read_to_string(state.join("full/vm.toml")).unwrap();
     // Fill what is left, then start.
     let filler = state.join("filler");
-    let _ = std::process::Command::new("dd")
-        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=64k"])
-        .stderr(Stdio::null())
-        .status();
+    fill(&filler);
     let started = lab.mvm(&["start", "full"]);
     assert_ne!(started.code, 0, "a start on a full disk succeeded: {started:?}");
     assert!(

@@ -10,6 +10,7 @@
 //! hypervisor = "auto"      # or "cloud-hypervisor", "qemu"
 //! cpus = 2
 //! memory = "1G"
+//! disk = "20G"             # each VM's disk limit: everything its guest writes on the host
 //! accel = "auto"           # QEMU: auto, kvm or tcg
 //!
 //! [paths]                  # default: found on PATH

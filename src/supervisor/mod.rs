@@ -95,6 +95,7 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     clean_run_dir(&run_dir);
     log!("supervisor {} starting VM '{name}'", std::process::id());
     serve_auto_ports(paths, name, &run_dir);
+    let mut reboots = RebootRate::default();
     let (phase, reason) = loop {
         let mut processes = Processes::default();
         let mut brought_up = BroughtUp::default();
@@ -104,6 +105,9 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
         let _ = status.write(&run_dir);
         let torn_down = teardown(paths, name, &mut processes, brought_up);
         match (ending, torn_down) {
+            (Ending::Reboot, Ok(())) if !reboots.allow(Instant::now()) => {
+                break (Phase::Crashed, reboots.refusal());
+            }
             (Ending::Reboot, Ok(())) => {
                 log!("the guest rebooted: starting it again");
                 status.phase = Phase::Starting;
@@ -583,6 +587,38 @@ fn listen_for_signals() -> anyhow::Result<(Receiver<Event>, std::sync::mpsc::Sen
     Ok((receiver, sender))
 }
 
+/// How often a guest may reboot: each reboot is a whole new boot on the host (boot image,
+/// network, disk, every helper), so a guest rebooting in a loop is stopped rather than
+/// followed.
+#[derive(Default)]
+struct RebootRate {
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl RebootRate {
+    /// At most this many reboots…
+    const MOST: usize = 5;
+    /// …within this window.
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// Records a reboot at `now`; whether it may go on.
+    fn allow(&mut self, now: Instant) -> bool {
+        while self.recent.front().is_some_and(|at| now.duration_since(*at) > Self::WINDOW) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        self.recent.len() <= Self::MOST
+    }
+
+    fn refusal(&self) -> String {
+        format!(
+            "the guest rebooted more than {} times within {} s: stopped rather than booted again (`mvm start` boots it)",
+            Self::MOST,
+            Self::WINDOW.as_secs()
+        )
+    }
+}
+
 /// What a boot brought up on the host that its teardown takes down: the VM's files disk
 /// and its network (each recorded before it is brought up, so a half-way bring-up is
 /// taken down too).
@@ -672,6 +708,26 @@ pub fn clean_run_dir(run_dir: &Path) {
             }
         } else {
             let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_rebooting_in_a_loop_is_stopped() {
+        let mut rate = RebootRate::default();
+        let start = Instant::now();
+        for i in 0..RebootRate::MOST {
+            assert!(rate.allow(start + Duration::from_secs(i as u64)), "reboot {i}");
+        }
+        assert!(!rate.allow(start + Duration::from_secs(10)), "a sixth reboot within a minute");
+        // Spread out, reboots go on for ever.
+        let mut rate = RebootRate::default();
+        for i in 0..20 {
+            assert!(rate.allow(start + Duration::from_secs(15 * i)), "reboot {i}");
         }
     }
 }

@@ -305,7 +305,7 @@ fn a_group_member_runs_the_whole_workflow_as_themself_and_no_further() {
     let files = vm_dir.join(mvm::state::disk::FILES_DIR);
     assert_ne!(std::fs::metadata(&files).unwrap().dev(), std::fs::metadata(vm_dir).unwrap().dev(), "no disk");
     let fill = "dd if=/dev/zero of=/data/fill bs=1M count=4096 conv=fsync 2>&1; rm -f /data/fill";
-    let filled = lab.mvm(&alice, &["shell", "uweb", "--", "sh", "-c", fill]);
+    let filled = lab.mvm(&alice, &["shell", "uweb", "--user", "root", "--", "sh", "-c", fill]);
     assert!(filled.stdout.contains("No space left on device"), "{}{}", filled.stdout, filled.stderr);
     assert_eq!(lab.mvm(&alice, &["shell", "uweb", "--", "echo", "alive"]).ok(), "alive\n");
 

@@ -387,7 +387,7 @@ fn a_directory_tree_boots_as_the_root_with_a_writable_layer() {
     // The tree itself is untouched: the guest's writes live in the VM's own layer.
     assert_eq!(std::fs::read_to_string(tree.join("etc/marker")).unwrap(), "from the tree\n");
     assert!(!tree.join("new").exists());
-    assert!(lab.sandbox.state_dir().join("tiny/root/upper/new").exists());
+    assert!(lab.sandbox.state_dir().join("tiny/files/root/upper/new").exists());
     lab.mvm(&["stop", "tiny"]).ok();
     lab.assert_nothing_left();
 }

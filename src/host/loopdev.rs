@@ -88,9 +88,9 @@ pub fn attach(file: BorrowedFd) -> anyhow::Result<Attached> {
     bail!("no loop device stayed free long enough to attach the disk")
 }
 
-/// The (device, inode) of the file the loop device of block device number `rdev` reads,
-/// or `None` when `rdev` is no loop device (or an unattached one).
-pub fn backing_file(rdev: u64) -> anyhow::Result<Option<(u64, u64)>> {
+/// The loop device of block device number `rdev`, opened, or `None` when it is no loop
+/// device.
+fn open_loop(rdev: u64) -> anyhow::Result<Option<(PathBuf, File)>> {
     let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
     if major != LOOP_MAJOR {
         return Ok(None);
@@ -105,6 +105,33 @@ pub fn backing_file(rdev: u64) -> anyhow::Result<Option<(u64, u64)>> {
     if device.metadata()?.rdev() != rdev {
         bail!("{} is not the block device {major}:{minor}", path.display());
     }
+    Ok(Some((path, device)))
+}
+
+/// The loop device `file` ((device, inode)) is attached to, if any: every loop device is
+/// asked (`LOOP_GET_STATUS64`), never a path compared.
+pub fn attached_to(file: (u64, u64)) -> anyhow::Result<Option<PathBuf>> {
+    let Ok(devices) = std::fs::read_dir("/sys/block") else { return Ok(None) };
+    for entry in devices.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Only attached ones have a backing file.
+        if !name.starts_with("loop") || !entry.path().join("loop/backing_file").exists() {
+            continue;
+        }
+        let Ok(dev) = std::fs::read_to_string(entry.path().join("dev")) else { continue };
+        let Some((major, minor)) = dev.trim().split_once(':') else { continue };
+        let (Ok(major), Ok(minor)) = (major.parse(), minor.parse()) else { continue };
+        if backing_file(nix::sys::stat::makedev(major, minor))? == Some(file) {
+            return Ok(Some(PathBuf::from("/dev").join(name)));
+        }
+    }
+    Ok(None)
+}
+
+/// The (device, inode) of the file the loop device of block device number `rdev` reads,
+/// or `None` when `rdev` is no loop device (or an unattached one).
+pub fn backing_file(rdev: u64) -> anyhow::Result<Option<(u64, u64)>> {
+    let Some((path, device)) = open_loop(rdev)? else { return Ok(None) };
     // SAFETY: all-zero is a valid `loop_info64`; the kernel fills it.
     let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
     // SAFETY: `info` is a valid, writable `loop_info64` for the call.

@@ -5,13 +5,17 @@
 //!
 //! What a member could plant is never followed: the image lives in `.disks/`, root's own
 //! directory (mode 0711, so an owner may look up their image's size but list nothing),
-//! under a name of the VM, its owner's uid and its creation time, so no one's VM gets
-//! another's image. The mount point is opened beneath the state root without following
+//! under a name of the VM and its owner's uid, so no one's VM gets another's image (and
+//! no edit of a record makes disks `rm` would not find again); a lock of root's alone per
+//! image serialises the changes to it. The mount point is opened beneath the state root without following
 //! a symlink and must be a directory of the owner's, and the mount goes onto that very
 //! directory (`/proc/self/fd`), never onto a path looked up again. The mount is `nosuid`,
 //! `nodev` and `noexec`: nothing a guest wrote there has any privilege on the host. A
 //! disk is recognised as mounted by the loop device's backing file (device and inode),
-//! never by a path, and nothing else mounted there is ever taken down.
+//! never by a path, and nothing else mounted there is ever taken down. An image is never
+//! attached twice (two ext4 instances on one file would corrupt it under the host's
+//! kernel): one still attached (a mount a process's namespace keeps) is refused, and a
+//! disk is unmounted only when nothing uses it, never lazily.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -31,11 +35,21 @@ use crate::state::Paths;
 /// `state::disk::files_mib`, its root the VM owner's, `owner`: uid, gid) and mounts it
 /// on the VM's `files/` unless it is mounted there already. `mkfs` formats it.
 pub fn up(paths: &Paths, vm: &VmConfig, owner: (u32, u32), mkfs: &Path) -> anyhow::Result<()> {
+    // The record is the owner's to write: its size is checked again here.
+    let limit = disk::limit_mib(vm);
+    if !(crate::spec::MIN_DISK_MIB..=crate::spec::MAX_DISK_MIB).contains(&limit) {
+        return Err(UserError::usage(format!(
+            "VM '{}''s disk limit of {limit} MiB is out of bounds",
+            vm.name
+        ))
+        .hint("a limit is 2G to 16T")
+        .into());
+    }
     let state = open_dir(None, &paths.state_dir)?;
     let disks = disks_dir(&state, &paths.state_dir)?;
-    let _lock = FileLock::exclusive(&paths.state_dir.join(disk::DISKS_DIR).join(".lock"))?;
-    let (vm_dir, files) = mount_point(&state, vm, owner.0)?;
     let name = disk::image_name(vm, owner.0);
+    let _lock = lock(paths, &name)?;
+    let (vm_dir, files) = mount_point(&state, vm, owner.0)?;
     let image = match open_image(&disks, &name)? {
         Some(image) => image,
         None => make_image(&disks, &paths.state_dir.join(disk::DISKS_DIR), &name, vm, owner, mkfs)?,
@@ -43,6 +57,19 @@ pub fn up(paths: &Paths, vm: &VmConfig, owner: (u32, u32), mkfs: &Path) -> anyho
     if mounted_disk(&vm_dir, &files, &image)? {
         return Ok(());
     }
+    // Never a second file system instance on the same image (two would corrupt it, under
+    // the host's kernel): one a mount elsewhere still holds (a process's namespace, a
+    // moved directory) is waited for a moment, then refused.
+    if let Some(device) = still_attached(&image)? {
+        return Err(UserError::conflict(format!(
+            "VM '{}''s disk is still in use ({} holds it)",
+            vm.name,
+            device.display()
+        ))
+        .hint("end the processes that keep it (`findmnt`, `fuser -m`), then try again")
+        .into());
+    }
+    grow(&paths.state_dir.join(disk::DISKS_DIR).join(&name), &image, vm, mkfs)?;
     let loop_device = crate::host::loopdev::attach(image.as_fd())?;
     use nix::mount::MsFlags;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -57,31 +84,107 @@ pub fn up(paths: &Paths, vm: &VmConfig, owner: (u32, u32), mkfs: &Path) -> anyho
     Ok(())
 }
 
+/// Grows the unmounted, unattached disk `image` (at `path`, in root's directory) to the
+/// VM's share of its limit when the limit was raised; a lowered limit leaves it as it is.
+/// Offline, since growing a mounted ext4 needs `CAP_SYS_RESOURCE`, which not every root
+/// has (containers): checked by `e2fsck`, then grown by `resize2fs`, both e2fsprogs'.
+fn grow(path: &Path, image: &std::fs::File, vm: &VmConfig, mkfs: &Path) -> anyhow::Result<()> {
+    let wanted = disk::files_mib(vm) << 20;
+    if image.metadata()?.len() >= wanted {
+        return Ok(());
+    }
+    let run = |program: &str, args: &[&str]| -> anyhow::Result<std::process::Output> {
+        let program = mkfs.with_file_name(program);
+        std::process::Command::new(&program)
+            .args(args)
+            .arg(path)
+            .output()
+            .with_context(|| format!("cannot run {}", program.display()))
+    };
+    // e2fsck: 0 clean, 1 errors fixed.
+    let checked = run("e2fsck", &["-f", "-p"])?;
+    if !matches!(checked.status.code(), Some(0 | 1)) {
+        bail!("VM '{}''s disk needs repair: {}", vm.name, String::from_utf8_lossy(&checked.stdout).trim());
+    }
+    image.set_len(wanted)?;
+    let grown = run("resize2fs", &[])?;
+    if !grown.status.success() {
+        bail!("cannot grow VM '{}''s disk: {}", vm.name, String::from_utf8_lossy(&grown.stderr).trim());
+    }
+    Ok(())
+}
+
 /// Unmounts VM `vm`'s files disk when it is mounted (at every stop) and, with `delete`,
 /// deletes its image (`rm`). Whatever else is mounted on `files/` is refused, not taken
 /// down.
 pub fn down(paths: &Paths, vm: &VmConfig, owner: (u32, u32), delete: bool) -> anyhow::Result<()> {
     let state = open_dir(None, &paths.state_dir)?;
     let Ok(disks) = disks_dir_existing(&state) else { return Ok(()) };
-    let _lock = FileLock::exclusive(&paths.state_dir.join(disk::DISKS_DIR).join(".lock"))?;
     let name = disk::image_name(vm, owner.0);
+    let _lock = lock(paths, &name)?;
     let image = open_image(&disks, &name)?;
-    if let (Some(image), Ok((vm_dir, _))) = (&image, mount_point(&state, vm, owner.0)) {
+    // Only the VM directory is kept open: a descriptor on the disk would keep it busy.
+    let vm_dir = mount_point(&state, vm, owner.0).map(|(vm_dir, _files)| vm_dir);
+    if let (Some(image), Ok(vm_dir)) = (&image, vm_dir) {
         // A disk mounted twice (never by mvm, but) comes down whole.
         for _ in 0..8 {
             let files = reopen(&vm_dir)?;
             if !mounted_disk(&vm_dir, &files, image)? {
                 break;
             }
-            nix::mount::umount2(&fd_path(&files), nix::mount::MntFlags::MNT_DETACH)
-                .with_context(|| format!("cannot unmount VM '{}''s disk", vm.name))?;
+            // Not lazily: a disk something still uses stays mounted (and is reused), never
+            // detached to live on beside a new mount of it. So no descriptor of ours may be
+            // on it: `files` is named beneath the VM directory opened above (a magic link to
+            // that very directory), its last component never followed. Swapped meanwhile,
+            // it could only name another mount in the owner's own directory.
+            drop(files);
+            let at = fd_path(&vm_dir).join(FILES_DIR);
+            match nix::mount::umount2(&at, nix::mount::MntFlags::UMOUNT_NOFOLLOW) {
+                Err(nix::errno::Errno::EBUSY) => {
+                    return Err(UserError::conflict(format!(
+                        "VM '{}''s disk is busy: a process has files open on it",
+                        vm.name
+                    ))
+                    .hint("end it (`fuser -vm` names it), then try again")
+                    .into())
+                }
+                result => result.with_context(|| format!("cannot unmount VM '{}''s disk", vm.name))?,
+            }
         }
     }
-    if image.is_some() && delete {
+    if let (Some(image), true) = (&image, delete) {
+        if let Some(device) = still_attached(image)? {
+            return Err(UserError::conflict(format!(
+                "VM '{}''s disk is still in use ({} holds it): not deleted",
+                vm.name,
+                device.display()
+            ))
+            .into());
+        }
         nix::unistd::unlinkat(&disks, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
             .with_context(|| format!("cannot delete VM '{}''s disk", vm.name))?;
     }
     Ok(())
+}
+
+/// The lock of image `name`: root's alone (no member can open it and hold it), one per
+/// image (a VM whose directories hang holds up no other).
+fn lock(paths: &Paths, name: &str) -> anyhow::Result<FileLock> {
+    FileLock::exclusive_private(&paths.state_dir.join(disk::DISKS_DIR).join(disk::lock_name(name)))
+}
+
+/// The loop device `image` is still attached to, waited for a few seconds (a loop device
+/// whose last mount went is detached by the kernel a moment later).
+fn still_attached(image: &std::fs::File) -> anyhow::Result<Option<PathBuf>> {
+    let meta = image.metadata()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let device = crate::host::loopdev::attached_to((meta.dev(), meta.ino()))?;
+        if device.is_none() || std::time::Instant::now() > deadline {
+            return Ok(device);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// `dir` opened as a directory without following a symlink at its last component

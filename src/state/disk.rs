@@ -6,7 +6,7 @@
 //!
 //! - the **system disk** (`state::system_disk`): a quarter of the limit, a block device
 //!   only the guest mounts (what guest root installs, an image's changes);
-//! - the **files disk**: the rest, `.disks/NAME-UID-CREATED.img` under the state root,
+//! - the **files disk**: the rest, `.disks/NAME-UID.img` under the state root,
 //!   mounted by root (mvm, or the helper for a member: `privileged::disk`) on the VM's
 //!   `files/` — `nosuid`, `nodev`, `noexec`, `discard` — and holding every tree a virtiofsd
 //!   writes: `etc`, `var`, the project's layers, a root tree's upper layer, volumes.
@@ -55,10 +55,16 @@ pub fn files_dir(vm_dir: &Path) -> PathBuf {
     vm_dir.join(FILES_DIR)
 }
 
-/// The file name of `vm`'s files disk, owned by `owner` (uid): no other VM, nor a VM of
-/// the same name made at another time or by another user, has it.
+/// The file name of `vm`'s files disk, owned by `owner` (uid): no VM of another user has
+/// it. Nothing in it comes from the owner's record but the VM's name, so an owner cannot
+/// make disks the helper would not find again (`rm` deletes it).
 pub fn image_name(vm: &VmConfig, owner: u32) -> String {
-    format!("{}-{owner}-{}.img", vm.name, vm.created_at)
+    format!("{}-{owner}.img", vm.name)
+}
+
+/// The lock held around any change to the image `image_name` (in [`DISKS_DIR`]).
+pub fn lock_name(image_name: &str) -> String {
+    format!("{}.lock", image_name.trim_end_matches(".img"))
 }
 
 /// The path of `vm`'s files disk.
@@ -108,11 +114,13 @@ mod tests {
     }
 
     #[test]
-    fn an_image_is_named_for_its_vm_owner_and_birth() {
+    fn an_image_is_named_for_its_vm_and_owner_alone() {
         let vm = crate::config::vm::tests::sample();
-        assert_eq!(image_name(&vm, 1000), "web-1000-1700000000.img");
-        let again = VmConfig { created_at: vm.created_at + 1, ..vm.clone() };
-        assert_ne!(image_name(&again, 1000), image_name(&vm, 1000));
+        assert_eq!(image_name(&vm, 1000), "web-1000.img");
+        assert_eq!(lock_name(&image_name(&vm, 1000)), "web-1000.lock");
+        // A record's other fields (its birth, its size) name no other disk.
+        let edited = VmConfig { created_at: vm.created_at + 1, disk_mib: Some(1 << 20), ..vm.clone() };
+        assert_eq!(image_name(&edited, 1000), image_name(&vm, 1000));
         assert_ne!(image_name(&vm, 1001), image_name(&vm, 1000));
     }
 }

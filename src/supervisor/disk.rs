@@ -23,6 +23,23 @@ pub fn bring_up(paths: &Paths, config: &VmConfig, run_as: &RunAs) -> anyhow::Res
     move_onto_disk(&vm_dir, &files, run_as).context("cannot move the VM's files onto its disk")
 }
 
+/// What the trees a VM made before limits kept beside its record take (MiB, as far as
+/// this user can see them): its first limit must hold them.
+pub fn kept_trees_mib(vm_dir: &Path) -> u64 {
+    let found: Vec<_> = TREES.iter().map(|tree| vm_dir.join(tree)).filter(|tree| tree.exists()).collect();
+    if found.is_empty() {
+        return 0;
+    }
+    let output = Command::new("du").args(["-s", "-x", "-m", "-c", "--"]).args(&found).output();
+    output
+        .ok()
+        .and_then(|out| {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.lines().last()?.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Moves each of [`TREES`] found in `vm_dir` onto the disk at `files` (copied whole, with
 /// owners, modes and extended attributes, never following a symlink nor leaving the
 /// tree's file system; then removed), and drops an old scratch layer.
@@ -35,9 +52,15 @@ fn move_onto_disk(vm_dir: &Path, files: &Path, run_as: &RunAs) -> anyhow::Result
         return Ok(found);
     }
     let namespace = namespace_for(run_as)?;
+    // Every tree copied before any goes: a copy that fails (a disk too small) loses nothing,
+    // and the next start copies again over what it left.
+    for tree in &found {
+        copy_tree(&vm_dir.join(tree), &files.join(tree), namespace.as_ref()).with_context(|| {
+            format!("cannot copy {tree}: give the VM a larger disk (`disk_mib` in its vm.toml) and start it again")
+        })?;
+    }
     for tree in &found {
         let from = vm_dir.join(tree);
-        copy_tree(&from, &files.join(tree), namespace.as_ref())?;
         match &namespace {
             Some(namespace) => namespace.remove_tree(&from)?,
             None => vm.remove(Path::new(tree))?,

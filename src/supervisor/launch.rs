@@ -563,7 +563,10 @@ pub fn ensure_trees(files: &Path, config: &VmConfig) -> anyhow::Result<()> {
     if crate::image::packages::on_host_usr(config) && std::fs::symlink_metadata(files.join("etc")).is_err() {
         crate::state::seed::seed_etc(files, Path::new("/etc"))?;
     }
-    crate::state::seed::repair_var(files)?;
+    // A guest that filled its disk and removed part of the skeleton still boots.
+    if let Err(error) = crate::state::seed::repair_var(files) {
+        eprintln!("warning: cannot add what is missing beneath the VM's /var: {error:#}");
+    }
     remove_scratch_layers(files)?;
     let tree = crate::fs::Tree::open(files)?;
     for volume in &config.volumes {

@@ -14,21 +14,33 @@ use crate::state::Paths;
 /// A VM's files, mounted for as long as this lives.
 pub struct Files {
     dir: PathBuf,
-    /// Set when this mounted the disk: it unmounts it when dropped.
-    mounted: Option<(Paths, VmConfig, FileLock)>,
+    /// Set when this mounted the disk: it unmounts it when dropped (unless the VM runs by
+    /// then: its supervisor found it mounted and boots on it).
+    mounted: Option<(Paths, VmConfig, Option<FileLock>)>,
 }
 
 impl Files {
     /// `vm`'s files. A VM never started has no disk: its (empty) `files/` is all there is.
     pub fn of(paths: &Paths, vm: &VmConfig) -> anyhow::Result<Files> {
         let vm_dir = paths.vm_dir(&vm.name);
-        let dir = files_dir(&vm_dir);
         if is_mounted(&vm_dir) || !image_exists(paths, vm) {
-            return Ok(Files { dir, mounted: None });
+            return Ok(Files { dir: files_dir(&vm_dir), mounted: None });
         }
-        let lock = FileLock::exclusive(&vm_dir.join(".lifecycle.lock"))?;
-        // Started meanwhile: its supervisor mounted it.
-        if is_mounted(&vm_dir) {
+        let lock = FileLock::exclusive(&lifecycle_lock(paths, vm))?;
+        Self::mount(paths, vm, Some(lock))
+    }
+
+    /// Like [`Files::of`], for a caller that holds the VM's lifecycle lock
+    /// ([`lifecycle_lock`]) already.
+    pub fn of_locked(paths: &Paths, vm: &VmConfig) -> anyhow::Result<Files> {
+        Self::mount(paths, vm, None)
+    }
+
+    fn mount(paths: &Paths, vm: &VmConfig, lock: Option<FileLock>) -> anyhow::Result<Files> {
+        let vm_dir = paths.vm_dir(&vm.name);
+        let dir = files_dir(&vm_dir);
+        // Started meanwhile (its supervisor mounted it), or never started.
+        if is_mounted(&vm_dir) || !image_exists(paths, vm) {
             return Ok(Files { dir, mounted: None });
         }
         crate::privileged::client::host_disk(paths).up(vm)?;
@@ -41,9 +53,18 @@ impl Files {
     }
 }
 
+/// The lock a VM's `start`, `stop` and these mounts take around changing its state.
+pub fn lifecycle_lock(paths: &Paths, vm: &VmConfig) -> PathBuf {
+    paths.vm_dir(&vm.name).join(".lifecycle.lock")
+}
+
 impl Drop for Files {
     fn drop(&mut self) {
         if let Some((paths, vm, _lock)) = self.mounted.take() {
+            let running = crate::state::lock::RunLock::is_held(&paths.run_lock(&vm.name)).unwrap_or(true);
+            if running {
+                return;
+            }
             if let Err(error) = crate::privileged::client::host_disk(&paths).down(&vm) {
                 eprintln!("warning: VM '{}''s disk stays mounted: {error:#}", vm.name);
             }

@@ -25,6 +25,11 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
             .hint(format!("stop it first with `mvm stop {name}`, or use `mvm rm --force {name}`"))
             .into());
     }
+    // No start meanwhile: a supervisor mounting the disk that goes below.
+    let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
+    if store::run_state(paths, name)? == RunState::Running {
+        return Err(UserError::conflict(format!("VM '{name}' is running")).into());
+    }
     let kept = paths.kept_volumes(name);
     if keep_volumes && kept.exists() {
         return Err(UserError::conflict(format!(
@@ -74,11 +79,11 @@ fn keep_the_volumes(
     config: Option<&VmConfig>,
     kept: &Path,
 ) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let vm_dir = paths.vm_dir(name);
     let files = match config {
         Some(config) if crate::state::disk::image_exists(paths, config) => {
-            Some(crate::vm::files::Files::of(paths, config)?)
+            Some(crate::vm::files::Files::of_locked(paths, config)?)
         }
         _ => None,
     };
@@ -90,11 +95,20 @@ fn keep_the_volumes(
         std::fs::set_permissions(&volumes, std::fs::Permissions::from_mode(0o700))?;
         return Ok(std::fs::rename(&volumes, kept)?);
     };
-    let namespace =
-        crate::supervisor::disk::namespace_for(&crate::supervisor::launch::RunAs::this_process())?;
-    crate::supervisor::disk::copy_tree(&volumes, kept, namespace.as_ref())?;
-    std::fs::set_permissions(kept, std::fs::Permissions::from_mode(0o700))?;
-    Ok(())
+    // Copied into a directory of the owner's alone, made private, then moved where the
+    // group can look: never open to others half-way.
+    let staging = kept.with_file_name(format!(".{name}-{}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let copied = (|| -> anyhow::Result<()> {
+        let namespace =
+            crate::supervisor::disk::namespace_for(&crate::supervisor::launch::RunAs::this_process())?;
+        crate::supervisor::disk::copy_tree(&volumes, &staging.join("volumes"), namespace.as_ref())?;
+        std::fs::set_permissions(staging.join("volumes"), std::fs::Permissions::from_mode(0o700))?;
+        std::fs::rename(staging.join("volumes"), kept)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir(&staging);
+    copied
 }
 
 /// Deletes a removed VM's directory. The guest's trees are in it: removed beneath it,

@@ -22,11 +22,15 @@ fn give_a_disk_limit(paths: &Paths, config: &VmConfig, host: &HostConfig) -> any
     if config.disk_mib.is_some() {
         return Ok(());
     }
-    let limit = host.defaults.disk;
+    // Large enough for what it kept (its files disk is three quarters of the limit), with
+    // a GiB to spare, in whole GiB.
+    let kept = crate::supervisor::disk::kept_trees_mib(&paths.vm_dir(&config.name));
+    let needed = (kept + 1024) * 4 / 3;
+    let limit = crate::spec::DiskSize::from_mib(host.defaults.disk.mib().max(needed.div_ceil(1024) * 1024));
     let updated = VmConfig { disk_mib: Some(limit.mib()), ..config.clone() };
     updated.save(&paths.vm_config(&config.name))?;
     eprintln!(
-        "VM '{}' was made before disk limits: it now has the default limit of {limit}; its files move onto its disk at this start",
+        "VM '{}' was made before disk limits: it now has a limit of {limit} (the default, or what its files need); they move onto its disk at this start",
         config.name
     );
     if crate::state::system_disk::allocated_bytes(&paths.vm_dir(&config.name)).is_some() {

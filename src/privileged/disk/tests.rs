@@ -77,6 +77,69 @@ fn a_disk_is_made_mounted_once_bounds_writes_and_goes_with_down() {
     down(&s.paths, &s.vm, (0, 0), true).unwrap();
 }
 
+/// A raised limit grows the disk at its next mount, keeping what it holds.
+#[test]
+fn a_raised_limit_grows_the_disk() {
+    let Some(mut s) = setup() else { return };
+    let files = files_dir(&s.paths.vm_dir(&s.vm.name));
+    up(&s.paths, &s.vm, (0, 0), &s.mkfs).unwrap();
+    std::fs::write(files.join("kept"), "yes").unwrap();
+    let size = || {
+        let stat = nix::sys::statvfs::statvfs(&files).unwrap();
+        stat.blocks() * stat.fragment_size()
+    };
+    let before = size();
+    down(&s.paths, &s.vm, (0, 0), false).unwrap();
+    s.vm.disk_mib = Some(4096);
+    up(&s.paths, &s.vm, (0, 0), &s.mkfs).unwrap();
+    assert_eq!(std::fs::metadata(image_path(&s.paths, &s.vm, 0)).unwrap().len(), 3072 << 20);
+    assert!(size() > before + (1 << 30), "{before} -> {}", size());
+    assert_eq!(std::fs::read_to_string(files.join("kept")).unwrap(), "yes");
+    // A record's size out of bounds is refused.
+    s.vm.disk_mib = Some(1024);
+    assert!(up(&s.paths, &s.vm, (0, 0), &s.mkfs).is_err());
+    s.vm.disk_mib = Some(4096);
+    down(&s.paths, &s.vm, (0, 0), true).unwrap();
+}
+
+/// A disk still attached elsewhere (a mount some namespace kept) is never attached again.
+#[test]
+fn a_disk_in_use_elsewhere_is_not_mounted_twice() {
+    let Some(s) = setup() else { return };
+    let vm_dir = s.paths.vm_dir(&s.vm.name);
+    up(&s.paths, &s.vm, (0, 0), &s.mkfs).unwrap();
+    // A second mount of the same device elsewhere, as a namespace's copy would be.
+    let elsewhere = s.paths.state_dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let bind = nix::mount::MsFlags::MS_BIND;
+    nix::mount::mount(Some(&files_dir(&vm_dir)), &elsewhere, None::<&str>, bind, None::<&str>).unwrap();
+    down(&s.paths, &s.vm, (0, 0), false).unwrap();
+    assert!(!is_mounted(&vm_dir));
+    let refused = up(&s.paths, &s.vm, (0, 0), &s.mkfs).unwrap_err();
+    assert!(format!("{refused:#}").contains("still in use"), "{refused:#}");
+    assert!(!is_mounted(&vm_dir));
+    assert!(down(&s.paths, &s.vm, (0, 0), true).is_err(), "deleted while in use");
+    nix::mount::umount(&elsewhere).unwrap();
+    down(&s.paths, &s.vm, (0, 0), true).unwrap();
+    assert!(!image_path(&s.paths, &s.vm, 0).exists());
+}
+
+/// A disk something has files open on stays mounted (and is reused), never lazily
+/// detached.
+#[test]
+fn a_busy_disk_stays_mounted() {
+    let Some(s) = setup() else { return };
+    let vm_dir = s.paths.vm_dir(&s.vm.name);
+    up(&s.paths, &s.vm, (0, 0), &s.mkfs).unwrap();
+    let open = std::fs::File::create(files_dir(&vm_dir).join("open")).unwrap();
+    let busy = down(&s.paths, &s.vm, (0, 0), false).unwrap_err();
+    assert!(format!("{busy:#}").contains("busy"), "{busy:#}");
+    assert!(is_mounted(&vm_dir));
+    up(&s.paths, &s.vm, (0, 0), &s.mkfs).unwrap();
+    drop(open);
+    down(&s.paths, &s.vm, (0, 0), true).unwrap();
+}
+
 #[test]
 fn a_files_dir_replaced_by_a_symlink_gets_no_mount() {
     let Some(s) = setup() else { return };

@@ -89,7 +89,8 @@ struct Selection {
     layers: Option<Layers>,
     project: PathBuf,
     found: Vec<Change>,
-    /// Mounted while the selection lives.
+    /// Mounted while the selection lives: the last field, so the layers (open on it) are
+    /// dropped before it is unmounted.
     _files: Files,
 }
 
@@ -110,11 +111,12 @@ fn selected_changes(paths: &Paths, name: &VmName, given: &[PathBuf]) -> anyhow::
 /// Runs `mvm diff`.
 pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
-    let Selection { layers, found, _files, .. } = selected_changes(paths, &name, &args.paths)?;
+    let selection = selected_changes(paths, &name, &args.paths)?;
+    let Selection { layers, found, .. } = &selection;
     if args.json {
         print_json(&found)?;
     } else if args.patch {
-        for change in &found {
+        for change in found {
             match layers.as_ref().and_then(|layers| layers.patch(change)) {
                 Some(patch) => print!("{}", changes::escape_unprintable(&patch, true)),
                 None => println!(
@@ -126,7 +128,7 @@ pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
             }
         }
     } else {
-        for change in &found {
+        for change in found {
             println!("{} {}", change.kind.mark(), changes::printable(&change.path));
         }
     }
@@ -136,7 +138,8 @@ pub fn run_diff(args: DiffArgs, paths: &Paths) -> anyhow::Result<i32> {
 /// Runs `mvm apply`.
 pub fn run_apply(args: ApplyArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
-    let Selection { layers, project, found, _files } = selected_changes(paths, &name, &args.paths)?;
+    let selection = selected_changes(paths, &name, &args.paths)?;
+    let Selection { layers, project, found, .. } = &selection;
     let conflicts: Vec<String> = found
         .iter()
         .filter(|change| layers.as_ref().is_some_and(|layers| layers.conflicts_with_host(change)))
@@ -150,8 +153,8 @@ pub fn run_apply(args: ApplyArgs, paths: &Paths) -> anyhow::Result<i32> {
         .hint(format!("compare with `mvm diff --patch {name}`, then apply with --force or pick other paths"))
         .into());
     }
-    if let Some(layers) = &layers {
-        for change in &found {
+    if let Some(layers) = layers {
+        for change in found {
             if let Some(note) = layers.apply(change)? {
                 eprintln!("note: {note}");
             }
@@ -176,9 +179,10 @@ pub fn run_discard(args: DiscardArgs, paths: &Paths) -> anyhow::Result<i32> {
             ))
             .into());
     }
-    let Selection { layers, found, _files, .. } = selected_changes(paths, &name, &args.paths)?;
-    if let Some(layers) = &layers {
-        for change in &found {
+    let selection = selected_changes(paths, &name, &args.paths)?;
+    let Selection { layers, found, .. } = &selection;
+    if let Some(layers) = layers {
+        for change in found {
             layers.discard(change)?;
         }
     }

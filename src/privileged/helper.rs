@@ -31,6 +31,18 @@ use crate::state::{claims, store, Paths};
 /// Carries out `request` for the user `caller` (uid), under the roots `paths`.
 pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()> {
     let host = trusted_host_config(&paths.config_file)?;
+    if let Request::DiskUp(name) | Request::DiskDown(name) | Request::DiskRemove(name) = request {
+        let vm = owned_record(paths, name, caller)?;
+        let owner = owner_ids(caller)?;
+        return match request {
+            Request::DiskUp(_) => {
+                let mkfs = crate::host::binaries::Tool::MkfsExt4.find(&host.paths)?;
+                crate::privileged::disk::up(paths, &vm, owner, &mkfs)
+            }
+            Request::DiskDown(_) => crate::privileged::disk::down(paths, &vm, owner, false),
+            _ => crate::privileged::disk::down(paths, &vm, owner, true),
+        };
+    }
     let vm = verified_record(paths, &host, request.vm(), caller)?;
     let open = || -> anyhow::Result<HostNet> {
         let net = HostNet::open(paths, &host)?;
@@ -61,12 +73,7 @@ pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()
             drop(live);
             send_dns_sockets(channel.as_fd(), &sockets)
         }
-        Request::DiskUp(_) => {
-            let mkfs = crate::host::binaries::Tool::MkfsExt4.find(&host.paths)?;
-            crate::privileged::disk::up(paths, &vm, owner_ids(caller)?, &mkfs)
-        }
-        Request::DiskDown(_) => crate::privileged::disk::down(paths, &vm, owner_ids(caller)?, false),
-        Request::DiskRemove(_) => crate::privileged::disk::down(paths, &vm, owner_ids(caller)?, true),
+        Request::DiskUp(_) | Request::DiskDown(_) | Request::DiskRemove(_) => unreachable!("served above"),
     }
 }
 
@@ -187,30 +194,7 @@ pub fn verified_record(
     name: &VmName,
     caller: u32,
 ) -> anyhow::Result<VmConfig> {
-    let state = crate::fs::Tree::open_exact(&paths.state_dir)
-        .with_context(|| format!("cannot open {}", paths.state_dir.display()))?;
-    let Some(dir) = state.metadata(Path::new(name.as_str()))?.filter(|meta| meta.is_dir()) else {
-        return Err(store::no_such_vm(name).into());
-    };
-    let not_yours = |what: &str| -> anyhow::Error {
-        UserError::needs_root(format!("VM '{name}''s {what} is not yours"))
-            .hint("only its owner (or root) can start, stop or forward ports of a VM")
-            .into()
-    };
-    if caller != 0 && dir.uid() != caller {
-        return Err(not_yours("directory"));
-    }
-    let file =
-        state.subtree(Path::new(name.as_str()))?.open_file(Path::new(crate::config::vm::VM_CONFIG_FILE))?;
-    if caller != 0 && file.metadata()?.uid() != caller {
-        return Err(not_yours("vm.toml"));
-    }
-    let mut text = String::new();
-    file.take(RECORD_CAP).read_to_string(&mut text)?;
-    let mut vm = VmConfig::parse(&text).with_context(|| format!("VM '{name}''s vm.toml is corrupt"))?;
-    if &vm.name != name {
-        return Err(UserError::usage(format!("VM '{name}''s vm.toml names another VM")).into());
-    }
+    let mut vm = owned_record(paths, name, caller)?;
     let index = vm.network.index;
     vm.network = host
         .address_pool()?
@@ -237,6 +221,36 @@ pub fn verified_record(
             ))
             .into());
         }
+    }
+    Ok(vm)
+}
+
+/// VM `name`'s record, checked to be `caller`'s (its directory and `vm.toml`), as its
+/// owner wrote it: what a request on the VM's disk needs (its network plays no part).
+pub fn owned_record(paths: &Paths, name: &VmName, caller: u32) -> anyhow::Result<VmConfig> {
+    let state = crate::fs::Tree::open_exact(&paths.state_dir)
+        .with_context(|| format!("cannot open {}", paths.state_dir.display()))?;
+    let Some(dir) = state.metadata(Path::new(name.as_str()))?.filter(|meta| meta.is_dir()) else {
+        return Err(store::no_such_vm(name).into());
+    };
+    let not_yours = |what: &str| -> anyhow::Error {
+        UserError::needs_root(format!("VM '{name}''s {what} is not yours"))
+            .hint("only its owner (or root) can start, stop or forward ports of a VM")
+            .into()
+    };
+    if caller != 0 && dir.uid() != caller {
+        return Err(not_yours("directory"));
+    }
+    let file =
+        state.subtree(Path::new(name.as_str()))?.open_file(Path::new(crate::config::vm::VM_CONFIG_FILE))?;
+    if caller != 0 && file.metadata()?.uid() != caller {
+        return Err(not_yours("vm.toml"));
+    }
+    let mut text = String::new();
+    file.take(RECORD_CAP).read_to_string(&mut text)?;
+    let vm = VmConfig::parse(&text).with_context(|| format!("VM '{name}''s vm.toml is corrupt"))?;
+    if &vm.name != name {
+        return Err(UserError::usage(format!("VM '{name}''s vm.toml names another VM")).into());
     }
     Ok(vm)
 }
@@ -353,6 +367,9 @@ mod tests {
             verified_record(&paths, &HostConfig::default(), &vm.name, ALICE),
             "not claimed for it by you",
         );
+        // Her disk is hers whatever became of the index (`rm` still removes it); never Bob's.
+        assert_eq!(owned_record(&paths, &vm.name, ALICE).unwrap().name, vm.name);
+        refused(owned_record(&paths, &vm.name, BOB), "is not yours");
     }
 
     #[test]

@@ -83,6 +83,7 @@ fn a_guest_past_its_disk_limit_gets_enospc_and_the_host_keeps_the_rest() {
     }
     assert_eq!(lab.sh("small", "echo alive").ok(), "alive\n", "the VM stopped answering");
     let taken = state.used_bytes() - empty;
+    eprintln!("the host lost {} MiB to a guest that wrote 12 GiB under a 2 GiB limit", taken >> 20);
     assert!(taken <= 2 * GIB + (32 << 20), "the VM took {taken} bytes of the host's disk");
     assert!(taken > GIB, "the guest's writes did not reach the host ({taken} bytes)");
     // The host can still make a VM.
@@ -99,6 +100,7 @@ fn a_guest_past_its_disk_limit_gets_enospc_and_the_host_keeps_the_rest() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     let kept = state.used_bytes() - empty;
+    eprintln!("{} MiB held after the guest deleted its files", kept >> 20);
     assert!(kept <= 512 << 20, "the host still holds {kept} bytes after the guest deleted its files");
 
     // A stopped VM holds no mount; rm takes its disk.

@@ -1,4 +1,5 @@
-//! Host ports: is one already taken by a host process (and by whom), and which is free.
+//! Host ports: is one already taken by a host process (and by whom), which is free, and
+//! whether a VM may forward one (`check_host_port`, which the setuid helper checks too).
 //!
 //! A port is taken when binding it on `0.0.0.0` fails; the owner is found through the
 //! socket tables of the caller's network namespace (`proc_net`) and the
@@ -6,7 +7,9 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 
+use crate::error::UserError;
 use crate::proc_net;
+use crate::spec::PortForward;
 use crate::spec::Protocol;
 
 /// The process holding a port.
@@ -76,6 +79,31 @@ fn owner_of(port: u16, protocol: Protocol) -> Option<PortOwner> {
         }
     }
     None
+}
+
+/// The lowest host port a caller that is not really root may forward (the kernel's
+/// `ip_unprivileged_port_start` default).
+pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
+
+/// Refuses `forward`'s host port when it is privileged and `allow_privileged` is not
+/// set, or when a host process listens on it (naming the process).
+pub fn check_host_port(forward: &PortForward, allow_privileged: bool) -> Result<(), UserError> {
+    if forward.host < FIRST_UNPRIVILEGED_PORT && !allow_privileged {
+        return Err(UserError::usage(format!(
+            "host port {}/{} is below {FIRST_UNPRIVILEGED_PORT}: only root may forward it, and not through `mvm up`",
+            forward.host, forward.protocol
+        ))
+        .hint(format!("pick a host port of {FIRST_UNPRIVILEGED_PORT} or more, e.g. 8080:{}", forward.guest)));
+    }
+    if let PortUse::Taken(owner) = host_port_use(forward.host, forward.protocol) {
+        let by = owner.map_or("a host process".to_string(), |o| format!("process {} ({})", o.pid, o.command));
+        return Err(UserError::conflict(format!(
+            "host port {}/{} is already in use by {by}",
+            forward.host, forward.protocol
+        ))
+        .hint("stop that process, or pick another host port (0 picks a free one)"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! runs the setuid helper (`HELPER_PATH`, or `MVM_HELPER`: pointing it elsewhere gains
 //! nothing, since only the installed file is setuid).
 
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -208,6 +209,37 @@ impl HostNetwork for Helper {
             Stdio::from(std::os::fd::OwnedFd::from(theirs)),
         )
         .context("cannot get the VM's DNS sockets")?;
-        crate::privileged::helper::receive_dns_sockets(std::os::fd::AsFd::as_fd(&ours))
+        receive_dns_sockets(std::os::fd::AsFd::as_fd(&ours))
+    }
+}
+
+/// Receives what the helper's `send_dns_sockets` sent on `channel` (already there: the sender has
+/// finished).
+pub fn receive_dns_sockets(channel: BorrowedFd) -> anyhow::Result<crate::dns::Sockets> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut kinds = [0u8; 2];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let mut iov = [std::io::IoSliceMut::new(&mut kinds)];
+    let message = recvmsg::<()>(
+        channel.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("the helper passed no DNS sockets")?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for control in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = control {
+            // SAFETY: the kernel just installed these descriptors in this process for this
+            // message; nothing else owns them.
+            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let count = message.bytes;
+    let kinds = &kinds[..count];
+    let mut fds = fds.into_iter();
+    match (kinds, fds.next(), fds.next()) {
+        (b"UT", Some(udp), Some(tcp)) => Ok(crate::dns::Sockets { udp: udp.into(), tcp: tcp.into() }),
+        _ => anyhow::bail!("the helper passed something else than DNS sockets"),
     }
 }

@@ -12,7 +12,7 @@
 //! never used or removed (`net::host`).
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -54,7 +54,7 @@ pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()
         && matches!(request, Request::NetworkUp(_) | Request::NetworkRules(_) | Request::DnsSockets(_))
     {
         for forward in &vm.ports {
-            crate::vm::ports::check_host_port(forward, false)?;
+            crate::net::ports::check_host_port(forward, false)?;
         }
     }
     match request {
@@ -120,37 +120,6 @@ pub fn send_dns_sockets(channel: BorrowedFd, sockets: &crate::dns::Sockets) -> a
     Ok(())
 }
 
-/// Receives what [`send_dns_sockets`] sent on `channel` (already there: the sender has
-/// finished).
-pub fn receive_dns_sockets(channel: BorrowedFd) -> anyhow::Result<crate::dns::Sockets> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut kinds = [0u8; 2];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
-    let mut iov = [std::io::IoSliceMut::new(&mut kinds)];
-    let message = recvmsg::<()>(
-        channel.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .context("the helper passed no DNS sockets")?;
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for control in message.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(received) = control {
-            // SAFETY: the kernel just installed these descriptors in this process for this
-            // message; nothing else owns them.
-            fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-    }
-    let count = message.bytes;
-    let kinds = &kinds[..count];
-    let mut fds = fds.into_iter();
-    match (kinds, fds.next(), fds.next()) {
-        (b"UT", Some(udp), Some(tcp)) => Ok(crate::dns::Sockets { udp: udp.into(), tcp: tcp.into() }),
-        _ => anyhow::bail!("the helper passed something else than DNS sockets"),
-    }
-}
-
 /// The host config, when root alone can have written it (and every directory above it).
 pub fn trusted_host_config(path: &Path) -> anyhow::Result<HostConfig> {
     let untrusted = |why: String| -> anyhow::Error {
@@ -212,12 +181,12 @@ pub fn verified_record(
             }
         }
         if let Some(forward) =
-            vm.ports.iter().find(|forward| forward.host < crate::vm::ports::FIRST_UNPRIVILEGED_PORT)
+            vm.ports.iter().find(|forward| forward.host < crate::net::ports::FIRST_UNPRIVILEGED_PORT)
         {
             return Err(UserError::needs_root(format!(
                 "host port {} is below {}: only root forwards those",
                 forward.host,
-                crate::vm::ports::FIRST_UNPRIVILEGED_PORT
+                crate::net::ports::FIRST_UNPRIVILEGED_PORT
             ))
             .into());
         }

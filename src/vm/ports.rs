@@ -7,6 +7,7 @@ use anyhow::Context;
 use crate::error::UserError;
 use crate::name::VmName;
 use crate::net::ports::{self, PortUse};
+pub use crate::net::ports::{check_host_port, FIRST_UNPRIVILEGED_PORT};
 use crate::spec::PortForward;
 use crate::state::store::{self, VmEntry};
 
@@ -20,31 +21,6 @@ pub fn host_port_forwarder<'a>(
         let forwards = config.ports.iter().any(|p| p.host == port.host && p.protocol == port.protocol);
         (forwards && Some(&config.name) != except).then_some(&config.name)
     })
-}
-
-/// The lowest host port a caller that is not really root may forward (the kernel's
-/// `ip_unprivileged_port_start` default).
-pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
-
-/// Refuses `forward`'s host port when it is privileged and `allow_privileged` is not
-/// set, or when a host process listens on it (naming the process).
-pub fn check_host_port(forward: &PortForward, allow_privileged: bool) -> Result<(), UserError> {
-    if forward.host < FIRST_UNPRIVILEGED_PORT && !allow_privileged {
-        return Err(UserError::usage(format!(
-            "host port {}/{} is below {FIRST_UNPRIVILEGED_PORT}: only root may forward it, and not through `mvm up`",
-            forward.host, forward.protocol
-        ))
-        .hint(format!("pick a host port of {FIRST_UNPRIVILEGED_PORT} or more, e.g. 8080:{}", forward.guest)));
-    }
-    if let PortUse::Taken(owner) = ports::host_port_use(forward.host, forward.protocol) {
-        let by = owner.map_or("a host process".to_string(), |o| format!("process {} ({})", o.pid, o.command));
-        return Err(UserError::conflict(format!(
-            "host port {}/{} is already in use by {by}",
-            forward.host, forward.protocol
-        ))
-        .hint("stop that process, or pick another host port (0 picks a free one)"));
-    }
-    Ok(())
 }
 
 /// A host port for `forward` (whose host port is 0): the guest's port number when no VM,

@@ -302,6 +302,23 @@ impl DiskSize {
         DiskSize { mib }
     }
 
+    /// A limit of `mib` MiB, refused outside [`MIN_DISK_MIB`]..=[`MAX_DISK_MIB`]; `spec`
+    /// says how it was written.
+    pub fn checked(mib: u64, spec: &str) -> Result<Self, UserError> {
+        if mib < MIN_DISK_MIB {
+            return Err(UserError::usage(format!(
+                "disk size {spec:?} is below the minimum of {MIN_DISK_MIB} MiB"
+            ))
+            .hint(DISK_HINT));
+        }
+        if mib > MAX_DISK_MIB {
+            return Err(
+                UserError::usage(format!("disk size {spec:?} is above the maximum of 16T")).hint(DISK_HINT)
+            );
+        }
+        Ok(DiskSize { mib })
+    }
+
     /// The limit in MiB.
     pub fn mib(self) -> u64 {
         self.mib
@@ -312,13 +329,7 @@ impl FromStr for DiskSize {
     type Err = UserError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let mib = parse_mib(spec, "disk size", MIN_DISK_MIB, DISK_HINT)?;
-        if mib > MAX_DISK_MIB {
-            return Err(
-                UserError::usage(format!("disk size {spec:?} is above the maximum of 16T")).hint(DISK_HINT)
-            );
-        }
-        Ok(DiskSize { mib })
+        DiskSize::checked(parse_mib(spec, "disk size", 0, DISK_HINT)?, spec)
     }
 }
 

@@ -121,11 +121,7 @@ impl VmSummary {
             cpus: Some(config.cpus),
             memory_mib: Some(config.memory_mib),
             memory_used_mib,
-            disk: Some(crate::state::disk::usage(
-                paths,
-                config,
-                crate::state::store::owner(paths, &config.name).unwrap_or(u32::MAX),
-            )),
+            disk: Some(crate::state::disk::usage(paths, config)),
             hypervisor: Some(config.hypervisor.to_string()),
             ports: config.ports.clone(),
             project: config.project.as_ref().map(|project| project.path.clone()),

@@ -7,9 +7,9 @@
 //! directory (mode 0711, so an owner may look up their image's size but list nothing),
 //! under a name of the VM and its owner's uid, so no one's VM gets another's image (and
 //! no edit of a record makes disks `rm` would not find again); a lock of root's alone per
-//! image serialises the changes to it. The mount point is opened beneath the state root without following
-//! a symlink and must be a directory of the owner's, and the mount goes onto that very
-//! directory (`/proc/self/fd`), never onto a path looked up again. The mount is `nosuid`,
+//! image serialises the changes to it. The mount point is opened beneath the state root
+//! without following a symlink and must be a directory of the owner's, and the mount goes
+//! onto that very directory (`/proc/self/fd`), never onto a path looked up again. The mount is `nosuid`,
 //! `nodev` and `noexec`: nothing a guest wrote there has any privilege on the host. A
 //! disk is recognised as mounted by the loop device's backing file (device and inode),
 //! never by a path, and nothing else mounted there is ever taken down. An image is never
@@ -37,22 +37,17 @@ use crate::state::Paths;
 pub fn up(paths: &Paths, vm: &VmConfig, owner: (u32, u32), mkfs: &Path) -> anyhow::Result<()> {
     // The record is the owner's to write: its size is checked again here.
     let limit = disk::limit_mib(vm);
-    if !(crate::spec::MIN_DISK_MIB..=crate::spec::MAX_DISK_MIB).contains(&limit) {
-        return Err(UserError::usage(format!(
-            "VM '{}''s disk limit of {limit} MiB is out of bounds",
-            vm.name
-        ))
-        .hint("a limit is 2G to 16T")
-        .into());
-    }
+    crate::spec::DiskSize::checked(limit, &format!("{limit}M"))
+        .with_context(|| format!("VM '{}''s vm.toml names a disk limit out of bounds", vm.name))?;
     let state = open_dir(None, &paths.state_dir)?;
     let disks = disks_dir(&state, &paths.state_dir)?;
+    let disks_path = paths.state_dir.join(disk::DISKS_DIR);
     let name = disk::image_name(vm, owner.0);
     let _lock = lock(paths, &name)?;
     let (vm_dir, files) = mount_point(&state, vm, owner.0)?;
     let image = match open_image(&disks, &name)? {
         Some(image) => image,
-        None => make_image(&disks, &paths.state_dir.join(disk::DISKS_DIR), &name, vm, owner, mkfs)?,
+        None => make_image(&disks, &disks_path, &name, vm, owner, mkfs)?,
     };
     if mounted_disk(&vm_dir, &files, &image)? {
         return Ok(());
@@ -69,7 +64,7 @@ pub fn up(paths: &Paths, vm: &VmConfig, owner: (u32, u32), mkfs: &Path) -> anyho
         .hint("end the processes that keep it (`findmnt`, `fuser -m`), then try again")
         .into());
     }
-    grow(&paths.state_dir.join(disk::DISKS_DIR).join(&name), &image, vm, mkfs)?;
+    grow(&disks_path.join(&name), &image, vm, mkfs)?;
     let loop_device = crate::host::loopdev::attach(image.as_fd())?;
     use nix::mount::MsFlags;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;

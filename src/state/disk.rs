@@ -79,17 +79,21 @@ pub struct Usage {
     pub limit_bytes: u64,
 }
 
-/// What `vm` (owned by `owner`) takes on the host: the blocks its two disks hold.
-pub fn usage(paths: &Paths, vm: &VmConfig, owner: u32) -> Usage {
+/// The path of `vm`'s files disk, for the owner of its directory.
+fn owners_image_path(paths: &Paths, vm: &VmConfig) -> PathBuf {
+    image_path(paths, vm, crate::state::store::owner(paths, &vm.name).unwrap_or(u32::MAX))
+}
+
+/// What `vm` takes on the host: the blocks its two disks hold.
+pub fn usage(paths: &Paths, vm: &VmConfig) -> Usage {
     let allocated = |path: &Path| crate::state::system_disk::allocated_bytes_of(path).unwrap_or(0);
     let system = allocated(&crate::state::system_disk::path(&paths.vm_dir(&vm.name)));
-    Usage { used_bytes: system + allocated(&image_path(paths, vm, owner)), limit_bytes: limit_mib(vm) << 20 }
+    Usage { used_bytes: system + allocated(&owners_image_path(paths, vm)), limit_bytes: limit_mib(vm) << 20 }
 }
 
 /// Whether `vm`'s files disk exists (it is made at the VM's first start).
 pub fn image_exists(paths: &Paths, vm: &VmConfig) -> bool {
-    let owner = crate::state::store::owner(paths, &vm.name).unwrap_or(u32::MAX);
-    std::fs::symlink_metadata(image_path(paths, vm, owner)).is_ok()
+    std::fs::symlink_metadata(owners_image_path(paths, vm)).is_ok()
 }
 
 /// Whether `vm_dir`'s `files/` has a file system of its own mounted on it.

@@ -569,13 +569,14 @@ pub fn ensure_trees(files: &Path, config: &VmConfig) -> anyhow::Result<()> {
     }
     remove_scratch_layers(files)?;
     let tree = crate::fs::Tree::open(files)?;
+    let as_root = RunAs::this_process() == RunAs::Root;
     for volume in &config.volumes {
         let dir = Path::new("volumes").join(&volume.name);
         if tree.metadata(&dir)?.is_none() {
             tree.create_dir_all(&dir, 0o755, None)?;
         }
         // Under a user the volumes stay theirs (`GuestIds::Owner`).
-        if RunAs::this_process() == RunAs::Root {
+        if as_root {
             shift_volume_ids(&files.join(&dir))?;
         }
     }

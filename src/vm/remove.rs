@@ -20,15 +20,12 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
     if !store::exists(paths, name) {
         return Err(store::no_such_vm(name).into());
     }
+    // No start meanwhile: a supervisor mounting the disk that goes below.
+    let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
     if store::run_state(paths, name)? == RunState::Running {
         return Err(UserError::conflict(format!("VM '{name}' is running"))
             .hint(format!("stop it first with `mvm stop {name}`, or use `mvm rm --force {name}`"))
             .into());
-    }
-    // No start meanwhile: a supervisor mounting the disk that goes below.
-    let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
-    if store::run_state(paths, name)? == RunState::Running {
-        return Err(UserError::conflict(format!("VM '{name}' is running")).into());
     }
     let kept = paths.kept_volumes(name);
     if keep_volumes && kept.exists() {
@@ -81,12 +78,7 @@ fn keep_the_volumes(
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let vm_dir = paths.vm_dir(name);
-    let files = match config {
-        Some(config) if crate::state::disk::image_exists(paths, config) => {
-            Some(crate::vm::files::Files::of_locked(paths, config)?)
-        }
-        _ => None,
-    };
+    let files = config.map(|config| crate::vm::files::Files::of_locked(paths, config)).transpose()?;
     let Some(volumes) = files.as_ref().map(|files| files.dir().join("volumes")).filter(|dir| dir.is_dir())
     else {
         let volumes = vm_dir.join("volumes");

@@ -1,4 +1,4 @@
-//! VM names: what is allowed and why.
+//! VM and image names: what is allowed and why.
 //!
 //! A name becomes a directory under the state and runtime roots, the guest's hostname,
 //! part of every iptables comment (`mvm:NAME`) and part of unix socket paths, which the
@@ -101,6 +101,52 @@ impl fmt::Display for VmName {
 impl AsRef<str> for VmName {
     fn as_ref(&self) -> &str {
         &self.0
+    }
+}
+
+/// A validated image name: the rules of VM names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageName(String);
+
+impl ImageName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ImageName {
+    type Err = UserError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.parse::<VmName>() {
+            Ok(_) => Ok(ImageName(text.to_string())),
+            Err(error) => Err(UserError::usage(format!(
+                "invalid image name {text:?}: {}",
+                error.to_string().split_once(": ").map_or(error.to_string(), |(_, why)| why.to_string())
+            ))
+            .hint("use 1-32 lowercase letters, digits and '-', starting with a letter, e.g. 'bookworm-dev'")),
+        }
+    }
+}
+
+impl TryFrom<String> for ImageName {
+    type Error = UserError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<ImageName> for String {
+    fn from(name: ImageName) -> String {
+        name.0
+    }
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

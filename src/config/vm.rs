@@ -77,7 +77,7 @@ pub enum RootModel {
     Dir(PathBuf),
     /// An image built once (`mvm image build`), shared read-only, the VM's system layer
     /// above it; nothing of the host's `/etc` or `/usr`.
-    Image(crate::image::ImageName),
+    Image(crate::name::ImageName),
 }
 
 impl RootModel {

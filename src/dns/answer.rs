@@ -128,7 +128,7 @@ fn forward_via(query: &[u8], servers: &[SocketAddr], transport: Transport) -> Op
     servers.iter().find_map(|&server| {
         let answer = match transport {
             Transport::Udp => ask_udp(server, query),
-            Transport::Tcp => super::tcp::ask(server, query, UPSTREAM_TIMEOUT).ok(),
+            Transport::Tcp => super::framing::ask(server, query, UPSTREAM_TIMEOUT).ok(),
         }?;
         (answer.get(..2) == Some(id)).then_some(answer)
     })
@@ -267,14 +267,14 @@ mod tests {
         let server = SocketAddr::from(([127, 0, 0, 1], upstream.local_addr().unwrap().port()));
         let serving = std::thread::spawn(move || {
             let (mut connection, _) = upstream.accept().unwrap();
-            let query = super::super::tcp::read_message(&mut connection).unwrap().unwrap();
+            let query = super::super::framing::read_message(&mut connection).unwrap().unwrap();
             let mut reply = Message::from_vec(&query).unwrap();
             reply.set_message_type(MessageType::Response);
             for i in 0..60u8 {
                 let name = reply.queries()[0].name().clone();
                 reply.add_answer(Record::from_rdata(name, 60, RData::A(A([10, 0, 0, i].into()))));
             }
-            super::super::tcp::write_message(&mut connection, &reply.to_vec().unwrap()).unwrap();
+            super::super::framing::write_message(&mut connection, &reply.to_vec().unwrap()).unwrap();
         });
         let got = forward_via(&query("big.example.test.", RecordType::A), &[server], Transport::Tcp).unwrap();
         serving.join().unwrap();

@@ -14,6 +14,7 @@
 //! `hickory-proto`; a forwarded query's answer is relayed as the upstream sent it.
 
 mod answer;
+mod framing;
 mod tcp;
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};

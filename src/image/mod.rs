@@ -16,6 +16,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::error::UserError;
+pub use crate::name::ImageName;
 use crate::name::VmName;
 use crate::state::Paths;
 
@@ -29,52 +30,6 @@ pub const DISK_SERIAL: &str = crate::guest::config::IMAGE_DISK_SERIAL;
 pub const RECORD: &str = "image.toml";
 /// The Debian suite an image is built from unless told.
 pub const DEFAULT_SUITE: &str = "bookworm";
-
-/// A validated image name: the rules of VM names.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ImageName(String);
-
-impl ImageName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::str::FromStr for ImageName {
-    type Err = UserError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.parse::<VmName>() {
-            Ok(_) => Ok(ImageName(text.to_string())),
-            Err(error) => Err(UserError::usage(format!(
-                "invalid image name {text:?}: {}",
-                error.to_string().split_once(": ").map_or(error.to_string(), |(_, why)| why.to_string())
-            ))
-            .hint("use 1-32 lowercase letters, digits and '-', starting with a letter, e.g. 'bookworm-dev'")),
-        }
-    }
-}
-
-impl TryFrom<String> for ImageName {
-    type Error = UserError;
-
-    fn try_from(text: String) -> Result<Self, Self::Error> {
-        text.parse()
-    }
-}
-
-impl From<ImageName> for String {
-    fn from(name: ImageName) -> String {
-        name.0
-    }
-}
-
-impl std::fmt::Display for ImageName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// What an image is, as its build recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 use crate::boot::kernel::{self, Kernel};
 use crate::config::host::HostConfig;
@@ -27,6 +27,28 @@ pub struct Overlay {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub merged: PathBuf,
+}
+
+impl Overlay {
+    /// overlayfs's mount options; refused when a path holds a character
+    /// overlayfs would read as a separator.
+    pub fn mount_options(&self) -> anyhow::Result<String> {
+        for dir in [&self.lower, &self.upper, &self.work] {
+            let text = dir.to_string_lossy();
+            if text.contains([',', ':', '\\']) {
+                bail!(
+                    "{} contains ',', ':' or '\\', which overlayfs cannot take; use --mount rw",
+                    dir.display()
+                );
+            }
+        }
+        Ok(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lower.display(),
+            self.upper.display(),
+            self.work.display()
+        ))
+    }
 }
 
 /// Who a VM's processes run as.

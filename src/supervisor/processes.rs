@@ -139,7 +139,7 @@ pub fn mount_overlay(overlay: &Overlay) -> anyhow::Result<()> {
     for dir in [&overlay.upper, &overlay.work, &overlay.merged] {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let options = overlay_options(overlay)?;
+    let options = overlay.mount_options()?;
     // nosuid, nodev: whatever the guest copies up (a setuid file of the lower tree it
     // rewrote, a device it chmodded) grants nothing to a host user who reaches the mount.
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -151,23 +151,6 @@ pub fn mount_overlay(overlay: &Overlay) -> anyhow::Result<()> {
             )
         },
     )
-}
-
-/// overlayfs's mount options for `overlay`; refused when a path holds a character
-/// overlayfs would read as a separator.
-pub fn overlay_options(overlay: &Overlay) -> anyhow::Result<String> {
-    for dir in [&overlay.lower, &overlay.upper, &overlay.work] {
-        let text = dir.to_string_lossy();
-        if text.contains([',', ':', '\\']) {
-            bail!("{} contains ',', ':' or '\\', which overlayfs cannot take; use --mount rw", dir.display());
-        }
-    }
-    Ok(format!(
-        "lowerdir={},upperdir={},workdir={}",
-        overlay.lower.display(),
-        overlay.upper.display(),
-        overlay.work.display()
-    ))
 }
 
 /// The id of the mount `path` (not followed if a symlink) is on.

@@ -85,7 +85,7 @@ fn start_in(
             for dir in [&overlay.upper, &overlay.work, &overlay.merged] {
                 std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            let options = crate::supervisor::processes::overlay_options(overlay)? + ",userxattr";
+            let options = overlay.mount_options()? + ",userxattr";
             Some((CString::new(overlay.merged.as_os_str().as_bytes())?, CString::new(options)?))
         }
         None => None,

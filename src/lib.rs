@@ -12,6 +12,7 @@ pub mod changes;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod contract;
 pub mod dns;
 pub mod error;
 pub mod failpoint;

@@ -186,7 +186,7 @@ pub struct ProcessView {
     pub name: String,
     pub command: String,
     pub restart: crate::config::vm::RestartPolicy,
-    pub state: Option<crate::guest::processes::ProcessState>,
+    pub state: Option<crate::contract::ProcessState>,
 }
 
 /// The processes of `config`, with states read from the guest when `running`.

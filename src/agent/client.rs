@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::agent::protocol::{Frame, AGENT_PORT};
+use crate::contract::protocol::{Frame, AGENT_PORT};
 
 /// Opens a stream to the guest agent through the hybrid vsock socket at `socket`.
 pub fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {

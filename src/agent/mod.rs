@@ -2,5 +2,4 @@
 
 pub mod changes;
 pub mod client;
-pub mod protocol;
 pub mod session;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context};
 use nix::sys::termios::{self, SetArg, Termios};
 
-use crate::agent::protocol::{ExecRequest, ExitStatus, Frame};
+use crate::contract::protocol::{ExecRequest, ExitStatus, Frame};
 
 /// Puts the terminal on stdin into raw mode until dropped.
 pub struct RawMode {

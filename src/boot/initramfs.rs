@@ -19,12 +19,8 @@ use crate::atomic::write_atomic;
 use crate::boot::cpio::CpioWriter;
 use crate::boot::kernel::Kernel;
 use crate::boot::modules::{self, Module};
+use crate::contract::MODULE_LIST;
 use crate::error::UserError;
-
-/// Where the guest init finds the modules to load, in order (one path per line).
-pub const MODULE_LIST: &str = "mvm/modules";
-/// Where the guest init finds its config, in the per-boot archive.
-pub const GUEST_CONFIG: &str = "mvm/guest.json";
 
 /// The files of the running mvm binary that the guest needs: the binary, its program
 /// interpreter (at the path the binary names) and the shared libraries it has loaded.
@@ -154,7 +150,7 @@ pub fn write_base(spec: &BaseSpec, out: impl Write) -> anyhow::Result<()> {
         files.push((inside, spec.modules_dir.join(&module.path), 0o644));
     }
     if let Some(module) = &spec.notify_module {
-        files.push((PathBuf::from(crate::boot::notify::IN_INITRAMFS), module.clone(), 0o644));
+        files.push((PathBuf::from(crate::contract::NOTIFY_MODULE), module.clone(), 0o644));
     }
     files.sort();
     files.dedup_by(|a, b| a.0 == b.0);
@@ -283,7 +279,7 @@ mod tests {
         let text = String::from_utf8_lossy(&image);
         assert!(text.contains("mvm/mvm_notify.ko\0") && text.contains("notify module"));
         // (Built from pieces: the test binary, carried as /init, holds its own literals.)
-        let listed = format!("/{}\n", crate::boot::notify::IN_INITRAMFS);
+        let listed = format!("/{}\n", crate::contract::NOTIFY_MODULE);
         assert!(!text.contains(&listed), "not in the list of modules that must load");
     }
 
@@ -295,7 +291,7 @@ mod tests {
         cpio.file("init", 0o755, b"x").unwrap();
         std::fs::write(&base, cpio.finish().unwrap()).unwrap();
         let out = dir.path().join("boot.cpio");
-        write_boot_image(&base, &[(GUEST_CONFIG, b"{}")], &out).unwrap();
+        write_boot_image(&base, &[(crate::contract::GUEST_CONFIG, b"{}")], &out).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         let text = String::from_utf8_lossy(&bytes);
         assert_eq!(text.matches("TRAILER!!!").count(), 2);

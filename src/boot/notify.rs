@@ -17,10 +17,6 @@ use crate::state::Paths;
 
 /// The module's source, built as it is.
 pub const SOURCE: &str = include_str!("../../kmod/mvm_notify.c");
-/// The device the guest agent writes changes to.
-pub const DEVICE: &str = "/dev/mvm-notify";
-/// Where the initramfs carries the module.
-pub const IN_INITRAMFS: &str = "mvm/mvm_notify.ko";
 
 /// The store of built modules.
 pub fn store_dir(paths: &Paths) -> PathBuf {

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::agent::protocol::ExecRequest;
 use crate::agent::{client, session};
 use crate::config::vm::VmConfig;
+use crate::contract::protocol::ExecRequest;
 use crate::error::UserError;
 use crate::name::VmName;
 use crate::project_env;

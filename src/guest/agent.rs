@@ -21,7 +21,7 @@ use nix::sys::socket::{
 };
 use nix::unistd::{Gid, Pid, Uid};
 
-use crate::agent::protocol::{ExecRequest, ExitStatus, Frame, AGENT_PORT};
+use crate::contract::protocol::{ExecRequest, ExitStatus, Frame, AGENT_PORT};
 use crate::guest::{file_events, forward, reaper};
 
 /// A connection's write half, shared by the threads that send frames.
@@ -136,7 +136,7 @@ fn build_command(request: &ExecRequest) -> Command {
     };
     command.env_clear();
     command
-        .env("PATH", crate::guest::GUEST_PATH)
+        .env("PATH", crate::contract::GUEST_PATH)
         .env("HOME", &home)
         .env("USER", &user)
         .env("LOGNAME", &user)

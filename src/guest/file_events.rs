@@ -7,20 +7,20 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::agent::changes::root_records;
-use crate::agent::protocol::{Frame, WatchedProject};
-use crate::boot::notify::DEVICE;
+use crate::contract::protocol::{Frame, WatchedProject};
+use crate::contract::NOTIFY_DEVICE;
 use crate::guest::agent::{send, Sender};
 
 /// Serves one `WatchFiles` connection for `project` until the host hangs up.
 pub fn serve(project: &WatchedProject, connection: &mut File, sender: &Sender) {
     let root = &project.root;
-    let mut device = match std::fs::OpenOptions::new().write(true).open(DEVICE) {
+    let mut device = match std::fs::OpenOptions::new().write(true).open(NOTIFY_DEVICE) {
         Ok(device) => device,
         Err(error) => {
             let why = if error.kind() == std::io::ErrorKind::NotFound {
                 "the guest's file-event module is not loaded (the console says why)".to_string()
             } else {
-                format!("cannot open {DEVICE}: {error}")
+                format!("cannot open {NOTIFY_DEVICE}: {error}")
             };
             send(sender, &Frame::Error(why));
             return;

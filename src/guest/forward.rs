@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::protocol::Frame;
+use crate::contract::protocol::Frame;
 use crate::guest::listeners;
 
 use super::agent::{send, Sender};

@@ -17,18 +17,12 @@ use anyhow::{bail, Context};
 use nix::kmod::{finit_module, ModuleInitFlags};
 use nix::mount::{mount, MsFlags};
 
-use crate::boot::initramfs::{GUEST_CONFIG, MODULE_LIST};
-use crate::guest::config::{
+use crate::contract::config::{
     GuestConfig, GuestMount, GuestNetwork, GuestRoot, IMAGE_DISK_SERIAL, SHARES_MOUNT, SYSTEM_DISK_SERIAL,
 };
+use crate::contract::{GUEST_CONFIG, MODULE_LIST, READY_MARKER, REBOOT_MARKER};
 use crate::guest::{agent, processes, reaper};
 use crate::net::netlink::Netlink;
-
-/// What the init prints on the console once the guest is up and the agent is starting.
-pub const READY_MARKER: &str = "mvm-init: ready";
-
-/// What the init prints on the console before powering off for a reboot.
-pub const REBOOT_MARKER: &str = "mvm-init: reboot requested";
 
 /// Where the new root is assembled before the switch.
 const NEW_ROOT: &str = "/newroot";
@@ -173,7 +167,7 @@ fn load_modules() -> anyhow::Result<()> {
 /// on, with no file events for host changes: said on the console, and to the host when it
 /// asks for them.
 fn load_file_event_module() {
-    let path = Path::new("/").join(crate::boot::notify::IN_INITRAMFS);
+    let path = Path::new("/").join(crate::contract::NOTIFY_MODULE);
     let Ok(file) = File::open(&path) else { return };
     match finit_module(&file, &CString::default(), ModuleInitFlags::empty()) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => {}

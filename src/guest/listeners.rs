@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::agent::protocol::Listening;
+use crate::contract::protocol::Listening;
 use crate::proc_net::{self, Socket, TCP_LISTEN, UDP_UNCONNECTED};
 
 /// How often the agent looks.

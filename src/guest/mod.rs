@@ -2,16 +2,12 @@
 //! serves `mvm shell`. The same binary is the host CLI and, as `/init`, the guest init.
 
 pub mod agent;
-pub mod config;
 mod file_events;
 mod forward;
 pub mod init;
 pub mod listeners;
 pub mod processes;
 pub mod reaper;
-
-/// The guest's `PATH` for sessions and processes (a project environment's comes first).
-pub const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Whether this process is the guest's init (PID 1).
 pub fn is_guest_init() -> bool {

@@ -11,25 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::config::vm::{Process, RestartPolicy};
+use crate::contract::protocol::ExitStatus;
+use crate::contract::{ProcessState, GUEST_PATH, PROCESS_LOG_DIR as LOG_DIR};
+use crate::guest::reaper;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
-
-use crate::agent::protocol::ExitStatus;
-use crate::config::vm::{Process, RestartPolicy};
-use crate::guest::reaper;
-
-/// Where process logs and states live in the guest (`var/log/mvm` on the host).
-pub const LOG_DIR: &str = "/var/log/mvm";
-
-/// A process's state, as its `.state` file says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessState {
-    pub state: String,
-    pub pid: Option<u32>,
-    pub restarts: u32,
-    pub last_exit: Option<ExitStatus>,
-}
 
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
@@ -77,7 +64,7 @@ fn keep_running(process: &Process) {
             .args(["-c", &process.command])
             .current_dir(process.workdir.as_deref().unwrap_or("/"))
             .env_clear()
-            .env("PATH", crate::guest::GUEST_PATH)
+            .env("PATH", GUEST_PATH)
             .env("HOME", "/root")
             .envs(&process.env)
             .stdin(Stdio::null())

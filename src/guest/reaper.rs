@@ -19,7 +19,7 @@ const CLAIM_WINDOW: Duration = Duration::from_secs(5);
 
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 
-use crate::agent::protocol::ExitStatus;
+use crate::contract::protocol::ExitStatus;
 
 #[derive(Default)]
 struct Registry {

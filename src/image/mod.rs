@@ -25,7 +25,7 @@ pub const STORE: &str = ".images";
 /// An image's root tree (an ext4 disk image), beneath its directory.
 pub const ROOTFS: &str = "rootfs.img";
 /// The serial of the disk an image's VM finds the image's tree on.
-pub const DISK_SERIAL: &str = crate::guest::config::IMAGE_DISK_SERIAL;
+pub const DISK_SERIAL: &str = crate::contract::config::IMAGE_DISK_SERIAL;
 /// An image's record, beneath its directory.
 pub const RECORD: &str = "image.toml";
 /// The Debian suite an image is built from unless told.

@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::config::vm::{Process, RestartPolicy};
-use crate::guest::GUEST_PATH;
+use crate::contract::GUEST_PATH;
 
 /// Variables of a build environment that describe the build, not the project, or that
 /// the guest sets itself.

@@ -3,7 +3,7 @@
 use super::tools::tool_search_path;
 use super::*;
 use crate::config::vm::RestartPolicy;
-use crate::guest::GUEST_PATH;
+use crate::contract::GUEST_PATH;
 use std::cell::RefCell;
 
 /// `nix print-dev-env --json` output in the shape its manual documents (trimmed).

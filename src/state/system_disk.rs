@@ -17,7 +17,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::guest::config::SYSTEM_DISK_SERIAL;
+use crate::contract::config::SYSTEM_DISK_SERIAL;
 
 /// The system disk's file in a VM's state dir.
 pub const FILE: &str = "system.img";

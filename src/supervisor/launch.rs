@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use crate::boot::kernel::{self, Kernel};
 use crate::config::host::HostConfig;
 use crate::config::vm::{MountMode, RootModel, VmConfig};
+use crate::contract::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot};
 use crate::error::UserError;
-use crate::guest::config::{GuestConfig, GuestMount, GuestNetwork, GuestRoot};
 use crate::host::binaries::Tool;
 use crate::host::kvm::{self, KvmSupport};
 use crate::host::subids::SubIds;
@@ -216,7 +216,7 @@ impl Launch {
 pub fn disks(config: &VmConfig, vm_dir: &Path, image_store: &Path) -> Vec<Disk> {
     let system = || Disk {
         path: crate::state::system_disk::path(vm_dir),
-        serial: crate::guest::config::SYSTEM_DISK_SERIAL.to_string(),
+        serial: crate::contract::config::SYSTEM_DISK_SERIAL.to_string(),
         read_only: false,
     };
     match &config.root {
@@ -485,7 +485,7 @@ pub fn guest_ready(console: &Path) -> bool {
     use std::io::Read;
     let mut head = Vec::new();
     std::fs::File::open(console).and_then(|file| file.take(1 << 20).read_to_end(&mut head)).is_ok()
-        && String::from_utf8_lossy(&head).contains(crate::guest::init::READY_MARKER)
+        && String::from_utf8_lossy(&head).contains(crate::contract::READY_MARKER)
 }
 
 /// Reads the last `lines` lines of a log file (for error messages).

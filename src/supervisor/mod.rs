@@ -33,8 +33,9 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::boot::initramfs::{self, BaseSpec, GUEST_CONFIG};
+use crate::boot::initramfs::{self, BaseSpec};
 use crate::config::host::HostConfig;
+use crate::contract::GUEST_CONFIG;
 use crate::name::VmName;
 use crate::output::unix_now;
 use crate::state::lease::{IdleAction, IdleClock};
@@ -537,7 +538,7 @@ fn request_power_off(launch: &Launch) {
 /// Tells how the run ended from the hypervisor's exit and the console.
 fn classify_exit(launch: &Launch, exit: std::process::ExitStatus, stop_reason: Option<String>) -> Ending {
     let console = launch::log_tail(&launch.spec.console_log, 40);
-    if exit.success() && stop_reason.is_none() && console.contains(crate::guest::init::REBOOT_MARKER) {
+    if exit.success() && stop_reason.is_none() && console.contains(crate::contract::REBOOT_MARKER) {
         return Ending::Reboot;
     }
     let (phase, reason) = classify_end(launch, exit, stop_reason, &console);

@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::protocol::{Frame, Listening};
 use crate::config::host::HostConfig;
 use crate::config::vm::VmConfig;
+use crate::contract::protocol::{Frame, Listening};
 use crate::spec::{PortRange, Protocol};
 
 /// The runtime file listing the automatic forwards.

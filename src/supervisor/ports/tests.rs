@@ -156,7 +156,7 @@ fn reporting_agent(dir: &Path, listening: Listening) -> PathBuf {
 /// The agent behind `vsock` of a guest whose console has its ready line.
 fn booted(run_dir: &Path, vsock: PathBuf) -> AgentTarget {
     let console = run_dir.join("console.log");
-    std::fs::write(&console, format!("{}\n", crate::guest::init::READY_MARKER)).unwrap();
+    std::fs::write(&console, format!("{}\n", crate::contract::READY_MARKER)).unwrap();
     AgentTarget { vsock, run_dir: run_dir.to_path_buf(), console }
 }
 
@@ -176,7 +176,7 @@ fn no_agent_connection_before_the_guest_is_ready() {
     spawn(target, None, Some(open.clone()), Box::new(move || Ok(Some(open.clone()))));
     std::thread::sleep(Duration::from_millis(700));
     assert!(listener.accept().is_err(), "connected before the guest was ready");
-    std::fs::write(&console, format!("{}\n", crate::guest::init::READY_MARKER)).unwrap();
+    std::fs::write(&console, format!("{}\n", crate::contract::READY_MARKER)).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while listener.accept().is_err() {
         assert!(std::time::Instant::now() < deadline, "no connection after the ready line");

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::agent::protocol::Frame;
+use crate::contract::protocol::Frame;
 use crate::spec::Protocol;
 
 use super::{bind_for, Target};

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::agent::changes::{Change, FileChange};
-use crate::agent::protocol::{Frame, WatchedProject};
+use crate::contract::protocol::{Frame, WatchedProject};
 use crate::fs::Tree;
 use pending::Pending;
 use tree::Watches;

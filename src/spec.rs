@@ -440,6 +440,35 @@ impl FromStr for EnvVar {
     }
 }
 
+/// Checks a suite or package name (Debian's rules: a lowercase letter or digit, then
+/// those, `+`, `-` and `.`) before it reaches mmdebstrap's command line: no option, no
+/// version pin (`=`), no architecture (`:`) and no apt pattern (`~`) can pass.
+pub fn check_debian_word(what: &str, word: &str) -> Result<(), UserError> {
+    let lower_or_digit = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = word.len() <= 128
+        && word.starts_with(lower_or_digit)
+        && word.chars().all(|c| lower_or_digit(c) || "+-.".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(UserError::usage(format!("{what} {word:?} is not a Debian {what} name")).hint(format!(
+            "give a {what} as Debian spells it, e.g. {}",
+            if what == "suite" { "bookworm" } else { "curl" }
+        )))
+    }
+}
+
+/// Checked package names, sorted, each once.
+pub fn normalized_packages(packages: &[String]) -> Result<Vec<String>, UserError> {
+    for package in packages {
+        check_debian_word("package", package)?;
+    }
+    let mut packages = packages.to_vec();
+    packages.sort();
+    packages.dedup();
+    Ok(packages)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

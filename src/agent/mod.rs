@@ -1,5 +1,5 @@
-//! The guest agent's protocol and the host's client for it (DESIGN §6).
+//! The host's side of the guest agent (DESIGN §6): connecting to it, and a session over
+//! it (raw terminal, signals, resize). The protocol itself is in `contract::protocol`.
 
-pub mod changes;
 pub mod client;
 pub mod session;

@@ -347,7 +347,7 @@ fn kvm_check(kvm: &KvmSupport) -> Check {
 /// What `defaults.hypervisor` (`auto` unless set) runs on this host, and why.
 fn hypervisor_check(host: &HostConfig, kvm: &KvmSupport) -> Check {
     let installed = Tool::CloudHypervisor.find(&host.paths).is_ok();
-    match crate::host::kvm::choose_hypervisor(host.defaults.hypervisor, kvm, installed) {
+    match crate::vmm::choice::choose_hypervisor(host.defaults.hypervisor, kvm, installed) {
         Ok((_, why)) => Check::ok("hypervisor", why.trim_start_matches("hypervisor: ").to_string()),
         Err(error) => Check::problem(
             "hypervisor",

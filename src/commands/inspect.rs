@@ -135,7 +135,7 @@ fn hypervisor_choice(paths: &Paths, config: &VmConfig) -> String {
     let host = crate::config::host::HostConfig::load(&paths.config_file).unwrap_or_default();
     let installed = crate::host::binaries::Tool::CloudHypervisor.find(&host.paths).is_ok();
     let kvm = crate::host::kvm::detect(std::path::Path::new("/"));
-    match crate::host::kvm::choose_hypervisor(config.hypervisor, &kvm, installed) {
+    match crate::vmm::choice::choose_hypervisor(config.hypervisor, &kvm, installed) {
         Ok((_, why)) => why.trim_start_matches("hypervisor: ").to_string(),
         Err(error) => format!("none: {error}"),
     }

@@ -23,7 +23,7 @@
 //!
 //! Unknown keys are errors, so a typo does not silently fall back to a default.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -31,6 +31,7 @@ use serde::Deserialize;
 use crate::addr::{AddressPool, Ipv4Net};
 use crate::config::vm::Hypervisor;
 use crate::error::UserError;
+pub use crate::host::binaries::BinaryPaths;
 use crate::spec::{DiskSize, MemorySize, PortRange};
 
 /// The parsed host config; every field has a default.
@@ -86,7 +87,7 @@ impl Default for Defaults {
             hypervisor: Hypervisor::Auto,
             cpus: 2,
             memory: MemorySize::from_mib(1024),
-            disk: DiskSize::from_mib(crate::state::disk::DEFAULT_LIMIT_MIB),
+            disk: DiskSize::from_mib(DEFAULT_DISK_MIB),
             accel: None,
             auto_ports: true,
             auto_ports_ignore: Vec::new(),
@@ -104,16 +105,8 @@ fn deserialize_memory<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Resu
     text.parse().map_err(serde::de::Error::custom)
 }
 
-/// `[paths]`: explicit locations of the binaries and kernel mvm uses.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BinaryPaths {
-    pub cloud_hypervisor: Option<PathBuf>,
-    pub qemu: Option<PathBuf>,
-    pub virtiofsd: Option<PathBuf>,
-    pub vhost_device_vsock: Option<PathBuf>,
-    pub kernel: Option<PathBuf>,
-}
+/// A new VM's disk limit, unless `defaults.disk` says otherwise.
+pub const DEFAULT_DISK_MIB: u64 = 20 * 1024;
 
 impl HostConfig {
     /// Reads the config at `path`; a missing file means all defaults.

@@ -219,7 +219,7 @@ impl Catalog {
         template.auto_ports = file.auto_ports.or(template.auto_ports);
         template.auto_ports_ignore.extend(file.auto_ports_ignore);
         template.packages.extend(file.packages);
-        template.packages = crate::image::packages::normalized(&template.packages)?;
+        template.packages = crate::spec::normalized_packages(&template.packages)?;
         check_processes(&template.processes)?;
         spec::check_unique_volumes(&template.volumes)?;
         Ok(template)

@@ -4,6 +4,7 @@
 //! processes keep in `/var/log/mvm` ([`ProcessState`]), the device it reports file
 //! changes through, and the agent's wire protocol ([`protocol`]).
 
+pub mod changes;
 pub mod config;
 pub mod protocol;
 

@@ -101,7 +101,7 @@ pub enum Frame {
     /// `Pong` (or `Error` when the guest cannot raise file events), after which the host
     /// sends `FileChanges` frames, each answered with `Pong` once applied.
     WatchFiles(WatchedProject),
-    /// Host → guest: changes to the project ([`crate::agent::changes`] records).
+    /// Host → guest: changes to the project ([`crate::contract::changes`] records).
     FileChanges(Vec<u8>),
     /// Guest → host: the ports the guest's TCP and UDP servers listen on.
     Listeners(Listening),

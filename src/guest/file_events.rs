@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use crate::agent::changes::root_records;
+use crate::contract::changes::root_records;
 use crate::contract::protocol::{Frame, WatchedProject};
 use crate::contract::NOTIFY_DEVICE;
 use crate::guest::agent::{send, Sender};

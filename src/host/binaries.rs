@@ -4,8 +4,20 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::config::host::BinaryPaths;
+use serde::Deserialize;
+
 use crate::error::UserError;
+
+/// `[paths]`: explicit locations of the binaries and kernel mvm uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BinaryPaths {
+    pub cloud_hypervisor: Option<PathBuf>,
+    pub qemu: Option<PathBuf>,
+    pub virtiofsd: Option<PathBuf>,
+    pub vhost_device_vsock: Option<PathBuf>,
+    pub kernel: Option<PathBuf>,
+}
 
 /// An external program mvm depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

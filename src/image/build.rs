@@ -13,6 +13,7 @@ use anyhow::Context;
 
 use super::{image_dir, store_dir, ImageName, ImageRecord, RECORD, ROOTFS};
 use crate::error::UserError;
+use crate::spec::check_debian_word;
 use crate::state::Paths;
 
 /// What to build.
@@ -34,24 +35,6 @@ pub fn mmdebstrap_args(request: &BuildRequest, target: &Path) -> Vec<String> {
     args.push(request.suite.clone());
     args.push(target.display().to_string());
     args
-}
-
-/// Checks a suite or package name (Debian's rules: a lowercase letter or digit, then
-/// those, `+`, `-` and `.`) before it reaches mmdebstrap's command line: no option, no
-/// version pin (`=`), no architecture (`:`) and no apt pattern (`~`) can pass.
-pub fn check_word(what: &str, word: &str) -> Result<(), UserError> {
-    let lower_or_digit = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let valid = word.len() <= 128
-        && word.starts_with(lower_or_digit)
-        && word.chars().all(|c| lower_or_digit(c) || "+-.".contains(c));
-    if valid {
-        Ok(())
-    } else {
-        Err(UserError::usage(format!("{what} {word:?} is not a Debian {what} name")).hint(format!(
-            "give a {what} as Debian spells it, e.g. {}",
-            if what == "suite" { "bookworm" } else { "curl" }
-        )))
-    }
 }
 
 /// The programs a build runs.
@@ -94,9 +77,9 @@ pub fn build(
             .hint(format!("run `sudo mvm image build {}`", request.name))
             .into());
     }
-    check_word("suite", &request.suite)?;
+    check_debian_word("suite", &request.suite)?;
     for package in &request.include {
-        check_word("package", package)?;
+        check_debian_word("package", package)?;
     }
     let store = store_dir(paths);
     crate::state::paths::ensure_root(&paths.state_dir)?;
@@ -364,8 +347,8 @@ mod tests {
 
     #[test]
     fn suites_and_packages_cannot_become_options() {
-        assert!(check_word("package", "libstdc++6").is_ok());
-        assert!(check_word("package", "python3.11").is_ok());
+        assert!(check_debian_word("package", "libstdc++6").is_ok());
+        assert!(check_debian_word("package", "python3.11").is_ok());
         for bad in [
             "",
             "--hook-dir=/tmp",
@@ -378,7 +361,7 @@ mod tests {
             "~n.",
             "Curl",
         ] {
-            assert!(check_word("package", bad).is_err(), "{bad:?} passed");
+            assert!(check_debian_word("package", bad).is_err(), "{bad:?} passed");
         }
     }
 

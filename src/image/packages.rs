@@ -10,22 +10,11 @@
 
 use sha2::{Digest, Sha256};
 
-use super::build::{check_word, BuildRequest};
+use super::build::BuildRequest;
 use super::{ImageName, DEFAULT_SUITE};
 use crate::config::vm::{RootModel, VmConfig};
 use crate::error::UserError;
 use crate::state::Paths;
-
-/// Checked package names, sorted, each once.
-pub fn normalized(packages: &[String]) -> Result<Vec<String>, UserError> {
-    for package in packages {
-        check_word("package", package)?;
-    }
-    let mut packages = packages.to_vec();
-    packages.sort();
-    packages.dedup();
-    Ok(packages)
-}
 
 /// The Debian release this host runs (`VERSION_CODENAME` of `/etc/os-release`), else
 /// [`DEFAULT_SUITE`].
@@ -36,7 +25,7 @@ pub fn host_suite() -> String {
         .lines()
         .find_map(|line| line.strip_prefix("VERSION_CODENAME="))
         .map(|codename| codename.trim_matches('"').to_string())
-        .filter(|codename| debian && check_word("suite", codename).is_ok())
+        .filter(|codename| debian && crate::spec::check_debian_word("suite", codename).is_ok())
         .unwrap_or_else(|| DEFAULT_SUITE.to_string())
 }
 
@@ -58,7 +47,7 @@ pub fn check_layer_name(request: &BuildRequest) -> Result<(), UserError> {
     if !request.name.as_str().starts_with("pkg-") {
         return Ok(());
     }
-    let include = normalized(&request.include)?;
+    let include = crate::spec::normalized_packages(&request.include)?;
     if layer_request(&request.suite, &[], &include).name == request.name {
         return Ok(());
     }
@@ -91,7 +80,7 @@ pub fn layer_of(paths: &Paths, config: &VmConfig) -> anyhow::Result<Option<Build
         RootModel::Dir(_) => return Err(not_on_a_tree().into()),
     };
     // As read from a vm.toml its owner may have edited since create.
-    Ok(Some(layer_request(&suite, &base, &normalized(&config.packages)?)))
+    Ok(Some(layer_request(&suite, &base, &crate::spec::normalized_packages(&config.packages)?)))
 }
 
 /// Image `layer`'s record, when it is built and holds what its name stands for.
@@ -103,7 +92,7 @@ fn built(paths: &Paths, layer: &BuildRequest) -> anyhow::Result<Option<super::Im
         }
         Err(error) => return Err(error),
     };
-    if record.suite != layer.suite || normalized(&record.include)? != layer.include {
+    if record.suite != layer.suite || crate::spec::normalized_packages(&record.include)? != layer.include {
         return Err(UserError::conflict(format!(
             "image {} holds other packages than its name stands for ({})",
             layer.name,
@@ -202,8 +191,11 @@ mod tests {
 
     #[test]
     fn packages_are_checked_sorted_and_unique() {
-        assert_eq!(normalized(&strings(&["postgresql", "curl", "curl"])).unwrap(), ["curl", "postgresql"]);
-        assert!(normalized(&strings(&["--hook=x"])).is_err());
+        assert_eq!(
+            crate::spec::normalized_packages(&strings(&["postgresql", "curl", "curl"])).unwrap(),
+            ["curl", "postgresql"]
+        );
+        assert!(crate::spec::normalized_packages(&strings(&["--hook=x"])).is_err());
     }
 
     #[test]

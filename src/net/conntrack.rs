@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context};
 
 use crate::addr::VmNetwork;
-use crate::config::host::BinaryPaths;
+use crate::host::binaries::BinaryPaths;
 use crate::host::binaries::Tool;
 
 /// Deletes every conntrack entry with an address of `network`'s subnet on either side,

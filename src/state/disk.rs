@@ -20,11 +20,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::host::DEFAULT_DISK_MIB as DEFAULT_LIMIT_MIB;
 use crate::config::vm::VmConfig;
 use crate::state::Paths;
 
-/// A new VM's limit, unless the host config's `defaults.disk` says otherwise.
-pub const DEFAULT_LIMIT_MIB: u64 = 20 * 1024;
 /// Root's directory of files disks, under the state root.
 pub const DISKS_DIR: &str = ".disks";
 /// Where a VM's files disk is mounted, in its state dir.

@@ -119,7 +119,8 @@ impl Launch {
         )?;
         let kvm = kvm::for_this_process(kvm::detect(Path::new("/")), Path::new("/dev/kvm"));
         let cloud_hypervisor_installed = Tool::CloudHypervisor.find(&host.paths).is_ok();
-        let (vmm, vmm_choice) = kvm::choose_hypervisor(config.hypervisor, &kvm, cloud_hypervisor_installed)?;
+        let (vmm, vmm_choice) =
+            crate::vmm::choice::choose_hypervisor(config.hypervisor, &kvm, cloud_hypervisor_installed)?;
         let hypervisor_tool = match vmm {
             Vmm::CloudHypervisor => Tool::CloudHypervisor,
             Vmm::Qemu => Tool::Qemu,

@@ -4,6 +4,7 @@
 //! clients talk to a running hypervisor.
 
 pub mod api_client;
+pub mod choice;
 pub mod cloud_hypervisor;
 pub mod qemu;
 pub mod qmp;
@@ -12,7 +13,7 @@ pub mod virtiofsd;
 use std::path::PathBuf;
 
 /// The virtual machine monitor a launch runs: what `Hypervisor::Auto` resolves to on
-/// this host (`host::kvm::choose_hypervisor`).
+/// this host (`choice::choose_hypervisor`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vmm {
     CloudHypervisor,

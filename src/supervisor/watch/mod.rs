@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use crate::agent::changes::{Change, FileChange};
+use crate::contract::changes::{Change, FileChange};
 use crate::contract::protocol::{Frame, WatchedProject};
 use crate::fs::Tree;
 use pending::Pending;

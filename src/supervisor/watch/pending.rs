@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::agent::changes::{Change, FileChange};
+use crate::contract::changes::{Change, FileChange};
 
 /// The most changes kept for one batch before they become a rescan.
 pub const MAX_PENDING: usize = 50_000;

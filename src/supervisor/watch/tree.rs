@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 
-use crate::agent::changes::{Change, FileChange};
+use crate::contract::changes::{Change, FileChange};
 use crate::fs::Tree;
 
 /// The most rename halves kept waiting for their second half.

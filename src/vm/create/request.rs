@@ -175,7 +175,7 @@ pub(super) fn validate(
         None => None,
     };
     let declared = template.map(|t| t.packages.clone()).unwrap_or_default();
-    let packages = crate::image::packages::normalized(&[declared, args.packages.clone()].concat())?;
+    let packages = crate::spec::normalized_packages(&[declared, args.packages.clone()].concat())?;
     if !packages.is_empty() && !root.has_system_layer() {
         return Err(crate::image::packages::not_on_a_tree().into());
     }

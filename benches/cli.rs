@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mvm::commands::create::{create, CreateArgs, HostLimits};
 use mvm::config::host::HostConfig;
 use mvm::state::Paths;
+use mvm::vm::create::{create, CreateArgs, HostLimits};
 
 const VMS: usize = 200;
 const RUNS: usize = 50;

@@ -9,14 +9,14 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mvm::commands::create::{create, CreateArgs, HostLimits};
-use mvm::commands::port;
 use mvm::config::host::HostConfig;
 use mvm::config::vm::VmConfig;
 use mvm::net::host::HostNet;
 use mvm::spec::{HostPortSelector, PortForward};
 use mvm::state::lock::RunLock;
 use mvm::state::Paths;
+use mvm::vm::create::{create, CreateArgs, HostLimits};
+use mvm::vm::ports as port;
 
 const RUNS: usize = 30;
 

@@ -4,7 +4,8 @@ use anyhow::Context;
 
 use crate::config::host::HostConfig;
 use crate::state::Paths;
-pub use crate::vm::create::{create, CreateArgs, HostLimits};
+pub use crate::vm::create::CreateArgs;
+use crate::vm::create::{create, HostLimits};
 
 /// Runs `mvm create`.
 pub fn run(args: CreateArgs, paths: &Paths) -> anyhow::Result<i32> {

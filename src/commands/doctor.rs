@@ -492,7 +492,7 @@ fn privileged_ports_check(start: Option<&str>) -> Check {
 
 fn setup_check(paths: &Paths) -> Check {
     let group = "mvm";
-    let pending = crate::commands::setup::pending(&crate::commands::setup::Target::host(paths), group);
+    let pending = crate::setup::pending(&crate::setup::Target::host(paths), group);
     if !pending.is_empty() {
         return Check::problem(
             "setup",

@@ -6,12 +6,11 @@
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::vm::VmConfig;
-use crate::error::UserError;
+use crate::vm::ports::{add, remove, switch_automatic};
+
 use crate::name::VmName;
 use crate::output::{self, print_json, print_table};
 use crate::spec::{HostPortSelector, PortForward, PortRange};
-use crate::state::lock::FileLock;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
 
@@ -218,106 +217,6 @@ fn watch(paths: &Paths, name: &VmName, json: bool) -> anyhow::Result<()> {
         (shown, was_running) = (now, Some(running));
         std::thread::sleep(WATCH_POLL);
     }
-}
-
-/// Adds `forward` to VM `name` (picking a host port if it is 0); returns the forward and
-/// whether it was applied to a running VM.
-pub fn add(paths: &Paths, name: &VmName, mut forward: PortForward) -> anyhow::Result<(PortForward, bool)> {
-    let _lock = FileLock::exclusive(&paths.create_lock())?;
-    let mut config = store::load(paths, name)?;
-    let vms = store::list(paths)?;
-    if forward.host == 0 {
-        forward.host =
-            crate::vm::ports::pick_host_port(&vms, &config.ports, forward, crate::host::is_root())?;
-    }
-    if let Some(existing) =
-        config.ports.iter().find(|p| p.host == forward.host && p.protocol == forward.protocol)
-    {
-        return Err(UserError::conflict(format!(
-            "VM '{name}' already forwards host port {}/{} (to guest port {})",
-            existing.host, existing.protocol, existing.guest
-        ))
-        .hint(format!("remove it first with `mvm port {name} --rm {}`", existing.host))
-        .into());
-    }
-    if let Some(owner) = crate::vm::ports::host_port_forwarder(&vms, &forward, Some(name)) {
-        return Err(crate::vm::ports::port_forwarded_by(&forward, owner).into());
-    }
-    crate::vm::ports::check_host_port(&forward, crate::host::is_root())?;
-    crate::config::vm::check_forward_count(config.ports.len() + 1)?;
-    let previous = config.clone();
-    config.ports.push(forward);
-    let applied = save_and_apply(paths, &previous, &config)?;
-    Ok((forward, applied))
-}
-
-/// Switches VM `name`'s automatic forwarding (`on`; `None` leaves it), adds `ignore` to
-/// its ignored ports and takes `unignore` away; returns the saved config.
-pub fn switch_automatic(
-    paths: &Paths,
-    name: &VmName,
-    on: Option<bool>,
-    ignore: &[PortRange],
-    unignore: &[PortRange],
-) -> anyhow::Result<VmConfig> {
-    let _lock = FileLock::exclusive(&paths.create_lock())?;
-    let mut config = store::load(paths, name)?;
-    if let Some(on) = on {
-        config.auto_ports = Some(on);
-    }
-    if let Some(missing) = unignore.iter().find(|range| !config.auto_ports_ignore.contains(range)) {
-        let ignored: Vec<String> = config.auto_ports_ignore.iter().map(ToString::to_string).collect();
-        return Err(UserError::not_found(format!("VM '{name}' does not ignore {missing}"))
-            .hint(match ignored.is_empty() {
-                true => "it ignores no port of its own (the host's `auto_ports_ignore` applies to every VM)"
-                    .into(),
-                false => format!("it ignores {}: give one of those as written", ignored.join(", ")),
-            })
-            .into());
-    }
-    config.auto_ports_ignore.retain(|range| !unignore.contains(range));
-    for range in ignore {
-        if !config.auto_ports_ignore.contains(range) {
-            config.auto_ports_ignore.push(*range);
-        }
-    }
-    config.save(&paths.vm_config(name))?;
-    Ok(config)
-}
-
-/// Removes the forwards `selector` picks from VM `name`; returns them.
-pub fn remove(paths: &Paths, name: &VmName, selector: HostPortSelector) -> anyhow::Result<Vec<PortForward>> {
-    let _lock = FileLock::exclusive(&paths.create_lock())?;
-    let mut config = store::load(paths, name)?;
-    let previous = config.clone();
-    let (removed, kept): (Vec<PortForward>, Vec<PortForward>) =
-        config.ports.iter().partition(|forward| selector.matches(forward));
-    if removed.is_empty() {
-        let which = selector.protocol.map_or(String::new(), |p| format!("/{p}"));
-        return Err(UserError::not_found(format!(
-            "VM '{name}' forwards no host port {}{which}",
-            selector.port
-        ))
-        .hint(format!("`mvm port {name}` lists its forwards"))
-        .into());
-    }
-    config.ports = kept;
-    save_and_apply(paths, &previous, &config)?;
-    Ok(removed)
-}
-
-/// Saves `config`; if the VM runs, converges its rules, restoring `previous` on failure.
-fn save_and_apply(paths: &Paths, previous: &VmConfig, config: &VmConfig) -> anyhow::Result<bool> {
-    config.save(&paths.vm_config(&config.name))?;
-    if store::run_state(paths, &config.name)? != RunState::Running {
-        return Ok(false);
-    }
-    let applied = crate::privileged::client::host_network(paths).update_rules(config);
-    if let Err(error) = applied {
-        previous.save(&paths.vm_config(&config.name))?;
-        return Err(error.context("the change was not applied, and vm.toml is unchanged"));
-    }
-    Ok(true)
 }
 
 #[cfg(test)]

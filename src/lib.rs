@@ -28,6 +28,7 @@ pub mod output;
 pub mod privileged;
 pub mod proc_net;
 pub mod project_env;
+pub mod runtime;
 pub mod setup;
 pub mod spec;
 pub mod state;

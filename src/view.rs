@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::fs::{Tree, RECORD_CAP};
 use crate::name::VmName;
+use crate::runtime::status::{Phase, RuntimeStatus};
 use crate::spec::PortForward;
-use crate::state::status::{Phase, RuntimeStatus};
 use crate::state::store::{self, RunState, VmEntry};
 use crate::state::Paths;
 
@@ -101,7 +101,7 @@ impl VmSummary {
             // No supervisor holds the lock, yet none recorded an end: it was killed.
             (VmState::Stopped, Some(status)) if status.ended_at.is_none() => {
                 let owner = crate::state::store::owner(paths, &config.name).unwrap_or(0);
-                let left = crate::supervisor::orphans::find(&paths.vm_run_dir(&config.name), owner);
+                let left = crate::runtime::orphans::find(&paths.vm_run_dir(&config.name), owner);
                 let fate = match left.len() {
                     0 => "its processes died with it".to_string(),
                     n => format!("{n} of its processes still run: `mvm stop {}` ends them", config.name),

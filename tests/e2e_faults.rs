@@ -9,7 +9,7 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use mvm::supervisor::orphans;
+use mvm::runtime::orphans;
 use support::e2e::{begin, Lab};
 
 /// What gets killed.

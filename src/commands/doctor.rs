@@ -14,10 +14,10 @@ use crate::host::binaries::Tool;
 use crate::host::kvm::{self, KvmSupport};
 use crate::net::host::HostNet;
 use crate::output::print_json;
+use crate::runtime::{clean_run_dir, KEPT_RUNTIME_FILES};
 use crate::state::lock::RunLock;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
-use crate::supervisor::{clean_run_dir, KEPT_RUNTIME_FILES};
 
 /// Arguments of `mvm doctor`.
 #[derive(Debug, Clone, Args)]
@@ -282,7 +282,7 @@ fn clean_stale_run_dir(paths: &Paths, dir: &std::path::Path) -> anyhow::Result<(
     use std::os::unix::fs::MetadataExt;
     let owned_by = vm_dir.clone().unwrap_or_else(|| dir.to_path_buf());
     let owner = std::fs::symlink_metadata(&owned_by).map_or(0, |meta| meta.uid());
-    crate::supervisor::orphans::kill_all(&crate::supervisor::orphans::find(dir, owner));
+    crate::runtime::orphans::kill_all(&crate::runtime::orphans::find(dir, owner));
     if let Some(vm_dir) = &vm_dir {
         clean_run_dir(dir);
         // The files disk a killed supervisor left mounted.
@@ -292,7 +292,7 @@ fn clean_stale_run_dir(paths: &Paths, dir: &std::path::Path) -> anyhow::Result<(
             crate::privileged::client::host_disk(paths).down(&config)?;
         }
     } else {
-        crate::supervisor::remove_run_dir(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        crate::runtime::remove_run_dir(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     }
     Ok(())
 }

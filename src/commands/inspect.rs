@@ -156,7 +156,7 @@ pub fn run(args: InspectArgs, paths: &Paths) -> anyhow::Result<i32> {
     let hypervisor_choice = hypervisor_choice(paths, &config);
     let system_layer = SystemLayer::of(&config, &paths.vm_dir(&name));
     let package_layer = PackageLayer::of(paths, &config);
-    let file_events = running.then(|| crate::supervisor::watch::noted(&run_dir)).flatten();
+    let file_events = running.then(|| crate::runtime::file_events(&run_dir)).flatten();
     let inspection = Inspection {
         file_events,
         system_layer,

@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::name::VmName;
+use crate::runtime::request::Request;
 use crate::state::Paths;
-use crate::supervisor::pause::Request;
 
 /// Arguments of `mvm pause` and `mvm resume`.
 #[derive(Debug, Clone, Args)]

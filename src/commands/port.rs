@@ -136,8 +136,7 @@ impl Listed {
 fn forwards(paths: &Paths, name: &VmName) -> anyhow::Result<(Vec<Listed>, bool)> {
     let config = store::load(paths, name)?;
     let running = store::run_state(paths, name)? == RunState::Running;
-    let automatic =
-        if running { crate::supervisor::ports::read(&paths.vm_run_dir(name)) } else { Vec::new() };
+    let automatic = if running { crate::runtime::auto_forwards(&paths.vm_run_dir(name)) } else { Vec::new() };
     let automatic = automatic.into_iter().map(|auto| Listed {
         forward: PortForward { host: auto.host, guest: auto.guest, protocol: auto.protocol },
         automatic: true,

@@ -143,6 +143,13 @@ pub fn roots_alone(path: &Path) -> io::Result<bool> {
     Ok((meta.is_dir() || meta.is_file()) && meta.uid() == 0 && meta.mode() & 0o022 == 0)
 }
 
+/// Whether `path` is a directory (not a symlink to one) of this process's user.
+pub fn is_own_dir(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|meta| meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw())
+}
+
 /// The largest runtime record [`read_record`] reads.
 pub const RUNTIME_RECORD_CAP: u64 = 64 * 1024;
 

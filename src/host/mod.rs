@@ -3,6 +3,7 @@
 pub mod binaries;
 pub mod kvm;
 pub mod loopdev;
+pub mod mounts;
 pub mod subids;
 pub mod user;
 

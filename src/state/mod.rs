@@ -7,7 +7,6 @@ pub mod lease;
 pub mod lock;
 pub mod paths;
 pub mod seed;
-pub mod status;
 pub mod store;
 pub mod system_disk;
 

@@ -95,7 +95,7 @@ impl Paths {
 
     /// The lock a VM's supervisor holds for as long as it lives.
     pub fn run_lock(&self, name: &VmName) -> PathBuf {
-        self.vm_run_dir(name).join("lock")
+        self.vm_run_dir(name).join(crate::runtime::LOCK_FILE)
     }
 
     /// The log a VM's supervisor writes (its stderr).
@@ -109,8 +109,7 @@ impl Paths {
     }
 }
 
-/// The file name of the guest agent's hybrid vsock socket in a VM's runtime dir.
-pub const AGENT_SOCKET: &str = "vsock.sock";
+pub use crate::runtime::AGENT_SOCKET;
 
 /// Makes one of mvm's roots if missing; a caller who may not is told how to get there.
 pub fn ensure_root(dir: &Path) -> anyhow::Result<()> {
@@ -125,12 +124,7 @@ pub fn ensure_root(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Whether `path` is a directory (not a symlink to one) of this process's user.
-pub fn is_own_dir(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(path)
-        .is_ok_and(|meta| meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw())
-}
+pub use crate::fs::is_own_dir;
 
 /// Makes directory `path` this user's own (mode `mode`) if missing; if it exists, it must
 /// be a directory (not a symlink) that belongs to this user, since one user can make a

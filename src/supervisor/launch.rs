@@ -16,6 +16,7 @@ use crate::error::UserError;
 use crate::host::binaries::Tool;
 use crate::host::kvm::{self, KvmSupport};
 use crate::host::subids::SubIds;
+use crate::runtime::{self, PINNED_PROJECT, PINNED_ROOT};
 use crate::state::Paths;
 use crate::vmm::qemu::Accel;
 use crate::vmm::{kernel_cmdline, Disk, GuestIds, LaunchSpec, Share, Vmm, VOLUME_ID_BASE};
@@ -164,20 +165,20 @@ impl Launch {
             dns: vec![config.network.gateway],
         };
         let control = match vmm {
-            Vmm::CloudHypervisor => "api.sock",
-            Vmm::Qemu => "qmp.sock",
+            Vmm::CloudHypervisor => runtime::API_SOCKET,
+            Vmm::Qemu => runtime::QMP_SOCKET,
         };
         let spec = LaunchSpec {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
             kernel: kernel.image.clone(),
-            initramfs: run_dir.join("boot.cpio"),
+            initramfs: run_dir.join(runtime::BOOT_IMAGE),
             cmdline: kernel_cmdline(&guest_cmdline(&network, vmm, accel)),
             shares,
             disks: disks(config, &vm_dir, &image_store),
             tap: config.network.tap.clone(),
             mac: config.network.mac.clone(),
-            vsock_socket: run_dir.join(crate::state::paths::AGENT_SOCKET),
+            vsock_socket: run_dir.join(runtime::AGENT_SOCKET),
             control_socket: run_dir.join(control),
             console_log: vm_dir.join("log/console.log"),
         };
@@ -199,7 +200,7 @@ impl Launch {
             project_owner,
             spec,
             guest,
-            vhost_vsock_socket: run_dir.join("vhost-vsock.sock"),
+            vhost_vsock_socket: run_dir.join(runtime::VHOST_VSOCK_SOCKET),
         })
     }
 
@@ -293,7 +294,7 @@ fn open_recorded(path: &Path, what: &str, name: &crate::name::VmName) -> anyhow:
     })
 }
 
-/// A directory the VM recorded, bound (`processes::pin_directory`) at a path in its
+/// A directory the VM recorded, bound (`host::mounts::pin_directory`) at a path in its
 /// runtime dir before anything uses it: the shares and overlays see that directory
 /// even if its path is later turned into a symlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -306,11 +307,6 @@ pub struct Pin {
 
 /// The host's package database, which describes the `/usr` a VM's system layer sits on.
 pub const HOST_DPKG_DATABASE: &str = "/var/lib/dpkg";
-
-/// Where the project is bound in the runtime dir.
-pub const PINNED_PROJECT: &str = "lower";
-/// Where a `--root DIR` tree is bound in the runtime dir.
-pub const PINNED_ROOT: &str = "rootdir";
 
 /// The directories of `config` to pin, in mount order.
 pub fn pins(config: &VmConfig, run_dir: &Path) -> Vec<Pin> {
@@ -344,7 +340,7 @@ pub fn project_overlay(config: &VmConfig, files: &Path, run_dir: &Path, run_as: 
         lower: lower(run_as, &project.path, run_dir, PINNED_PROJECT),
         upper: layers.join("upper"),
         work: layers.join("work"),
-        merged: run_dir.join("project"),
+        merged: run_dir.join(runtime::PROJECT_MERGED),
     })
 }
 
@@ -381,7 +377,7 @@ pub fn plan_shares(
         RunAs::User { sub: Some(_), .. } => GuestIds::Subordinate,
         _ => ids(root_ids),
     };
-    let socket = |tag: &str| run_dir.join(format!("fs-{tag}.sock"));
+    let socket = |tag: &str| runtime::share_socket(run_dir, tag);
     let share = |tag: &str, dir: PathBuf, read_only: bool, ids: GuestIds| Share {
         tag: tag.to_string(),
         socket: socket(tag),
@@ -410,7 +406,7 @@ pub fn plan_shares(
             GuestRoot::Host { nix, dpkg }
         }
         RootModel::Dir(dir) => {
-            let merged = run_dir.join("root");
+            let merged = run_dir.join(runtime::ROOT_MERGED);
             overlays.push(Overlay {
                 lower: lower(run_as, dir, run_dir, PINNED_ROOT),
                 upper: files.join("root/upper"),

@@ -17,7 +17,6 @@ macro_rules! log {
 
 pub mod disk;
 pub mod launch;
-pub mod orphans;
 pub mod pause;
 pub mod ports;
 pub mod processes;
@@ -38,28 +37,20 @@ use crate::config::host::HostConfig;
 use crate::contract::GUEST_CONFIG;
 use crate::name::VmName;
 use crate::output::unix_now;
+use crate::runtime::request::{Request, REQUEST_FILE};
+use crate::runtime::status::{Phase, RuntimeStatus};
+use crate::runtime::{self, clean_run_dir, DEFAULT_STOP_TIMEOUT};
 use crate::state::lease::{IdleAction, IdleClock};
 use crate::state::lock::RunLock;
-use crate::state::status::{Phase, RuntimeStatus};
 use crate::state::{store, Paths};
 use crate::vmm::Vmm;
 use launch::{Launch, RunAs};
 use processes::Processes;
 
-/// The file `mvm stop` writes the graceful-stop timeout (seconds) into before SIGTERM.
-pub const STOP_TIMEOUT_FILE: &str = "stop-timeout";
-/// The default graceful-stop timeout.
-pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the supervisor looks at the VM's leases (auto-stop, `mvm up`).
 const LEASE_POLL: Duration = Duration::from_secs(1);
 /// The ending recorded for a stop asked for by `mvm stop`.
 const STOPPED_BY_MVM_STOP: &str = "stopped by mvm stop";
-/// Where mvm mounts in a runtime dir: the overlays first, then the directories they were
-/// made of (the order they are unmounted in).
-const MOUNT_POINTS: [&str; 4] = ["project", "root", launch::PINNED_PROJECT, launch::PINNED_ROOT];
-/// Files of the runtime dir that outlive the supervisor.
-pub const KEPT_RUNTIME_FILES: [&str; 2] = ["lock", crate::state::status::STATUS_FILE];
-
 /// How one boot of the VM ended.
 enum Ending {
     /// For good, in this phase, for this reason.
@@ -189,13 +180,17 @@ fn run(
     // Until this boot ends: the sockets belong to this boot's bridge.
     let _dns = serve_dns(paths, &config)?;
     for pin in &launch.pins {
-        processes::pin_directory(&crate::fs::Tree::open_exact(&pin.source)?, &pin.at, pin.read_only)?;
+        crate::host::mounts::pin_directory(
+            &crate::fs::Tree::open_exact(&pin.source)?,
+            &pin.at,
+            pin.read_only,
+        )?;
     }
     // The shares were planned for the project's owner: the directory now bound must be
     // theirs still (not another directory renamed into its place meanwhile).
     if launch.config.project.is_some() && launch.run_as == RunAs::Root {
         use std::os::unix::fs::MetadataExt;
-        let bound = std::fs::metadata(run_dir.join(launch::PINNED_PROJECT))?;
+        let bound = std::fs::metadata(run_dir.join(runtime::PINNED_PROJECT))?;
         if (bound.uid(), bound.gid()) != launch.project_owner {
             bail!("the project directory changed owner while the VM was starting");
         }
@@ -366,20 +361,20 @@ fn run(
                 return Ok(classify_exit(&launch, exit, stop.map(|(_, reason)| reason)));
             }
             Event::Signal(signal) if signal == nix::libc::SIGUSR2 => {
-                let request = pause::Request::read(&run_dir);
+                let request = Request::read(&run_dir);
                 ready = ready || launch::guest_ready(&launch.spec.console_log);
                 match request {
-                    Some(pause::Request::Pause) if stop.is_none() && ready => {
+                    Some(Request::Pause) if stop.is_none() && ready => {
                         set_paused(&launch, hypervisor_pid, status, &run_dir, &mut paused, true)
                     }
-                    Some(pause::Request::Resume) => {
+                    Some(Request::Resume) => {
                         set_paused(&launch, hypervisor_pid, status, &run_dir, &mut paused, false)
                     }
                     _ => {}
                 }
                 // The asker waits for the request to go, then reads the phase.
                 let _ = status.write(&run_dir);
-                let _ = std::fs::remove_file(run_dir.join(pause::REQUEST_FILE));
+                let _ = std::fs::remove_file(run_dir.join(REQUEST_FILE));
             }
             Event::Signal(signal) if signal == nix::libc::SIGUSR1 => {
                 log!("forced stop: killing {program}");
@@ -403,10 +398,7 @@ fn run(
                     stop = Some((Instant::now() + Duration::from_secs(3600), STOPPED_BY_MVM_STOP.into()));
                     continue;
                 }
-                let timeout = std::fs::read_to_string(run_dir.join(STOP_TIMEOUT_FILE))
-                    .ok()
-                    .and_then(|text| text.trim().parse().ok())
-                    .map_or(DEFAULT_STOP_TIMEOUT, Duration::from_secs);
+                let timeout = runtime::stop_timeout(&run_dir);
                 log!("graceful stop requested (timeout {} s)", timeout.as_secs());
                 request_power_off(&launch);
                 stop = Some((Instant::now() + timeout, STOPPED_BY_MVM_STOP.into()));
@@ -427,7 +419,7 @@ fn file_event_module(paths: &Paths, launch: &Launch) -> Option<std::path::PathBu
         other => {
             if let Some(why) = notify::why_off(&other, release) {
                 log!("{why}");
-                watch::note(&paths.vm_run_dir(&launch.config.name), &format!("off: {why}"));
+                runtime::note_file_events(&paths.vm_run_dir(&launch.config.name), &format!("off: {why}"));
             }
             None
         }
@@ -483,7 +475,7 @@ fn serve_auto_ports(paths: &Paths, name: &VmName, run_dir: &Path) {
     let uid = nix::unistd::geteuid().as_raw();
     let owner = (uid != 0).then_some(uid);
     let target = ports::AgentTarget {
-        vsock: run_dir.join(crate::state::paths::AGENT_SOCKET),
+        vsock: run_dir.join(runtime::AGENT_SOCKET),
         run_dir: run_dir.to_path_buf(),
         console,
     };
@@ -659,10 +651,10 @@ fn teardown(
     };
     processes.stop_all(Duration::from_secs(3));
     let run_dir = paths.vm_run_dir(name);
-    for mounted in MOUNT_POINTS {
-        note(processes::unmount_if_mounted(&run_dir.join(mounted)));
+    for mounted in runtime::MOUNT_POINTS {
+        note(crate::host::mounts::unmount_if_mounted(&run_dir.join(mounted)));
     }
-    if !processes::is_mount_point(&run_dir.join("project")) {
+    if !crate::host::mounts::is_mount_point(&run_dir.join(runtime::PROJECT_MERGED)) {
         note(launch::remove_scratch_layers(&crate::state::disk::files_dir(&paths.vm_dir(name))));
     }
     if let Some(config) = brought_up.network {
@@ -674,56 +666,6 @@ fn teardown(
     }
     clean_run_dir(&run_dir);
     first_error.map_or(Ok(()), Err)
-}
-
-/// Removes a runtime dir that no supervisor holds: unmounts what mvm mounted there and
-/// deletes files and empty mount points one by one, never recursing into a directory
-/// that might be a mount (a project bound there). Nothing there is no error.
-pub fn remove_run_dir(run_dir: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(run_dir) {
-        Err(_) => return Ok(()),
-        // Planted where the runtime dir belongs: the link goes, never what it points at.
-        Ok(meta) if meta.file_type().is_symlink() => return std::fs::remove_file(run_dir),
-        // Someone else's: not ours to empty.
-        Ok(_) if !crate::state::paths::is_own_dir(run_dir) => return Ok(()),
-        Ok(_) => {}
-    }
-    clean_run_dir(run_dir);
-    for kept in KEPT_RUNTIME_FILES {
-        match std::fs::remove_file(run_dir.join(kept)) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
-            _ => {}
-        }
-    }
-    std::fs::remove_dir(run_dir)
-}
-
-/// Removes everything from a runtime dir but the lock and status (stale sockets included).
-pub fn clean_run_dir(run_dir: &Path) {
-    if !crate::state::paths::is_own_dir(run_dir) {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(run_dir) else { return };
-    for entry in entries.filter_map(Result::ok) {
-        let name = entry.file_name();
-        if KEPT_RUNTIME_FILES.iter().any(|kept| name == *kept) {
-            continue;
-        }
-        let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            // Never delete through a mount that would not go away; where mvm mounts
-            // (a project bound here, above all), remove only the empty mount point.
-            if processes::unmount_if_mounted(&path).is_ok() && !processes::is_mount_point(&path) {
-                let _ = if MOUNT_POINTS.iter().any(|mount| name == *mount) {
-                    std::fs::remove_dir(&path)
-                } else {
-                    std::fs::remove_dir_all(&path)
-                };
-            }
-        } else {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
 }
 
 #[cfg(test)]

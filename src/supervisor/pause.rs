@@ -9,44 +9,13 @@
 //! vsock hang after pause/resume with events in flight. A stopped process leaves the
 //! devices alone; its vCPU threads use no CPU, and the kernel still delivers the
 //! supervisor's SIGKILL to it. `mvm pause`/`resume` (and `up`, `shell`) ask by
-//! writing [`REQUEST_FILE`] in the runtime dir and sending the supervisor `SIGUSR2`.
-
-use std::path::Path;
+//! writing a request into the runtime dir (`runtime::request`) and sending the supervisor `SIGUSR2`.
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::supervisor::launch::Launch;
 use crate::vmm::Vmm;
-
-/// The runtime file that says what a `SIGUSR2` asks for: `pause` or `resume`.
-pub const REQUEST_FILE: &str = "request";
-
-/// What a `SIGUSR2` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Request {
-    Pause,
-    Resume,
-}
-
-impl Request {
-    /// The word written to [`REQUEST_FILE`].
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Request::Pause => "pause",
-            Request::Resume => "resume",
-        }
-    }
-
-    /// The request waiting in `run_dir`, if any.
-    pub fn read(run_dir: &Path) -> Option<Request> {
-        match std::fs::read_to_string(run_dir.join(REQUEST_FILE)).ok()?.trim() {
-            "pause" => Some(Request::Pause),
-            "resume" => Some(Request::Resume),
-            _ => None,
-        }
-    }
-}
 
 /// Stops the VM (its hypervisor is `hypervisor`).
 pub fn pause(launch: &Launch, hypervisor: u32) -> anyhow::Result<()> {

@@ -10,13 +10,10 @@ use nix::unistd::Pid;
 
 use crate::error::UserError;
 use crate::name::VmName;
-use crate::state::status::{Phase, RuntimeStatus};
+use crate::runtime::request::{Request, REQUEST_FILE, REQUEST_LOCK};
+use crate::runtime::status::{Phase, RuntimeStatus};
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
-use crate::supervisor::pause::{Request, REQUEST_FILE};
-
-/// The lock a pause or resume request is made under, in the runtime dir.
-const REQUEST_LOCK: &str = "request.lock";
 
 /// Whether VM `name` runs with its vCPUs stopped.
 pub fn is_paused(paths: &Paths, name: &VmName) -> bool {

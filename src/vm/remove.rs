@@ -39,7 +39,7 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
     // First, while nothing is lost yet: a crashed supervisor may have left the project
     // bound in the runtime dir, which is emptied without ever recursing into a mount.
     let run_dir = paths.vm_run_dir(name);
-    crate::supervisor::remove_run_dir(&run_dir).map_err(|error| {
+    crate::runtime::remove_run_dir(&run_dir).map_err(|error| {
         UserError::new(
             crate::error::ExitCode::Failure,
             format!("cannot remove {}: {error}", run_dir.display()),

@@ -6,8 +6,8 @@ use crate::config::vm::VmConfig;
 use crate::error::UserError;
 use crate::name::VmName;
 use crate::project_env;
+use crate::runtime::status::RuntimeStatus;
 use crate::state::lock::{FileLock, RunLock};
-use crate::state::status::RuntimeStatus;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
 use crate::supervisor::launch::{self, Launch};
@@ -110,7 +110,7 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
         return Ok(Started::AlreadyRunning);
     }
     // Never a second hypervisor beside one that outlived its supervisor.
-    let left = crate::supervisor::orphans::find(&paths.vm_run_dir(name), owner);
+    let left = crate::runtime::orphans::find(&paths.vm_run_dir(name), owner);
     if let Some(first) = left.first() {
         return Err(UserError::conflict(format!(
             "{} process(es) of VM '{name}' outlived its supervisor (pid {}: {})",

@@ -3,11 +3,10 @@
 
 use crate::error::UserError;
 use crate::name::VmName;
+use crate::runtime::status::RuntimeStatus;
 use crate::state::lock::{FileLock, RunLock};
-use crate::state::status::RuntimeStatus;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
-use crate::supervisor::STOP_TIMEOUT_FILE;
 use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -22,20 +21,20 @@ pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> any
         // A supervisor that died left no record of an end: whatever survived it, and its
         // mounts, links and rules, are this stop's to remove.
         let died = RuntimeStatus::read(&run_dir).is_some_and(|status| status.ended_at.is_none());
-        if !died && crate::supervisor::orphans::find(&run_dir, owner).is_empty() {
+        if !died && crate::runtime::orphans::find(&run_dir, owner).is_empty() {
             return Ok(false);
         }
         // No start may begin meanwhile (its helpers would look like survivors).
         let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
         if store::run_state(paths, name)? != RunState::Running {
-            return end_orphans(paths, &config, &crate::supervisor::orphans::find(&run_dir, owner))
+            return end_orphans(paths, &config, &crate::runtime::orphans::find(&run_dir, owner))
                 .map(|()| true);
         }
     }
     // No lifecycle lock: a start holds it until the guest answers, and a stop must not
     // wait for the boot it is stopping (the supervisor takes the signal at any phase).
     let supervisor = live_supervisor(&run_dir, name)?;
-    std::fs::write(run_dir.join(STOP_TIMEOUT_FILE), timeout.as_secs().to_string())?;
+    crate::runtime::write_stop_timeout(&run_dir, timeout)?;
     let signal = if force { Signal::SIGUSR1 } else { Signal::SIGTERM };
     kill(Pid::from_raw(supervisor as i32), signal).context("cannot signal the supervisor")?;
     let deadline = Instant::now() + timeout + Duration::from_secs(10);
@@ -79,26 +78,26 @@ pub(crate) fn live_supervisor(run_dir: &std::path::Path, name: &VmName) -> anyho
 fn end_orphans(
     paths: &Paths,
     config: &crate::config::vm::VmConfig,
-    left: &[crate::supervisor::orphans::Orphan],
+    left: &[crate::runtime::orphans::Orphan],
 ) -> anyhow::Result<()> {
     if !left.is_empty() {
         eprintln!("ending {} process(es) that outlived VM '{}''s supervisor", left.len(), config.name);
     }
-    if !crate::supervisor::orphans::kill_all(left) {
+    if !crate::runtime::orphans::kill_all(left) {
         anyhow::bail!("some processes of VM '{}' would not die", config.name);
     }
     let run_dir = paths.vm_run_dir(&config.name);
     if std::fs::symlink_metadata(&run_dir).is_ok() && !crate::state::paths::is_own_dir(&run_dir) {
         anyhow::bail!("{} is not a directory of this user's; remove it", run_dir.display());
     }
-    crate::supervisor::clean_run_dir(&run_dir);
+    crate::runtime::clean_run_dir(&run_dir);
     crate::supervisor::launch::remove_scratch_layers(&crate::state::disk::files_dir(
         &paths.vm_dir(&config.name),
     ))?;
     crate::privileged::client::host_network(paths).down(config)?;
     crate::privileged::client::host_disk(paths).down(config)?;
     if let Some(mut status) = RuntimeStatus::read(&run_dir) {
-        status.phase = crate::state::status::Phase::Crashed;
+        status.phase = crate::runtime::status::Phase::Crashed;
         status.ended_at = Some(crate::output::unix_now());
         status.reason = Some("its supervisor died; `mvm stop` ended the processes it left".into());
         status.write(&run_dir)?;

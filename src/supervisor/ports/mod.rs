@@ -8,7 +8,7 @@
 //! forwards take connections from the user's programs (and root's) alone, as its DNAT'ed
 //! ports do (`peer`), and are TCP only (a UDP sender cannot be known; `mvm port` declares a
 //! UDP forward, which the firewall keeps the owner's). The forwards are listed in the
-//! runtime dir's [`AUTO_PORTS_FILE`] for `mvm port NAME`.
+//! runtime dir's `auto-ports.json` (`runtime::AutoForward`) for `mvm port NAME`.
 
 mod peer;
 mod tcp;
@@ -23,38 +23,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::host::HostConfig;
 use crate::config::vm::VmConfig;
 use crate::contract::protocol::{Frame, Listening};
+use crate::runtime::AutoForward;
 use crate::spec::{PortRange, Protocol};
 
-/// The runtime file listing the automatic forwards.
-pub const AUTO_PORTS_FILE: &str = "auto-ports.json";
 /// The most automatic forwards one VM gets: a guest that listens on thousands of ports
 /// does not make the host bind thousands.
 pub const MAX_AUTO_FORWARDS: usize = 64;
 /// The least time between two rounds of changes to the forwards (the agent reports at
 /// most every 200 ms; a hostile one sending faster is slowed down to this).
 const MIN_APPLY_INTERVAL: Duration = Duration::from_millis(100);
-
-/// One automatic forward: host `127.0.0.1:host` to the guest's port `guest`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct AutoForward {
-    pub host: u16,
-    pub guest: u16,
-    #[serde(default)]
-    pub protocol: Protocol,
-}
-
-/// The automatic forwards of the VM whose runtime dir is `run_dir`.
-pub fn read(run_dir: &Path) -> Vec<AutoForward> {
-    crate::fs::read_record(run_dir, AUTO_PORTS_FILE)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
-}
 
 /// Which guest ports are forwarded by themselves, and to whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,10 +290,7 @@ impl Forwarder {
             .map(|(&(protocol, guest), forward)| AutoForward { host: forward.host, guest, protocol })
             .collect();
         if self.listed_before.as_ref() != Some(&listed) {
-            let written = serde_json::to_vec(&listed)
-                .map_err(anyhow::Error::from)
-                .and_then(|bytes| crate::atomic::write_atomic(&self.run_dir.join(AUTO_PORTS_FILE), &bytes));
-            match written {
+            match crate::runtime::write_auto_forwards(&self.run_dir, &listed) {
                 Ok(()) => self.listed_before = Some(listed),
                 Err(error) => log!("cannot list the automatic forwards: {error:#}"),
             }

@@ -187,8 +187,12 @@ fn no_agent_connection_before_the_guest_is_ready() {
 /// Waits until the listed automatic forwards are `expected`.
 fn until_listed(run_dir: &Path, expected: &[AutoForward]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while read(run_dir) != expected {
-        assert!(std::time::Instant::now() < deadline, "listed {:?}, not {expected:?}", read(run_dir));
+    while crate::runtime::auto_forwards(run_dir) != expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listed {:?}, not {expected:?}",
+            crate::runtime::auto_forwards(run_dir)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

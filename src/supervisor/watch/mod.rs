@@ -26,21 +26,6 @@ use crate::fs::Tree;
 use pending::Pending;
 use tree::Watches;
 
-/// The record in the VM's run directory that says whether its guest gets file events
-/// (`mvm inspect` shows it).
-pub const RECORD: &str = "file-events";
-
-/// Says in the run directory `run_dir` how file events stand (`on, …` or `off: …`).
-pub fn note(run_dir: &std::path::Path, state: &str) {
-    let _ = crate::atomic::write_atomic(&run_dir.join(RECORD), format!("{state}\n").as_bytes());
-}
-
-/// How file events stand for the VM with run directory `run_dir`, if it said.
-pub fn noted(run_dir: &std::path::Path) -> Option<String> {
-    let text = crate::fs::read_record(run_dir, RECORD).ok()?;
-    Some(String::from_utf8_lossy(&text).trim().to_string())
-}
-
 /// The most directories one VM's project has watched.
 pub const WATCH_LIMIT: usize = 65_536;
 /// How long the sender lets a batch gather after its first change (a rename's halves,
@@ -72,7 +57,7 @@ pub struct WatchTarget {
     pub vsock: PathBuf,
     /// The console log, whose ready line says the agent listens.
     pub console: PathBuf,
-    /// The VM's run directory, where [`RECORD`] says how file events stand.
+    /// The VM's run directory, where `runtime::note_file_events` says how file events stand.
     pub run_dir: PathBuf,
 }
 
@@ -123,7 +108,10 @@ pub fn spawn(target: WatchTarget) -> Watcher {
         Ok(watches) => watches,
         Err(error) => {
             log!("no file events in the guest: cannot watch the project: {error}");
-            note(&target.run_dir, &format!("off: cannot watch the project: {error}"));
+            crate::runtime::note_file_events(
+                &target.run_dir,
+                &format!("off: cannot watch the project: {error}"),
+            );
             return Watcher { shared, coverage: Coverage::Partial };
         }
     };
@@ -134,12 +122,15 @@ pub fn spawn(target: WatchTarget) -> Watcher {
     );
     let coverage = match &watches.incomplete {
         None => {
-            note(&target.run_dir, &format!("on, {} directories watched", watches.len()));
+            crate::runtime::note_file_events(
+                &target.run_dir,
+                &format!("on, {} directories watched", watches.len()),
+            );
             Coverage::Whole
         }
         Some(why) => {
             log!("file events: {why}");
-            note(&target.run_dir, &format!("partial: {why}"));
+            crate::runtime::note_file_events(&target.run_dir, &format!("partial: {why}"));
             Coverage::Partial
         }
     };
@@ -218,7 +209,7 @@ fn send(target: &WatchTarget, shared: &Shared) {
             Ok(stream) => stream,
             Err(Refusal::Off(why)) => {
                 log!("no file events in the guest: {why}");
-                note(&target.run_dir, &format!("off: {why}"));
+                crate::runtime::note_file_events(&target.run_dir, &format!("off: {why}"));
                 let (lock, _) = &**shared;
                 lock.lock().expect("file events").off = true;
                 return;

@@ -45,19 +45,6 @@ use crate::state::{store, Paths};
 use bring_up::{teardown, BroughtUp};
 use processes::Processes;
 
-/// One boot of VM `name`: brought up, waited on; torn down by the caller.
-fn run(
-    paths: &Paths,
-    name: &VmName,
-    events: &(Receiver<Event>, Sender<Event>),
-    status: &mut RuntimeStatus,
-    processes: &mut Processes,
-    brought_up: &mut BroughtUp,
-) -> anyhow::Result<Ending> {
-    let booted = bring_up::bring_up(paths, name, events, status, processes, brought_up)?;
-    wait::wait(paths, name, events, status, processes, &booted)
-}
-
 /// How one boot of the VM ended.
 enum Ending {
     /// For good, in this phase, for this reason.
@@ -98,7 +85,8 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     let (phase, reason) = loop {
         let mut processes = Processes::default();
         let mut brought_up = BroughtUp::default();
-        let ending = run(paths, name, &events, &mut status, &mut processes, &mut brought_up)
+        let ending = bring_up::bring_up(paths, name, &events, &mut status, &mut processes, &mut brought_up)
+            .and_then(|booted| wait::wait(paths, name, &events, &mut status, &mut processes, &booted))
             .unwrap_or_else(|error| Ending::Ended(Phase::Crashed, format!("{error:#}")));
         status.phase = Phase::Stopping;
         let _ = status.write(&run_dir);

@@ -68,9 +68,9 @@ pub(super) fn bring_up(
     let files = crate::state::disk::files_dir(&paths.vm_dir(name));
     launch::ensure_trees(&files, &config)?;
     let mut launch = Launch::prepare(paths, &host, &config)?;
-    launch::prepare_project_layer(&launch.config, &files, launch.project_owner)?;
-    log!("{}", launch.vmm_choice);
-    if let Some(mkfs) = &launch.mkfs {
+    launch::prepare_project_layer(&launch.config, &files, launch.checked.project_owner)?;
+    log!("{}", launch.checked.vmm_choice);
+    if let Some(mkfs) = &launch.checked.mkfs {
         let vm_dir = paths.vm_dir(name);
         let size = crate::state::disk::system_mib(&config);
         if crate::state::system_disk::ensure(&vm_dir, size, config.ephemeral_system, mkfs)? {
@@ -78,7 +78,7 @@ pub(super) fn bring_up(
             log!("made {kind} system disk ({} ms)", started.elapsed().as_millis());
         }
     }
-    if let Some(warning) = &launch.accel_warning {
+    if let Some(warning) = &launch.checked.accel_warning {
         log!("{warning}");
     }
     let run_dir = paths.vm_run_dir(name);
@@ -88,7 +88,7 @@ pub(super) fn bring_up(
         let cache = paths.user_cache();
         std::fs::create_dir_all(cache.parent().expect("the cache has a parent"))?;
         crate::state::paths::own_dir(&cache, 0o700)?;
-        initramfs::cached_base(&cache, &BaseSpec::for_kernel(&launch.kernel, notify_module.clone())?)?
+        initramfs::cached_base(&cache, &BaseSpec::for_kernel(&launch.checked.kernel, notify_module.clone())?)?
     };
     let guest = serde_json::to_vec(&launch.guest)?;
     initramfs::write_boot_image(&base, &[(GUEST_CONFIG, &guest)], &launch.spec.initramfs)?;
@@ -112,7 +112,7 @@ pub(super) fn bring_up(
     if launch.config.project.is_some() && launch.run_as == RunAs::Root {
         use std::os::unix::fs::MetadataExt;
         let bound = std::fs::metadata(run_dir.join(runtime::PINNED_PROJECT))?;
-        if (bound.uid(), bound.gid()) != launch.project_owner {
+        if (bound.uid(), bound.gid()) != launch.checked.project_owner {
             bail!("the project directory changed owner while the VM was starting");
         }
     }
@@ -150,14 +150,14 @@ pub(super) fn bring_up(
         };
         processes.spawn(
             &format!("virtiofsd[{}]", share.tag),
-            &launch.virtiofsd,
+            &launch.checked.virtiofsd,
             &crate::vmm::virtiofsd::args(share),
             &log,
             namespace,
             (!share.read_only).then(|| filter.clone()),
         )?;
     }
-    if let Some(vhost_vsock) = &launch.vhost_vsock {
+    if let Some(vhost_vsock) = &launch.checked.vhost_vsock {
         let args = crate::vmm::qemu::vhost_vsock_args(&launch.vhost_vsock_socket, &launch.spec);
         processes.spawn(
             "vhost-device-vsock",
@@ -169,15 +169,15 @@ pub(super) fn bring_up(
         )?;
     }
     let mut sockets: Vec<&Path> = launch.spec.shares.iter().map(|s| s.socket.as_path()).collect();
-    if launch.vhost_vsock.is_some() {
+    if launch.checked.vhost_vsock.is_some() {
         sockets.push(&launch.vhost_vsock_socket);
     }
     processes.wait_for_sockets(&sockets, Duration::from_secs(10))?;
     log!("{} device backends ready ({} ms)", sockets.len(), started.elapsed().as_millis());
 
-    let program = launch.hypervisor.display().to_string();
+    let program = launch.checked.hypervisor.display().to_string();
     let mut hypervisor = processes::spawn_hypervisor(
-        &launch.hypervisor,
+        &launch.checked.hypervisor,
         &launch.hypervisor_args(),
         &log_dir.join("hypervisor.log"),
     )?;
@@ -201,7 +201,7 @@ pub(super) fn bring_up(
 fn file_event_module(paths: &Paths, launch: &Launch) -> Option<std::path::PathBuf> {
     use crate::boot::notify::{self, Availability};
     launch.config.project.as_ref()?;
-    let release = launch.kernel.release.as_deref()?;
+    let release = launch.checked.kernel.release.as_deref()?;
     match notify::find(paths, release) {
         Availability::Ready(module) => Some(module),
         other => {

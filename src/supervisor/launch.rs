@@ -77,10 +77,12 @@ impl RunAs {
     }
 }
 
-/// Everything needed to launch one VM.
+/// What a launch takes from the host, checked before anything is made: the kernel, the
+/// programs, the hypervisor `auto` chose and the acceleration, the project's owner.
+/// `mvm start` checks these to fail early, on the caller's terminal; the supervisor
+/// checks them again at each boot and plans the boot from them ([`Launch::prepare`]).
 #[derive(Debug, Clone)]
-pub struct Launch {
-    pub config: VmConfig,
+pub struct Checked {
     pub kernel: Kernel,
     pub hypervisor: PathBuf,
     /// Which hypervisor that is (what `auto` chose), and the line that says why.
@@ -94,59 +96,87 @@ pub struct Launch {
     pub accel: Accel,
     /// Set when `/dev/kvm` exists but cannot run ordinary kernels (only `kvm_pvm`).
     pub accel_warning: Option<String>,
+    /// The project's owner (uid, gid), whom the guest's writes to it belong to.
+    pub project_owner: (u32, u32),
+}
+
+/// Everything needed to launch one VM.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The VM's config, its root resolved (a VM that declares packages boots their image).
+    pub config: VmConfig,
+    pub checked: Checked,
     pub overlays: Vec<Overlay>,
     /// Who the VM's processes run as.
     pub run_as: RunAs,
     /// The recorded directories to bind where the shares and overlays take them from.
     pub pins: Vec<Pin>,
-    /// The project's owner (uid, gid), whom the guest's writes to it belong to.
-    pub project_owner: (u32, u32),
     pub spec: LaunchSpec,
     pub guest: GuestConfig,
     /// The socket vhost-device-vsock serves QEMU on.
     pub vhost_vsock_socket: PathBuf,
 }
 
-impl Launch {
-    /// Works out the launch of `config`, checking every input exists.
-    pub fn prepare(paths: &Paths, host: &HostConfig, declared: &VmConfig) -> anyhow::Result<Launch> {
-        // A VM that declares packages boots their layer's image.
-        let config =
-            &VmConfig { root: crate::image::packages::launch_root(paths, declared)?, ..declared.clone() };
-        let kernel = kernel::discover(
-            Path::new("/"),
-            config.kernel.as_deref().or(host.paths.kernel.as_deref()),
-            &crate::host::kernel_release(),
-        )?;
-        let kvm = kvm::for_this_process(kvm::detect(Path::new("/")), Path::new("/dev/kvm"));
-        let cloud_hypervisor_installed = Tool::CloudHypervisor.find(&host.paths).is_ok();
-        let (vmm, vmm_choice) =
-            crate::vmm::choice::choose_hypervisor(config.hypervisor, &kvm, cloud_hypervisor_installed)?;
-        let hypervisor_tool = match vmm {
-            Vmm::CloudHypervisor => Tool::CloudHypervisor,
-            Vmm::Qemu => Tool::Qemu,
-        };
-        let hypervisor = hypervisor_tool.find(&host.paths)?;
-        let virtiofsd = Tool::Virtiofsd.find(&host.paths)?;
-        let vhost_vsock = match vmm {
-            Vmm::Qemu => Some(Tool::VhostDeviceVsock.find(&host.paths)?),
-            Vmm::CloudHypervisor => None,
-        };
-        let (accel, accel_warning) = choose_accel(&kvm, host);
-        // What guest root installs goes on a disk of the VM's own, which mkfs makes.
-        let mkfs = config.root.has_system_layer().then(|| Tool::MkfsExt4.find(&host.paths)).transpose()?;
-        // What the guest writes into the project becomes its owner's.
-        let project_owner = match &config.project {
-            Some(project) => {
-                let tree = open_recorded(&project.path, "project", &config.name)?;
-                let meta = tree.metadata(Path::new(""))?.context("the project vanished")?;
-                (meta.uid(), meta.gid())
-            }
-            None => (0, 0),
-        };
-        if let RootModel::Dir(dir) = &config.root {
-            open_recorded(dir, "root", &config.name)?;
+/// Checks what the launch of `declared` takes from the host; returns the config with its
+/// root resolved, and what was found.
+pub fn check(paths: &Paths, host: &HostConfig, declared: &VmConfig) -> anyhow::Result<(VmConfig, Checked)> {
+    // A VM that declares packages boots their layer's image.
+    let config = VmConfig { root: crate::image::packages::launch_root(paths, declared)?, ..declared.clone() };
+    let kernel = kernel::discover(
+        Path::new("/"),
+        config.kernel.as_deref().or(host.paths.kernel.as_deref()),
+        &crate::host::kernel_release(),
+    )?;
+    let kvm = kvm::for_this_process(kvm::detect(Path::new("/")), Path::new("/dev/kvm"));
+    let cloud_hypervisor_installed = Tool::CloudHypervisor.find(&host.paths).is_ok();
+    let (vmm, vmm_choice) =
+        crate::vmm::choice::choose_hypervisor(config.hypervisor, &kvm, cloud_hypervisor_installed)?;
+    let hypervisor_tool = match vmm {
+        Vmm::CloudHypervisor => Tool::CloudHypervisor,
+        Vmm::Qemu => Tool::Qemu,
+    };
+    let hypervisor = hypervisor_tool.find(&host.paths)?;
+    let virtiofsd = Tool::Virtiofsd.find(&host.paths)?;
+    let vhost_vsock = match vmm {
+        Vmm::Qemu => Some(Tool::VhostDeviceVsock.find(&host.paths)?),
+        Vmm::CloudHypervisor => None,
+    };
+    let (accel, accel_warning) = choose_accel(&kvm, host);
+    // What guest root installs goes on a disk of the VM's own, which mkfs makes.
+    let mkfs = config.root.has_system_layer().then(|| Tool::MkfsExt4.find(&host.paths)).transpose()?;
+    // What the guest writes into the project becomes its owner's.
+    let project_owner = match &config.project {
+        Some(project) => {
+            let tree = open_recorded(&project.path, "project", &config.name)?;
+            let meta = tree.metadata(Path::new(""))?.context("the project vanished")?;
+            (meta.uid(), meta.gid())
         }
+        None => (0, 0),
+    };
+    if let RootModel::Dir(dir) = &config.root {
+        open_recorded(dir, "root", &config.name)?;
+    }
+    let checked = Checked {
+        kernel,
+        hypervisor,
+        vmm,
+        vmm_choice,
+        virtiofsd,
+        mkfs,
+        vhost_vsock,
+        accel,
+        accel_warning,
+        project_owner,
+    };
+    Ok((config, checked))
+}
+
+impl Launch {
+    /// Works out the launch of `declared`, checking every input exists.
+    pub fn prepare(paths: &Paths, host: &HostConfig, declared: &VmConfig) -> anyhow::Result<Launch> {
+        let (config, checked) = check(paths, host, declared)?;
+        let config = &config;
+        let Checked { vmm, accel, project_owner, .. } = checked;
         let run_dir = paths.vm_run_dir(&config.name);
         let vm_dir = paths.vm_dir(&config.name);
         let run_as = RunAs::this_process();
@@ -171,7 +201,7 @@ impl Launch {
         let spec = LaunchSpec {
             cpus: config.cpus,
             memory_mib: config.memory_mib,
-            kernel: kernel.image.clone(),
+            kernel: checked.kernel.image.clone(),
             initramfs: run_dir.join(runtime::BOOT_IMAGE),
             cmdline: kernel_cmdline(&guest_cmdline(&network, vmm, accel)),
             shares,
@@ -184,20 +214,11 @@ impl Launch {
         };
         Ok(Launch {
             config: config.clone(),
-            kernel,
-            hypervisor,
-            vmm,
-            vmm_choice,
-            virtiofsd,
-            mkfs,
-            vhost_vsock,
-            accel,
-            accel_warning,
             overlays,
             run_as,
             // A user's processes see what the user sees: nothing to pin against.
             pins: if run_as == RunAs::Root { pins(config, &run_dir) } else { Vec::new() },
-            project_owner,
+            checked,
             spec,
             guest,
             vhost_vsock_socket: run_dir.join(runtime::VHOST_VSOCK_SOCKET),
@@ -206,9 +227,9 @@ impl Launch {
 
     /// The hypervisor's argv (without the program).
     pub fn hypervisor_args(&self) -> Vec<String> {
-        match self.vmm {
+        match self.checked.vmm {
             Vmm::CloudHypervisor => crate::vmm::cloud_hypervisor::args(&self.spec),
-            Vmm::Qemu => crate::vmm::qemu::args(&self.spec, self.accel, &self.vhost_vsock_socket),
+            Vmm::Qemu => crate::vmm::qemu::args(&self.spec, self.checked.accel, &self.vhost_vsock_socket),
         }
     }
 }

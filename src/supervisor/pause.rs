@@ -19,7 +19,7 @@ use crate::vmm::Vmm;
 
 /// Stops the VM (its hypervisor is `hypervisor`).
 pub fn pause(launch: &Launch, hypervisor: u32) -> anyhow::Result<()> {
-    match launch.vmm {
+    match launch.checked.vmm {
         Vmm::Qemu => signal(hypervisor, Signal::SIGSTOP),
         Vmm::CloudHypervisor => crate::vmm::api_client::pause(&launch.spec.control_socket),
     }
@@ -35,7 +35,7 @@ fn signal(pid: u32, signal: Signal) -> anyhow::Result<()> {
 pub fn resume(launch: &Launch, hypervisor: u32) -> anyhow::Result<()> {
     let mut attempt = 0;
     loop {
-        let result = match launch.vmm {
+        let result = match launch.checked.vmm {
             Vmm::Qemu => signal(hypervisor, Signal::SIGCONT),
             Vmm::CloudHypervisor => crate::vmm::api_client::resume(&launch.spec.control_socket),
         };

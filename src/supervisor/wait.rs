@@ -241,7 +241,7 @@ fn request_power_off(launch: &Launch) {
     if crate::agent::client::power_off(&launch.spec.vsock_socket).is_ok() {
         return;
     }
-    let result = match launch.vmm {
+    let result = match launch.checked.vmm {
         Vmm::CloudHypervisor => crate::vmm::api_client::power_button(&launch.spec.control_socket),
         Vmm::Qemu => crate::vmm::qmp::execute(&launch.spec.control_socket, "system_powerdown"),
     };
@@ -267,7 +267,8 @@ fn classify_end(
     console: &str,
 ) -> (Phase, String) {
     use std::os::unix::process::ExitStatusExt;
-    let program = launch.hypervisor.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let program =
+        launch.checked.hypervisor.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if let Some(signal) = exit.signal() {
         let phase = if stop_reason.is_some() { Phase::Stopped } else { Phase::Crashed };
         return (phase, format!("{program} was killed by signal {signal}"));

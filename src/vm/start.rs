@@ -10,7 +10,7 @@ use crate::runtime::status::RuntimeStatus;
 use crate::state::lock::{FileLock, RunLock};
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
-use crate::supervisor::launch::{self, Launch};
+use crate::supervisor::launch;
 use anyhow::Context;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -79,25 +79,26 @@ pub fn start(paths: &Paths, name: &VmName, wait: bool, timeout: Duration) -> any
     let host = HostConfig::load(&paths.config_file)?;
     let tools = || Ok(crate::image::build::BuildTools::find(&host)?);
     crate::image::packages::ensure(paths, &config, tools)?;
-    let prepared = Launch::prepare(paths, &host, &config)?;
+    // Checked here, to fail on the caller's terminal; the supervisor plans each boot.
+    let (_, checked) = launch::check(paths, &host, &config)?;
     if config.project.is_some() {
-        file_event_module(paths, &prepared.kernel);
+        file_event_module(paths, &checked.kernel);
     }
     // Through sudo, as at create: only the invoking user's own project (a directory of
     // root's renamed into its place since would otherwise be shared with root's rights).
     let user = crate::host::user::invoking_user();
-    if user.uid != 0 && config.project.is_some() && prepared.project_owner.0 != user.uid {
+    if user.uid != 0 && config.project.is_some() && checked.project_owner.0 != user.uid {
         return Err(UserError::usage(format!(
             "VM '{name}''s project belongs to uid {}, not to you ({}, uid {})",
-            prepared.project_owner.0, user.name, user.uid
+            checked.project_owner.0, user.name, user.uid
         ))
         .hint(format!("its owner starts it, or root: `mvm start {name}` as root"))
         .into());
     }
     if config.hypervisor == crate::config::vm::Hypervisor::Auto {
-        eprintln!("{}", prepared.vmm_choice);
+        eprintln!("{}", checked.vmm_choice);
     }
-    if let Some(warning) = &prepared.accel_warning {
+    if let Some(warning) = &checked.accel_warning {
         eprintln!("{warning}");
     }
     // Made here, as the invoking user and before the supervisor, which only reads the cache.

@@ -67,7 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Direnv(args) => commands::direnv::run(args),
         Command::Doctor(args) => commands::doctor::run(args, &paths),
         Command::Setup(args) => commands::setup::run(args, &paths),
-        Command::Completions(args) => commands::completions::run(args),
+        Command::Completions(args) => commands::completions::run(args, cli::command()),
     }
 }
 

@@ -7,8 +7,8 @@ use std::path::Path;
 fn completions_and_man_pages_are_fresh() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let update = std::env::var_os("MVM_UPDATE_GENERATED").is_some();
-    let mut files = mvm::generate::completion_files();
-    files.extend(mvm::generate::man_pages().unwrap());
+    let mut files = mvm::generate::completion_files(&mvm::cli::command());
+    files.extend(mvm::generate::man_pages(&mvm::cli::command()).unwrap());
     let mut stale = Vec::new();
     for (path, content) in &files {
         let target = root.join(path);
@@ -34,7 +34,8 @@ fn completions_and_man_pages_are_fresh() {
 
 #[test]
 fn completion_scripts_know_every_subcommand() {
-    let bash = String::from_utf8(mvm::generate::completion(clap_complete::Shell::Bash)).unwrap();
+    let bash = String::from_utf8(mvm::generate::completion(mvm::cli::command(), clap_complete::Shell::Bash))
+        .unwrap();
     for sub in ["create", "list", "inspect", "rm", "doctor", "completions"] {
         assert!(bash.contains(sub), "{sub} missing from bash completion");
     }

@@ -11,9 +11,9 @@ pub struct CompletionsArgs {
     pub shell: Shell,
 }
 
-/// Runs `mvm completions`.
-pub fn run(args: CompletionsArgs) -> anyhow::Result<i32> {
+/// Runs `mvm completions` for the CLI `command`.
+pub fn run(args: CompletionsArgs, command: clap::Command) -> anyhow::Result<i32> {
     use std::io::Write;
-    std::io::stdout().write_all(&crate::generate::completion(args.shell))?;
+    std::io::stdout().write_all(&crate::generate::completion(command, args.shell))?;
     Ok(0)
 }

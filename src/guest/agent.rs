@@ -22,14 +22,8 @@ use nix::sys::socket::{
 use nix::unistd::{Gid, Pid, Uid};
 
 use crate::contract::protocol::{ExecRequest, ExitStatus, Frame, AGENT_PORT};
+use crate::guest::sender::{send, Sender};
 use crate::guest::{file_events, forward, reaper};
-
-/// A connection's write half, shared by the threads that send frames.
-pub(super) type Sender = Arc<Mutex<File>>;
-
-pub(super) fn send(sender: &Sender, frame: &Frame) -> bool {
-    frame.write_to(&mut *sender.lock().expect("agent connection")).is_ok()
-}
 
 /// Binds and listens on the agent's vsock port. The init calls this before any guest
 /// program runs, so none can take the port and read what a user types into `mvm shell`.

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::contract::changes::root_records;
 use crate::contract::protocol::{Frame, WatchedProject};
 use crate::contract::NOTIFY_DEVICE;
-use crate::guest::agent::{send, Sender};
+use crate::guest::sender::{send, Sender};
 
 /// Serves one `WatchFiles` connection for `project` until the host hangs up.
 pub fn serve(project: &WatchedProject, connection: &mut File, sender: &Sender) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::contract::protocol::Frame;
 use crate::guest::listeners;
 
-use super::agent::{send, Sender};
+use super::sender::{send, Sender};
 
 /// Sends the listeners now and whenever they change, until the host hangs up.
 pub(super) fn watch_listeners(sender: &Sender) {

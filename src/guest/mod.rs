@@ -8,6 +8,7 @@ pub mod init;
 pub mod listeners;
 pub mod processes;
 pub mod reaper;
+mod sender;
 
 /// Whether this process is the guest's init (PID 1).
 pub fn is_guest_init() -> bool {

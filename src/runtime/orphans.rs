@@ -21,7 +21,7 @@ pub struct Orphan {
 /// Whether `cmdline` (arguments joined by spaces) names a socket in `run_dir`.
 pub fn names_a_socket_of(cmdline: &str, run_dir: &Path) -> bool {
     let dir = run_dir.display().to_string();
-    ["fs-", "qmp.sock", "api.sock", crate::state::paths::AGENT_SOCKET, "vhost-vsock.sock"]
+    ["fs-", super::QMP_SOCKET, super::API_SOCKET, super::AGENT_SOCKET, super::VHOST_VSOCK_SOCKET]
         .iter()
         .any(|socket| cmdline.contains(&format!("{dir}/{socket}")))
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use mvm::config::host::HostConfig;
 use mvm::config::vm::VmConfig;
 use mvm::net::host::HostNet;
+use mvm::privileged::client::ThisProcess;
 use mvm::spec::{HostPortSelector, PortForward};
 use mvm::state::lock::RunLock;
 use mvm::state::Paths;
@@ -99,11 +100,11 @@ fn run() {
     for i in 0..RUNS as u16 {
         let forward: PortForward = format!("{}:80", 20000 + i).parse().unwrap();
         add.push(timed(|| {
-            port::add(&paths, &web.name, forward).unwrap();
+            port::add(&paths, &ThisProcess::new(&paths), &web.name, forward).unwrap();
         }));
         let selector: HostPortSelector = forward.host.to_string().parse().unwrap();
         remove.push(timed(|| {
-            port::remove(&paths, &web.name, selector).unwrap();
+            port::remove(&paths, &ThisProcess::new(&paths), &web.name, selector).unwrap();
         }));
     }
     report("port forward add (running VM, as mvm port)", add);

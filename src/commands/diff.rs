@@ -10,6 +10,7 @@ use crate::config::vm::{MountMode, VmConfig};
 use crate::error::UserError;
 use crate::name::VmName;
 use crate::output::print_json;
+use crate::privileged::client::ThisProcess;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
 use crate::supervisor::launch::project_overlay;
@@ -67,7 +68,7 @@ fn layers(paths: &Paths, config: &VmConfig) -> anyhow::Result<(Files, PathBuf, P
         ))
         .into());
     }
-    let files = Files::of(paths, config)?;
+    let files = Files::of(paths, &ThisProcess::new(paths), config)?;
     let run_dir = paths.vm_run_dir(&config.name);
     let overlay = project_overlay(config, files.dir(), &run_dir, crate::supervisor::launch::RunAs::Root)
         .expect("an overlay project has an overlay");

@@ -14,6 +14,7 @@ use crate::host::binaries::Tool;
 use crate::host::kvm::{self, KvmSupport};
 use crate::net::host::HostNet;
 use crate::output::print_json;
+use crate::privileged::client::Privileges;
 use crate::runtime::{clean_run_dir, KEPT_RUNTIME_FILES};
 use crate::state::lock::RunLock;
 use crate::state::store::{self, RunState};
@@ -289,7 +290,7 @@ fn clean_stale_run_dir(paths: &Paths, dir: &std::path::Path) -> anyhow::Result<(
         if crate::state::disk::is_mounted(vm_dir) {
             let name: crate::name::VmName = dir.file_name().unwrap_or_default().to_string_lossy().parse()?;
             let config = crate::state::store::load(paths, &name)?;
-            crate::privileged::client::host_disk(paths).down(&config)?;
+            crate::privileged::client::ThisProcess::new(paths).disk().down(&config)?;
         }
     } else {
         crate::runtime::remove_run_dir(dir).with_context(|| format!("cannot remove {}", dir.display()))?;

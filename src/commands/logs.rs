@@ -51,7 +51,11 @@ pub fn run(args: LogsArgs, paths: &Paths) -> anyhow::Result<i32> {
                     .hint(format!("`mvm inspect {name}` lists its processes"))
                     .into());
             }
-            let files = files.insert(crate::vm::files::Files::of(paths, &config)?);
+            let files = files.insert(crate::vm::files::Files::of(
+                paths,
+                &crate::privileged::client::ThisProcess::new(paths),
+                &config,
+            )?);
             (files.dir().join("var"), crate::view::process_file(process, "log"))
         }
         None => {

@@ -6,6 +6,7 @@
 use anyhow::Context;
 use clap::Args;
 
+use crate::privileged::client::ThisProcess;
 use crate::vm::ports::{add, remove, switch_automatic};
 
 use crate::name::VmName;
@@ -57,7 +58,7 @@ pub fn run(args: PortArgs, paths: &Paths) -> anyhow::Result<i32> {
     match (&args.forward, &args.remove) {
         (Some(spec), _) => {
             let forward = PortForward::parse_with_auto_host(spec)?;
-            let (added, applied) = add(paths, &name, forward)
+            let (added, applied) = add(paths, &ThisProcess::new(paths), &name, forward)
                 .with_context(|| format!("cannot forward {spec} to VM '{name}'"))?;
             println!(
                 "forwarding host port {}/{} to VM '{name}' port {}{}",
@@ -69,7 +70,7 @@ pub fn run(args: PortArgs, paths: &Paths) -> anyhow::Result<i32> {
         }
         (None, Some(spec)) => {
             let selector: HostPortSelector = spec.parse()?;
-            let removed = remove(paths, &name, selector)
+            let removed = remove(paths, &ThisProcess::new(paths), &name, selector)
                 .with_context(|| format!("cannot stop forwarding {spec} to VM '{name}'"))?;
             for forward in removed {
                 println!("stopped forwarding host port {}/{} to VM '{name}'", forward.host, forward.protocol);

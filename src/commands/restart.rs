@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::name::VmName;
+use crate::privileged::client::ThisProcess;
 use crate::state::Paths;
 
 /// Arguments of `mvm restart`.
@@ -19,7 +20,7 @@ pub struct RestartArgs {
 pub fn run(args: RestartArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
     let began = Instant::now();
-    crate::vm::stop::stop(paths, &name, false, Duration::from_secs(15))
+    crate::vm::stop::stop(paths, &ThisProcess::new(paths), &name, false, Duration::from_secs(15))
         .with_context(|| format!("cannot stop VM '{name}'"))?;
     crate::vm::start::start(paths, &name, true, Duration::from_secs(120))
         .with_context(|| format!("cannot start VM '{name}'"))?;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::name::VmName;
+use crate::privileged::client::ThisProcess;
 use crate::state::store::{self, RunState};
 use crate::state::Paths;
 use crate::vm::remove::remove;
@@ -28,10 +29,17 @@ pub struct RmArgs {
 pub fn run(args: RmArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
     if args.force && store::exists(paths, &name) && store::run_state(paths, &name)? == RunState::Running {
-        crate::vm::stop::stop(paths, &name, true, std::time::Duration::from_secs(5))
-            .with_context(|| format!("cannot stop VM '{name}' before removing it"))?;
+        crate::vm::stop::stop(
+            paths,
+            &ThisProcess::new(paths),
+            &name,
+            true,
+            std::time::Duration::from_secs(5),
+        )
+        .with_context(|| format!("cannot stop VM '{name}' before removing it"))?;
     }
-    remove(paths, &name, args.keep_volumes).with_context(|| format!("cannot remove VM '{name}'"))?;
+    remove(paths, &ThisProcess::new(paths), &name, args.keep_volumes)
+        .with_context(|| format!("cannot remove VM '{name}'"))?;
     println!("removed VM '{name}'");
     if args.keep_volumes {
         println!("its volumes are kept in {}", paths.kept_volumes(&name).display());

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::name::VmName;
+use crate::privileged::client::ThisProcess;
 use crate::state::Paths;
 use crate::vm::stop::stop;
 
@@ -27,7 +28,7 @@ pub struct StopArgs {
 pub fn run(args: StopArgs, paths: &Paths) -> anyhow::Result<i32> {
     let name: VmName = args.name.parse()?;
     let started = Instant::now();
-    if stop(paths, &name, args.force, Duration::from_secs(args.timeout))
+    if stop(paths, &ThisProcess::new(paths), &name, args.force, Duration::from_secs(args.timeout))
         .with_context(|| format!("cannot stop VM '{name}'"))?
     {
         println!("VM '{name}' stopped in {:.2} s", started.elapsed().as_secs_f64());

@@ -1,6 +1,9 @@
 //! How mvm asks for the privileged operations: root does them in-process; anyone else
 //! runs the setuid helper (`HELPER_PATH`, or `MVM_HELPER`: pointing it elsewhere gains
-//! nothing, since only the installed file is setuid).
+//! nothing, since only the installed file is setuid). Code that needs them is handed a
+//! [`Privileges`]: [`ThisProcess`] in mvm, a [`recording::Recorder`] in unit tests.
+
+pub mod recording;
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -27,15 +30,6 @@ pub trait HostNetwork {
     fn dns_sockets(&mut self, vm: &VmConfig) -> anyhow::Result<crate::dns::Sockets>;
 }
 
-/// The way this process gets them: in-process as root, else through the helper.
-pub fn host_network(paths: &Paths) -> Box<dyn HostNetwork> {
-    if nix::unistd::geteuid().is_root() {
-        Box::new(InProcess { paths: paths.clone() })
-    } else {
-        Box::new(Helper { program: helper_path() })
-    }
-}
-
 /// The privileged operations on a VM's files disk (`state::disk`).
 pub trait HostDisk {
     /// The disk made if missing and mounted on the VM's `files/` (idempotent).
@@ -46,12 +40,43 @@ pub trait HostDisk {
     fn remove(&mut self, vm: &VmConfig) -> anyhow::Result<()>;
 }
 
-/// The way this process gets them: in-process as root, else through the helper.
-pub fn host_disk(paths: &Paths) -> Box<dyn HostDisk> {
-    if nix::unistd::geteuid().is_root() {
-        Box::new(InProcess { paths: paths.clone() })
-    } else {
-        Box::new(Helper { program: helper_path() })
+/// Where a command gets the privileged operations from: passed down from the command
+/// (or the supervisor) to the code that needs them, so unit tests pass a
+/// [`recording::Recorder`] in their place.
+pub trait Privileges {
+    fn network(&self) -> Box<dyn HostNetwork>;
+    fn disk(&self) -> Box<dyn HostDisk>;
+}
+
+/// This process's way: in-process as root, else through the helper.
+#[derive(Debug, Clone)]
+pub struct ThisProcess {
+    paths: Paths,
+}
+
+impl ThisProcess {
+    pub fn new(paths: &Paths) -> ThisProcess {
+        ThisProcess { paths: paths.clone() }
+    }
+
+    fn in_process(&self) -> Option<InProcess> {
+        nix::unistd::geteuid().is_root().then(|| InProcess { paths: self.paths.clone() })
+    }
+}
+
+impl Privileges for ThisProcess {
+    fn network(&self) -> Box<dyn HostNetwork> {
+        match self.in_process() {
+            Some(root) => Box::new(root),
+            None => Box::new(Helper { program: helper_path() }),
+        }
+    }
+
+    fn disk(&self) -> Box<dyn HostDisk> {
+        match self.in_process() {
+            Some(root) => Box::new(root),
+            None => Box::new(Helper { program: helper_path() }),
+        }
     }
 }
 

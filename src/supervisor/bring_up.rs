@@ -18,6 +18,7 @@ use crate::config::host::HostConfig;
 use crate::config::vm::VmConfig;
 use crate::contract::GUEST_CONFIG;
 use crate::name::VmName;
+use crate::privileged::client::Privileges;
 use crate::runtime::status::{Phase, RuntimeStatus};
 use crate::runtime::{self, clean_run_dir};
 use crate::state::{store, Paths};
@@ -47,6 +48,7 @@ pub(super) struct Booted {
 /// records in `brought_up` what [`teardown`] must take down, however far it got.
 pub(super) fn bring_up(
     paths: &Paths,
+    privileges: &dyn Privileges,
     name: &VmName,
     events: &(Receiver<Event>, Sender<Event>),
     status: &mut RuntimeStatus,
@@ -61,7 +63,7 @@ pub(super) fn bring_up(
     launch::ensure_dirs(paths, &config)?;
     // Recorded first, like the network below.
     brought_up.disk = Some(config.clone());
-    let moved = disk::bring_up(paths, &config, &launch::RunAs::this_process())?;
+    let moved = disk::bring_up(paths, privileges, &config, &launch::RunAs::this_process())?;
     if !moved.is_empty() {
         log!("moved {} onto the VM's disk ({} ms)", moved.join(", "), started.elapsed().as_millis());
     }
@@ -96,10 +98,10 @@ pub(super) fn bring_up(
 
     // Recorded first: a bring-up that fails half-way is torn down like a finished one.
     brought_up.network = Some(config.clone());
-    crate::privileged::client::host_network(paths).up(&config)?;
+    privileges.network().up(&config)?;
     log!("network up ({} ms)", started.elapsed().as_millis());
     // Until this boot ends: the sockets belong to this boot's bridge.
-    let dns = serve_dns(paths, &config)?;
+    let dns = serve_dns(privileges, &config)?;
     for pin in &launch.pins {
         crate::host::mounts::pin_directory(
             &crate::fs::Tree::open_exact(&pin.source)?,
@@ -236,8 +238,8 @@ fn file_events_target(paths: &Paths, launch: &Launch) -> Option<watch::WatchTarg
 /// Answers the guest's DNS on its gateway until the returned server is dropped (`dns`).
 /// Sockets that cannot be had end the start: a guest that resolves nothing, or only
 /// over one transport, fails later in ways far harder to tell.
-fn serve_dns(paths: &Paths, config: &VmConfig) -> anyhow::Result<crate::dns::Server> {
-    let sockets = crate::privileged::client::host_network(paths).dns_sockets(config).context(
+fn serve_dns(privileges: &dyn Privileges, config: &VmConfig) -> anyhow::Result<crate::dns::Server> {
+    let sockets = privileges.network().dns_sockets(config).context(
         "no DNS for the guest (a host service holding port 53 on every address must allow others, \
          with SO_REUSEADDR as dnsmasq does, or listen on its own addresses only)",
     )?;
@@ -249,6 +251,7 @@ fn serve_dns(paths: &Paths, config: &VmConfig) -> anyhow::Result<crate::dns::Ser
 /// after every step was tried.
 pub(super) fn teardown(
     paths: &Paths,
+    privileges: &dyn Privileges,
     name: &VmName,
     processes: &mut Processes,
     brought_up: BroughtUp,
@@ -269,11 +272,11 @@ pub(super) fn teardown(
         note(launch::remove_scratch_layers(&crate::state::disk::files_dir(&paths.vm_dir(name))));
     }
     if let Some(config) = brought_up.network {
-        note(crate::privileged::client::host_network(paths).down(&config));
+        note(privileges.network().down(&config));
     }
     // Last: the processes that wrote there have ended (a stopped VM holds no mount).
     if let Some(config) = brought_up.disk {
-        note(crate::privileged::client::host_disk(paths).down(&config));
+        note(privileges.disk().down(&config));
     }
     clean_run_dir(&run_dir);
     first_error.map_or(Ok(()), Err)

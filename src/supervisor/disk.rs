@@ -8,6 +8,7 @@ use std::process::Command;
 use anyhow::Context;
 
 use crate::config::vm::VmConfig;
+use crate::privileged::client::Privileges;
 use crate::state::disk::{files_dir, TREES};
 use crate::state::Paths;
 use crate::supervisor::launch::{RunAs, SCRATCH_LAYERS};
@@ -15,11 +16,16 @@ use crate::supervisor::userns::MappedNamespace;
 
 /// Mounts `config`'s files disk (as `run_as`), then moves what it kept beside its record
 /// onto it; says what it moved.
-pub fn bring_up(paths: &Paths, config: &VmConfig, run_as: &RunAs) -> anyhow::Result<Vec<&'static str>> {
+pub fn bring_up(
+    paths: &Paths,
+    privileges: &dyn Privileges,
+    config: &VmConfig,
+    run_as: &RunAs,
+) -> anyhow::Result<Vec<&'static str>> {
     let vm_dir = paths.vm_dir(&config.name);
     let files = files_dir(&vm_dir);
     crate::state::paths::own_dir(&files, 0o700)?;
-    crate::privileged::client::host_disk(paths).up(config)?;
+    privileges.disk().up(config)?;
     move_onto_disk(&vm_dir, &files, run_as).context("cannot move the VM's files onto its disk")
 }
 

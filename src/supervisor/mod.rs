@@ -63,6 +63,8 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     // Before the lock makes this VM "running": a stop signal from then on is an event,
     // never the default action that would kill the supervisor without a teardown.
     let events = listen_for_signals()?;
+    // The privileged operations every boot brings up and takes down.
+    let privileges = crate::privileged::client::ThisProcess::new(paths);
     let run_dir = paths.vm_run_dir(name);
     crate::state::paths::ensure_root(&paths.run_dir)?;
     crate::state::paths::own_dir(&run_dir, 0o700)?;
@@ -85,12 +87,20 @@ pub fn supervise(paths: &Paths, name: &VmName) -> anyhow::Result<()> {
     let (phase, reason) = loop {
         let mut processes = Processes::default();
         let mut brought_up = BroughtUp::default();
-        let ending = bring_up::bring_up(paths, name, &events, &mut status, &mut processes, &mut brought_up)
-            .and_then(|booted| wait::wait(paths, name, &events, &mut status, &mut processes, &booted))
-            .unwrap_or_else(|error| Ending::Ended(Phase::Crashed, format!("{error:#}")));
+        let ending = bring_up::bring_up(
+            paths,
+            &privileges,
+            name,
+            &events,
+            &mut status,
+            &mut processes,
+            &mut brought_up,
+        )
+        .and_then(|booted| wait::wait(paths, name, &events, &mut status, &mut processes, &booted))
+        .unwrap_or_else(|error| Ending::Ended(Phase::Crashed, format!("{error:#}")));
         status.phase = Phase::Stopping;
         let _ = status.write(&run_dir);
-        let torn_down = teardown(paths, name, &mut processes, brought_up);
+        let torn_down = teardown(paths, &privileges, name, &mut processes, brought_up);
         match (ending, torn_down) {
             (Ending::Reboot, Ok(())) if !reboots.allow(Instant::now()) => {
                 break (Phase::Crashed, reboots.refusal());

@@ -4,6 +4,8 @@
 
 pub mod create;
 pub mod files;
+#[cfg(test)]
+mod fixtures;
 pub mod pause;
 pub mod ports;
 pub mod remove;

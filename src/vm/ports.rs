@@ -11,6 +11,7 @@ use crate::error::UserError;
 use crate::name::VmName;
 use crate::net::ports::{self, PortUse};
 pub use crate::net::ports::{check_host_port, FIRST_UNPRIVILEGED_PORT};
+use crate::privileged::client::Privileges;
 use crate::spec::{HostPortSelector, PortForward, PortRange};
 use crate::state::lock::FileLock;
 use crate::state::store::{self, RunState, VmEntry};
@@ -98,7 +99,12 @@ pub fn check_host_ports_free(
 
 /// Adds `forward` to VM `name` (picking a host port if it is 0); returns the forward and
 /// whether it was applied to a running VM.
-pub fn add(paths: &Paths, name: &VmName, mut forward: PortForward) -> anyhow::Result<(PortForward, bool)> {
+pub fn add(
+    paths: &Paths,
+    privileges: &dyn Privileges,
+    name: &VmName,
+    mut forward: PortForward,
+) -> anyhow::Result<(PortForward, bool)> {
     let _lock = FileLock::exclusive(&paths.create_lock())?;
     let mut config = store::load(paths, name)?;
     let vms = store::list(paths)?;
@@ -122,7 +128,7 @@ pub fn add(paths: &Paths, name: &VmName, mut forward: PortForward) -> anyhow::Re
     crate::config::vm::check_forward_count(config.ports.len() + 1)?;
     let previous = config.clone();
     config.ports.push(forward);
-    let applied = save_and_apply(paths, &previous, &config)?;
+    let applied = save_and_apply(paths, privileges, &previous, &config)?;
     Ok((forward, applied))
 }
 
@@ -161,7 +167,12 @@ pub fn switch_automatic(
 }
 
 /// Removes the forwards `selector` picks from VM `name`; returns them.
-pub fn remove(paths: &Paths, name: &VmName, selector: HostPortSelector) -> anyhow::Result<Vec<PortForward>> {
+pub fn remove(
+    paths: &Paths,
+    privileges: &dyn Privileges,
+    name: &VmName,
+    selector: HostPortSelector,
+) -> anyhow::Result<Vec<PortForward>> {
     let _lock = FileLock::exclusive(&paths.create_lock())?;
     let mut config = store::load(paths, name)?;
     let previous = config.clone();
@@ -177,17 +188,22 @@ pub fn remove(paths: &Paths, name: &VmName, selector: HostPortSelector) -> anyho
         .into());
     }
     config.ports = kept;
-    save_and_apply(paths, &previous, &config)?;
+    save_and_apply(paths, privileges, &previous, &config)?;
     Ok(removed)
 }
 
 /// Saves `config`; if the VM runs, converges its rules, restoring `previous` on failure.
-fn save_and_apply(paths: &Paths, previous: &VmConfig, config: &VmConfig) -> anyhow::Result<bool> {
+fn save_and_apply(
+    paths: &Paths,
+    privileges: &dyn Privileges,
+    previous: &VmConfig,
+    config: &VmConfig,
+) -> anyhow::Result<bool> {
     config.save(&paths.vm_config(&config.name))?;
     if store::run_state(paths, &config.name)? != RunState::Running {
         return Ok(false);
     }
-    let applied = crate::privileged::client::host_network(paths).update_rules(config);
+    let applied = privileges.network().update_rules(config);
     if let Err(error) = applied {
         previous.save(&paths.vm_config(&config.name))?;
         return Err(error.context("the change was not applied, and vm.toml is unchanged"));
@@ -198,6 +214,8 @@ fn save_and_apply(paths: &Paths, previous: &VmConfig, config: &VmConfig) -> anyh
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::privileged::client::recording::Recorder;
+    use crate::vm::fixtures::web;
 
     #[test]
     fn host_ports_below_1024_or_held_by_a_process_are_refused() {
@@ -213,5 +231,46 @@ mod tests {
         assert!(check_host_port(&forward(held), false).is_ok());
         let picked = pick_host_port(&[], &[], forward(0), false).unwrap();
         assert!(picked >= FIRST_UNPRIVILEGED_PORT, "{picked}");
+    }
+
+    /// A running VM's new forward reaches its firewall at once; one the firewall refuses
+    /// leaves `vm.toml` as it was.
+    #[test]
+    fn a_forward_the_firewall_refuses_leaves_the_record_unchanged() {
+        let (_dir, paths, name) = web();
+        std::fs::create_dir_all(paths.vm_run_dir(&name)).unwrap();
+        let _running = crate::state::lock::RunLock::try_acquire(&paths.run_lock(&name)).unwrap().unwrap();
+        let forward = |host: u16| PortForward { host, guest: 80, protocol: crate::spec::Protocol::Tcp };
+        let listeners: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("0.0.0.0:0").unwrap()).collect();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        let (free, other) = (ports[0], ports[1]);
+        drop(listeners);
+
+        let recorder = Recorder::default();
+        let (added, applied) = add(&paths, &recorder, &name, forward(free)).unwrap();
+        assert_eq!((added.host, applied), (free, true));
+        assert_eq!(recorder.calls(), ["network-rules web"]);
+
+        let before = std::fs::read_to_string(paths.vm_config(&name)).unwrap();
+        let refusing = Recorder::failing(&["network-rules"]);
+        let error = add(&paths, &refusing, &name, forward(other)).unwrap_err();
+        assert!(format!("{error:#}").contains("vm.toml is unchanged"), "{error:#}");
+        assert_eq!(std::fs::read_to_string(paths.vm_config(&name)).unwrap(), before);
+        let selector = HostPortSelector { port: free, protocol: None };
+        assert!(remove(&paths, &refusing, &name, selector).is_err());
+        assert_eq!(std::fs::read_to_string(paths.vm_config(&name)).unwrap(), before);
+        assert_eq!(refusing.calls(), ["network-rules web", "network-rules web"]);
+    }
+
+    /// A stopped VM's forward is saved, and nothing privileged is asked for.
+    #[test]
+    fn a_stopped_vms_forward_is_only_saved() {
+        let (_dir, paths, name) = web();
+        let free = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+        let recorder = Recorder::default();
+        let forward = PortForward { host: free, guest: 80, protocol: crate::spec::Protocol::Tcp };
+        assert!(!add(&paths, &recorder, &name, forward).unwrap().1);
+        assert!(recorder.calls().is_empty());
+        assert_eq!(store::load(&paths, &name).unwrap().ports, [forward]);
     }
 }

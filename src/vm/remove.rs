@@ -4,6 +4,7 @@ use crate::atomic::sync_dir;
 use crate::config::vm::VmConfig;
 use crate::error::UserError;
 use crate::name::VmName;
+use crate::privileged::client::Privileges;
 use crate::state::lock::FileLock;
 use crate::state::store::{self, RunState, TRASH_PREFIX};
 use crate::state::Paths;
@@ -12,7 +13,12 @@ use std::path::Path;
 
 /// Removes VM `name`, which must exist and not run; with `keep_volumes`, its volumes
 /// move to [`Paths::kept_volumes`] first.
-pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Result<()> {
+pub fn remove(
+    paths: &Paths,
+    privileges: &dyn Privileges,
+    name: &VmName,
+    keep_volumes: bool,
+) -> anyhow::Result<()> {
     if !store::exists(paths, name) {
         return Err(store::no_such_vm(name).into());
     }
@@ -47,15 +53,15 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
         .hint("a mount there would not go away: see `mvm doctor`, then `mvm doctor --fix`")
     })?;
     let config = store::load(paths, name);
-    take_network_down(paths, name, &config);
+    take_network_down(privileges, name, &config);
     if keep_volumes {
         std::fs::create_dir_all(kept.parent().expect("kept volumes have a parent"))?;
-        keep_the_volumes(paths, name, config.as_ref().ok(), &kept)
+        keep_the_volumes(paths, privileges, name, config.as_ref().ok(), &kept)
             .with_context(|| format!("cannot keep the volumes in {}", kept.display()))?;
     }
     // Before the directory goes: its files disk is mounted in it.
     match &config {
-        Ok(config) => crate::privileged::client::host_disk(paths).remove(config)?,
+        Ok(config) => privileges.disk().remove(config)?,
         Err(error) => eprintln!("warning: VM '{name}''s disk, if it has one, is left behind: {error:#}"),
     }
     let trash = paths.state_dir.join(format!("{TRASH_PREFIX}{name}-{}", std::process::id()));
@@ -72,13 +78,15 @@ pub fn remove(paths: &Paths, name: &VmName, keep_volumes: bool) -> anyhow::Resul
 /// or, for a VM never started, from beside its record.
 fn keep_the_volumes(
     paths: &Paths,
+    privileges: &dyn Privileges,
     name: &VmName,
     config: Option<&VmConfig>,
     kept: &Path,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let vm_dir = paths.vm_dir(name);
-    let files = config.map(|config| crate::vm::files::Files::of_locked(paths, config)).transpose()?;
+    let files =
+        config.map(|config| crate::vm::files::Files::of_locked(paths, privileges, config)).transpose()?;
     let Some(volumes) = files.as_ref().map(|files| files.dir().join("volumes")).filter(|dir| dir.is_dir())
     else {
         let volumes = vm_dir.join("volumes");
@@ -119,7 +127,7 @@ fn delete_trash(paths: &Paths, trash: &std::path::Path) -> anyhow::Result<()> {
 /// never did): its rules, tap and bridge, while its record and index claim still say they
 /// are its own. Nothing of it up is no work; a failure is said and removal goes on, since
 /// the next VM on the index removes what is left before it comes up (`net::host`).
-fn take_network_down(paths: &Paths, name: &VmName, config: &anyhow::Result<VmConfig>) {
+fn take_network_down(privileges: &dyn Privileges, name: &VmName, config: &anyhow::Result<VmConfig>) {
     let config = match config {
         Ok(config) => config,
         Err(error) => {
@@ -133,7 +141,30 @@ fn take_network_down(paths: &Paths, name: &VmName, config: &anyhow::Result<VmCon
     if nix::net::if_::if_nametoindex(config.network.bridge.as_str()).is_err() {
         return;
     }
-    if let Err(error) = crate::privileged::client::host_network(paths).down(config) {
+    if let Err(error) = privileges.network().down(config) {
         eprintln!("warning: VM '{name}''s network is left up: {error:#}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::privileged::client::recording::Recorder;
+    use crate::vm::fixtures::web;
+
+    /// `rm` removes the VM's disk before its directory; a disk that cannot be removed
+    /// keeps the VM.
+    #[test]
+    fn a_vm_goes_with_its_disk_and_stays_when_the_disk_cannot_go() {
+        let (_dir, paths, name) = web();
+        let refusing = Recorder::failing(&["disk-rm"]);
+        assert!(remove(&paths, &refusing, &name, false).is_err());
+        assert!(store::exists(&paths, &name));
+        assert_eq!(refusing.calls(), ["disk-rm web"]);
+
+        let recorder = Recorder::default();
+        remove(&paths, &recorder, &name, false).unwrap();
+        assert!(!store::exists(&paths, &name));
+        assert_eq!(recorder.calls(), ["disk-rm web"]);
     }
 }

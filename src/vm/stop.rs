@@ -3,6 +3,7 @@
 
 use crate::error::UserError;
 use crate::name::VmName;
+use crate::privileged::client::Privileges;
 use crate::runtime::status::RuntimeStatus;
 use crate::state::lock::{FileLock, RunLock};
 use crate::state::store::{self, RunState};
@@ -13,7 +14,13 @@ use nix::unistd::Pid;
 use std::time::{Duration, Instant};
 
 /// Stops VM `name`; returns false if it was not running.
-pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> anyhow::Result<bool> {
+pub fn stop(
+    paths: &Paths,
+    privileges: &dyn Privileges,
+    name: &VmName,
+    force: bool,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
     let config = store::load(paths, name)?;
     let run_dir = paths.vm_run_dir(name);
     let owner = store::owner(paths, name).unwrap_or(0);
@@ -27,7 +34,7 @@ pub fn stop(paths: &Paths, name: &VmName, force: bool, timeout: Duration) -> any
         // No start may begin meanwhile (its helpers would look like survivors).
         let _lifecycle = FileLock::exclusive(&paths.vm_dir(name).join(".lifecycle.lock"))?;
         if store::run_state(paths, name)? != RunState::Running {
-            return end_orphans(paths, &config, &crate::runtime::orphans::find(&run_dir, owner))
+            return end_orphans(paths, privileges, &config, &crate::runtime::orphans::find(&run_dir, owner))
                 .map(|()| true);
         }
     }
@@ -77,6 +84,7 @@ pub(crate) fn live_supervisor(run_dir: &std::path::Path, name: &VmName) -> anyho
 /// supervisor would have: its mounts, runtime files, links and rules.
 fn end_orphans(
     paths: &Paths,
+    privileges: &dyn Privileges,
     config: &crate::config::vm::VmConfig,
     left: &[crate::runtime::orphans::Orphan],
 ) -> anyhow::Result<()> {
@@ -94,8 +102,8 @@ fn end_orphans(
     crate::supervisor::launch::remove_scratch_layers(&crate::state::disk::files_dir(
         &paths.vm_dir(&config.name),
     ))?;
-    crate::privileged::client::host_network(paths).down(config)?;
-    crate::privileged::client::host_disk(paths).down(config)?;
+    privileges.network().down(config)?;
+    privileges.disk().down(config)?;
     if let Some(mut status) = RuntimeStatus::read(&run_dir) {
         status.phase = crate::runtime::status::Phase::Crashed;
         status.ended_at = Some(crate::output::unix_now());
@@ -103,4 +111,39 @@ fn end_orphans(
         status.write(&run_dir)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::privileged::client::recording::Recorder;
+    use crate::vm::fixtures::web;
+
+    /// A supervisor that died without a teardown: `stop` takes the VM's network and disk
+    /// down in its place, and records the crash.
+    #[test]
+    fn a_stop_after_the_supervisor_died_takes_down_what_it_left() {
+        let (_dir, paths, name) = web();
+        let run_dir = paths.vm_run_dir(&name);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let died = RuntimeStatus {
+            phase: crate::runtime::status::Phase::Running,
+            supervisor_pid: u32::MAX,
+            hypervisor_pid: None,
+            started_at: 1,
+            ended_at: None,
+            reason: None,
+        };
+        died.write(&run_dir).unwrap();
+        let recorder = Recorder::default();
+        assert!(stop(&paths, &recorder, &name, false, Duration::from_secs(1)).unwrap());
+        assert_eq!(recorder.calls(), ["network-down web", "disk-down web"]);
+        let status = RuntimeStatus::read(&run_dir).unwrap();
+        assert_eq!(status.phase, crate::runtime::status::Phase::Crashed);
+
+        // Once recorded, there is nothing left to stop.
+        let again = Recorder::default();
+        assert!(!stop(&paths, &again, &name, false, Duration::from_secs(1)).unwrap());
+        assert!(again.calls().is_empty());
+    }
 }

@@ -249,7 +249,7 @@ fn stale_run_dirs(paths: &Paths) -> Vec<std::path::PathBuf> {
         .filter_map(Result::ok)
         .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
         // A user's runtime dir is theirs to clean (`mvm stop`): root never works in it.
-        .filter(|entry| crate::state::paths::is_own_dir(&entry.path()))
+        .filter(|entry| crate::fs::is_own_dir(&entry.path()))
         .map(|entry| entry.path())
         .filter(|dir| !RunLock::is_held(&dir.join("lock")).unwrap_or(true))
         .filter(|dir| {

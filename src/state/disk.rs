@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::host::DEFAULT_DISK_MIB as DEFAULT_LIMIT_MIB;
+use crate::config::host::DEFAULT_DISK_MIB;
 use crate::config::vm::VmConfig;
 use crate::state::Paths;
 
@@ -36,7 +36,7 @@ pub const TREES: &[&str] = &["etc", "var", "volumes", "layer", "root", "upper", 
 
 /// The limit of `vm` in MiB (the default for a VM made before limits).
 pub fn limit_mib(vm: &VmConfig) -> u64 {
-    vm.disk_mib.unwrap_or(DEFAULT_LIMIT_MIB)
+    vm.disk_mib.unwrap_or(DEFAULT_DISK_MIB)
 }
 
 /// The system disk's share of `vm`'s limit: a quarter.
@@ -112,8 +112,8 @@ mod tests {
         vm.disk_mib = Some(8192);
         assert_eq!((system_mib(&vm), files_mib(&vm), limit_mib(&vm)), (2048, 6144, 8192));
         vm.disk_mib = None;
-        assert_eq!(limit_mib(&vm), DEFAULT_LIMIT_MIB);
-        assert_eq!(system_mib(&vm) + files_mib(&vm), DEFAULT_LIMIT_MIB);
+        assert_eq!(limit_mib(&vm), DEFAULT_DISK_MIB);
+        assert_eq!(system_mib(&vm) + files_mib(&vm), DEFAULT_DISK_MIB);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub enum Scope {
 pub fn take(run_dir: &Path, holder: ProcessId, scope: Scope) -> anyhow::Result<()> {
     let dir = run_dir.join(LEASE_DIR);
     // Never through a link planted in the runtime dir, nor into another user's directory.
-    if !crate::state::paths::is_own_dir(run_dir) {
+    if !crate::fs::is_own_dir(run_dir) {
         anyhow::bail!("{} is not a directory of yours", run_dir.display());
     }
     crate::state::paths::own_dir(&dir, 0o755)?;

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::name::VmName;
+use crate::runtime::AGENT_SOCKET;
 
 /// Default root of persistent per-VM state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/microvms";
@@ -109,8 +110,6 @@ impl Paths {
     }
 }
 
-pub use crate::runtime::AGENT_SOCKET;
-
 /// Makes one of mvm's roots if missing; a caller who may not is told how to get there.
 pub fn ensure_root(dir: &Path) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -123,8 +122,6 @@ pub fn ensure_root(dir: &Path) -> anyhow::Result<()> {
         result => result.with_context(|| format!("cannot create {}", dir.display())),
     }
 }
-
-pub use crate::fs::is_own_dir;
 
 /// Makes directory `path` this user's own (mode `mode`) if missing; if it exists, it must
 /// be a directory (not a symlink) that belongs to this user, since one user can make a

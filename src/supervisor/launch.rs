@@ -175,15 +175,14 @@ impl Launch {
     /// Works out the launch of `declared`, checking every input exists.
     pub fn prepare(paths: &Paths, host: &HostConfig, declared: &VmConfig) -> anyhow::Result<Launch> {
         let (config, checked) = check(paths, host, declared)?;
-        let config = &config;
         let Checked { vmm, accel, project_owner, .. } = checked;
         let run_dir = paths.vm_run_dir(&config.name);
         let vm_dir = paths.vm_dir(&config.name);
         let run_as = RunAs::this_process();
         let image_store = crate::image::store_dir(paths);
         let files = crate::state::disk::files_dir(&vm_dir);
-        let (shares, overlays, mut guest) = plan_shares(config, &files, &run_dir, project_owner, run_as);
-        if let Some(environment) = crate::project_env::cached(&vm_dir, config) {
+        let (shares, overlays, mut guest) = plan_shares(&config, &files, &run_dir, project_owner, run_as);
+        if let Some(environment) = crate::project_env::cached(&vm_dir, &config) {
             let workdir = config.project.as_ref().map_or("/".into(), |p| p.path.display().to_string());
             environment.apply_to(&mut guest.processes, &config.env, &workdir);
         }
@@ -205,19 +204,20 @@ impl Launch {
             initramfs: run_dir.join(runtime::BOOT_IMAGE),
             cmdline: kernel_cmdline(&guest_cmdline(&network, vmm, accel)),
             shares,
-            disks: disks(config, &vm_dir, &image_store),
+            disks: disks(&config, &vm_dir, &image_store),
             tap: config.network.tap.clone(),
             mac: config.network.mac.clone(),
             vsock_socket: run_dir.join(runtime::AGENT_SOCKET),
             control_socket: run_dir.join(control),
             console_log: vm_dir.join("log/console.log"),
         };
+        // A user's processes see what the user sees: nothing to pin against.
+        let pins = if run_as == RunAs::Root { pins(&config, &run_dir) } else { Vec::new() };
         Ok(Launch {
-            config: config.clone(),
+            config,
             overlays,
             run_as,
-            // A user's processes see what the user sees: nothing to pin against.
-            pins: if run_as == RunAs::Root { pins(config, &run_dir) } else { Vec::new() },
+            pins,
             checked,
             spec,
             guest,

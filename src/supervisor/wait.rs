@@ -195,8 +195,8 @@ impl Waiting<'_> {
     }
 
     /// How the boot ended, the hypervisor having exited with `exit`.
-    fn ended(self, exit: std::process::ExitStatus) -> Ending {
-        if let Some(reason) = self.helper_failure.clone() {
+    fn ended(mut self, exit: std::process::ExitStatus) -> Ending {
+        if let Some(reason) = self.helper_failure.take() {
             return Ending::Ended(Phase::Crashed, reason);
         }
         self.classify(exit)

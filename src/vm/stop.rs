@@ -95,7 +95,7 @@ fn end_orphans(
         anyhow::bail!("some processes of VM '{}' would not die", config.name);
     }
     let run_dir = paths.vm_run_dir(&config.name);
-    if std::fs::symlink_metadata(&run_dir).is_ok() && !crate::state::paths::is_own_dir(&run_dir) {
+    if std::fs::symlink_metadata(&run_dir).is_ok() && !crate::fs::is_own_dir(&run_dir) {
         anyhow::bail!("{} is not a directory of this user's; remove it", run_dir.display());
     }
     crate::runtime::clean_run_dir(&run_dir);

@@ -214,7 +214,7 @@ fn remove_stale_staging_dirs(paths: &Paths) -> anyhow::Result<()> {
         let entry = entry?;
         // Another user's are theirs to remove (the state root is shared with a group).
         if entry.file_name().to_string_lossy().starts_with(STAGING_PREFIX)
-            && crate::state::paths::is_own_dir(&entry.path())
+            && crate::fs::is_own_dir(&entry.path())
         {
             std::fs::remove_dir_all(entry.path())
                 .with_context(|| format!("cannot remove stale {}", entry.path().display()))?;

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use crate::addr::{AddressPool, Ipv4Net};
 use crate::config::vm::Hypervisor;
 use crate::error::UserError;
-pub use crate::host::binaries::BinaryPaths;
+use crate::host::binaries::BinaryPaths;
 use crate::spec::{DiskSize, MemorySize, PortRange};
 
 /// The parsed host config; every field has a default.

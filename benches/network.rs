@@ -80,19 +80,21 @@ fn run() {
     let paths = Paths::under(dir.path());
     let host = HostConfig::default();
     let web = new_vm(&paths, "web");
+    let (roots, record) = (paths.roots(), web.record());
+    let open = || HostNet::open(&roots, &host.network).unwrap();
     println!("mvm host-network benchmarks (in a private network namespace)");
 
     let (mut cold, mut warm, mut down) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
-        cold.push(timed(|| HostNet::open(&paths, &host).unwrap().up(&web).unwrap()));
-        warm.push(timed(|| HostNet::open(&paths, &host).unwrap().up(&web).unwrap()));
-        down.push(timed(|| HostNet::open(&paths, &host).unwrap().down(&web).unwrap()));
+        cold.push(timed(|| open().up(&record).unwrap()));
+        warm.push(timed(|| open().up(&record).unwrap()));
+        down.push(timed(|| open().down(&record).unwrap()));
     }
     report("network up, one VM, from nothing", cold);
     report("network up, one VM, already up", warm);
     report("network down, one VM", down);
 
-    HostNet::open(&paths, &host).unwrap().up(&web).unwrap();
+    open().up(&record).unwrap();
     let run_dir = paths.vm_run_dir(&web.name);
     std::fs::create_dir_all(&run_dir).unwrap();
     let _running = RunLock::try_acquire(&run_dir.join("lock")).unwrap().unwrap();
@@ -109,7 +111,7 @@ fn run() {
     }
     report("port forward add (running VM, as mvm port)", add);
     report("port forward remove (running VM)", remove);
-    HostNet::open(&paths, &host).unwrap().down(&web).unwrap();
+    open().down(&record).unwrap();
 
     println!("\n| VMs up | mvm rules (filter + nat, jumps included) | isolation rules |");
     println!("|---|---|---|");
@@ -117,13 +119,13 @@ fn run() {
     for target in [1usize, 10, 100] {
         while vms.len() < target {
             let vm = new_vm(&paths, &format!("vm{}", vms.len()));
-            HostNet::open(&paths, &host).unwrap().up(&vm).unwrap();
+            open().up(&vm.record()).unwrap();
             vms.push(vm);
         }
         let (total, isolation) = mvm_rule_lines();
         println!("| {target} | {total} | {isolation} |");
     }
     for vm in &vms {
-        HostNet::open(&paths, &host).unwrap().down(vm).unwrap();
+        open().down(&vm.record()).unwrap();
     }
 }

@@ -4,9 +4,7 @@
 //! maps [`run`]'s result to an exit code. Privileged work sits behind small modules
 //! whose plans are pure data, so most of mvm is testable without root.
 
-pub mod addr;
 pub mod agent;
-pub mod atomic;
 pub mod boot;
 pub mod changes;
 pub mod cli;
@@ -14,19 +12,14 @@ pub mod commands;
 pub mod config;
 pub mod contract;
 pub mod dns;
-pub mod error;
 pub mod failpoint;
-pub mod fs;
 pub mod generate;
 pub mod guest;
 pub mod host;
 pub mod image;
 pub mod log_cap;
-pub mod name;
-pub mod net;
 pub mod output;
 pub mod privileged;
-pub mod proc_net;
 pub mod project_env;
 pub mod runtime;
 pub mod setup;
@@ -36,6 +29,11 @@ pub mod supervisor;
 pub mod view;
 pub mod vm;
 pub mod vmm;
+
+// The foundations and the privileged part are crates of their own (`crates/`): the
+// setuid helper links them alone. Their modules keep their places in this library.
+pub use mvm_base::{addr, atomic, error, fs, name};
+pub use mvm_privileged::{net, proc_net};
 
 use cli::{Cli, Command};
 use state::Paths;

@@ -11,92 +11,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::UserError;
-
-/// A transport protocol for a port forward.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// What a forward without a protocol means.
-    #[default]
-    Tcp,
-    Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
-
-/// A forward from a host port to a guest port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PortForward {
-    pub host: u16,
-    pub guest: u16,
-    #[serde(default)]
-    pub protocol: Protocol,
-}
-
-const PORT_HINT: &str = "write HOST:GUEST or HOST:GUEST/udp, with ports 1-65535, e.g. 8080:3000";
-
-fn parse_port(text: &str, which: &str, spec: &str, lowest: u32) -> Result<u16, UserError> {
-    match text.parse::<u32>() {
-        Ok(port) if (lowest..=65535).contains(&port) => Ok(port as u16),
-        Ok(port) => Err(UserError::usage(format!(
-            "invalid port forward {spec:?}: {which} port {port} is outside 1-65535"
-        ))
-        .hint(PORT_HINT)),
-        Err(_) => Err(UserError::usage(format!(
-            "invalid port forward {spec:?}: {which} port {text:?} is not a number"
-        ))
-        .hint(PORT_HINT)),
-    }
-}
-
-impl FromStr for PortForward {
-    type Err = UserError;
-
-    fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        Self::parse(spec, 1)
-    }
-}
-
-impl PortForward {
-    /// Parses `HOST:GUEST[/udp]` where the host port may be 0, meaning "pick a free one".
-    pub fn parse_with_auto_host(spec: &str) -> Result<Self, UserError> {
-        Self::parse(spec, 0)
-    }
-
-    fn parse(spec: &str, lowest_host_port: u32) -> Result<Self, UserError> {
-        let (ports, protocol) = parse_protocol(spec)?;
-        let Some((host, guest)) = ports.split_once(':') else {
-            return Err(UserError::usage(format!("invalid port forward {spec:?}: expected HOST:GUEST"))
-                .hint(PORT_HINT));
-        };
-        Ok(PortForward {
-            host: parse_port(host, "host", spec, lowest_host_port)?,
-            guest: parse_port(guest, "guest", spec, 1)?,
-            protocol,
-        })
-    }
-}
-
-/// Splits `TEXT[/tcp|/udp]` into the text and its protocol (TCP when none is given).
-fn parse_protocol(spec: &str) -> Result<(&str, Protocol), UserError> {
-    match spec.rsplit_once('/') {
-        Some((ports, "tcp")) => Ok((ports, Protocol::Tcp)),
-        Some((ports, "udp")) => Ok((ports, Protocol::Udp)),
-        Some((_, other)) => {
-            Err(UserError::usage(format!("invalid port forward {spec:?}: unknown protocol {other:?}"))
-                .hint(PORT_HINT))
-        }
-        None => Ok((spec, Protocol::Tcp)),
-    }
-}
+pub use mvm_privileged::forward::{check_unique_host_ports, PortForward, Protocol};
+use mvm_privileged::forward::{parse_port, parse_protocol};
 
 /// A host port to stop forwarding: `HOST` (every protocol) or `HOST/tcp|udp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,30 +39,6 @@ impl FromStr for HostPortSelector {
             protocol: protocol.map(|(_, protocol)| protocol),
         })
     }
-}
-
-impl fmt::Display for PortForward {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.host, self.guest)?;
-        if self.protocol == Protocol::Udp {
-            f.write_str("/udp")?;
-        }
-        Ok(())
-    }
-}
-
-/// Refuses a list in which two forwards claim the same host port and protocol.
-pub fn check_unique_host_ports(ports: &[PortForward]) -> Result<(), UserError> {
-    for (i, port) in ports.iter().enumerate() {
-        if let Some(other) = ports[..i].iter().find(|p| p.host == port.host && p.protocol == port.protocol) {
-            return Err(UserError::usage(format!(
-                "host port {}/{} is given twice ({other} and {port})",
-                port.host, port.protocol
-            ))
-            .hint("each host port can forward to one guest port; drop one of them"));
-        }
-    }
-    Ok(())
 }
 
 /// Guest ports kept from automatic forwarding: `5432` or `9000-9100` (both protocols).
@@ -289,12 +181,7 @@ pub struct DiskSize {
     mib: u64,
 }
 
-/// The smallest disk limit: room for a system layer and the VM's files.
-pub const MIN_DISK_MIB: u64 = 2048;
-/// The largest: a bound a host could ever honour (16 TiB, ext4's file size limit).
-pub const MAX_DISK_MIB: u64 = 16 * 1024 * 1024;
-
-const DISK_HINT: &str = "write a size such as 8G, 20G or 1T, at least 2G";
+use mvm_privileged::disk::layout::DISK_HINT;
 
 impl DiskSize {
     /// A limit of `mib` MiB.
@@ -302,20 +189,11 @@ impl DiskSize {
         DiskSize { mib }
     }
 
-    /// A limit of `mib` MiB, refused outside [`MIN_DISK_MIB`]..=[`MAX_DISK_MIB`]; `spec`
+    /// A limit of `mib` MiB, refused outside the bounds of
+    /// [`check_limit`](mvm_privileged::disk::layout::check_limit); `spec`
     /// says how it was written.
     pub fn checked(mib: u64, spec: &str) -> Result<Self, UserError> {
-        if mib < MIN_DISK_MIB {
-            return Err(UserError::usage(format!(
-                "disk size {spec:?} is below the minimum of {MIN_DISK_MIB} MiB"
-            ))
-            .hint(DISK_HINT));
-        }
-        if mib > MAX_DISK_MIB {
-            return Err(
-                UserError::usage(format!("disk size {spec:?} is above the maximum of 16T")).hint(DISK_HINT)
-            );
-        }
+        mvm_privileged::disk::layout::check_limit(mib, spec)?;
         Ok(DiskSize { mib })
     }
 
@@ -494,33 +372,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_port_forwards() {
-        let tcp: PortForward = "8080:3000".parse().unwrap();
-        assert_eq!((tcp.host, tcp.guest, tcp.protocol), (8080, 3000, Protocol::Tcp));
-        let udp: PortForward = "53:5353/udp".parse().unwrap();
-        assert_eq!((udp.host, udp.guest, udp.protocol), (53, 5353, Protocol::Udp));
-        assert_eq!("1:65535/tcp".parse::<PortForward>().unwrap().to_string(), "1:65535");
-        assert_eq!(udp.to_string(), "53:5353/udp");
-    }
-
-    #[test]
-    fn rejects_bad_port_forwards() {
-        for (spec, why) in [
-            ("8080", "expected HOST:GUEST"),
-            ("0:80", "host port 0 is outside"),
-            ("80:65536", "guest port 65536 is outside"),
-            ("80:x", "guest port \"x\" is not a number"),
-            ("-1:80", "is not a number"),
-            ("80:80/sctp", "unknown protocol"),
-            ("", "expected HOST:GUEST"),
-            ("80:", "is not a number"),
-        ] {
-            let error = spec.parse::<PortForward>().unwrap_err();
-            assert!(error.to_string().contains(why), "{spec:?}: {error}");
-        }
-    }
-
-    #[test]
     fn auto_host_ports_and_selectors() {
         assert_eq!(PortForward::parse_with_auto_host("0:80").unwrap().host, 0);
         assert!("0:80".parse::<PortForward>().is_err());
@@ -531,17 +382,6 @@ mod tests {
         assert!(any.matches(&forward) && !udp.matches(&forward));
         assert!("x/udp".parse::<HostPortSelector>().is_err());
         assert!("8080/sctp".parse::<HostPortSelector>().is_err());
-    }
-
-    #[test]
-    fn refuses_a_host_port_given_twice_per_protocol() {
-        let ports: Vec<PortForward> = ["80:80", "80:81/udp"].iter().map(|s| s.parse().unwrap()).collect();
-        check_unique_host_ports(&ports).unwrap();
-        let ports: Vec<PortForward> = ["80:80", "80:81"].iter().map(|s| s.parse().unwrap()).collect();
-        assert!(check_unique_host_ports(&ports)
-            .unwrap_err()
-            .to_string()
-            .contains("host port 80/tcp is given twice"));
     }
 
     #[test]

@@ -4,28 +4,33 @@
 //!
 //! Imports are read from the source: `crate::` paths (with nested `use` groups) and
 //! `super::` paths, outside comments and `#[cfg(test)]` modules.
+//!
+//! The foundations (`crates/mvm-base`) and the privileged part (`crates/mvm-privileged`)
+//! sit above every row: Cargo keeps them from importing the library, and this keeps each
+//! free of cycles too. The helper's crate stays small: nothing of the resolver, the
+//! terminal UI, the diffs or the command line reaches it (checked in `Cargo.lock`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The rows of the layout, top (imported by all) to bottom.
 const ROWS: &[&[&str]] = &[
-    &["error", "name", "spec", "addr", "atomic", "log_cap", "proc_net", "failpoint", "output", "fs"],
+    &["spec", "log_cap", "failpoint", "output"],
     &["host"],
     &["config", "contract"],
     &["runtime", "state", "image"],
-    &["net", "dns", "boot", "vmm", "agent", "project_env", "changes", "privileged"],
+    &["dns", "boot", "vmm", "agent", "project_env", "changes", "privileged"],
     &["supervisor"],
     &["vm", "setup", "view"],
     &["commands", "cli", "generate"],
     &["guest"],
 ];
 
-/// Every module of the library (`a::b` for `src/a/b.rs` or `src/a/b/mod.rs`) and its
-/// source without comments and test modules.
-fn modules() -> BTreeMap<String, String> {
+/// Every module of the library under `crate_dir` (`a::b` for `src/a/b.rs` or
+/// `src/a/b/mod.rs`) and its source without comments and test modules.
+fn modules(crate_dir: &Path) -> BTreeMap<String, String> {
     let mut found = BTreeMap::new();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = crate_dir.join("src");
     let mut dirs = vec![src.clone()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
@@ -130,12 +135,20 @@ fn row(module: &str) -> usize {
     ROWS.iter().position(|row| row.contains(&top)).unwrap_or_else(|| panic!("{top} is in no row of ROWS"))
 }
 
+/// Each module of `modules` and the modules it imports.
+fn graph(modules: &BTreeMap<String, String>) -> BTreeMap<&str, BTreeSet<String>> {
+    modules.iter().map(|(module, code)| (module.as_str(), imports(module, code, modules))).collect()
+}
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
 #[test]
 fn imports_run_down_the_layout_and_never_in_a_circle() {
-    let modules = modules();
+    let modules = modules(workspace());
     assert!(modules.len() > 100, "only {} modules found", modules.len());
-    let graph: BTreeMap<&str, BTreeSet<String>> =
-        modules.iter().map(|(module, code)| (module.as_str(), imports(module, code, &modules))).collect();
+    let graph = graph(&modules);
     let mut upward = Vec::new();
     for (module, targets) in &graph {
         for target in targets.iter().filter(|target| !module.is_empty() && row(target) > row(module)) {
@@ -143,6 +156,62 @@ fn imports_run_down_the_layout_and_never_in_a_circle() {
         }
     }
     assert!(upward.is_empty(), "imports up the layout:\n{}", upward.join("\n"));
+    assert_no_cycle(&graph);
+}
+
+#[test]
+fn the_crates_below_the_library_have_no_import_cycle() {
+    for name in ["mvm-base", "mvm-privileged"] {
+        let modules = modules(&workspace().join("crates").join(name));
+        assert!(modules.len() > 5, "{name}: only {} modules found", modules.len());
+        assert_no_cycle(&graph(&modules));
+    }
+}
+
+/// What the helper's crate may never depend on: the resolver, the terminal UI, the diff
+/// crates, the command line, the async runtime, or the library itself.
+const NOT_FOR_THE_HELPER: &[&str] =
+    &["mvm", "hickory-proto", "clap", "comfy-table", "indicatif", "similar", "tokio", "seccompiler"];
+
+/// The packages `package` depends on, directly or not, as `Cargo.lock` records them.
+fn dependencies_of(lock: &toml::Value, package: &str) -> BTreeSet<String> {
+    let packages = lock["package"].as_array().unwrap();
+    let depends = |name: &str| -> Vec<String> {
+        let entry = packages.iter().find(|p| p["name"].as_str() == Some(name));
+        let entry = entry.unwrap_or_else(|| panic!("{name} is not in Cargo.lock"));
+        let list = entry.get("dependencies").and_then(|d| d.as_array()).cloned().unwrap_or_default();
+        // An entry is "NAME" or "NAME VERSION" when two versions are locked.
+        list.iter().map(|d| d.as_str().unwrap().split(' ').next().unwrap().to_string()).collect()
+    };
+    let (mut found, mut todo) = (BTreeSet::new(), vec![package.to_string()]);
+    while let Some(next) = todo.pop() {
+        for dependency in depends(&next) {
+            if found.insert(dependency.clone()) {
+                todo.push(dependency);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_helper_depends_on_nothing_it_does_not_need() {
+    let lock: toml::Value =
+        toml::from_str(&std::fs::read_to_string(workspace().join("Cargo.lock")).unwrap()).unwrap();
+    let helper = dependencies_of(&lock, "mvm-privileged");
+    assert!(helper.contains("mvm-base") && helper.contains("nix"), "{helper:?}");
+    let unwanted: Vec<&&str> = NOT_FOR_THE_HELPER.iter().filter(|name| helper.contains(**name)).collect();
+    assert!(unwanted.is_empty(), "the helper's crate depends on {unwanted:?}");
+    // The check sees what the library pulls in.
+    let library = dependencies_of(&lock, "mvm");
+    assert!(NOT_FOR_THE_HELPER[1..]
+        .iter()
+        .filter(|name| **name != "tokio")
+        .all(|name| library.contains(*name)));
+}
+
+/// Panics on the first cycle in `graph`.
+fn assert_no_cycle(graph: &BTreeMap<&str, BTreeSet<String>>) {
     // Depth-first, with the path so far: a target already on it closes a cycle.
     fn visit<'a>(
         module: &'a str,
@@ -165,7 +234,7 @@ fn imports_run_down_the_layout_and_never_in_a_circle() {
     }
     let mut done = BTreeSet::new();
     for module in graph.keys() {
-        visit(module, &graph, &mut Vec::new(), &mut done);
+        visit(module, graph, &mut Vec::new(), &mut done);
     }
 }
 

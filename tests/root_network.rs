@@ -57,12 +57,16 @@ impl Lab {
     /// Runs mvm's network bring-up for `vm` inside the host namespace.
     fn up(&self, vm: &VmConfig) {
         let (paths, vm) = (self.paths(), vm.clone());
-        self.host.run(move || HostNet::open(&paths, &HostConfig::default()).unwrap().up(&vm).unwrap());
+        self.host.run(move || {
+            HostNet::open(&paths.roots(), &HostConfig::default().network).unwrap().up(&vm.record()).unwrap()
+        });
     }
 
     fn down(&self, vm: &VmConfig) {
         let (paths, vm) = (self.paths(), vm.clone());
-        self.host.run(move || HostNet::open(&paths, &HostConfig::default()).unwrap().down(&vm).unwrap());
+        self.host.run(move || {
+            HostNet::open(&paths.roots(), &HostConfig::default().network).unwrap().down(&vm.record()).unwrap()
+        });
     }
 
     /// A stand-in guest for `vm`: a namespace with the guest's address, its default route
@@ -135,7 +139,8 @@ impl Lab {
     ) -> Result<T, String> {
         let paths = self.paths();
         self.host.run(move || {
-            let mut net = HostNet::open(&paths, &HostConfig::default()).unwrap().for_user(uid);
+            let mut net =
+                HostNet::open(&paths.roots(), &HostConfig::default().network).unwrap().for_user(uid);
             action(&mut net).map_err(|error| format!("{error:#}"))
         })
     }
@@ -506,8 +511,8 @@ fn a_pool_overlapping_a_host_route_is_refused() {
     lab.host.ip(&["route", "add", "10.200.7.0/24", "via", INTERNET_IP]);
     let (paths, config) = (lab.paths(), vm.clone());
     let error = lab.host.run(move || {
-        let mut net = HostNet::open(&paths, &HostConfig::default()).unwrap();
-        format!("{:#}", net.up(&config).unwrap_err())
+        let mut net = HostNet::open(&paths.roots(), &HostConfig::default().network).unwrap();
+        format!("{:#}", net.up(&config.record()).unwrap_err())
     });
     assert!(error.contains("overlaps the host route 10.200.7.0/24 on uplink0"), "{error}");
     assert!(lab.mvm_links().is_empty(), "nothing is made when the pool is refused");
@@ -568,7 +573,7 @@ fn a_users_vm_network_is_theirs_alone() {
     lab.give(&web, alice);
     fn as_user(lab: &Lab, uid: u32, vm: &VmConfig, up: bool) -> Result<(), String> {
         let vm = vm.clone();
-        lab.as_user(uid, move |net| if up { net.up(&vm) } else { net.down(&vm) })
+        lab.as_user(uid, move |net| if up { net.up(&vm.record()) } else { net.down(&vm.record()) })
     }
     as_user(&lab, alice, &web, true).unwrap();
     let owner = lab.host.ip(&["-d", "link", "show", "mvmtap0"]);
@@ -728,7 +733,7 @@ fn a_reused_index_keeps_nothing_of_its_last_holder() {
     });
     lab.give(&web, alice);
     let up = web.clone();
-    lab.as_user(alice, move |net| net.up(&up)).unwrap();
+    lab.as_user(alice, move |net| net.up(&up.record())).unwrap();
     let (gateway, bridge) = (web.network.gateway, web.network.bridge.clone());
     let kept = lab.as_user(alice, move |_| Ok(mvm::dns::bind(gateway, &bridge)?)).unwrap();
     let old_bridge = lab.host.ip(&["-d", "link", "show", &web.network.bridge]);
@@ -770,10 +775,10 @@ fn a_reused_index_keeps_nothing_of_its_last_holder() {
     assert_eq!(api.network.index, web.network.index, "the test needs the index reused");
     lab.give(&api, bob);
     let live = api.clone();
-    let error = lab.as_user(bob, move |net| net.check_live(&live)).unwrap_err();
+    let error = lab.as_user(bob, move |net| net.check_live(&live.record())).unwrap_err();
     assert!(error.contains("is not up"), "DNS sockets for a network that is not up: {error}");
     let up = api.clone();
-    lab.as_user(bob, move |net| net.up(&up)).unwrap();
+    lab.as_user(bob, move |net| net.up(&up.record())).unwrap();
     let rules = lab.iptables_save();
     assert!(!rules.contains("mvm:web"), "alice's rules apply to bob's guest:\n{rules}");
     let tracked = lab.host.exec("conntrack", &["-L", "-d", &guest]);
@@ -786,7 +791,7 @@ fn a_reused_index_keeps_nothing_of_its_last_holder() {
     let tap = lab.host.ip(&["-d", "link", "show", &api.network.tap]);
     assert!(tap.contains(&format!("user {bob}")), "{tap}");
     let live = api.clone();
-    lab.as_user(bob, move |net| net.check_live(&live)).unwrap();
+    lab.as_user(bob, move |net| net.check_live(&live.record())).unwrap();
 
     // His guest's DNS: his supervisor's sockets bind and answer; hers hear nothing.
     support::dns::vpn_resolver(&lab.host);
@@ -804,12 +809,12 @@ fn a_reused_index_keeps_nothing_of_its_last_holder() {
 
     // Down takes his links; a link made for another VM on the index is left alone.
     let down = api.clone();
-    lab.as_user(bob, move |net| net.down(&down)).unwrap();
+    lab.as_user(bob, move |net| net.down(&down.record())).unwrap();
     assert!(lab.mvm_links().is_empty(), "{:?}", lab.mvm_links());
     lab.host.ip(&["link", "add", &api.network.bridge, "type", "bridge"]);
     lab.host.ip(&["link", "set", &api.network.bridge, "alias", "mvm:other:1"]);
     let down = api.clone();
-    lab.as_user(bob, move |net| net.down(&down)).unwrap();
+    lab.as_user(bob, move |net| net.down(&down.record())).unwrap();
     assert_eq!(
         lab.mvm_links(),
         std::slice::from_ref(&api.network.bridge),

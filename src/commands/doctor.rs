@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::boot::kernel;
 use crate::config::host::HostConfig;
-use crate::config::vm::{Hypervisor, VmConfig};
+use crate::config::vm::{Hypervisor, VmRecord};
 use crate::error::ExitCode;
 use crate::host::binaries::Tool;
 use crate::host::kvm::{self, KvmSupport};
@@ -164,7 +164,7 @@ pub fn network_checks(paths: &Paths, fix: bool) -> Vec<Check> {
         )];
     }
     let host = HostConfig::load(&paths.config_file).unwrap_or_default();
-    let mut net = match HostNet::open(paths, &host) {
+    let mut net = match HostNet::open(&paths.roots(), &host.network) {
         Ok(net) => net,
         Err(error) => {
             return vec![Check::problem(
@@ -200,11 +200,12 @@ pub fn network_checks(paths: &Paths, fix: bool) -> Vec<Check> {
 }
 
 fn orphan_check(paths: &Paths, net: &mut HostNet, fix: bool) -> Check {
-    let running: Vec<VmConfig> = store::list(paths)
+    let running: Vec<VmRecord> = store::list(paths)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|entry| entry.config.ok())
         .filter(|config| matches!(store::run_state(paths, &config.name), Ok(RunState::Running)))
+        .map(|config| config.record())
         .collect();
     let stale_run_dirs = stale_run_dirs(paths);
     let orphans = match net.orphans(&running) {

@@ -63,7 +63,7 @@ impl SystemLayer {
             used_bytes: crate::state::system_disk::allocated_bytes(vm_dir),
             // A disk made before limits keeps the size it was made with.
             size_bytes: std::fs::symlink_metadata(crate::state::system_disk::path(vm_dir))
-                .map_or(crate::state::disk::system_mib(config) << 20, |meta| meta.len()),
+                .map_or(crate::state::disk::system_mib(config.disk_mib) << 20, |meta| meta.len()),
         })
     }
 

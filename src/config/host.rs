@@ -28,11 +28,13 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::addr::{AddressPool, Ipv4Net};
+use crate::addr::AddressPool;
 use crate::config::vm::Hypervisor;
 use crate::error::UserError;
 use crate::host::binaries::BinaryPaths;
 use crate::spec::{DiskSize, MemorySize, PortRange};
+use mvm_privileged::disk::layout::DEFAULT_DISK_MIB;
+use mvm_privileged::record::NetworkConfig;
 
 /// The parsed host config; every field has a default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -41,25 +43,6 @@ pub struct HostConfig {
     pub network: NetworkConfig,
     pub defaults: Defaults,
     pub paths: BinaryPaths,
-}
-
-/// `[network]`: the address pool and the uplink.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NetworkConfig {
-    pub pool: Ipv4Net,
-    pub subnet_prefix: u8,
-    pub uplink: Option<String>,
-}
-
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        NetworkConfig {
-            pool: Ipv4Net::new(std::net::Ipv4Addr::new(10, 200, 0, 0), 16).expect("valid default pool"),
-            subnet_prefix: 24,
-            uplink: None,
-        }
-    }
 }
 
 /// `[defaults]`: what `create` uses when a flag is not given.
@@ -105,9 +88,6 @@ fn deserialize_memory<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Resu
     text.parse().map_err(serde::de::Error::custom)
 }
 
-/// A new VM's disk limit, unless `defaults.disk` says otherwise.
-pub const DEFAULT_DISK_MIB: u64 = 20 * 1024;
-
 impl HostConfig {
     /// Reads the config at `path`; a missing file means all defaults.
     pub fn load(path: &Path) -> anyhow::Result<HostConfig> {
@@ -140,7 +120,7 @@ impl HostConfig {
 
     /// The address pool VM subnets are cut from.
     pub fn address_pool(&self) -> Result<AddressPool, UserError> {
-        AddressPool::new(self.network.pool, self.network.subnet_prefix)
+        self.network.address_pool()
     }
 }
 

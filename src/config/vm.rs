@@ -18,8 +18,7 @@ use crate::error::UserError;
 use crate::name::VmName;
 use crate::spec::{DiskSize, MemorySize, PortForward, PortRange, Volume};
 
-/// The file name of a VM's config inside its state directory.
-pub const VM_CONFIG_FILE: &str = "vm.toml";
+pub use mvm_privileged::record::{check_forward_count, VmRecord, MAX_FORWARDS, VM_CONFIG_FILE};
 
 /// Which virtual machine monitor runs the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
@@ -219,19 +218,6 @@ pub struct Process {
     pub restart: RestartPolicy,
 }
 
-/// The most port forwards a VM has: each is firewall rules the setuid helper makes from
-/// `vm.toml`, which its owner may write by hand.
-pub const MAX_FORWARDS: usize = 256;
-
-/// Refuses more than [`MAX_FORWARDS`] port forwards.
-pub fn check_forward_count(count: usize) -> Result<(), UserError> {
-    if count > MAX_FORWARDS {
-        return Err(UserError::usage(format!("{count} port forwards; a VM has at most {MAX_FORWARDS}"))
-            .hint("forward a range of ports to one service through the guest instead"));
-    }
-    Ok(())
-}
-
 pub(crate) fn check_processes(processes: &[Process]) -> Result<(), UserError> {
     for (i, process) in processes.iter().enumerate() {
         let valid = !process.name.is_empty()
@@ -254,6 +240,18 @@ impl VmConfig {
     /// The VM's memory size.
     pub fn memory(&self) -> MemorySize {
         MemorySize::from_mib(self.memory_mib)
+    }
+
+    /// What the privileged part reads of this VM's record (`vm.toml`).
+    pub fn record(&self) -> VmRecord {
+        VmRecord {
+            name: self.name.clone(),
+            disk_mib: self.disk_mib,
+            offline: self.offline,
+            host_access: self.host_access,
+            network: self.network.clone(),
+            ports: self.ports.clone(),
+        }
     }
 
     /// The VM's disk limit, when it has one.
@@ -340,6 +338,16 @@ pub(crate) mod tests {
                 restart: RestartPolicy::Always,
             }],
         }
+    }
+
+    /// The helper reads a `vm.toml` as `VmRecord`: the same fields as the record mvm
+    /// hands the privileged part in-process, whatever else the file holds.
+    #[test]
+    fn the_helper_reads_the_record_mvm_hands_it() {
+        let vm = sample();
+        assert_eq!(VmRecord::parse(&vm.to_toml()).unwrap(), vm.record());
+        let offline = VmConfig { offline: true, host_access: false, disk_mib: None, ports: vec![], ..vm };
+        assert_eq!(VmRecord::parse(&offline.to_toml()).unwrap(), offline.record());
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Facts about the host machine: CPUs, memory, privileges, KVM, and where binaries live.
 
-pub mod binaries;
 pub mod kvm;
-pub mod loopdev;
 pub mod mounts;
 pub mod subids;
 pub mod user;
+
+pub use mvm_base::binaries;
+pub use mvm_privileged::loopdev;
 
 /// The number of CPUs this process may use.
 pub fn cpu_count() -> u32 {

@@ -94,27 +94,27 @@ struct InProcess {
 
 impl InProcess {
     fn open(&self) -> anyhow::Result<HostNet> {
-        HostNet::open(&self.paths, &HostConfig::load(&self.paths.config_file)?)
+        HostNet::open(&self.paths.roots(), &HostConfig::load(&self.paths.config_file)?.network)
     }
 }
 
 impl HostNetwork for InProcess {
     fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        self.open()?.up(vm)
+        self.open()?.up(&vm.record())
     }
 
     fn update_rules(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        self.open()?.update_rules(vm).map(drop)
+        self.open()?.update_rules(&vm.record()).map(drop)
     }
 
     fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        self.open()?.down(vm)
+        self.open()?.down(&vm.record())
     }
 
     fn dns_sockets(&mut self, vm: &VmConfig) -> anyhow::Result<crate::dns::Sockets> {
         // Under the network lock, so the bridge checked is the one bound to.
         let live = self.open()?;
-        live.check_live(vm)?;
+        live.check_live(&vm.record())?;
         crate::dns::bind(vm.network.gateway, &vm.network.bridge)
             .with_context(|| format!("cannot bind DNS on {}", vm.network.gateway))
     }
@@ -135,15 +135,15 @@ impl HostDisk for InProcess {
     fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
         let host = HostConfig::load(&self.paths.config_file)?;
         let mkfs = crate::host::binaries::Tool::MkfsExt4.find(&host.paths)?;
-        crate::privileged::disk::up(&self.paths, vm, self.owner(vm)?, &mkfs)
+        crate::privileged::disk::up(&self.paths.roots(), &vm.record(), self.owner(vm)?, &mkfs)
     }
 
     fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        crate::privileged::disk::down(&self.paths, vm, self.owner(vm)?, false)
+        crate::privileged::disk::down(&self.paths.roots(), &vm.record(), self.owner(vm)?, false)
     }
 
     fn remove(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        crate::privileged::disk::down(&self.paths, vm, self.owner(vm)?, true)
+        crate::privileged::disk::down(&self.paths.roots(), &vm.record(), self.owner(vm)?, true)
     }
 }
 

@@ -7,14 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::name::VmName;
 use crate::runtime::AGENT_SOCKET;
 
-/// Default root of persistent per-VM state.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/microvms";
-/// Default root of per-VM runtime files.
-pub const DEFAULT_RUN_DIR: &str = "/run/mvm";
-/// Default host config file.
-pub const DEFAULT_CONFIG: &str = "/etc/mvm/config.toml";
+pub use mvm_privileged::roots::{Roots, DEFAULT_CONFIG, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR};
 
-/// The roots of mvm's files.
+/// The roots of mvm's files (the privileged part's [`Roots`], with what mvm keeps under them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
     /// Persistent state: one directory per VM.
@@ -23,6 +18,12 @@ pub struct Paths {
     pub run_dir: PathBuf,
     /// The host config file.
     pub config_file: PathBuf,
+}
+
+impl From<Roots> for Paths {
+    fn from(roots: Roots) -> Paths {
+        Paths { state_dir: roots.state_dir, run_dir: roots.run_dir, config_file: roots.config_file }
+    }
 }
 
 impl Paths {
@@ -40,21 +41,22 @@ impl Paths {
         }
     }
 
-    /// The installed roots, whatever the environment says (for the setuid helper).
+    /// The installed roots, whatever the environment says.
     pub fn installed() -> Paths {
-        Paths {
-            state_dir: DEFAULT_STATE_DIR.into(),
-            run_dir: DEFAULT_RUN_DIR.into(),
-            config_file: DEFAULT_CONFIG.into(),
-        }
+        Roots::installed().into()
     }
 
     /// Roots under one directory (for tests and benchmarks).
     pub fn under(root: &Path) -> Paths {
-        Paths {
-            state_dir: root.join("state"),
-            run_dir: root.join("run"),
-            config_file: root.join("config.toml"),
+        Roots::under(root).into()
+    }
+
+    /// The same roots, as the privileged part takes them.
+    pub fn roots(&self) -> Roots {
+        Roots {
+            state_dir: self.state_dir.clone(),
+            run_dir: self.run_dir.clone(),
+            config_file: self.config_file.clone(),
         }
     }
 

@@ -64,11 +64,7 @@ pub fn exists(paths: &Paths, name: &VmName) -> bool {
     paths.vm_dir(name).exists()
 }
 
-/// The error for a VM that does not exist.
-pub fn no_such_vm(name: &VmName) -> UserError {
-    UserError::not_found(format!("no VM named '{name}'"))
-        .hint(format!("`mvm list` shows the VMs; `mvm create {name}` makes this one"))
-}
+pub use mvm_privileged::record::no_such_vm;
 
 /// The uid VM `name` belongs to (its directory's owner), if it exists.
 pub fn owner(paths: &Paths, name: &VmName) -> Option<u32> {

@@ -18,6 +18,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 use crate::contract::config::SYSTEM_DISK_SERIAL;
+use mvm_privileged::disk::layout::format_args_for;
 
 /// The system disk's file in a VM's state dir.
 pub const FILE: &str = "system.img";
@@ -59,15 +60,6 @@ pub fn ensure(vm_dir: &Path, size_mib: u64, fresh: bool, mkfs: &Path) -> anyhow:
     std::fs::rename(&staging, &disk)
         .with_context(|| format!("cannot move the new disk to {}", disk.display()))?;
     Ok(true)
-}
-
-/// `mkfs.ext4`'s arguments (but the image) for a new disk labelled `label` whose root is
-/// `owner`'s (`UID:GID`). The file is new and sparse, so it already reads as zeros: the
-/// inode tables and the journal need no zeroing (lazy), nothing needs discarding, and
-/// nothing is reserved for root (root's virtiofsd would write past the limit into it).
-pub fn format_args_for(label: &str, owner: &str) -> Vec<String> {
-    let extended = format!("root_owner={owner},lazy_itable_init=1,lazy_journal_init=1,nodiscard");
-    ["-q", "-F", "-L", label, "-m", "0", "-E", &extended].iter().map(ToString::to_string).collect()
 }
 
 /// What the system disk takes on the host (its allocated blocks), when it exists; a

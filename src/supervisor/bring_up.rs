@@ -74,7 +74,7 @@ pub(super) fn bring_up(
     log!("{}", launch.checked.vmm_choice);
     if let Some(mkfs) = &launch.checked.mkfs {
         let vm_dir = paths.vm_dir(name);
-        let size = crate::state::disk::system_mib(&config);
+        let size = crate::state::disk::system_mib(config.disk_mib);
         if crate::state::system_disk::ensure(&vm_dir, size, config.ephemeral_system, mkfs)? {
             let kind = if config.ephemeral_system { "an ephemeral" } else { "a" };
             log!("made {kind} system disk ({} ms)", started.elapsed().as_millis());

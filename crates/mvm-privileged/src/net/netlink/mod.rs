@@ -17,8 +17,8 @@ use std::net::Ipv4Addr;
 use anyhow::Context;
 use nix::libc;
 
-use crate::addr::Ipv4Net;
 use message::Request;
+use mvm_base::addr::Ipv4Net;
 use socket::Socket;
 
 /// A link as netlink reports it.

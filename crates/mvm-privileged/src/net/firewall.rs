@@ -11,9 +11,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
-use crate::addr::VmNetwork;
-use crate::error::UserError;
 use crate::net::plan::{self, HostNetwork, Rule, Table, VmFirewall, CHAINS, SHARED_TAG};
+use mvm_base::addr::VmNetwork;
+use mvm_base::error::UserError;
 
 /// Reads and writes the kernel's rules; the seam tests replace with a recording fake.
 pub trait FirewallBackend {
@@ -147,7 +147,7 @@ impl FirewallState {
     }
 
     /// The VMs (other than `except`) whose rules forward host port `forward.host`.
-    pub fn forwarders(&self, forward: &crate::spec::PortForward, except: &str) -> Vec<String> {
+    pub fn forwarders(&self, forward: &crate::forward::PortForward, except: &str) -> Vec<String> {
         let (proto, port) = (forward.protocol, forward.host);
         let mut names: Vec<String> = self
             .rules
@@ -323,7 +323,7 @@ fn apply(backend: &mut dyn FirewallBackend, script: &Script) -> anyhow::Result<b
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::addr::AddressPool;
+    use mvm_base::addr::AddressPool;
 
     /// A firewall in memory: applies restore scripts to its own rule lists and records
     /// them, so tests see both the resulting state and each script sent.

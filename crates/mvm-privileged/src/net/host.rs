@@ -11,16 +11,16 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use mvm_base::error::UserError;
+use mvm_base::lock::FileLock;
 
-use crate::config::host::HostConfig;
-use crate::config::vm::VmConfig;
-use crate::error::UserError;
+use crate::claims;
 use crate::net::firewall::{self, FirewallBackend, FirewallState, Iptables};
 use crate::net::netlink::{Link, Netlink};
 use crate::net::plan::{HostNetwork, VmFirewall};
 use crate::net::{conntrack, sysctl, tap};
-use crate::state::lock::FileLock;
-use crate::state::{claims, Paths};
+use crate::record::{NetworkConfig, VmRecord};
+use crate::roots::Roots;
 
 /// Prefixes of the links mvm makes.
 pub const LINK_PREFIXES: [&str; 2] = ["mvmbr", "mvmtap"];
@@ -40,28 +40,28 @@ pub struct HostNet {
 
 impl HostNet {
     /// Takes the network lock and opens netlink in the calling thread's namespace.
-    pub fn open(paths: &Paths, config: &HostConfig) -> anyhow::Result<HostNet> {
-        Self::open_with(paths, config, Box::new(Iptables))
+    pub fn open(roots: &Roots, network: &NetworkConfig) -> anyhow::Result<HostNet> {
+        Self::open_with(roots, network, Box::new(Iptables))
     }
 
     /// Like [`HostNet::open`] with another firewall backend.
     pub fn open_with(
-        paths: &Paths,
-        config: &HostConfig,
+        roots: &Roots,
+        network: &NetworkConfig,
         firewall: Box<dyn FirewallBackend>,
     ) -> anyhow::Result<HostNet> {
-        if !crate::host::is_root() {
+        if !nix::unistd::geteuid().is_root() {
             return Err(UserError::needs_root("changing host networking needs root")
                 .hint("run mvm with sudo")
                 .into());
         }
-        let lock = FileLock::exclusive_private(&network_lock(paths))?;
+        let lock = FileLock::exclusive_private(&roots.network_lock())?;
         Ok(HostNet {
             netlink: Netlink::open()?,
             firewall,
-            host: HostNetwork { pool: config.network.pool, uplink: config.network.uplink.clone() },
+            host: HostNetwork { pool: network.pool, uplink: network.uplink.clone() },
             tap_owner: None,
-            state_dir: paths.state_dir.clone(),
+            state_dir: roots.state_dir.clone(),
             _lock: lock,
         })
     }
@@ -80,7 +80,7 @@ impl HostNet {
 
     /// Refuses VM `vm` unless its index is claimed for it by this caller (`state::claims`):
     /// what is on that index then is this VM's, or left by an earlier holder.
-    fn check_claim(&self, vm: &VmConfig) -> anyhow::Result<()> {
+    fn check_claim(&self, vm: &VmRecord) -> anyhow::Result<()> {
         let index = vm.network.index;
         match claims::holder(&self.state_dir, index) {
             Some((holder, owner)) if holder == vm.name.as_str() && owner == self.owner() => Ok(()),
@@ -95,7 +95,7 @@ impl HostNet {
 
     /// Whether `link` was made for VM `vm` of this caller's (a bridge's alias, a tap's
     /// owner); `unnamed` is the answer for a bridge with no alias (made before aliases).
-    fn is_for(&self, vm: &VmConfig, link: &Link, unnamed: bool) -> bool {
+    fn is_for(&self, vm: &VmRecord, link: &Link, unnamed: bool) -> bool {
         if link.name == vm.network.tap {
             return link.tun_owner == self.tap_owner;
         }
@@ -108,7 +108,7 @@ impl HostNet {
     /// Brings VM `vm`'s bridge, tap and rules up (idempotent). Whatever an earlier holder
     /// of its index left there — a bridge made for another VM or owner, with the sockets
     /// bound to it; another user's tap; rules naming its links or addresses — goes first.
-    pub fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+    pub fn up(&mut self, vm: &VmRecord) -> anyhow::Result<()> {
         self.check_pool()?;
         self.check_claim(vm)?;
         sysctl::set("net.ipv4.ip_forward", "1")?;
@@ -155,7 +155,7 @@ impl HostNet {
 
     /// Refuses to act for VM `vm` unless its tap is this caller's, up and on a bridge
     /// made for it: what the DNS sockets (bound to that bridge) are handed out for.
-    pub fn check_live(&self, vm: &VmConfig) -> anyhow::Result<()> {
+    pub fn check_live(&self, vm: &VmRecord) -> anyhow::Result<()> {
         self.check_claim(vm)?;
         let bridge = self.netlink.link(&vm.network.bridge)?.filter(|link| self.is_for(vm, link, false));
         let tap = self.netlink.link(&vm.network.tap)?.filter(|link| self.is_for(vm, link, false));
@@ -168,7 +168,7 @@ impl HostNet {
     }
 
     /// Converges VM `vm`'s firewall rules to its config (after a port change).
-    pub fn update_rules(&mut self, vm: &VmConfig) -> anyhow::Result<bool> {
+    pub fn update_rules(&mut self, vm: &VmRecord) -> anyhow::Result<bool> {
         self.check_claim(vm)?;
         // Two DNATs of one port would let the first VM take the other's connections.
         let state = FirewallState::read(self.firewall.as_mut())?;
@@ -193,7 +193,7 @@ impl HostNet {
     /// Removes VM `vm`'s rules, and its tap and bridge when they were made for it (a link
     /// of another VM's or user's on its index is left alone); whatever is already gone is
     /// skipped.
-    pub fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
+    pub fn down(&mut self, vm: &VmRecord) -> anyhow::Result<()> {
         self.check_claim(vm)?;
         self.remove_rules(vm.name.as_str())?;
         conntrack::forget(&vm.network)?;
@@ -265,7 +265,7 @@ impl HostNet {
     }
 
     /// mvm's links and rule owners that belong to no running VM.
-    pub fn orphans(&mut self, running: &[VmConfig]) -> anyhow::Result<Orphans> {
+    pub fn orphans(&mut self, running: &[VmRecord]) -> anyhow::Result<Orphans> {
         let links = self
             .netlink
             .links()?
@@ -314,33 +314,16 @@ pub fn is_mvm_link(name: &str) -> bool {
     })
 }
 
-/// The network lock: beside the runtime root, not in it (`/run/mvm-network.lock`), where
-/// root alone can make files. Group members make entries in the runtime root, and one
-/// who made the lock file first would keep every VM's network from coming up.
-pub fn network_lock(paths: &Paths) -> PathBuf {
-    let name = paths.run_dir.file_name().map_or_else(|| "mvm".into(), |name| name.to_string_lossy());
-    paths.run_dir.with_file_name(format!("{name}-network.lock"))
-}
-
 /// The alias of the bridge made for VM `vm` of user `owner`'s: a bridge of an earlier
 /// holder of the index (another VM, or the same name under another owner) is not this
 /// VM's, and neither are DNS sockets that were bound to it.
-pub fn bridge_alias(vm: &VmConfig, owner: u32) -> String {
+pub fn bridge_alias(vm: &VmRecord, owner: u32) -> String {
     format!("mvm:{}:{owner}", vm.name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The lock sits where root alone makes files (`/run`), not in the runtime root that
-    /// group members write into.
-    #[test]
-    fn the_network_lock_is_beside_the_runtime_root() {
-        let installed = Paths::installed();
-        assert_eq!(network_lock(&installed), std::path::Path::new("/run/mvm-network.lock"));
-        assert!(!network_lock(&installed).starts_with(&installed.run_dir));
-    }
 
     #[test]
     fn recognizes_only_mvm_links() {

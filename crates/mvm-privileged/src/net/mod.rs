@@ -1,6 +1,7 @@
 //! Host networking (DESIGN §3): a bridge and a tap per VM, NAT, isolation and port
-//! forwards. `plan` is pure (the addresses are `crate::addr`); `netlink`, `tap`, `sysctl`, `conntrack` and `firewall` touch
-//! the kernel; `host` puts them together under the network lock.
+//! forwards. `plan` is pure (the addresses are `mvm_base::addr`); `netlink`, `tap`,
+//! `sysctl`, `conntrack` and `firewall` touch the kernel; `host` puts them together under
+//! the network lock.
 
 pub mod conntrack;
 pub mod firewall;

@@ -1,4 +1,4 @@
-//! `mvm-helper`: the setuid-root part of mvm (see `mvm::privileged`). It runs one
+//! `mvm-helper`: the setuid-root part of mvm (see the `mvm_privileged` crate). It runs one
 //! request for its caller — the real uid the kernel started it with — and exits.
 //!
 //! Before anything else it forgets what the caller chose: the environment is replaced by
@@ -8,8 +8,9 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use mvm::error::{ExitCode, UserError};
-use mvm::privileged::{helper, Request};
+use mvm_base::error::{ExitCode, UserError};
+use mvm_privileged::roots::Roots;
+use mvm_privileged::{helper, Request};
 
 fn main() {
     let caller = nix::unistd::getuid().as_raw();
@@ -23,12 +24,12 @@ fn main() {
     let result = become_root(caller, caller_gid).and_then(|()| {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let request = Request::parse(&args)?;
-        helper::serve(&request, caller, &mvm::state::Paths::installed())
+        helper::serve(&request, caller, &Roots::installed())
     });
     if let Err(error) = result {
         eprint!("mvm-helper: ");
-        mvm::error::report(&error, &mut std::io::stderr().lock());
-        std::process::exit(mvm::error::exit_code_of(&error).code());
+        mvm_base::error::report(&error, &mut std::io::stderr().lock());
+        std::process::exit(mvm_base::error::exit_code_of(&error).code());
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::name::VmName;
+use mvm_base::name::VmName;
 
 /// The directory of claims under the state root.
 pub const CLAIMS_DIR: &str = ".index";
@@ -24,7 +24,7 @@ fn claim_path(state_dir: &Path, index: u32) -> PathBuf {
 
 /// The indexes claimed now, and by whom: (index, VM name, owner uid).
 pub fn all(state_dir: &Path) -> Vec<(u32, String, u32)> {
-    let Ok(tree) = crate::fs::Tree::open(&state_dir.join(CLAIMS_DIR)) else { return Vec::new() };
+    let Ok(tree) = mvm_base::fs::Tree::open(&state_dir.join(CLAIMS_DIR)) else { return Vec::new() };
     let Ok(entries) = tree.entries(Path::new("")) else { return Vec::new() };
     entries
         .into_iter()

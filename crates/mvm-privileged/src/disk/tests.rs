@@ -2,13 +2,13 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
+use super::layout::{files_dir, image_path, is_mounted};
 use super::*;
-use crate::state::disk::{files_dir, image_path, is_mounted};
 
 struct Setup {
     _root: tempfile::TempDir,
-    paths: Paths,
-    vm: VmConfig,
+    paths: Roots,
+    vm: VmRecord,
     mkfs: PathBuf,
 }
 
@@ -17,13 +17,13 @@ fn setup() -> Option<Setup> {
         eprintln!("SKIP privileged::disk tests: need root and loop devices");
         return None;
     }
-    let Ok(mkfs) = crate::host::binaries::Tool::MkfsExt4.find(&Default::default()) else {
+    let Ok(mkfs) = mvm_base::binaries::Tool::MkfsExt4.find(&Default::default()) else {
         eprintln!("SKIP privileged::disk tests: no mkfs.ext4 (apt-get install e2fsprogs)");
         return None;
     };
     let root = tempfile::tempdir().unwrap();
-    let paths = Paths::under(root.path());
-    let mut vm = crate::config::vm::tests::sample();
+    let paths = Roots::under(root.path());
+    let mut vm = crate::record::tests::sample();
     vm.disk_mib = Some(2048);
     std::fs::create_dir_all(files_dir(&paths.vm_dir(&vm.name))).unwrap();
     Some(Setup { _root: root, paths, vm, mkfs })
@@ -42,7 +42,7 @@ fn a_disk_is_made_mounted_once_bounds_writes_and_goes_with_down() {
     up(&s.paths, &s.vm, (0, 0), &s.mkfs).unwrap();
     let files = files_dir(&vm_dir);
     assert!(is_mounted(&vm_dir));
-    let image = image_path(&s.paths, &s.vm, 0);
+    let image = image_path(&s.paths.state_dir, &s.vm.name, 0);
     let meta = std::fs::metadata(&image).unwrap();
     assert_eq!((meta.len(), meta.mode() & 0o777), (1536 << 20, 0o600));
     assert!(meta.blocks() * 512 < 96 << 20, "a new disk takes {} bytes", meta.blocks() * 512);
@@ -92,7 +92,7 @@ fn a_raised_limit_grows_the_disk() {
     down(&s.paths, &s.vm, (0, 0), false).unwrap();
     s.vm.disk_mib = Some(4096);
     up(&s.paths, &s.vm, (0, 0), &s.mkfs).unwrap();
-    assert_eq!(std::fs::metadata(image_path(&s.paths, &s.vm, 0)).unwrap().len(), 3072 << 20);
+    assert_eq!(std::fs::metadata(image_path(&s.paths.state_dir, &s.vm.name, 0)).unwrap().len(), 3072 << 20);
     assert!(size() > before + (1 << 30), "{before} -> {}", size());
     assert_eq!(std::fs::read_to_string(files.join("kept")).unwrap(), "yes");
     // A record's size out of bounds is refused.
@@ -121,7 +121,7 @@ fn a_disk_in_use_elsewhere_is_not_mounted_twice() {
     assert!(down(&s.paths, &s.vm, (0, 0), true).is_err(), "deleted while in use");
     nix::mount::umount(&elsewhere).unwrap();
     down(&s.paths, &s.vm, (0, 0), true).unwrap();
-    assert!(!image_path(&s.paths, &s.vm, 0).exists());
+    assert!(!image_path(&s.paths.state_dir, &s.vm.name, 0).exists());
 }
 
 /// A disk something has files open on stays mounted (and is reused), never lazily

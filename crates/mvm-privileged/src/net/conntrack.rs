@@ -11,9 +11,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
-use crate::addr::VmNetwork;
-use crate::host::binaries::BinaryPaths;
-use crate::host::binaries::Tool;
+use mvm_base::addr::VmNetwork;
+use mvm_base::binaries::BinaryPaths;
+use mvm_base::binaries::Tool;
 
 /// Deletes every conntrack entry with an address of `network`'s subnet on either side,
 /// in either direction (a DNAT'ed flow names the guest only in its reply tuple, which

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use super::message::{self, Request};
 use super::{Link, Route};
-use crate::addr::Ipv4Net;
+use mvm_base::addr::Ipv4Net;
 
 fn hex(text: &str) -> Vec<u8> {
     let digits: Vec<u8> = text.bytes().filter(|byte| !byte.is_ascii_whitespace()).collect();

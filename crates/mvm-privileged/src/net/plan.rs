@@ -21,9 +21,9 @@
 
 use std::fmt;
 
-use crate::addr::{Ipv4Net, VmNetwork};
-use crate::config::vm::VmConfig;
-use crate::spec::PortForward;
+use crate::forward::PortForward;
+use crate::record::VmRecord;
+use mvm_base::addr::{Ipv4Net, VmNetwork};
 
 /// An iptables table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -163,7 +163,7 @@ pub struct VmFirewall {
 
 impl VmFirewall {
     /// The firewall inputs of a VM config.
-    pub fn of(config: &VmConfig) -> VmFirewall {
+    pub fn of(config: &VmRecord) -> VmFirewall {
         VmFirewall {
             name: config.name.to_string(),
             network: config.network.clone(),
@@ -198,7 +198,7 @@ pub fn vm_rules(vm: &VmFirewall, host: &HostNetwork) -> Vec<Rule> {
     // DNS: port 53 on its gateway is the supervisor's resolver (`dns`), which only this
     // VM reaches.
     let gateway = vm.network.gateway;
-    let dns_port = crate::dns::GATEWAY_DNS_PORT;
+    let dns_port = crate::dns_sockets::GATEWAY_DNS_PORT;
     for proto in ["udp", "tcp"] {
         rules.push(Rule::new(
             Table::Filter,
@@ -250,7 +250,7 @@ pub fn vm_rules(vm: &VmFirewall, host: &HostNetwork) -> Vec<Rule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::AddressPool;
+    use mvm_base::addr::AddressPool;
 
     fn host() -> HostNetwork {
         HostNetwork { pool: "10.200.0.0/16".parse().unwrap(), uplink: None }

@@ -1,4 +1,4 @@
-//! The privileged half of a VM's files disk (`state::disk`): making its image, mounting
+//! The privileged half of a VM's files disk (`mvm`'s `state::disk`; names and sizes: `layout`): making its image, mounting
 //! it on the VM's `files/`, unmounting it, deleting it. Root does this in-process; a
 //! member's `mvm` asks the helper (`disk-up`, `disk-down`, `disk-rm`), which has checked
 //! the VM is theirs.
@@ -25,24 +25,28 @@ use anyhow::{bail, Context};
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, Mode};
 
-use crate::config::vm::VmConfig;
-use crate::error::UserError;
-use crate::state::disk::{self, FILES_DIR};
-use crate::state::lock::FileLock;
-use crate::state::Paths;
+use mvm_base::error::UserError;
+use mvm_base::lock::FileLock;
+
+use crate::record::VmRecord;
+use crate::roots::Roots;
+
+use layout::FILES_DIR;
+
+pub mod layout;
 
 /// Makes VM `vm`'s files disk when it has none (a sparse ext4 image of
-/// `state::disk::files_mib`, its root the VM owner's, `owner`: uid, gid) and mounts it
+/// `layout::files_mib`, its root the VM owner's, `owner`: uid, gid) and mounts it
 /// on the VM's `files/` unless it is mounted there already. `mkfs` formats it.
-pub fn up(paths: &Paths, vm: &VmConfig, owner: (u32, u32), mkfs: &Path) -> anyhow::Result<()> {
+pub fn up(paths: &Roots, vm: &VmRecord, owner: (u32, u32), mkfs: &Path) -> anyhow::Result<()> {
     // The record is the owner's to write: its size is checked again here.
-    let limit = disk::limit_mib(vm);
-    crate::spec::DiskSize::checked(limit, &format!("{limit}M"))
+    let limit = layout::limit_mib(vm.disk_mib);
+    layout::check_limit(limit, &format!("{limit}M"))
         .with_context(|| format!("VM '{}''s vm.toml names a disk limit out of bounds", vm.name))?;
     let state = open_dir(None, &paths.state_dir)?;
     let disks = disks_dir(&state, &paths.state_dir)?;
-    let disks_path = paths.state_dir.join(disk::DISKS_DIR);
-    let name = disk::image_name(vm, owner.0);
+    let disks_path = paths.state_dir.join(layout::DISKS_DIR);
+    let name = layout::image_name(&vm.name, owner.0);
     let _lock = lock(paths, &name)?;
     let (vm_dir, files) = mount_point(&state, vm, owner.0)?;
     let image = match open_image(&disks, &name)? {
@@ -65,7 +69,7 @@ pub fn up(paths: &Paths, vm: &VmConfig, owner: (u32, u32), mkfs: &Path) -> anyho
         .into());
     }
     grow(&disks_path.join(&name), &image, vm, mkfs)?;
-    let loop_device = crate::host::loopdev::attach(image.as_fd())?;
+    let loop_device = crate::loopdev::attach(image.as_fd())?;
     use nix::mount::MsFlags;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     nix::mount::mount(
@@ -83,8 +87,8 @@ pub fn up(paths: &Paths, vm: &VmConfig, owner: (u32, u32), mkfs: &Path) -> anyho
 /// VM's share of its limit when the limit was raised; a lowered limit leaves it as it is.
 /// Offline, since growing a mounted ext4 needs `CAP_SYS_RESOURCE`, which not every root
 /// has (containers): checked by `e2fsck`, then grown by `resize2fs`, both e2fsprogs'.
-fn grow(path: &Path, image: &std::fs::File, vm: &VmConfig, mkfs: &Path) -> anyhow::Result<()> {
-    let wanted = disk::files_mib(vm) << 20;
+fn grow(path: &Path, image: &std::fs::File, vm: &VmRecord, mkfs: &Path) -> anyhow::Result<()> {
+    let wanted = layout::files_mib(vm.disk_mib) << 20;
     if image.metadata()?.len() >= wanted {
         return Ok(());
     }
@@ -112,10 +116,10 @@ fn grow(path: &Path, image: &std::fs::File, vm: &VmConfig, mkfs: &Path) -> anyho
 /// Unmounts VM `vm`'s files disk when it is mounted (at every stop) and, with `delete`,
 /// deletes its image (`rm`). Whatever else is mounted on `files/` is refused, not taken
 /// down.
-pub fn down(paths: &Paths, vm: &VmConfig, owner: (u32, u32), delete: bool) -> anyhow::Result<()> {
+pub fn down(paths: &Roots, vm: &VmRecord, owner: (u32, u32), delete: bool) -> anyhow::Result<()> {
     let state = open_dir(None, &paths.state_dir)?;
     let Ok(disks) = disks_dir_existing(&state) else { return Ok(()) };
-    let name = disk::image_name(vm, owner.0);
+    let name = layout::image_name(&vm.name, owner.0);
     let _lock = lock(paths, &name)?;
     let image = open_image(&disks, &name)?;
     // Only the VM directory is kept open: a descriptor on the disk would keep it busy.
@@ -164,8 +168,8 @@ pub fn down(paths: &Paths, vm: &VmConfig, owner: (u32, u32), delete: bool) -> an
 
 /// The lock of image `name`: root's alone (no member can open it and hold it), one per
 /// image (a VM whose directories hang holds up no other).
-fn lock(paths: &Paths, name: &str) -> anyhow::Result<FileLock> {
-    FileLock::exclusive_private(&paths.state_dir.join(disk::DISKS_DIR).join(disk::lock_name(name)))
+fn lock(paths: &Roots, name: &str) -> anyhow::Result<FileLock> {
+    FileLock::exclusive_private(&paths.state_dir.join(layout::DISKS_DIR).join(layout::lock_name(name)))
 }
 
 /// The loop device `image` is still attached to, waited for a few seconds (a loop device
@@ -174,7 +178,7 @@ fn still_attached(image: &std::fs::File) -> anyhow::Result<Option<PathBuf>> {
     let meta = image.metadata()?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
-        let device = crate::host::loopdev::attached_to((meta.dev(), meta.ino()))?;
+        let device = crate::loopdev::attached_to((meta.dev(), meta.ino()))?;
         if device.is_none() || std::time::Instant::now() > deadline {
             return Ok(device);
         }
@@ -196,21 +200,21 @@ fn open_dir(parent: Option<&OwnedFd>, dir: &Path) -> anyhow::Result<OwnedFd> {
 /// Root's `.disks/` under the state root, made when missing; anything but a directory of
 /// this process's user (root) there is refused.
 fn disks_dir(state: &OwnedFd, state_dir: &Path) -> anyhow::Result<OwnedFd> {
-    match nix::sys::stat::mkdirat(state, disk::DISKS_DIR, Mode::from_bits_truncate(0o711)) {
+    match nix::sys::stat::mkdirat(state, layout::DISKS_DIR, Mode::from_bits_truncate(0o711)) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
         Err(error) => {
             return Err(error)
-                .with_context(|| format!("cannot create {}", state_dir.join(disk::DISKS_DIR).display()))
+                .with_context(|| format!("cannot create {}", state_dir.join(layout::DISKS_DIR).display()))
         }
     }
     disks_dir_existing(state)
 }
 
 fn disks_dir_existing(state: &OwnedFd) -> anyhow::Result<OwnedFd> {
-    let disks = open_dir(Some(state), Path::new(disk::DISKS_DIR))?;
+    let disks = open_dir(Some(state), Path::new(layout::DISKS_DIR))?;
     let meta = fstat(&disks)?;
     if meta.st_uid != nix::unistd::geteuid().as_raw() {
-        bail!("{} is not root's: refusing to keep disks in it", disk::DISKS_DIR);
+        bail!("{} is not root's: refusing to keep disks in it", layout::DISKS_DIR);
     }
     // Searchable (an owner reads their image's size), never listable or writable.
     nix::sys::stat::fchmod(&disks, Mode::from_bits_truncate(0o711))?;
@@ -219,7 +223,7 @@ fn disks_dir_existing(state: &OwnedFd) -> anyhow::Result<OwnedFd> {
 
 /// The VM's directory and its `files/`, both opened without following a symlink and both
 /// the owner's.
-fn mount_point(state: &OwnedFd, vm: &VmConfig, owner: u32) -> anyhow::Result<(OwnedFd, OwnedFd)> {
+fn mount_point(state: &OwnedFd, vm: &VmRecord, owner: u32) -> anyhow::Result<(OwnedFd, OwnedFd)> {
     let vm_dir = open_dir(Some(state), Path::new(vm.name.as_str()))?;
     let files = reopen(&vm_dir)?;
     for (what, fd) in [("directory", &vm_dir), ("files/", &files)] {
@@ -248,7 +252,7 @@ fn open_image(disks: &OwnedFd, name: &str) -> anyhow::Result<Option<std::fs::Fil
             let file = std::fs::File::from(fd);
             let meta = file.metadata()?;
             if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
-                bail!("{name} in {} is not a disk of mvm's", disk::DISKS_DIR);
+                bail!("{name} in {} is not a disk of mvm's", layout::DISKS_DIR);
             }
             Ok(Some(file))
         }
@@ -262,7 +266,7 @@ fn make_image(
     disks: &OwnedFd,
     disks_path: &Path,
     name: &str,
-    vm: &VmConfig,
+    vm: &VmRecord,
     (uid, gid): (u32, u32),
     mkfs: &Path,
 ) -> anyhow::Result<std::fs::File> {
@@ -276,11 +280,11 @@ fn make_image(
     )
     .with_context(|| format!("cannot create a disk in {}", disks_path.display()))?;
     let file = std::fs::File::from(fd);
-    file.set_len(disk::files_mib(vm) << 20)?;
+    file.set_len(layout::files_mib(vm.disk_mib) << 20)?;
     let made = (|| -> anyhow::Result<()> {
         let owner = format!("{uid}:{gid}");
         let output = std::process::Command::new(mkfs)
-            .args(crate::state::system_disk::format_args_for(disk::FILES_LABEL, &owner))
+            .args(layout::format_args_for(layout::FILES_LABEL, &owner))
             .arg(disks_path.join(&staging))
             .output()
             .with_context(|| format!("cannot run {}", mkfs.display()))?;
@@ -311,8 +315,7 @@ fn mounted_disk(vm_dir: &OwnedFd, files: &OwnedFd, image: &std::fs::File) -> any
     let image = image.metadata()?;
     // ext4's root directory is inode 2.
     let ours = here.st_ino == 2
-        && crate::host::loopdev::backing_file(here.st_dev)?
-            .is_some_and(|file| file == (image.dev(), image.ino()));
+        && crate::loopdev::backing_file(here.st_dev)?.is_some_and(|file| file == (image.dev(), image.ino()));
     if !ours {
         return Err(UserError::conflict(format!("something else is mounted on the VM's {FILES_DIR}/"))
             .hint("unmount it (`findmnt` names it), then try again")

@@ -7,10 +7,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 
-use crate::error::UserError;
+use crate::forward::PortForward;
+use crate::forward::Protocol;
 use crate::proc_net;
-use crate::spec::PortForward;
-use crate::spec::Protocol;
+use mvm_base::error::UserError;
 
 /// The process holding a port.
 #[derive(Debug, Clone, PartialEq, Eq)]

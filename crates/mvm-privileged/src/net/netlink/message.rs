@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context};
 use nix::libc;
 
 use super::{Link, Route};
-use crate::addr::Ipv4Net;
+use mvm_base::addr::Ipv4Net;
 
 /// `sizeof(struct nlmsghdr)`.
 const HEADER_LEN: usize = 16;

@@ -18,34 +18,35 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::config::host::HostConfig;
-use crate::config::vm::VmConfig;
-use crate::error::UserError;
+use crate::record::HostRecord;
+use crate::record::VmRecord;
+use mvm_base::error::UserError;
 // The largest `vm.toml` the helper reads.
-use crate::fs::RECORD_CAP;
-use crate::name::VmName;
+use crate::claims;
 use crate::net::host::HostNet;
-use crate::privileged::Request;
-use crate::state::{claims, store, Paths};
+use crate::request::Request;
+use crate::roots::Roots;
+use mvm_base::fs::RECORD_CAP;
+use mvm_base::name::VmName;
 
 /// Carries out `request` for the user `caller` (uid), under the roots `paths`.
-pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()> {
+pub fn serve(request: &Request, caller: u32, paths: &Roots) -> anyhow::Result<()> {
     let host = trusted_host_config(&paths.config_file)?;
     if let Request::DiskUp(name) | Request::DiskDown(name) | Request::DiskRemove(name) = request {
         let vm = owned_record(paths, name, caller)?;
         let owner = owner_ids(caller)?;
         return match request {
             Request::DiskUp(_) => {
-                let mkfs = crate::host::binaries::Tool::MkfsExt4.find(&host.paths)?;
-                crate::privileged::disk::up(paths, &vm, owner, &mkfs)
+                let mkfs = mvm_base::binaries::Tool::MkfsExt4.find(&host.paths)?;
+                crate::disk::up(paths, &vm, owner, &mkfs)
             }
-            Request::DiskDown(_) => crate::privileged::disk::down(paths, &vm, owner, false),
-            _ => crate::privileged::disk::down(paths, &vm, owner, true),
+            Request::DiskDown(_) => crate::disk::down(paths, &vm, owner, false),
+            _ => crate::disk::down(paths, &vm, owner, true),
         };
     }
     let vm = verified_record(paths, &host, request.vm(), caller)?;
     let open = || -> anyhow::Result<HostNet> {
-        let net = HostNet::open(paths, &host)?;
+        let net = HostNet::open(paths, &host.network)?;
         Ok(if caller == 0 { net } else { net.for_user(caller) })
     };
     // A DNAT rule shadows a host listener: no user's VM takes a port a host process
@@ -68,7 +69,7 @@ pub fn serve(request: &Request, caller: u32, paths: &Paths) -> anyhow::Result<()
             // network lock held until they are bound, so that bridge is still the one.
             let live = open()?;
             live.check_live(&vm)?;
-            let sockets = crate::dns::bind(vm.network.gateway, &vm.network.bridge)
+            let sockets = crate::dns_sockets::bind(vm.network.gateway, &vm.network.bridge)
                 .with_context(|| format!("cannot bind DNS on {}", vm.network.gateway))?;
             drop(live);
             send_dns_sockets(channel.as_fd(), &sockets)
@@ -105,7 +106,7 @@ pub fn check_channel(channel: BorrowedFd, caller: u32) -> anyhow::Result<()> {
 
 /// Sends `sockets` over the Unix socket `channel` (`SCM_RIGHTS`): the bytes `UT` for the
 /// sockets that follow (UDP, then TCP).
-pub fn send_dns_sockets(channel: BorrowedFd, sockets: &crate::dns::Sockets) -> anyhow::Result<()> {
+pub fn send_dns_sockets(channel: BorrowedFd, sockets: &crate::dns_sockets::Sockets) -> anyhow::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     let fds = [sockets.udp.as_raw_fd(), sockets.tcp.as_raw_fd()];
     let kinds: &[u8] = b"UT";
@@ -121,7 +122,7 @@ pub fn send_dns_sockets(channel: BorrowedFd, sockets: &crate::dns::Sockets) -> a
 }
 
 /// The host config, when root alone can have written it (and every directory above it).
-pub fn trusted_host_config(path: &Path) -> anyhow::Result<HostConfig> {
+pub fn trusted_host_config(path: &Path) -> anyhow::Result<HostRecord> {
     let untrusted = |why: String| -> anyhow::Error {
         UserError::usage(format!("{} is not trusted: {why}", path.display()))
             .hint("it must be root's and writable by no one else: `sudo chown root: FILE; sudo chmod go-w FILE`")
@@ -143,7 +144,7 @@ pub fn trusted_host_config(path: &Path) -> anyhow::Result<HostConfig> {
         .open(path);
     let file = match opened {
         Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(HostConfig::default()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(HostRecord::default()),
         Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
     };
     let meta = file.metadata()?;
@@ -152,20 +153,21 @@ pub fn trusted_host_config(path: &Path) -> anyhow::Result<HostConfig> {
     }
     let mut text = String::new();
     file.take(RECORD_CAP).read_to_string(&mut text)?;
-    HostConfig::parse(&text).with_context(|| format!("invalid host config {}", path.display()))
+    HostRecord::parse(&text).with_context(|| format!("invalid host config {}", path.display()))
 }
 
 /// VM `name`'s record, checked to be `caller`'s, with its network derived again from
 /// its index and the host's pool.
 pub fn verified_record(
-    paths: &Paths,
-    host: &HostConfig,
+    paths: &Roots,
+    host: &HostRecord,
     name: &VmName,
     caller: u32,
-) -> anyhow::Result<VmConfig> {
+) -> anyhow::Result<VmRecord> {
     let mut vm = owned_record(paths, name, caller)?;
     let index = vm.network.index;
     vm.network = host
+        .network
         .address_pool()?
         .vm(index)
         .with_context(|| format!("VM '{name}''s index {index} is outside the address pool"))?;
@@ -196,11 +198,11 @@ pub fn verified_record(
 
 /// VM `name`'s record, checked to be `caller`'s (its directory and `vm.toml`), as its
 /// owner wrote it: what a request on the VM's disk needs (its network plays no part).
-pub fn owned_record(paths: &Paths, name: &VmName, caller: u32) -> anyhow::Result<VmConfig> {
-    let state = crate::fs::Tree::open_exact(&paths.state_dir)
+pub fn owned_record(paths: &Roots, name: &VmName, caller: u32) -> anyhow::Result<VmRecord> {
+    let state = mvm_base::fs::Tree::open_exact(&paths.state_dir)
         .with_context(|| format!("cannot open {}", paths.state_dir.display()))?;
     let Some(dir) = state.metadata(Path::new(name.as_str()))?.filter(|meta| meta.is_dir()) else {
-        return Err(store::no_such_vm(name).into());
+        return Err(crate::record::no_such_vm(name).into());
     };
     let not_yours = |what: &str| -> anyhow::Error {
         UserError::needs_root(format!("VM '{name}''s {what} is not yours"))
@@ -211,13 +213,13 @@ pub fn owned_record(paths: &Paths, name: &VmName, caller: u32) -> anyhow::Result
         return Err(not_yours("directory"));
     }
     let file =
-        state.subtree(Path::new(name.as_str()))?.open_file(Path::new(crate::config::vm::VM_CONFIG_FILE))?;
+        state.subtree(Path::new(name.as_str()))?.open_file(Path::new(crate::record::VM_CONFIG_FILE))?;
     if caller != 0 && file.metadata()?.uid() != caller {
         return Err(not_yours("vm.toml"));
     }
     let mut text = String::new();
     file.take(RECORD_CAP).read_to_string(&mut text)?;
-    let vm = VmConfig::parse(&text).with_context(|| format!("VM '{name}''s vm.toml is corrupt"))?;
+    let vm = VmRecord::parse(&text).with_context(|| format!("VM '{name}''s vm.toml is corrupt"))?;
     if &vm.name != name {
         return Err(UserError::usage(format!("VM '{name}''s vm.toml names another VM")).into());
     }
@@ -252,14 +254,14 @@ mod tests {
     const BOB: u32 = 4343;
 
     /// State with VM `web` of Alice's (index 4, claimed), in a root-owned temp dir.
-    fn state() -> (tempfile::TempDir, Paths, VmConfig) {
+    fn state() -> (tempfile::TempDir, Roots, VmRecord) {
         let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::under(dir.path());
-        let mut vm = crate::config::vm::tests::sample();
+        let paths = Roots::under(dir.path());
+        let mut vm = crate::record::tests::sample();
         vm.ports = vec!["8080:3000".parse().unwrap()];
         let vm_dir = paths.vm_dir(&vm.name);
         std::fs::create_dir_all(&vm_dir).unwrap();
-        vm.save(&paths.vm_config(&vm.name)).unwrap();
+        crate::record::tests::save(&vm, &paths.vm_config(&vm.name));
         assert!(claims::claim(&paths.state_dir, vm.network.index, &vm.name).unwrap());
         for path in [vm_dir.clone(), paths.vm_config(&vm.name), paths.state_dir.join(".index/4")] {
             chown(path, Some(ALICE), Some(ALICE)).unwrap();
@@ -275,7 +277,7 @@ mod tests {
         root
     }
 
-    fn refused(result: anyhow::Result<VmConfig>, needle: &str) {
+    fn refused(result: anyhow::Result<VmRecord>, needle: &str) {
         let error = format!("{:#}", result.expect_err("accepted"));
         assert!(error.contains(needle), "{error}");
     }
@@ -289,11 +291,11 @@ mod tests {
         // A record naming other links keeps only its index.
         vm.network.bridge = "eth0".into();
         vm.network.tap = "mvmtap0".into();
-        vm.save(&paths.vm_config(&vm.name)).unwrap();
+        crate::record::tests::save(&vm, &paths.vm_config(&vm.name));
         chown(paths.vm_config(&vm.name), Some(ALICE), Some(ALICE)).unwrap();
-        let host = HostConfig::default();
+        let host = HostRecord::default();
         let verified = verified_record(&paths, &host, &vm.name, ALICE).unwrap();
-        assert_eq!(verified.network, host.address_pool().unwrap().vm(4).unwrap());
+        assert_eq!(verified.network, host.network.address_pool().unwrap().vm(4).unwrap());
         assert_eq!(verified.network.bridge, "mvmbr4");
     }
 
@@ -303,14 +305,14 @@ mod tests {
             return;
         }
         let (_dir, paths, vm) = state();
-        refused(verified_record(&paths, &HostConfig::default(), &vm.name, BOB), "is not yours");
+        refused(verified_record(&paths, &HostRecord::default(), &vm.name, BOB), "is not yours");
         // Bob's record planted in Alice's directory: still hers.
         chown(paths.vm_config(&vm.name), Some(BOB), Some(BOB)).unwrap();
-        refused(verified_record(&paths, &HostConfig::default(), &vm.name, BOB), "directory is not yours");
+        refused(verified_record(&paths, &HostRecord::default(), &vm.name, BOB), "directory is not yours");
         chown(paths.vm_config(&vm.name), Some(ALICE), Some(ALICE)).unwrap();
         // Bob's directory with Alice's record planted in it: still not his.
         chown(paths.vm_dir(&vm.name), Some(BOB), Some(BOB)).unwrap();
-        refused(verified_record(&paths, &HostConfig::default(), &vm.name, BOB), "vm.toml is not yours");
+        refused(verified_record(&paths, &HostRecord::default(), &vm.name, BOB), "vm.toml is not yours");
     }
 
     #[test]
@@ -322,18 +324,18 @@ mod tests {
         let claim = paths.state_dir.join(".index/4");
         chown(&claim, Some(BOB), Some(BOB)).unwrap();
         refused(
-            verified_record(&paths, &HostConfig::default(), &vm.name, ALICE),
+            verified_record(&paths, &HostRecord::default(), &vm.name, ALICE),
             "not claimed for it by you",
         );
         std::fs::write(&claim, "api\n").unwrap();
         chown(&claim, Some(ALICE), Some(ALICE)).unwrap();
         refused(
-            verified_record(&paths, &HostConfig::default(), &vm.name, ALICE),
+            verified_record(&paths, &HostRecord::default(), &vm.name, ALICE),
             "not claimed for it by you",
         );
         std::fs::remove_file(&claim).unwrap();
         refused(
-            verified_record(&paths, &HostConfig::default(), &vm.name, ALICE),
+            verified_record(&paths, &HostRecord::default(), &vm.name, ALICE),
             "not claimed for it by you",
         );
         // Her disk is hers whatever became of the index (`rm` still removes it); never Bob's.
@@ -348,10 +350,10 @@ mod tests {
         }
         let (_dir, paths, mut vm) = state();
         vm.ports = vec!["80:3000".parse().unwrap()];
-        vm.save(&paths.vm_config(&vm.name)).unwrap();
+        crate::record::tests::save(&vm, &paths.vm_config(&vm.name));
         chown(paths.vm_config(&vm.name), Some(ALICE), Some(ALICE)).unwrap();
-        refused(verified_record(&paths, &HostConfig::default(), &vm.name, ALICE), "below 1024");
-        assert!(verified_record(&paths, &HostConfig::default(), &vm.name, 0).is_ok());
+        refused(verified_record(&paths, &HostRecord::default(), &vm.name, ALICE), "below 1024");
+        assert!(verified_record(&paths, &HostRecord::default(), &vm.name, 0).is_ok());
     }
 
     #[test]
@@ -364,16 +366,16 @@ mod tests {
         let elsewhere = dir.path().join("root-record.toml");
         std::fs::rename(&record, &elsewhere).unwrap();
         symlink(&elsewhere, &record).unwrap();
-        refused(verified_record(&paths, &HostConfig::default(), &vm.name, ALICE), "symlink");
+        refused(verified_record(&paths, &HostRecord::default(), &vm.name, ALICE), "symlink");
         std::fs::remove_file(&record).unwrap();
         std::fs::write(&record, vec![b'#'; (RECORD_CAP + 10) as usize]).unwrap();
         chown(&record, Some(ALICE), Some(ALICE)).unwrap();
-        assert!(verified_record(&paths, &HostConfig::default(), &vm.name, ALICE).is_err());
+        assert!(verified_record(&paths, &HostRecord::default(), &vm.name, ALICE).is_err());
         // A VM directory that is a symlink to another's is no VM.
         std::fs::remove_dir_all(paths.vm_dir(&vm.name)).unwrap();
         std::fs::create_dir(dir.path().join("other")).unwrap();
         symlink(dir.path().join("other"), paths.vm_dir(&vm.name)).unwrap();
-        refused(verified_record(&paths, &HostConfig::default(), &vm.name, ALICE), "no VM named");
+        refused(verified_record(&paths, &HostRecord::default(), &vm.name, ALICE), "no VM named");
     }
 
     #[test]
@@ -389,7 +391,7 @@ mod tests {
         let config = etc.join("config.toml");
         assert_eq!(
             trusted_host_config(&config).unwrap(),
-            HostConfig::default(),
+            HostRecord::default(),
             "a missing file is the defaults"
         );
         std::fs::write(&config, "[network]\npool = \"10.9.0.0/16\"\n").unwrap();

@@ -339,7 +339,7 @@ fn run_tool(command: &mut Command) -> anyhow::Result<()> {
 }
 
 /// The host config `setup` writes when there is none: every key at its default.
-const DEFAULT_CONFIG: &str = "\
+pub(crate) const DEFAULT_CONFIG: &str = "\
 # mvm host config (see `man mvm`). Every key is optional; these are the defaults.
 
 [network]

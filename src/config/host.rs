@@ -136,10 +136,8 @@ mod tests {
         assert_eq!(config.defaults.memory.mib(), 1024);
     }
 
-    #[test]
-    fn reads_every_section() {
-        let config = HostConfig::parse(
-            r#"
+    /// Every section `mvm` reads; the helper reads the same file (`record::HostRecord`).
+    const EVERY_SECTION: &str = r#"
             [network]
             pool = "172.30.0.0/16"
             subnet_prefix = 28
@@ -150,15 +148,29 @@ mod tests {
             memory = "2G"
             [paths]
             virtiofsd = "/usr/libexec/virtiofsd"
-            "#,
-        )
-        .unwrap();
+            "#;
+
+    #[test]
+    fn reads_every_section() {
+        let config = HostConfig::parse(EVERY_SECTION).unwrap();
         assert_eq!(config.network.pool.to_string(), "172.30.0.0/16");
         assert_eq!(config.address_pool().unwrap().capacity(), 4096);
         assert_eq!(config.network.uplink.as_deref(), Some("enp1s0"));
         assert_eq!(config.defaults.hypervisor, Hypervisor::Qemu);
         assert_eq!((config.defaults.cpus, config.defaults.memory.mib()), (4, 2048));
         assert_eq!(config.paths.virtiofsd.as_deref(), Some(Path::new("/usr/libexec/virtiofsd")));
+    }
+
+    /// The helper reads the network `mvm` reads, from any file `mvm` accepts (the default
+    /// one `mvm setup` writes included), and refuses a misspelt section `mvm` refuses.
+    #[test]
+    fn the_helper_reads_the_same_network() {
+        for text in ["", EVERY_SECTION, crate::setup::DEFAULT_CONFIG, "[defaults]\ncpus = 8\n"] {
+            let helper = mvm_privileged::record::HostRecord::parse(text).unwrap();
+            assert_eq!(helper.network, HostConfig::parse(text).unwrap().network, "{text}");
+        }
+        assert!(mvm_privileged::record::HostRecord::parse("[netwrok]\npool = \"10.9.0.0/16\"\n").is_err());
+        assert!(HostConfig::parse("[netwrok]\npool = \"10.9.0.0/16\"\n").is_err());
     }
 
     #[test]

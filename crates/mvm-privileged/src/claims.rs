@@ -5,7 +5,7 @@
 //! find a free index; the claims are what it reads instead. A claim is made with
 //! `O_EXCL` in a sticky directory, so no one takes or removes another user's index, and
 //! the privileged helper accepts a network request only for an index whose claim is the
-//! caller's and names the VM (`privileged::helper`).
+//! caller's and names the VM (`helper`).
 
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};

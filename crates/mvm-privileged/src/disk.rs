@@ -1,4 +1,5 @@
-//! The privileged half of a VM's files disk (`mvm`'s `state::disk`; names and sizes: `layout`): making its image, mounting
+//! The privileged half of a VM's files disk (names and sizes: `layout`; `mvm` reports
+//! its use in `state::disk`): making its image, mounting
 //! it on the VM's `files/`, unmounting it, deleting it. Root does this in-process; a
 //! member's `mvm` asks the helper (`disk-up`, `disk-down`, `disk-rm`), which has checked
 //! the VM is theirs.

@@ -2,7 +2,7 @@
 //!
 //! The caller is the real uid the kernel started the helper with. What it acts on comes
 //! from two files root trusts and one the caller owns: the host config (which must be
-//! root's and writable by no one else), the index claim (`state::claims`, which must be
+//! root's and writable by no one else), the index claim (`claims`, which must be
 //! the caller's and name the VM) and the VM's `vm.toml` (in a VM directory that must be
 //! the caller's; read beneath the state root without following any symlink, size
 //! capped). From the record it takes only the index, the forwards and the network
@@ -18,16 +18,16 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::record::HostRecord;
-use crate::record::VmRecord;
 use mvm_base::error::UserError;
 // The largest `vm.toml` the helper reads.
-use crate::claims;
-use crate::net::host::HostNet;
-use crate::request::Request;
-use crate::roots::Roots;
 use mvm_base::fs::RECORD_CAP;
 use mvm_base::name::VmName;
+
+use crate::claims;
+use crate::net::host::HostNet;
+use crate::record::{HostRecord, VmRecord};
+use crate::request::Request;
+use crate::roots::Roots;
 
 /// Carries out `request` for the user `caller` (uid), under the roots `paths`.
 pub fn serve(request: &Request, caller: u32, paths: &Roots) -> anyhow::Result<()> {

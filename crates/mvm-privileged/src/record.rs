@@ -1,6 +1,6 @@
 //! What the helper reads: the parts of a VM's `vm.toml` and of the host config that its
-//! requests act on, and nothing else. Both files are `mvm`'s (`config::vm::VmRecord`,
-//! `config::host::HostRecord`), which hold these same fields with these same types, so
+//! requests act on, and nothing else. Both files are `mvm`'s (`config::vm::VmConfig`,
+//! `config::host::HostConfig`), which hold these same fields with these same types, so
 //! the two sides cannot read a file differently; the helper skips every other key.
 //! A `vm.toml` is its owner's, who may write it by hand: the helper still bounds what
 //! it makes from one ([`MAX_FORWARDS`]) and derives the VM's links from its index
@@ -91,12 +91,16 @@ impl NetworkConfig {
     }
 }
 
-/// The host config as the helper sees it: `[network]` and `[paths]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
+/// The host config as the helper sees it: `[network]` and `[paths]`. Any other section
+/// but mvm's `[defaults]` is an error, as it is for `mvm`: a mistyped `[network]` never
+/// leaves the helper on the default pool.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HostRecord {
     pub network: NetworkConfig,
     pub paths: BinaryPaths,
+    /// `mvm`'s `[defaults]` (for new VMs), which the helper does not read.
+    pub defaults: Option<toml::Table>,
 }
 
 impl HostRecord {
@@ -150,6 +154,7 @@ pub(crate) mod tests {
         let record = HostRecord::parse("[defaults]\ncpus = 4\n[network]\npool = \"10.9.0.0/16\"\n").unwrap();
         assert_eq!(record.network.pool.to_string(), "10.9.0.0/16");
         assert!(HostRecord::parse("[network]\npoll = \"10.0.0.0/8\"").is_err(), "a typo in [network]");
+        assert!(HostRecord::parse("[netwrok]\npool = \"10.9.0.0/16\"").is_err(), "a mistyped section");
         assert!(HostRecord::parse("[network]\nsubnet_prefix = 31").is_err(), "a pool that cuts no subnet");
     }
 }

@@ -1,5 +1,5 @@
 //! The roots the helper works under. The installed ones are fixed (DESIGN §2): the helper
-//! never takes them from its caller. `mvm`'s `state::Roots` holds the same three, taken
+//! never takes them from its caller. `mvm`'s `state::Paths` holds the same three, taken
 //! from the environment for the unprivileged side and its tests.
 
 use std::path::{Path, PathBuf};

@@ -33,7 +33,7 @@ pub struct HostNet {
     /// The user whose VM this is, when not root's: its tap is theirs, and no link of
     /// another user's is touched.
     tap_owner: Option<u32>,
-    /// Where the index claims are (`state::claims`).
+    /// Where the index claims are (`claims`).
     state_dir: PathBuf,
     _lock: FileLock,
 }
@@ -50,7 +50,7 @@ impl HostNet {
     }
 
     /// Like [`HostNet::open`] over another kernel and firewall (unit tests: fakes).
-    pub fn with(
+    pub(crate) fn with(
         roots: &Roots,
         network: &NetworkConfig,
         kernel: Box<dyn Kernel>,
@@ -79,7 +79,7 @@ impl HostNet {
         self.tap_owner.unwrap_or(0)
     }
 
-    /// Refuses VM `vm` unless its index is claimed for it by this caller (`state::claims`):
+    /// Refuses VM `vm` unless its index is claimed for it by this caller (`claims`):
     /// what is on that index then is this VM's, or left by an earlier holder.
     fn check_claim(&self, vm: &VmRecord) -> anyhow::Result<()> {
         let index = vm.network.index;

@@ -103,9 +103,8 @@ impl HostConfig {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> anyhow::Result<HostConfig> {
-        let config: HostConfig = toml::from_str(text).map_err(|error| {
-            UserError::usage(error.to_string().trim_end().to_string())
-                .hint("fix the file, or see the [network], [defaults] and [paths] keys in `man mvm`")
+        let config: HostConfig = mvm_privileged::record::parse_toml(text).map_err(|error| {
+            error.hint("fix the file, or see the [network], [defaults] and [paths] keys in `man mvm`")
         })?;
         config.address_pool()?;
         if let Some(accel) = config.defaults.accel.as_deref().filter(|a| !["auto", "kvm", "tcg"].contains(a))

@@ -261,8 +261,7 @@ impl VmConfig {
 
     /// Parses `vm.toml` text.
     pub fn parse(text: &str) -> Result<VmConfig, UserError> {
-        let config: VmConfig = toml::from_str(text)
-            .map_err(|error| UserError::usage(error.to_string().trim_end().to_string()))?;
+        let config: VmConfig = mvm_privileged::record::parse_toml(text)?;
         check_processes(&config.processes)?;
         check_forward_count(config.ports.len())?;
         Ok(config)

@@ -16,6 +16,7 @@ use crate::config::vm::VmConfig;
 use crate::error::UserError;
 use crate::net::host::HostNet;
 use crate::privileged::{Request, HELPER_PATH};
+use crate::state::paths::Roots;
 use crate::state::Paths;
 
 /// The privileged operations on a VM's host network.
@@ -60,7 +61,7 @@ impl ThisProcess {
     }
 
     fn in_process(&self) -> Option<InProcess> {
-        nix::unistd::geteuid().is_root().then(|| InProcess { paths: self.paths.clone() })
+        nix::unistd::geteuid().is_root().then(|| InProcess { roots: self.paths.roots() })
     }
 }
 
@@ -89,12 +90,12 @@ pub fn helper_path() -> PathBuf {
 
 /// Root's way: the work itself, under the network lock.
 struct InProcess {
-    paths: Paths,
+    roots: Roots,
 }
 
 impl InProcess {
     fn open(&self) -> anyhow::Result<HostNet> {
-        HostNet::open(&self.paths.roots(), &HostConfig::load(&self.paths.config_file)?.network)
+        HostNet::open(&self.roots, &HostConfig::load(&self.roots.config_file)?.network)
     }
 }
 
@@ -124,7 +125,7 @@ impl InProcess {
     /// The owner (uid, gid) of `vm`'s directory: a disk's root is theirs.
     fn owner(&self, vm: &VmConfig) -> anyhow::Result<(u32, u32)> {
         use std::os::unix::fs::MetadataExt;
-        let dir = self.paths.vm_dir(&vm.name);
+        let dir = self.roots.vm_dir(&vm.name);
         let meta =
             std::fs::symlink_metadata(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
         Ok((meta.uid(), meta.gid()))
@@ -133,17 +134,17 @@ impl InProcess {
 
 impl HostDisk for InProcess {
     fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        let host = HostConfig::load(&self.paths.config_file)?;
+        let host = HostConfig::load(&self.roots.config_file)?;
         let mkfs = crate::host::binaries::Tool::MkfsExt4.find(&host.paths)?;
-        crate::privileged::disk::up(&self.paths.roots(), &vm.record(), self.owner(vm)?, &mkfs)
+        crate::privileged::disk::up(&self.roots, &vm.record(), self.owner(vm)?, &mkfs)
     }
 
     fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        crate::privileged::disk::down(&self.paths.roots(), &vm.record(), self.owner(vm)?, false)
+        crate::privileged::disk::down(&self.roots, &vm.record(), self.owner(vm)?, false)
     }
 
     fn remove(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        crate::privileged::disk::down(&self.paths.roots(), &vm.record(), self.owner(vm)?, true)
+        crate::privileged::disk::down(&self.roots, &vm.record(), self.owner(vm)?, true)
     }
 }
 

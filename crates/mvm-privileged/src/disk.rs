@@ -1,8 +1,7 @@
-//! The privileged half of a VM's files disk (names and sizes: `layout`; `mvm` reports
-//! its use in `state::disk`): making its image, mounting
-//! it on the VM's `files/`, unmounting it, deleting it. Root does this in-process; a
-//! member's `mvm` asks the helper (`disk-up`, `disk-down`, `disk-rm`), which has checked
-//! the VM is theirs.
+//! The privileged half of a VM's files disk: making its image, mounting it on the VM's
+//! `files/`, unmounting it, deleting it (its names and sizes are `layout`'s; `mvm` reports
+//! its use in `state::disk`). Root does this in-process; a member's `mvm` asks the helper
+//! (`disk-up`, `disk-down`, `disk-rm`), which has checked the VM is theirs.
 //!
 //! What a member could plant is never followed: the image lives in `.disks/`, root's own
 //! directory (mode 0711, so an owner may look up their image's size but list nothing),
@@ -10,13 +9,15 @@
 //! no edit of a record makes disks `rm` would not find again); a lock of root's alone per
 //! image serialises the changes to it. The mount point is opened beneath the state root
 //! without following a symlink and must be a directory of the owner's, and the mount goes
-//! onto that very directory (`/proc/self/fd`), never onto a path looked up again. The mount is `nosuid`,
-//! `nodev` and `noexec`: nothing a guest wrote there has any privilege on the host. A
+//! onto that very directory (`/proc/self/fd`), never onto a path looked up again. The
+//! mount is `nosuid`, `nodev` and `noexec`: nothing a guest wrote there has any privilege on the host. A
 //! disk is recognised as mounted by the loop device's backing file (device and inode),
 //! never by a path, and nothing else mounted there is ever taken down. An image is never
 //! attached twice (two ext4 instances on one file would corrupt it under the host's
 //! kernel): one still attached (a mount a process's namespace keeps) is refused, and a
 //! disk is unmounted only when nothing uses it, never lazily.
+
+pub mod layout;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -33,8 +34,6 @@ use crate::record::VmRecord;
 use crate::roots::Roots;
 
 use layout::FILES_DIR;
-
-pub mod layout;
 
 /// Makes VM `vm`'s files disk when it has none (a sparse ext4 image of
 /// `layout::files_mib`, its root the VM owner's, `owner`: uid, gid) and mounts it

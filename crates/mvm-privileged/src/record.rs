@@ -6,6 +6,7 @@
 //! it makes from one ([`MAX_FORWARDS`]) and derives the VM's links from its index
 //! (`helper::verified_record`).
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use mvm_base::addr::{AddressPool, Ipv4Net, VmNetwork};
@@ -29,6 +30,12 @@ pub fn check_forward_count(count: usize) -> Result<(), UserError> {
             .hint("forward a range of ports to one service through the guest instead"));
     }
     Ok(())
+}
+
+/// `text` read as the TOML of a `T`; what is wrong with it is a usage error (the file is
+/// the user's to fix). `mvm`'s own configs read theirs the same way.
+pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, UserError> {
+    toml::from_str(text).map_err(|error| UserError::usage(error.to_string().trim_end().to_string()))
 }
 
 /// The error for a VM that does not exist.
@@ -58,8 +65,7 @@ pub struct VmRecord {
 impl VmRecord {
     /// Parses `vm.toml` text, skipping what the helper does not use.
     pub fn parse(text: &str) -> Result<VmRecord, UserError> {
-        let record: VmRecord = toml::from_str(text)
-            .map_err(|error| UserError::usage(error.to_string().trim_end().to_string()))?;
+        let record: VmRecord = parse_toml(text)?;
         check_forward_count(record.ports.len())?;
         Ok(record)
     }
@@ -106,8 +112,7 @@ pub struct HostRecord {
 impl HostRecord {
     /// Parses host config text, skipping the sections the helper does not use.
     pub fn parse(text: &str) -> Result<HostRecord, UserError> {
-        let record: HostRecord = toml::from_str(text)
-            .map_err(|error| UserError::usage(error.to_string().trim_end().to_string()))?;
+        let record: HostRecord = parse_toml(text)?;
         record.network.address_pool()?;
         Ok(record)
     }

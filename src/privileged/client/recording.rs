@@ -1,11 +1,13 @@
 //! A recording stand-in for the privileged operations, for unit tests: every call is
-//! written down as `OPERATION VM` (`network-up web`, `disk-down web`), in order, and the
-//! operations named in `failing` fail. DNS sockets are real ones on loopback.
+//! written down as the helper request it stands for (`network-up web`, `disk-down web`),
+//! in order, and the requests whose verbs are named in `failing` fail. DNS sockets are
+//! real ones on loopback.
 
 use std::sync::{Arc, Mutex};
 
 use super::{HostDisk, HostNetwork, Privileges};
 use crate::config::vm::VmConfig;
+use crate::privileged::Request;
 
 /// The calls made, shared by every operation handed out.
 #[derive(Debug, Clone, Default)]
@@ -25,10 +27,11 @@ impl Recorder {
         self.calls.lock().expect("the recorder's lock").clone()
     }
 
-    fn record(&self, operation: &'static str, vm: &VmConfig) -> anyhow::Result<()> {
-        self.calls.lock().expect("the recorder's lock").push(format!("{operation} {}", vm.name));
-        match self.failing.contains(&operation) {
-            true => anyhow::bail!("{operation} failed (recorded)"),
+    fn record(&self, request: Request) -> anyhow::Result<()> {
+        self.calls.lock().expect("the recorder's lock").push(request.to_string());
+        let [verb, _] = request.to_args();
+        match self.failing.contains(&verb.as_str()) {
+            true => anyhow::bail!("{verb} failed (recorded)"),
             false => Ok(()),
         }
     }
@@ -46,19 +49,19 @@ impl Privileges for Recorder {
 
 impl HostNetwork for Recorder {
     fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        self.record("network-up", vm)
+        self.record(Request::NetworkUp(vm.name.clone()))
     }
 
     fn update_rules(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        self.record("network-rules", vm)
+        self.record(Request::NetworkRules(vm.name.clone()))
     }
 
     fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        self.record("network-down", vm)
+        self.record(Request::NetworkDown(vm.name.clone()))
     }
 
     fn dns_sockets(&mut self, vm: &VmConfig) -> anyhow::Result<crate::dns::Sockets> {
-        self.record("dns-sockets", vm)?;
+        self.record(Request::DnsSockets(vm.name.clone()))?;
         Ok(crate::dns::Sockets {
             udp: std::net::UdpSocket::bind("127.0.0.1:0")?,
             tcp: std::net::TcpListener::bind("127.0.0.1:0")?,
@@ -68,14 +71,14 @@ impl HostNetwork for Recorder {
 
 impl HostDisk for Recorder {
     fn up(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        self.record("disk-up", vm)
+        self.record(Request::DiskUp(vm.name.clone()))
     }
 
     fn down(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        self.record("disk-down", vm)
+        self.record(Request::DiskDown(vm.name.clone()))
     }
 
     fn remove(&mut self, vm: &VmConfig) -> anyhow::Result<()> {
-        self.record("disk-rm", vm)
+        self.record(Request::DiskRemove(vm.name.clone()))
     }
 }

@@ -26,6 +26,10 @@ use mvm_base::binaries::Tool;
 /// `conntrack` matches by exact address alone: the gateway's and the guest's are the
 /// subnet's only hosts).
 pub fn forget(network: &VmNetwork) -> anyhow::Result<()> {
+    let conntrack = Tool::Conntrack.find(&BinaryPaths::default())?;
+    if !may_track(&conntrack, network)? {
+        return Ok(());
+    }
     let subnet = network.subnet.to_string();
     let (guest, gateway) = (network.address.to_string(), network.gateway.to_string());
     let filters = [
@@ -36,10 +40,6 @@ pub fn forget(network: &VmNetwork) -> anyhow::Result<()> {
         ("--reply-dst", &guest),
         ("--reply-dst", &gateway),
     ];
-    let conntrack = Tool::Conntrack.find(&BinaryPaths::default())?;
-    if !may_track(&conntrack, network)? {
-        return Ok(());
-    }
     for (side, address) in filters {
         let output = Command::new(&conntrack)
             .args(["-D", side, address])

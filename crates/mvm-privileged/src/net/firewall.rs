@@ -253,16 +253,17 @@ fn ensure_shared(state: &FirewallState, host: &HostNetwork, script: &mut Script)
     }
 }
 
-/// Brings VM `vm`'s rules (and the shared ones) to the plan; returns whether anything
-/// changed. Idempotent, and converges from any partial state.
+/// Brings VM `vm`'s rules (and the shared ones) from `state`, what `backend` holds now,
+/// to the plan; returns whether anything changed. Idempotent, and converges from any
+/// partial state.
 pub fn converge_vm(
     backend: &mut dyn FirewallBackend,
+    state: &FirewallState,
     host: &HostNetwork,
     vm: &VmFirewall,
 ) -> anyhow::Result<bool> {
-    let state = FirewallState::read(backend)?;
     let mut script = Script::default();
-    ensure_shared(&state, host, &mut script);
+    ensure_shared(state, host, &mut script);
     let tag = plan::vm_tag(&vm.name);
     let mut unwanted: Vec<&Rule> = state.tagged(&tag).collect();
     let foreign: Vec<&Rule> = state.naming_others(&tag, &vm.network).collect();
@@ -414,10 +415,16 @@ pub(crate) mod tests {
         }
     }
 
+    /// Converges `vm` from what `fw` holds now, as `HostNet::update_rules` does.
+    fn converge(fw: &mut FakeFirewall, vm: &VmFirewall) -> anyhow::Result<bool> {
+        let state = FirewallState::read(fw)?;
+        converge_vm(fw, &state, &host(), vm)
+    }
+
     #[test]
     fn first_apply_builds_chains_then_nothing_changes() {
         let mut fw = FakeFirewall::new();
-        assert!(converge_vm(&mut fw, &host(), &vm("web", 0, &["8080:80"])).unwrap());
+        assert!(converge(&mut fw, &vm("web", 0, &["8080:80"])).unwrap());
         let forward = &fw.chains[&(Table::Filter, "MVM-FORWARD".to_string())];
         assert!(forward[0].contains("mvm:web") && forward[1].contains("mvm:web"), "{forward:?}");
         assert_eq!(forward[2], "-i mvmbr+ -o mvmbr+ -m comment --comment mvm -j DROP");
@@ -426,30 +433,30 @@ pub(crate) mod tests {
             ["-m comment --comment mvm -j MVM-FORWARD"]
         );
         assert_eq!(fw.scripts.len(), 1, "one restore for everything");
-        assert!(!converge_vm(&mut fw, &host(), &vm("web", 0, &["8080:80"])).unwrap());
+        assert!(!converge(&mut fw, &vm("web", 0, &["8080:80"])).unwrap());
         assert_eq!(fw.scripts.len(), 1, "a second apply sends nothing");
     }
 
     #[test]
     fn port_changes_touch_only_that_vm() {
         let mut fw = FakeFirewall::new();
-        converge_vm(&mut fw, &host(), &vm("web", 0, &["8080:80"])).unwrap();
-        converge_vm(&mut fw, &host(), &vm("api", 1, &[])).unwrap();
+        converge(&mut fw, &vm("web", 0, &["8080:80"])).unwrap();
+        converge(&mut fw, &vm("api", 1, &[])).unwrap();
         let before = fw.rule_count();
-        converge_vm(&mut fw, &host(), &vm("web", 0, &["8080:80", "9090:90/udp"])).unwrap();
+        converge(&mut fw, &vm("web", 0, &["8080:80", "9090:90/udp"])).unwrap();
         assert_eq!(fw.rule_count(), before + 3);
         let script = fw.scripts.last().unwrap();
         assert!(!script.contains("mvm:api"), "{script}");
-        converge_vm(&mut fw, &host(), &vm("web", 0, &[])).unwrap();
+        converge(&mut fw, &vm("web", 0, &[])).unwrap();
         assert_eq!(fw.rule_count(), before - 3);
     }
 
     #[test]
     fn removing_vms_removes_their_rules_and_finally_everything() {
         let mut fw = FakeFirewall::new();
-        converge_vm(&mut fw, &host(), &vm("web", 0, &["8080:80"])).unwrap();
+        converge(&mut fw, &vm("web", 0, &["8080:80"])).unwrap();
         let with_one = fw.rule_count();
-        converge_vm(&mut fw, &host(), &vm("api", 1, &["9090:90"])).unwrap();
+        converge(&mut fw, &vm("api", 1, &["9090:90"])).unwrap();
         remove_vm(&mut fw, "api").unwrap();
         assert_eq!(fw.rule_count(), with_one);
         let text: String = fw.chains.values().flatten().cloned().collect();
@@ -463,18 +470,18 @@ pub(crate) mod tests {
     #[test]
     fn repairs_a_tampered_shared_chain_and_duplicate_jumps() {
         let mut fw = FakeFirewall::new();
-        converge_vm(&mut fw, &host(), &vm("web", 0, &[])).unwrap();
+        converge(&mut fw, &vm("web", 0, &[])).unwrap();
         fw.chains
             .get_mut(&(Table::Filter, "MVM-FORWARD".to_string()))
             .unwrap()
             .retain(|r| !r.contains("-o mvmbr+ -m comment --comment mvm -j DROP"));
         let jump = "-m comment --comment mvm -j MVM-INPUT".to_string();
         fw.chains.get_mut(&(Table::Filter, "INPUT".to_string())).unwrap().push(jump);
-        assert!(converge_vm(&mut fw, &host(), &vm("web", 0, &[])).unwrap());
+        assert!(converge(&mut fw, &vm("web", 0, &[])).unwrap());
         let forward = &fw.chains[&(Table::Filter, "MVM-FORWARD".to_string())];
         assert_eq!(forward.last().unwrap(), "-o mvmbr+ -m comment --comment mvm -j DROP");
         assert_eq!(fw.chains[&(Table::Filter, "INPUT".to_string())].len(), 1);
-        assert!(!converge_vm(&mut fw, &host(), &vm("web", 0, &[])).unwrap());
+        assert!(!converge(&mut fw, &vm("web", 0, &[])).unwrap());
     }
 
     /// An index's next holder takes none of its last holder's rules: a DNAT to the
@@ -483,15 +490,15 @@ pub(crate) mod tests {
     fn a_vm_removes_rules_another_vm_left_on_its_index() {
         let mut fw = FakeFirewall::new();
         let old = VmFirewall { host_access: true, owner: Some(4242), ..vm("old", 4, &["8080:80"]) };
-        converge_vm(&mut fw, &host(), &old).unwrap();
-        converge_vm(&mut fw, &host(), &vm("web", 5, &["9090:80"])).unwrap();
+        converge(&mut fw, &old).unwrap();
+        converge(&mut fw, &vm("web", 5, &["9090:80"])).unwrap();
         let rules_of = |fw: &mut FakeFirewall, name: &str| -> Vec<Rule> {
             let state = FirewallState::read(fw).unwrap();
             state.tagged(&plan::vm_tag(name)).cloned().collect()
         };
         let web = rules_of(&mut fw, "web");
         assert!(!web.is_empty());
-        converge_vm(&mut fw, &host(), &vm("new", 4, &[])).unwrap();
+        converge(&mut fw, &vm("new", 4, &[])).unwrap();
         assert_eq!(
             FirewallState::read(&mut fw).unwrap().vm_names(),
             ["new", "web"],
@@ -506,7 +513,7 @@ pub(crate) mod tests {
         for vms in [1u32, 10, 100] {
             let mut fw = FakeFirewall::new();
             for i in 0..vms {
-                converge_vm(&mut fw, &host(), &vm(&format!("vm{i}"), i, &[])).unwrap();
+                converge(&mut fw, &vm(&format!("vm{i}"), i, &[])).unwrap();
             }
             let isolation =
                 fw.chains.values().flatten().filter(|r| r.contains("-i mvmbr+ -o mvmbr+")).count();
@@ -521,8 +528,8 @@ pub(crate) mod tests {
     #[test]
     fn state_lists_vms_with_rules() {
         let mut fw = FakeFirewall::new();
-        converge_vm(&mut fw, &host(), &vm("web", 0, &[])).unwrap();
-        converge_vm(&mut fw, &host(), &vm("api-2", 1, &["1:1"])).unwrap();
+        converge(&mut fw, &vm("web", 0, &[])).unwrap();
+        converge(&mut fw, &vm("api-2", 1, &["1:1"])).unwrap();
         assert_eq!(FirewallState::read(&mut fw).unwrap().vm_names(), ["api-2", "web"]);
     }
 }

@@ -187,7 +187,7 @@ impl HostNet {
             }
         }
         let rules = VmFirewall { owner: self.tap_owner, ..VmFirewall::of(vm) };
-        firewall::converge_vm(self.firewall.as_mut(), &self.host, &rules)
+        firewall::converge_vm(self.firewall.as_mut(), &state, &self.host, &rules)
             .with_context(|| format!("cannot set up firewall rules for VM '{}'", vm.name))
     }
 

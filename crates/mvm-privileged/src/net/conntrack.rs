@@ -8,10 +8,12 @@
 //! before it comes up and when it goes down.
 //!
 //! `conntrack` deletes by one filter at a time, and six filters take six runs (about
-//! 100 ms). Usually nothing of the subnet is tracked: one listing (one run) says so, and
-//! the deletions are skipped.
+//! 100 ms). Usually nothing of the subnet is tracked but the host's own multicast
+//! reports (IGMP from the gateway, sent whenever the bridge comes up), which no guest can
+//! answer or use: one listing (one run) says so, and the deletions are skipped.
 
 use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -69,8 +71,7 @@ fn may_track(conntrack: &Path, network: &VmNetwork) -> anyhow::Result<bool> {
         .with_context(|| format!("cannot run {}", conntrack.display()))?;
     let listing = BufReader::new(child.stdout.take().expect("piped stdout"));
     // A line that cannot be read may be the one.
-    let named =
-        listing.split(b'\n').any(|line| line.map_or(true, |line| names_an_address_of(&line, network)));
+    let named = listing.split(b'\n').any(|line| line.map_or(true, |line| may_carry_a_guest(&line, network)));
     if named {
         let _ = child.kill();
     }
@@ -79,13 +80,26 @@ fn may_track(conntrack: &Path, network: &VmNetwork) -> anyhow::Result<bool> {
     Ok(named || !status.success())
 }
 
-/// Whether a line of a `conntrack -L` listing names an address of `network`'s subnet, in
-/// either tuple (`src=`, `dst=`).
-fn names_an_address_of(line: &[u8], network: &VmNetwork) -> bool {
-    line.split(|byte| byte.is_ascii_whitespace())
+/// Whether a line of a `conntrack -L` listing is an entry a guest on `network` could have
+/// made or could use: one naming an address of the subnet, in either tuple (`src=`,
+/// `dst=`), unless it is an unanswered one between the gateway and multicast or broadcast
+/// groups. Those are the host's own reports (IGMP, whenever the bridge comes up, and made
+/// again under the next VM): no guest address is in them, the host routes no group
+/// traffic, and nothing has answered them (an answer would come from a group address).
+fn may_carry_a_guest(line: &[u8], network: &VmNetwork) -> bool {
+    let words: Vec<&[u8]> = line.split(|byte| byte.is_ascii_whitespace()).collect();
+    let addresses: Vec<Ipv4Addr> = words
+        .iter()
         .filter_map(|word| word.strip_prefix(b"src=").or_else(|| word.strip_prefix(b"dst=")))
-        .filter_map(|address| std::str::from_utf8(address).ok()?.parse::<std::net::Ipv4Addr>().ok())
-        .any(|address| network.subnet.contains(address))
+        .filter_map(|address| std::str::from_utf8(address).ok()?.parse().ok())
+        .collect();
+    let subnet_broadcast = network.subnet.nth(network.subnet.size() - 1);
+    let is_group = |address: &Ipv4Addr| {
+        address.is_multicast() || address.is_broadcast() || Some(*address) == subnet_broadcast
+    };
+    let unanswered = words.contains(&b"[UNREPLIED]".as_slice());
+    addresses.iter().any(|address| network.subnet.contains(*address))
+        && !(unanswered && addresses.iter().all(|address| *address == network.gateway || is_group(address)))
 }
 
 #[cfg(test)]
@@ -99,11 +113,41 @@ mod tests {
         // A DNAT'ed connection names the guest in its reply tuple only.
         let dnat = "tcp      6 431999 ESTABLISHED src=192.168.1.5 dst=192.168.1.2 sport=5000 dport=8080 \
                     src=10.200.4.2 dst=192.168.1.5 sport=3000 dport=5000 [ASSURED] mark=0 use=1\n";
-        assert!(names_an_address_of(dnat.as_bytes(), &network));
+        assert!(may_carry_a_guest(dnat.as_bytes(), &network));
         let others = "udp      17 29 src=10.200.5.2 dst=1.1.1.1 sport=53 dport=53 [UNREPLIED] \
                       src=1.1.1.1 dst=10.200.5.2 sport=53 dport=53 mark=0 use=1\n\
                       tcp      6 10 TIME_WAIT src=10.200.40.2 dst=10.2.4.2 sport=1 dport=2 src=x dst=y\n";
-        assert!(others.lines().all(|line| !names_an_address_of(line.as_bytes(), &network)));
-        assert!(!names_an_address_of(b"", &network));
+        assert!(others.lines().all(|line| !may_carry_a_guest(line.as_bytes(), &network)));
+        assert!(!may_carry_a_guest(b"", &network));
+    }
+
+    #[test]
+    fn the_gateways_own_group_reports_carry_no_guest_but_anything_else_of_the_subnet_does() {
+        let pool = mvm_base::addr::AddressPool::new("10.200.0.0/16".parse().unwrap(), 24).unwrap();
+        let network = pool.vm(4).unwrap();
+        // What the bridge sends as it comes up: IGMP from the gateway, never answered.
+        let reports = "unknown  2 599 src=10.200.4.1 dst=224.0.0.22 [UNREPLIED] src=224.0.0.22 dst=10.200.4.1 mark=0 use=1\n\
+                       udp      17 29 src=10.200.4.1 dst=10.200.4.255 sport=137 dport=137 [UNREPLIED] \
+                       src=10.200.4.255 dst=10.200.4.1 sport=137 dport=137 mark=0 use=1\n\
+                       udp      17 29 src=10.200.4.1 dst=255.255.255.255 sport=68 dport=67 [UNREPLIED] \
+                       src=255.255.255.255 dst=10.200.4.1 sport=67 dport=68 mark=0 use=1\n";
+        assert!(reports.lines().all(|line| !may_carry_a_guest(line.as_bytes(), &network)));
+        let carrying = [
+            // A group report that something answered is no longer the host's alone.
+            "unknown  2 599 src=10.200.4.1 dst=224.0.0.22 src=224.0.0.22 dst=10.200.4.1 mark=0 use=1",
+            // The guest's own group traffic names the guest.
+            "unknown  2 599 src=10.200.4.2 dst=224.0.0.22 [UNREPLIED] src=224.0.0.22 dst=10.200.4.2 mark=0 use=1",
+            // A flow between the gateway and any host that can answer.
+            "tcp      6 431999 ESTABLISHED src=10.200.4.1 dst=93.184.216.34 sport=4000 dport=80 \
+             src=93.184.216.34 dst=192.168.1.2 sport=80 dport=4000 [ASSURED] mark=0 use=1",
+            // Another address of the subnet the guest may have taken, talking to a group.
+            "udp      17 29 src=10.200.4.77 dst=224.0.0.251 sport=5353 dport=5353 [UNREPLIED] \
+             src=224.0.0.251 dst=10.200.4.77 sport=5353 dport=5353 mark=0 use=1",
+            // The guest talking to its gateway (the resolver).
+            "udp      17 29 src=10.200.4.2 dst=10.200.4.1 sport=5000 dport=53 src=10.200.4.1 dst=10.200.4.2 sport=53 dport=5000",
+        ];
+        for line in carrying {
+            assert!(may_carry_a_guest(line.as_bytes(), &network), "{line}");
+        }
     }
 }

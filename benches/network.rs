@@ -47,7 +47,7 @@ fn new_vm(paths: &Paths, name: &str) -> VmConfig {
 fn mvm_rule_lines() -> (usize, usize) {
     let mut total = 0;
     let mut isolation = 0;
-    for table in ["filter", "nat"] {
+    for table in ["filter", "nat", "raw"] {
         let out = Command::new("iptables-save").args(["-t", table]).output().unwrap();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             if line.starts_with("-A") && line.contains("--comment") && line.contains("mvm") {
@@ -113,7 +113,7 @@ fn run() {
     report("port forward remove (running VM)", remove);
     open().down(&record).unwrap();
 
-    println!("\n| VMs up | mvm rules (filter + nat, jumps included) | isolation rules |");
+    println!("\n| VMs up | mvm rules (filter, nat and raw, jumps included) | isolation rules |");
     println!("|---|---|---|");
     let mut vms = Vec::new();
     for target in [1usize, 10, 100] {

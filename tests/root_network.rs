@@ -111,17 +111,24 @@ impl Lab {
         support::Run::from_output(command.output().unwrap())
     }
 
+    /// Every table's rules, as `iptables-save` prints them, but for tables that hold none
+    /// (iptables-nft makes a table empty the first time anything looks at it).
     fn iptables_save(&self) -> String {
-        let filter = self.host.exec("iptables-save", &["-t", "filter"]);
-        let nat = self.host.exec("iptables-save", &["-t", "nat"]);
-        let strip = |out: std::process::Output| {
-            String::from_utf8_lossy(&out.stdout)
+        let save = self.host.exec("iptables-save", &[]);
+        let save = String::from_utf8_lossy(&save.stdout).into_owned();
+        let tables = save.split_inclusive("COMMIT\n").map(|table| {
+            table
                 .lines()
                 .filter(|line| !line.starts_with('#'))
                 .map(|line| format!("{line}\n"))
                 .collect::<String>()
+        });
+        let holds_rules = |table: &String| {
+            table
+                .lines()
+                .any(|line| line.starts_with("-A") || (line.starts_with(':') && !line.contains(" ACCEPT ")))
         };
-        strip(filter) + &strip(nat)
+        tables.filter(holds_rules).collect()
     }
 
     /// Gives VM `vm`'s index claim to user `uid`, as their `mvm create` would have made it.
@@ -822,39 +829,84 @@ fn a_reused_index_keeps_nothing_of_its_last_holder() {
     );
 }
 
-/// The only tracked entries a network's down leaves are the host's own unanswered group
-/// reports from the gateway (the IGMP a bridge sends as it comes up, which spares the
-/// deletions, about 100 ms, at nearly every up and down). An entry of the guest's own
-/// group traffic and a gateway report something answered are forgotten like any other.
+/// A guest cannot touch a connection that is not its own. Another VM's address (or its
+/// gateway's), forged as a source, is dropped before the connection tracker sees it, so a
+/// hostile guest can neither answer a host user's datagram to that VM (which would let the
+/// user's later ones past the owner rule as replies, and the VM's replies into the host)
+/// nor keep a dead VM's entries alive for the next holder of its index.
 #[test]
-fn only_the_gateways_unanswered_group_reports_outlive_a_down() {
-    root_test!(only_the_gateways_unanswered_group_reports_outlive_a_down);
+fn a_guest_forging_another_source_changes_no_tracked_connection() {
+    root_test!(a_guest_forging_another_source_changes_no_tracked_connection);
+    let mut lab = Lab::new();
+    let (web, api) = (lab.create("web", |_| {}), lab.create("api", |_| {}));
+    lab.up(&web);
+    lab.up(&api);
+    let attacker = lab.guest(&api);
+    let victim = web.network.address.to_string();
+    // A host user's datagram to web's guest, not answered yet.
+    let peer = "192.0.2.9";
+    let planted = lab.host.exec(
+        "conntrack",
+        &["-I", "-p", "udp", "-s", peer, "-d", &victim, "--sport", "41000", "--dport", "9998", "-t", "120"],
+    );
+    assert!(planted.status.success(), "{}", String::from_utf8_lossy(&planted.stderr));
+    let entry = || {
+        let listing = lab.host.exec("conntrack", &["-L", "-p", "udp", "-d", &victim, "--dport", "9998"]);
+        String::from_utf8_lossy(&listing.stdout).into_owned()
+    };
+    assert!(entry().contains("[UNREPLIED]"), "{}", entry());
+    // api's guest answers it as web's guest would, from web's address on its own link.
+    lab.guests[attacker].ip(&["addr", "add", &format!("{victim}/32"), "dev", "eth0"]);
+    let forged: std::net::SocketAddr = format!("{victim}:9998").parse().unwrap();
+    lab.guests[attacker].run(move || {
+        let socket = std::net::UdpSocket::bind(forged).unwrap();
+        for _ in 0..3 {
+            socket.send_to(b"a forged reply", (peer, 41000)).unwrap();
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let after = entry();
+    assert!(after.contains("[UNREPLIED]"), "a forged reply from another bridge answered the entry:\n{after}");
+}
+
+/// The only tracked entries a network's down leaves are the kernel's own unanswered IGMP
+/// reports from the gateway (what a bridge sends as it comes up; sparing them spares the
+/// deletions, about 100 ms, at nearly every up and down). The guest's own group traffic, a
+/// report something answered and a host user's broadcast from the gateway are forgotten
+/// like any other entry.
+#[test]
+fn only_the_kernels_unanswered_igmp_outlives_a_down() {
+    root_test!(only_the_kernels_unanswered_igmp_outlives_a_down);
     let lab = Lab::new();
     let web = lab.create("web", |_| {});
     let (gateway, guest) = (web.network.gateway.to_string(), web.network.address.to_string());
-    let plant = |source: &str, group: &str, status: &[&str]| {
-        let mut args =
-            vec!["-I", "-p", "udp", "-s", source, "-d", group, "--sport", "5353", "--dport", "5353"];
-        args.extend(["-t", "600"]);
+    let broadcast = web.network.subnet.nth(web.network.subnet.size() - 1).unwrap().to_string();
+    let plant = |protocol: &str, source: &str, group: &str, status: &[&str]| {
+        let mut args = vec!["-I", "-p", protocol, "-s", source, "-d", group, "-t", "600"];
+        if protocol == "udp" {
+            args.extend(["--sport", "40000", "--dport", "9999"]);
+        }
         args.extend(status);
         let inserted = lab.host.exec("conntrack", &args);
         assert!(inserted.status.success(), "{}", String::from_utf8_lossy(&inserted.stderr));
     };
-    let listed = |group: &str| {
-        let listing = lab.host.exec("conntrack", &["-L", "-d", group]);
-        String::from_utf8_lossy(&listing.stdout).contains("dport=5353")
+    let listed = |source: &str, group: &str| {
+        let listing = lab.host.exec("conntrack", &["-L", "-s", source, "-d", group]);
+        String::from_utf8_lossy(&listing.stdout).contains(&format!("dst={group}"))
     };
-    for (source, group, status) in [
-        (guest.as_str(), "224.0.0.251", &[][..]),
-        (gateway.as_str(), "224.0.0.252", &["-u", "SEEN_REPLY"][..]),
+    for (protocol, source, group, status) in [
+        ("2", guest.as_str(), "224.0.0.251", &[][..]),
+        ("2", gateway.as_str(), "224.0.0.252", &["-u", "SEEN_REPLY"][..]),
+        ("udp", gateway.as_str(), broadcast.as_str(), &[][..]),
+        ("udp", gateway.as_str(), "224.0.0.251", &[][..]),
     ] {
         lab.up(&web);
-        plant(source, group, status);
+        plant(protocol, source, group, status);
         lab.down(&web);
-        assert!(!listed(group), "{source} -> {group} {status:?} outlived the network");
+        assert!(!listed(source, group), "{protocol} {source} -> {group} {status:?} outlived the network");
     }
     lab.up(&web);
-    plant(&gateway, "224.0.0.253", &[]);
+    plant("2", &gateway, "224.0.0.253", &[]);
     lab.down(&web);
-    assert!(listed("224.0.0.253"), "the host's own report was deleted: the exception is gone");
+    assert!(listed(&gateway, "224.0.0.253"), "the kernel's own report was deleted: the exception is gone");
 }

@@ -1,8 +1,8 @@
 //! Converging the kernel's firewall to the plan, in one `iptables-restore` per change.
 //!
-//! The current state is read with `iptables-save` (one call per table); the difference to
-//! the plan becomes one `iptables-restore --noflush` script, applied atomically per table.
-//! Three processes at most, where one `iptables` call per rule would be a dozen. Callers
+//! The current state is read with one `iptables-save` (every table); the difference to the
+//! plan becomes one `iptables-restore --noflush` script, applied atomically per table.
+//! Two processes at most, where one `iptables` call per rule would be a dozen. Callers
 //! hold the network lock, so two mvm processes never interleave a read and a write.
 
 use std::collections::BTreeMap;
@@ -17,8 +17,8 @@ use mvm_base::error::UserError;
 
 /// Reads and writes the kernel's rules; the seam tests replace with a recording fake.
 pub trait FirewallBackend {
-    /// `iptables-save -t TABLE`.
-    fn save(&mut self, table: Table) -> anyhow::Result<String>;
+    /// `iptables-save`: every table, each from its `*TABLE` line to its `COMMIT`.
+    fn save(&mut self) -> anyhow::Result<String>;
     /// `iptables-restore --noflush` with `script`.
     fn restore(&mut self, script: &str) -> anyhow::Result<()>;
 }
@@ -28,14 +28,13 @@ pub trait FirewallBackend {
 pub struct Iptables;
 
 impl FirewallBackend for Iptables {
-    fn save(&mut self, table: Table) -> anyhow::Result<String> {
+    fn save(&mut self) -> anyhow::Result<String> {
         let output = Command::new("iptables-save")
-            .args(["-t", table.as_str()])
             .stdin(Stdio::null())
             .output()
             .map_err(|error| missing_iptables(&error))?;
         if !output.status.success() {
-            bail!("iptables-save -t {table} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+            bail!("iptables-save failed: {}", String::from_utf8_lossy(&output.stderr).trim());
         }
         String::from_utf8(output.stdout).context("iptables-save printed invalid UTF-8")
     }
@@ -81,30 +80,38 @@ pub struct FirewallState {
 impl FirewallState {
     /// Reads the state through `backend`.
     pub fn read(backend: &mut dyn FirewallBackend) -> anyhow::Result<FirewallState> {
-        let mut state = FirewallState::default();
-        for table in Table::ALL {
-            state.add_table(table, &backend.save(table)?);
-        }
-        Ok(state)
+        Ok(FirewallState::parse(&backend.save()?))
     }
 
-    /// Adds what one table's `iptables-save` output says.
-    pub fn add_table(&mut self, table: Table, save: &str) {
-        let ours = |chain: &str| CHAINS.iter().any(|(t, name, _)| *t == table && *name == chain);
+    /// What an `iptables-save` output says of mvm's chains, in the tables mvm uses (a
+    /// table that does not exist yet prints nothing, and holds nothing of mvm's).
+    pub fn parse(save: &str) -> FirewallState {
+        let mut state = FirewallState::default();
+        let mut table = None;
         for line in save.lines() {
-            if let Some(declaration) = line.strip_prefix(':') {
-                let chain = declaration.split_whitespace().next().unwrap_or_default();
-                if ours(chain) {
-                    self.chains.push((table, chain.to_string()));
-                }
-            } else if let Some(rule) = line.strip_prefix("-A ") {
-                let (chain, spec) = rule.split_once(' ').unwrap_or((rule, ""));
-                let is_jump = CHAINS.iter().any(|(t, name, builtin)| {
-                    *t == table && *builtin == chain && spec.ends_with(&format!("-j {name}"))
-                });
-                if ours(chain) || is_jump {
-                    self.rules.push(Rule { table, chain: chain.to_string(), spec: spec.to_string() });
-                }
+            if let Some(name) = line.strip_prefix('*') {
+                table = Table::named(name.trim());
+            } else if let Some(table) = table {
+                state.add_line(table, line);
+            }
+        }
+        state
+    }
+
+    fn add_line(&mut self, table: Table, line: &str) {
+        let ours = |chain: &str| CHAINS.iter().any(|(t, name, _)| *t == table && *name == chain);
+        if let Some(declaration) = line.strip_prefix(':') {
+            let chain = declaration.split_whitespace().next().unwrap_or_default();
+            if ours(chain) {
+                self.chains.push((table, chain.to_string()));
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let (chain, spec) = rule.split_once(' ').unwrap_or((rule, ""));
+            let is_jump = CHAINS.iter().any(|(t, name, builtin)| {
+                *t == table && *builtin == chain && spec.ends_with(&format!("-j {name}"))
+            });
+            if ours(chain) || is_jump {
+                self.rules.push(Rule { table, chain: chain.to_string(), spec: spec.to_string() });
             }
         }
     }
@@ -230,7 +237,8 @@ fn ensure_shared(state: &FirewallState, host: &HostNetwork, script: &mut Script)
         if !state.has_chain(table, chain) {
             script.push(table, format!(":{chain} - [0:0]"));
         } else {
-            let present: Vec<&Rule> = state.tagged(SHARED_TAG).filter(|r| r.chain == chain).collect();
+            let present: Vec<&Rule> =
+                state.tagged(SHARED_TAG).filter(|r| r.table == table && r.chain == chain).collect();
             if present == wanted {
                 continue;
             }
@@ -349,19 +357,22 @@ pub(crate) mod tests {
     }
 
     impl FirewallBackend for FakeFirewall {
-        fn save(&mut self, table: Table) -> anyhow::Result<String> {
-            let mut text = format!("*{table}\n");
-            for ((t, chain), _) in self.chains.iter().filter(|((t, _), _)| *t == table) {
-                let policy = if chain.starts_with("MVM-") { "-" } else { "ACCEPT" };
-                text.push_str(&format!(":{chain} {policy} [0:0]\n"));
-                let _ = t;
-            }
-            for ((_, chain), rules) in self.chains.iter().filter(|((t, _), _)| *t == table) {
-                for rule in rules {
-                    text.push_str(&format!("-A {chain} {rule}\n"));
+        fn save(&mut self) -> anyhow::Result<String> {
+            let mut text = String::new();
+            for table in Table::ALL {
+                let chains = || self.chains.iter().filter(move |((t, _), _)| *t == table);
+                text.push_str(&format!("*{table}\n"));
+                for ((_, chain), _) in chains() {
+                    let policy = if chain.starts_with("MVM-") { "-" } else { "ACCEPT" };
+                    text.push_str(&format!(":{chain} {policy} [0:0]\n"));
                 }
+                for ((_, chain), rules) in chains() {
+                    for rule in rules {
+                        text.push_str(&format!("-A {chain} {rule}\n"));
+                    }
+                }
+                text.push_str("COMMIT\n");
             }
-            text.push_str("COMMIT\n");
             Ok(text)
         }
 
@@ -373,6 +384,7 @@ pub(crate) mod tests {
                 match words.as_slice() {
                     ["*filter"] => table = Table::Filter,
                     ["*nat"] => table = Table::Nat,
+                    ["*raw"] => table = Table::Raw,
                     ["COMMIT"] => {}
                     [declaration, ..] if declaration.starts_with(':') => {
                         self.chains.insert((table, declaration[1..].to_string()), Vec::new());
@@ -520,9 +532,9 @@ pub(crate) mod tests {
             assert_eq!(isolation, 1);
             counts.push(fw.rule_count());
         }
-        // 6 jumps + 9 shared rules, then per VM its egress rule and two for its DNS (UDP
-        // and TCP).
-        assert_eq!(counts, [18, 45, 315]);
+        // 7 jumps + 10 shared rules, then per VM its egress rule, two for its DNS (UDP and
+        // TCP) and the source its bridge takes.
+        assert_eq!(counts, [21, 57, 417]);
     }
 
     #[test]

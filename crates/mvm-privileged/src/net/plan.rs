@@ -15,6 +15,11 @@
 //!   `localhost` sources that a port forward sends into a bridge.
 //! - nat `MVM-PREROUTING` / `MVM-OUTPUT`: DNAT of forwarded host ports, for traffic
 //!   from outside and from the host itself.
+//! - raw `MVM-PREROUTING`: a bridge takes packets from its guest's address only. The raw
+//!   table comes before the connection tracker, so a forged source never reaches it: a
+//!   guest can neither answer nor refresh a connection that is not its own (another VM's,
+//!   a host user's, the last holder's of its index), which the filter's later drop of the
+//!   packet would not undo.
 //!
 //! Rules are spelled the way `iptables-save` prints them, so that comparing the plan with
 //! the kernel's state is a comparison of strings.
@@ -30,18 +35,25 @@ use mvm_base::addr::{Ipv4Net, VmNetwork};
 pub enum Table {
     Filter,
     Nat,
+    Raw,
 }
 
 impl Table {
-    /// Both tables mvm uses.
-    pub const ALL: [Table; 2] = [Table::Filter, Table::Nat];
+    /// The tables mvm uses.
+    pub const ALL: [Table; 3] = [Table::Filter, Table::Nat, Table::Raw];
 
     /// The table's name as iptables spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Table::Filter => "filter",
             Table::Nat => "nat",
+            Table::Raw => "raw",
         }
+    }
+
+    /// The table iptables spells `name`, if mvm uses it.
+    pub fn named(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|table| table.as_str() == name)
     }
 }
 
@@ -52,13 +64,14 @@ impl fmt::Display for Table {
 }
 
 /// mvm's chains: (table, chain, the built-in chain that jumps to it).
-pub const CHAINS: [(Table, &str, &str); 6] = [
+pub const CHAINS: [(Table, &str, &str); 7] = [
     (Table::Filter, "MVM-FORWARD", "FORWARD"),
     (Table::Filter, "MVM-INPUT", "INPUT"),
     (Table::Filter, "MVM-OUTPUT", "OUTPUT"),
     (Table::Nat, "MVM-PREROUTING", "PREROUTING"),
     (Table::Nat, "MVM-OUTPUT", "OUTPUT"),
     (Table::Nat, "MVM-POSTROUTING", "POSTROUTING"),
+    (Table::Raw, "MVM-PREROUTING", "PREROUTING"),
 ];
 
 /// The comment on shared rules and jumps.
@@ -144,6 +157,8 @@ pub fn shared_rules(host: &HostNetwork) -> Vec<Rule> {
             format!("-s {pool} ! -d {pool}{uplink} {tag} -j MASQUERADE"),
         ),
         Rule::new(Table::Nat, "MVM-POSTROUTING", format!("-s 127.0.0.0/8 -o mvmbr+ {tag} -j MASQUERADE")),
+        // After every VM's own exception (its guest's address on its bridge).
+        Rule::new(Table::Raw, "MVM-PREROUTING", format!("-i mvmbr+ {tag} -j DROP")),
     ]
 }
 
@@ -244,6 +259,8 @@ pub fn vm_rules(vm: &VmFirewall, host: &HostNetwork) -> Vec<Rule> {
         let owner = vm.owner.map_or(String::new(), |uid| format!(" -m owner --uid-owner {uid}"));
         rules.push(Rule::new(Table::Nat, "MVM-OUTPUT", dnat(&owner)));
     }
+    // The one source its bridge takes (the shared raw rule drops the rest).
+    rules.push(Rule::new(Table::Raw, "MVM-PREROUTING", format!("-s {guest}/32 -i {bridge} {tag} -j RETURN")));
     rules
 }
 
@@ -284,6 +301,7 @@ mod tests {
                 format!("-A MVM-FORWARD -d 10.200.3.2/32 ! -i mvmbr+ -o mvmbr3 -p udp -m udp --dport 53 -m conntrack --ctstate DNAT {tag} -j ACCEPT"),
                 format!("-A MVM-PREROUTING ! -i mvmbr+ -p udp -m addrtype --dst-type LOCAL -m udp --dport 5353 {tag} -j DNAT --to-destination 10.200.3.2:53"),
                 format!("-A MVM-OUTPUT -p udp -m addrtype --dst-type LOCAL -m udp --dport 5353 {tag} -j DNAT --to-destination 10.200.3.2:53"),
+                format!("-A MVM-PREROUTING -s 10.200.3.2/32 -i mvmbr3 {tag} -j RETURN"),
             ]
         );
     }
@@ -302,6 +320,7 @@ mod tests {
                 "-A MVM-INPUT -s 10.200.1.2/32 -d 10.200.1.1/32 -i mvmbr1 -p udp -m udp --dport 53 -m comment --comment \"mvm:web\" -j ACCEPT",
                 "-A MVM-INPUT -s 10.200.1.2/32 -d 10.200.1.1/32 -i mvmbr1 -p tcp -m tcp --dport 53 -m comment --comment \"mvm:web\" -j ACCEPT",
                 "-A MVM-INPUT -s 10.200.1.2/32 ! -d 127.0.0.0/8 -i mvmbr1 -m comment --comment \"mvm:web\" -j ACCEPT",
+                "-A MVM-PREROUTING -s 10.200.1.2/32 -i mvmbr1 -m comment --comment \"mvm:web\" -j RETURN",
             ]
         );
     }
@@ -332,7 +351,7 @@ mod tests {
             .all(|rule| rule.spec.contains("-m owner --uid-owner 4242 ")));
         assert!(rules
             .iter()
-            .filter(|rule| rule.chain == "MVM-PREROUTING")
+            .filter(|rule| rule.table == Table::Nat && rule.chain == "MVM-PREROUTING")
             .all(|rule| !rule.spec.contains("owner")));
         assert!(
             vm_rules(&vm(1), &host()).iter().all(|rule| !rule.spec.contains("owner")),
@@ -346,7 +365,32 @@ mod tests {
         let isolation: Vec<_> =
             shared.iter().filter(|rule| rule.spec.contains("-i mvmbr+ -o mvmbr+")).collect();
         assert_eq!(isolation.len(), 1);
-        assert_eq!(jump_rules().len(), 6);
+        assert_eq!(jump_rules().len(), 7);
         assert!(jump_rules().iter().all(|rule| rule.spec.starts_with("-m comment --comment mvm -j MVM-")));
+    }
+
+    /// Before the connection tracker (the raw table), a bridge lets through its own
+    /// guest's address and nothing else: the VM's exception, then the shared drop.
+    #[test]
+    fn a_bridge_takes_only_its_guests_source_before_connections_are_tracked() {
+        let raw = |rules: Vec<Rule>| -> Vec<String> {
+            rules.into_iter().filter(|rule| rule.table == Table::Raw).map(|rule| rule.save_line()).collect()
+        };
+        assert_eq!(
+            raw(shared_rules(&host())),
+            ["-A MVM-PREROUTING -i mvmbr+ -m comment --comment mvm -j DROP"]
+        );
+        for offline in [false, true] {
+            let vm = VmFirewall { offline, ..vm(2) };
+            assert_eq!(
+                raw(vm_rules(&vm, &host())),
+                ["-A MVM-PREROUTING -s 10.200.2.2/32 -i mvmbr2 -m comment --comment \"mvm:web\" -j RETURN"]
+            );
+        }
+        assert!(jump_rules().contains(&Rule::new(
+            Table::Raw,
+            "PREROUTING",
+            "-m comment --comment mvm -j MVM-PREROUTING".into()
+        )));
     }
 }

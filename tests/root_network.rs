@@ -131,6 +131,18 @@ impl Lab {
         tables.filter(holds_rules).collect()
     }
 
+    /// `conntrack -I ARGS` in the host namespace: an entry planted as the kernel would track it.
+    fn conntrack_insert(&self, args: &[&str]) {
+        let inserted = self.host.exec("conntrack", &[&["-I"], args].concat());
+        assert!(inserted.status.success(), "{}", String::from_utf8_lossy(&inserted.stderr));
+    }
+
+    /// `conntrack -L FILTERS` in the host namespace: the tracked entries they match.
+    fn conntrack_list(&self, filters: &[&str]) -> String {
+        let listing = self.host.exec("conntrack", &[&["-L"], filters].concat());
+        String::from_utf8_lossy(&listing.stdout).into_owned()
+    }
+
     /// Gives VM `vm`'s index claim to user `uid`, as their `mvm create` would have made it.
     fn give(&self, vm: &VmConfig, uid: u32) {
         let claim =
@@ -748,29 +760,24 @@ fn a_reused_index_keeps_nothing_of_its_last_holder() {
     // A connection of hers to her guest, left open (her guest silenced): the kernel keeps
     // it for days.
     let (gw, guest) = (web.network.gateway.to_string(), web.network.address.to_string());
-    let inserted = lab.host.exec(
-        "conntrack",
-        &[
-            "-I",
-            "-p",
-            "tcp",
-            "-s",
-            &gw,
-            "-d",
-            &guest,
-            "--sport",
-            "40000",
-            "--dport",
-            "5432",
-            "--state",
-            "ESTABLISHED",
-            "-u",
-            "SEEN_REPLY,ASSURED",
-            "-t",
-            "432000",
-        ],
-    );
-    assert!(inserted.status.success(), "{}", String::from_utf8_lossy(&inserted.stderr));
+    lab.conntrack_insert(&[
+        "-p",
+        "tcp",
+        "-s",
+        &gw,
+        "-d",
+        &guest,
+        "--sport",
+        "40000",
+        "--dport",
+        "5432",
+        "--state",
+        "ESTABLISHED",
+        "-u",
+        "SEEN_REPLY,ASSURED",
+        "-t",
+        "432000",
+    ]);
     // Removed without `mvm rm` taking the network down: her record and claim are gone.
     lab.host.ip(&["link", "del", &web.network.tap]);
     let paths = lab.paths();
@@ -788,8 +795,7 @@ fn a_reused_index_keeps_nothing_of_its_last_holder() {
     lab.as_user(bob, move |net| net.up(&up.record())).unwrap();
     let rules = lab.iptables_save();
     assert!(!rules.contains("mvm:web"), "alice's rules apply to bob's guest:\n{rules}");
-    let tracked = lab.host.exec("conntrack", &["-L", "-d", &guest]);
-    let tracked = String::from_utf8_lossy(&tracked.stdout).into_owned();
+    let tracked = lab.conntrack_list(&["-d", &guest]);
     assert!(!tracked.contains("dport=5432"), "her connection reaches bob's guest:\n{tracked}");
     let new_bridge = lab.host.ip(&["-d", "link", "show", &api.network.bridge]);
     assert!(new_bridge.contains("alias mvm:api:4343"), "{new_bridge}");
@@ -845,15 +851,10 @@ fn a_guest_forging_another_source_changes_no_tracked_connection() {
     let victim = web.network.address.to_string();
     // A host user's datagram to web's guest, not answered yet.
     let peer = "192.0.2.9";
-    let planted = lab.host.exec(
-        "conntrack",
-        &["-I", "-p", "udp", "-s", peer, "-d", &victim, "--sport", "41000", "--dport", "9998", "-t", "120"],
-    );
-    assert!(planted.status.success(), "{}", String::from_utf8_lossy(&planted.stderr));
-    let entry = || {
-        let listing = lab.host.exec("conntrack", &["-L", "-p", "udp", "-d", &victim, "--dport", "9998"]);
-        String::from_utf8_lossy(&listing.stdout).into_owned()
-    };
+    lab.conntrack_insert(&[
+        "-p", "udp", "-s", peer, "-d", &victim, "--sport", "41000", "--dport", "9998", "-t", "120",
+    ]);
+    let entry = || lab.conntrack_list(&["-p", "udp", "-d", &victim, "--dport", "9998"]);
     assert!(entry().contains("[UNREPLIED]"), "{}", entry());
     // api's guest answers it as web's guest would, from web's address on its own link.
     lab.guests[attacker].ip(&["addr", "add", &format!("{victim}/32"), "dev", "eth0"]);
@@ -882,17 +883,15 @@ fn only_the_kernels_unanswered_igmp_outlives_a_down() {
     let (gateway, guest) = (web.network.gateway.to_string(), web.network.address.to_string());
     let broadcast = web.network.subnet.nth(web.network.subnet.size() - 1).unwrap().to_string();
     let plant = |protocol: &str, source: &str, group: &str, status: &[&str]| {
-        let mut args = vec!["-I", "-p", protocol, "-s", source, "-d", group, "-t", "600"];
+        let mut args = vec!["-p", protocol, "-s", source, "-d", group, "-t", "600"];
         if protocol == "udp" {
             args.extend(["--sport", "40000", "--dport", "9999"]);
         }
         args.extend(status);
-        let inserted = lab.host.exec("conntrack", &args);
-        assert!(inserted.status.success(), "{}", String::from_utf8_lossy(&inserted.stderr));
+        lab.conntrack_insert(&args);
     };
     let listed = |source: &str, group: &str| {
-        let listing = lab.host.exec("conntrack", &["-L", "-s", source, "-d", group]);
-        String::from_utf8_lossy(&listing.stdout).contains(&format!("dst={group}"))
+        lab.conntrack_list(&["-s", source, "-d", group]).contains(&format!("dst={group}"))
     };
     for (protocol, source, group, status) in [
         ("2", guest.as_str(), "224.0.0.251", &[][..]),

@@ -382,9 +382,7 @@ pub(crate) mod tests {
             for line in script.lines() {
                 let words: Vec<&str> = line.splitn(3, ' ').collect();
                 match words.as_slice() {
-                    ["*filter"] => table = Table::Filter,
-                    ["*nat"] => table = Table::Nat,
-                    ["*raw"] => table = Table::Raw,
+                    [header] if header.starts_with('*') => table = Table::named(&header[1..]).unwrap(),
                     ["COMMIT"] => {}
                     [declaration, ..] if declaration.starts_with(':') => {
                         self.chains.insert((table, declaration[1..].to_string()), Vec::new());
